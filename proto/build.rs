@@ -1,0 +1,21 @@
+//! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/istio/workload/workload.proto",
+        "proto/istio/security/authorization.proto",
+        "proto/istio/zds/zds.proto",
+        "proto/istio/ca/ca.proto",
+        "proto/envoy/service/discovery/v3/discovery.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

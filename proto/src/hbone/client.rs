@@ -1,0 +1,126 @@
+//! The client half of HBONE: one mutual-TLS HTTP/2 connection to a peer, carrying many
+//! CONNECT streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use super::{ConnectRequest, H2Settings, H2Stream, HboneError, tls_error_of};
+use crate::identity::Identity;
+use crate::tls::Rejection;
+use crate::tls::leaf_identity;
+
+/// An established HBONE connection. Cloning shares the connection.
+#[derive(Clone)]
+pub struct HboneConnection {
+    send: h2::client::SendRequest<Bytes>,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HboneConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HboneConnection")
+            .field("peer_identity", &self.peer_identity.to_string())
+            .field("peer_addr", &self.peer_addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl HboneConnection {
+    /// Runs the TLS and HTTP/2 handshakes over `io` (already connected to `peer_addr`).
+    /// `tls` decides which server identities are acceptable.
+    pub async fn handshake<IO>(
+        io: IO,
+        peer_addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+        settings: &H2Settings,
+    ) -> Result<Self, HboneError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let connector = TlsConnector::from(tls);
+        // SNI is disabled in the config; the name only satisfies the API.
+        let name = ServerName::IpAddress(peer_addr.ip().into());
+        let tls = tokio::time::timeout(settings.handshake_timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| HboneError::Timeout(settings.handshake_timeout))?
+            .map_err(|source| HboneError::Tls {
+                addr: peer_addr,
+                reason: tls_error_of(&source)
+                    .map(Rejection::from_tls_error)
+                    .unwrap_or(Rejection::TlsProtocol),
+                source,
+            })?;
+        let peer_identity = {
+            let (_, session) = tls.get_ref();
+            let leaf = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| HboneError::BadRequest("server sent no certificate".into()))?;
+            leaf_identity(leaf).map_err(|e| HboneError::BadRequest(e.to_string()))?
+        };
+        let (send, connection) = tokio::time::timeout(
+            settings.handshake_timeout,
+            settings.client_builder().handshake::<_, Bytes>(tls),
+        )
+        .await
+        .map_err(|_| HboneError::Timeout(settings.handshake_timeout))??;
+        let closed = Arc::new(AtomicBool::new(false));
+        let closed_flag = closed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(peer = %peer_addr, error = %e, "HBONE connection ended");
+            }
+            closed_flag.store(true, Ordering::Release);
+        });
+        Ok(HboneConnection {
+            send,
+            peer_identity,
+            peer_addr,
+            closed,
+        })
+    }
+
+    /// Opens one CONNECT stream. Fails with [`HboneError::Status`] when the peer refuses.
+    pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
+        let mut send = self.send.clone().ready().await?;
+        let (response, send_stream) = send.send_request(req.to_http()?, false)?;
+        let response = response.await?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HboneError::Status(response.status()));
+        }
+        Ok(H2Stream {
+            send: send_stream,
+            recv: response.into_body(),
+        })
+    }
+
+    /// The identity the server proved in the handshake.
+    pub fn peer_identity(&self) -> &Identity {
+        &self.peer_identity
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// True once the underlying connection has ended (GOAWAY, error or close).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// How many streams the peer lets us run at once on this connection.
+    pub fn max_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+}

@@ -1,0 +1,242 @@
+//! HBONE connections shared per key: in ztunnel the key is (source identity, destination
+//! identity, destination address), so each stream reuses an established mTLS connection and
+//! a new handshake happens only when no pooled connection has a free stream.
+//!
+//! The pool lock is taken once per stream (never per byte) and never across an await; first
+//! connections to a key are single-flighted so a burst of streams makes one handshake.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::{ConnectRequest, H2Stream, HboneConnection, HboneError};
+
+/// Pool tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    /// Streams per connection before another connection is opened (capped by the peer's own
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: usize,
+    /// A connection with no streams for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+struct Pooled {
+    conn: HboneConnection,
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Pooled {
+    fn has_room(&self, limit: usize) -> bool {
+        !self.conn.is_closed()
+            && self.active.load(Ordering::Acquire) < limit.min(self.conn.max_streams().max(1))
+    }
+}
+
+struct Slot {
+    conns: Mutex<Vec<Arc<Pooled>>>,
+    /// Held while dialing, so concurrent first streams share one handshake.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+/// A pool of HBONE connections keyed by `K`.
+pub struct Pool<K> {
+    slots: Arc<Mutex<HashMap<K, Arc<Slot>>>>,
+    settings: PoolSettings,
+}
+
+impl<K> Clone for Pool<K> {
+    fn clone(&self) -> Self {
+        Pool {
+            slots: self.slots.clone(),
+            settings: self.settings,
+        }
+    }
+}
+
+/// A CONNECT stream checked out of the pool; it counts against its connection until dropped.
+pub struct PooledStream {
+    pub stream: H2Stream,
+    /// Whether the stream rode an already-established connection.
+    pub reused: bool,
+    guard: StreamGuard,
+}
+
+impl PooledStream {
+    /// Splits off the stream; the slot stays held until the returned guard is dropped.
+    pub fn into_parts(self) -> (H2Stream, StreamGuard) {
+        (self.stream, self.guard)
+    }
+
+    pub fn connection(&self) -> &HboneConnection {
+        &self.guard.pooled.conn
+    }
+}
+
+/// Releases a stream slot on drop.
+pub struct StreamGuard {
+    pooled: Arc<Pooled>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.pooled.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.pooled.idle_since.lock().expect("poisoned") = Instant::now();
+        }
+    }
+}
+
+impl<K> Pool<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Creates a pool and its idle reaper (which stops when the pool is dropped).
+    pub fn new(settings: PoolSettings) -> Self {
+        let pool = Pool {
+            slots: Arc::new(Mutex::new(HashMap::new())),
+            settings,
+        };
+        let weak = Arc::downgrade(&pool.slots);
+        tokio::spawn(reap_idle(weak, settings.idle_timeout));
+        pool
+    }
+
+    /// Opens a CONNECT stream for `req` on a pooled connection for `key`, dialing a new
+    /// connection with `dial` when none has room. A pooled connection that turns out to be
+    /// dead is discarded and the request retried once on a fresh one.
+    pub async fn stream<D, F>(
+        &self,
+        key: &K,
+        req: &ConnectRequest,
+        dial: D,
+    ) -> Result<PooledStream, HboneError>
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = Result<HboneConnection, HboneError>>,
+    {
+        let slot = self.slot(key);
+        if let Some(pooled) = self.checkout(&slot) {
+            match self.open(pooled, req, true).await {
+                Ok(s) => return Ok(s),
+                // A refusal by the peer is an answer, not a broken connection.
+                Err(e @ HboneError::Status(_)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let pooled = {
+            let _dialing = slot.dialing.lock().await;
+            // Someone else may have dialed while we waited.
+            match self.checkout(&slot) {
+                Some(p) => p,
+                None => {
+                    let conn = dial().await?;
+                    let pooled = Arc::new(Pooled {
+                        conn,
+                        active: AtomicUsize::new(1),
+                        idle_since: Mutex::new(Instant::now()),
+                    });
+                    let mut conns = slot.conns.lock().expect("poisoned");
+                    conns.retain(|c| !c.conn.is_closed());
+                    conns.push(pooled.clone());
+                    pooled
+                }
+            }
+        };
+        self.open(pooled, req, false).await
+    }
+
+    /// Number of live connections (for tests and `/config_dump`).
+    pub fn connection_count(&self) -> usize {
+        let slots = self.slots.lock().expect("poisoned");
+        slots
+            .values()
+            .map(|s| {
+                s.conns
+                    .lock()
+                    .expect("poisoned")
+                    .iter()
+                    .filter(|c| !c.conn.is_closed())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Closes every pooled connection (their open streams finish first).
+    pub fn clear(&self) {
+        self.slots.lock().expect("poisoned").clear();
+    }
+
+    fn slot(&self, key: &K) -> Arc<Slot> {
+        let mut slots = self.slots.lock().expect("poisoned");
+        slots
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    conns: Mutex::new(Vec::new()),
+                    dialing: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// Reserves a stream on a connection with room, if any.
+    fn checkout(&self, slot: &Slot) -> Option<Arc<Pooled>> {
+        let mut conns = slot.conns.lock().expect("poisoned");
+        conns.retain(|c| !c.conn.is_closed());
+        let limit = self.settings.max_streams_per_connection;
+        let pooled = conns.iter().find(|c| c.has_room(limit))?.clone();
+        pooled.active.fetch_add(1, Ordering::AcqRel);
+        Some(pooled)
+    }
+
+    async fn open(
+        &self,
+        pooled: Arc<Pooled>,
+        req: &ConnectRequest,
+        reused: bool,
+    ) -> Result<PooledStream, HboneError> {
+        let guard = StreamGuard {
+            pooled: pooled.clone(),
+        };
+        let stream = pooled.conn.connect(req).await?;
+        Ok(PooledStream {
+            stream,
+            reused,
+            guard,
+        })
+    }
+}
+
+async fn reap_idle<K: Hash + Eq>(slots: Weak<Mutex<HashMap<K, Arc<Slot>>>>, idle: Duration) {
+    let period = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(slots) = slots.upgrade() else { return };
+        let mut slots = slots.lock().expect("poisoned");
+        slots.retain(|_, slot| {
+            if slot.dialing.try_lock().is_err() {
+                return true;
+            }
+            let mut conns = slot.conns.lock().expect("poisoned");
+            conns.retain(|c| {
+                let busy = c.active.load(Ordering::Acquire) > 0;
+                let fresh = c.idle_since.lock().expect("poisoned").elapsed() < idle;
+                !c.conn.is_closed() && (busy || fresh)
+            });
+            !conns.is_empty()
+        });
+    }
+}

@@ -1,0 +1,169 @@
+//! The server half of HBONE: TLS 1.3 with a required client certificate, then HTTP/2, then
+//! each CONNECT stream handed to a handler that decides where (and whether) it leads.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+use super::{ConnectStatus, H2Settings, H2Stream, tls_error_of};
+use crate::identity::Identity;
+use crate::tls::Rejection;
+use crate::tls::leaf_identity;
+
+/// Why a connection to the HBONE port was refused or ended badly.
+#[derive(Debug, thiserror::Error)]
+#[error("HBONE peer {peer} refused ({reason}): {detail}")]
+pub struct ServeError {
+    pub peer: SocketAddr,
+    pub reason: Rejection,
+    pub detail: String,
+}
+
+/// One CONNECT request from an authenticated peer. The handler must answer it with
+/// [`InboundConnect::accept`] or [`InboundConnect::reject`].
+pub struct InboundConnect {
+    request: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+}
+
+/// A CONNECT request that does not say where to go.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectParseError {
+    #[error("method {0} is not CONNECT")]
+    NotConnect(http::Method),
+    #[error("authority {0:?} is not ip:port")]
+    BadAuthority(String),
+}
+
+impl InboundConnect {
+    /// The destination the client asked for: `:authority` as `ip:port`.
+    pub fn authority(&self) -> Result<SocketAddr, ConnectParseError> {
+        if self.request.method() != http::Method::CONNECT {
+            return Err(ConnectParseError::NotConnect(self.request.method().clone()));
+        }
+        let raw = self
+            .request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_default();
+        raw.parse()
+            .map_err(|_| ConnectParseError::BadAuthority(raw.to_string()))
+    }
+
+    /// The verified SPIFFE identity of the peer.
+    pub fn peer_identity(&self) -> &Identity {
+        &self.peer_identity
+    }
+
+    /// The TCP address the HBONE connection came from.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn headers(&self) -> &http::HeaderMap {
+        self.request.headers()
+    }
+
+    /// The original client address from `forwarded: for=...`, if present and well formed.
+    pub fn forwarded_for(&self) -> Option<IpAddr> {
+        let v = self.headers().get("forwarded")?.to_str().ok()?;
+        v.split([';', ','])
+            .filter_map(|part| part.trim().strip_prefix("for="))
+            .map(|s| s.trim_matches('"').trim_start_matches('[').trim_end_matches(']'))
+            .find_map(|s| s.parse().ok())
+    }
+
+    /// Opens the tunnel (200) and returns the stream.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let response = http::Response::builder()
+            .status(ConnectStatus::Ok.code())
+            .body(())
+            .expect("static response");
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream {
+            send,
+            recv: self.request.into_body(),
+        })
+    }
+
+    /// Refuses the tunnel with `status`.
+    pub fn reject(mut self, status: ConnectStatus) {
+        let response = http::Response::builder()
+            .status(status.code())
+            .body(())
+            .expect("static response");
+        // If the peer already went away there is no one left to tell.
+        let _ = self.respond.send_response(response, true);
+    }
+}
+
+/// Serves one accepted connection to the HBONE port until it closes. Each CONNECT runs the
+/// handler on its own task. Returns an error (with a stable [`Rejection`]) when the peer failed
+/// TLS or HTTP/2; a peer that simply disconnects is not an error.
+pub async fn serve_connection<IO, H, F>(
+    io: IO,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    settings: H2Settings,
+    handler: H,
+) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(InboundConnect) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let refuse = |reason: Rejection, detail: String| ServeError {
+        peer,
+        reason,
+        detail,
+    };
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(io)).await {
+        Err(_) => return Err(refuse(Rejection::Timeout, "TLS handshake timed out".into())),
+        Ok(Err(e)) => {
+            let reason = tls_error_of(&e)
+                .map(Rejection::from_tls_error)
+                .unwrap_or(Rejection::TlsProtocol);
+            return Err(refuse(reason, e.to_string()));
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let peer_identity = {
+        let (_, session) = tls.get_ref();
+        // The verifier has already required and checked the certificate.
+        let leaf = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| refuse(Rejection::NoClientCertificate, "no certificate".into()))?;
+        leaf_identity(leaf).map_err(|e| refuse(Rejection::NoSpiffeId, e.to_string()))?
+    };
+    let handshake = settings.server_builder().handshake::<_, Bytes>(tls);
+    let mut connection = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Err(_) => return Err(refuse(Rejection::Timeout, "HTTP/2 preface timed out".into())),
+        Ok(Err(e)) => return Err(refuse(Rejection::Http2Protocol, e.to_string())),
+        Ok(Ok(c)) => c,
+    };
+    while let Some(next) = connection.accept().await {
+        match next {
+            Ok((request, respond)) => {
+                let inbound = InboundConnect {
+                    request,
+                    respond,
+                    peer_identity: peer_identity.clone(),
+                    peer_addr: peer,
+                };
+                tokio::spawn(handler.clone()(inbound));
+            }
+            Err(e) if e.is_io() || e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR) => {
+                return Ok(());
+            }
+            Err(e) => return Err(refuse(Rejection::Http2Protocol, e.to_string())),
+        }
+    }
+    Ok(())
+}

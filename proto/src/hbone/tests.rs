@@ -1,0 +1,309 @@
+//! HBONE over real loopback sockets and real TLS: the happy path, pooling, and every way a
+//! peer can be refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::*;
+use crate::identity::Identity;
+use crate::tls::testing::{LeafSpec, TestCa};
+use crate::tls::{self, CertSlot, Rejection, TrustBundle};
+
+const TD: &str = "cluster.local";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// An HBONE server that echoes every tunnel and reports refusals.
+struct EchoServer {
+    addr: SocketAddr,
+    refusals: mpsc::UnboundedReceiver<Rejection>,
+}
+
+async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
+    let slot = Arc::new(CertSlot::new());
+    slot.store(ca.issue(server_uri));
+    let config = tls::server_config(slot, &ca.bundle(TD)).unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, refusals) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let handler = |inbound: InboundConnect| async move {
+                    if inbound.authority().unwrap().port() == 9 {
+                        inbound.reject(ConnectStatus::Unavailable);
+                        return;
+                    }
+                    let stream = inbound.accept().unwrap();
+                    let (a, b) = tokio::io::duplex(64 * 1024);
+                    let (r, w) = tokio::io::split(a);
+                    tokio::spawn(async move {
+                        let (mut br, mut bw) = tokio::io::split(b);
+                        tokio::io::copy(&mut br, &mut bw).await.unwrap();
+                        bw.shutdown().await.unwrap();
+                    });
+                    let _ = relay(r, w, stream, &()).await;
+                };
+                if let Err(e) =
+                    serve_connection(tcp, peer, acceptor, H2Settings::default(), handler).await
+                {
+                    tx.send(e.reason).unwrap();
+                }
+            });
+        }
+    });
+    EchoServer { addr, refusals }
+}
+
+fn client_config(ca: &TestCa, client_uri: &str, expect: &str) -> Arc<ClientConfig> {
+    let cert = ca.issue(client_uri);
+    Arc::new(tls::client_config(&cert, &ca.bundle(TD), vec![expect.parse().unwrap()]).unwrap())
+}
+
+async fn dial(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<HboneConnection, HboneError> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    HboneConnection::handshake(tcp, addr, config, &H2Settings::default()).await
+}
+
+async fn echo_through(conn: &HboneConnection, payload: &[u8]) -> Vec<u8> {
+    let target: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+    let stream = conn.connect(&ConnectRequest::new(target)).await.unwrap();
+    let (app, test_side) = tokio::io::duplex(64 * 1024);
+    let (r, w) = tokio::io::split(app);
+    let relay_task = tokio::spawn(async move { relay(r, w, stream, &()).await });
+    let (mut rd, mut wr) = tokio::io::split(test_side);
+    let payload = payload.to_vec();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&payload).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    rd.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    relay_task.await.unwrap().unwrap();
+    got
+}
+
+#[tokio::test]
+async fn tunnels_bytes_both_ways() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let conn = dial(server.addr, client_config(&ca, CLIENT_ID, SERVER_ID))
+        .await
+        .unwrap();
+    assert_eq!(conn.peer_identity().to_string(), SERVER_ID);
+    // Larger than every window and buffer, to exercise flow control.
+    let payload: Vec<u8> = (0..20 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_through(&conn, &payload).await, payload);
+    // A second stream on the same connection.
+    assert_eq!(echo_through(&conn, b"again").await, b"again");
+}
+
+#[tokio::test]
+async fn peer_status_is_reported() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let conn = dial(server.addr, client_config(&ca, CLIENT_ID, SERVER_ID))
+        .await
+        .unwrap();
+    let err = conn
+        .connect(&ConnectRequest::new("10.0.0.1:9".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HboneError::Status(s) if s == 503), "{err}");
+}
+
+#[tokio::test]
+async fn pool_reuses_one_connection_for_many_streams() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let pool: Pool<&'static str> = Pool::new(PoolSettings::default());
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let config = config.clone();
+        let dials = dials.clone();
+        let s = pool
+            .stream(
+                &"key",
+                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+                || async move {
+                    dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    dial(server.addr, config).await
+                },
+            )
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(held[1..].iter().all(|s| s.reused));
+    assert_eq!(pool.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn pool_opens_another_connection_when_streams_run_out() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let pool: Pool<u8> = Pool::new(PoolSettings {
+        max_streams_per_connection: 2,
+        ..PoolSettings::default()
+    });
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let config = config.clone();
+        let s = pool
+            .stream(&1, &ConnectRequest::new("10.0.0.1:80".parse().unwrap()), || {
+                dial(server.addr, config)
+            })
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    assert_eq!(pool.connection_count(), 3);
+}
+
+/// Connects with a hand-made client certificate and returns what the server said.
+async fn refused_with(
+    ca: &TestCa,
+    server_ca: &TestCa,
+    spec: Option<LeafSpec>,
+) -> Rejection {
+    let mut server = echo_server(server_ca, SERVER_ID).await;
+    let verifier = Arc::new(tls::SpiffeServerVerifier::new(
+        server_ca.bundle(TD).roots().clone(),
+        vec![SERVER_ID.parse().unwrap()],
+        tls::provider(),
+    ));
+    let builder = ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match spec {
+        Some(spec) => {
+            let (chain, key) = ca.issue_raw(spec);
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // In TLS 1.3 the client may finish before the server rejects it; either way the server
+    // must report the reason.
+    let _ = dial(server.addr, Arc::new(config)).await;
+    tokio::time::timeout(Duration::from_secs(5), server.refusals.recv())
+        .await
+        .expect("server reports a refusal")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refuses_client_without_certificate() {
+    let ca = TestCa::new("root");
+    assert_eq!(refused_with(&ca, &ca, None).await, Rejection::NoClientCertificate);
+}
+
+#[tokio::test]
+async fn refuses_other_trust_domain() {
+    let ca = TestCa::new("root");
+    let spec = LeafSpec::valid("spiffe://evil.example/ns/default/sa/client");
+    assert_eq!(
+        refused_with(&ca, &ca, Some(spec)).await,
+        Rejection::TrustDomainMismatch
+    );
+}
+
+#[tokio::test]
+async fn refuses_unknown_issuer() {
+    let ours = TestCa::new("ours");
+    let theirs = TestCa::new("theirs");
+    let spec = LeafSpec::valid(CLIENT_ID);
+    assert_eq!(
+        refused_with(&theirs, &ours, Some(spec)).await,
+        Rejection::UnknownIssuer
+    );
+}
+
+#[tokio::test]
+async fn refuses_ca_leaf() {
+    let ca = TestCa::new("root");
+    let mut spec = LeafSpec::valid(CLIENT_ID);
+    spec.ca = true;
+    assert_eq!(
+        refused_with(&ca, &ca, Some(spec)).await,
+        Rejection::CaCertificateAsLeaf
+    );
+}
+
+#[tokio::test]
+async fn refuses_expired() {
+    let ca = TestCa::new("root");
+    let mut spec = LeafSpec::valid(CLIENT_ID);
+    spec.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
+    spec.not_after = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
+    assert_eq!(refused_with(&ca, &ca, Some(spec)).await, Rejection::Expired);
+}
+
+#[tokio::test]
+async fn refuses_non_tls() {
+    let ca = TestCa::new("root");
+    let mut server = echo_server(&ca, SERVER_ID).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let reason = server.refusals.recv().await.unwrap();
+    assert_eq!(reason, Rejection::NotTls);
+}
+
+#[tokio::test]
+async fn refuses_garbage_after_handshake() {
+    let ca = TestCa::new("root");
+    let mut server = echo_server(&ca, SERVER_ID).await;
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(server.addr.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"this is not an HTTP/2 preface at all, not even close\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let reason = server.refusals.recv().await.unwrap();
+    assert_eq!(reason, Rejection::Http2Protocol);
+}
+
+#[tokio::test]
+async fn client_refuses_unexpected_server_identity() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, "spiffe://cluster.local/ns/default/sa/impostor").await;
+    let err = dial(server.addr, client_config(&ca, CLIENT_ID, SERVER_ID))
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection(), Some(Rejection::IdentityMismatch), "{err}");
+}
+
+#[test]
+fn bundle_and_identity_helpers() {
+    let ca = TestCa::new("root");
+    let cert = ca.issue(CLIENT_ID);
+    let id: Identity = CLIENT_ID.parse().unwrap();
+    assert_eq!(cert.identity(), &id);
+    assert!(cert.refresh_at() > cert.not_before());
+    assert!(cert.refresh_at() < cert.not_after());
+    let bundle: TrustBundle = ca.bundle(TD);
+    assert_eq!(bundle.root_certs().len(), 1);
+}

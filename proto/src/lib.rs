@@ -1,0 +1,65 @@
+//! Everything ambient-rs puts on the wire, and nothing else.
+//!
+//! - [`istio`], [`envoy`], [`google`]: generated protobuf types and gRPC stubs, with Istio's
+//!   package names and field numbers so Istio's own components can talk to ours.
+//! - [`identity`]: SPIFFE identities as the mesh uses them (`ns/<ns>/sa/<sa>`).
+//! - [`tls`]: X.509-SVIDs and the rustls configurations for mutual TLS 1.3 between them.
+//! - [`hbone`]: HTTP/2 CONNECT over that TLS: client, connection pool, server, byte relay.
+//! - [`zds`]: the node agent → ztunnel protocol over a unix SEQPACKET socket with fd passing.
+
+pub mod hbone;
+pub mod identity;
+pub mod local;
+pub mod tls;
+pub mod zds;
+
+/// Generated from `proto/istio/**`.
+#[allow(clippy::all, missing_docs)]
+pub mod istio {
+    pub mod workload {
+        include!(concat!(env!("OUT_DIR"), "/istio.workload.rs"));
+        pub mod zds {
+            include!(concat!(env!("OUT_DIR"), "/istio.workload.zds.rs"));
+        }
+    }
+    pub mod security {
+        include!(concat!(env!("OUT_DIR"), "/istio.security.rs"));
+    }
+    pub mod v1 {
+        pub mod auth {
+            include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
+        }
+    }
+}
+
+/// Generated from `proto/envoy/**`.
+#[allow(clippy::all, missing_docs)]
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+    }
+}
+
+/// Generated from `proto/google/rpc`.
+#[allow(clippy::all, missing_docs)]
+pub mod google {
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
+/// xDS type URL of workload and service resources.
+pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
+/// xDS type URL of L4 authorization policies.
+pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
