@@ -1,1 +1,3 @@
-fn main(){}
+fn main() -> anyhow::Result<()> {
+    ambient_controller::cli::main(std::env::args_os())
+}

@@ -1,0 +1,18 @@
+//! ztunnel: the per-node L4 tunnel of ambient-rs, and its node agent.
+//!
+//! Follow one connection: capture rules ([`agent::capture`]) send a pod's TCP to its
+//! [`proxy::outbound`] listener, which resolves the destination in [`state`] and opens HBONE
+//! (`ambient_proto::hbone`) with a certificate from [`identity`]; the peer's
+//! [`proxy::inbound`] terminates it and connects to the app. Pods arrive over ZDS
+//! ([`inpod`]) from the node agent ([`agent`]).
+
+pub mod admin;
+pub mod agent;
+pub mod app;
+pub mod cli;
+pub mod identity;
+pub mod inpod;
+pub mod metrics;
+pub mod proxy;
+pub mod readiness;
+pub mod state;

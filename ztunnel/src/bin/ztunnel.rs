@@ -1,1 +1,3 @@
-fn main(){}
+fn main() -> anyhow::Result<()> {
+    ztunnel::cli::ztunnel_main(std::env::args_os())
+}

@@ -1,0 +1,177 @@
+//! Who is calling the CA: bearer tokens mapped to callers.
+//!
+//! In the manifest-directory (local) mode the controller issues one random token per node and
+//! writes it where that node's ztunnel can read it. (Kubernetes TokenReview is the other
+//! authenticator, added with the Kubernetes source.)
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use base64::Engine as _;
+
+/// An authenticated caller of the CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The ztunnel of one node; it may obtain identities of pods on that node only.
+    Node(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no bearer token in the authorization header")]
+    MissingToken,
+    #[error("the bearer token is not valid")]
+    UnknownToken,
+}
+
+/// Turns a bearer token into a [`Caller`].
+pub trait Authenticator: Send + Sync {
+    fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
+}
+
+/// One random token per node, kept in `<dir>/<node>.token` (mode 0600).
+pub struct NodeTokens {
+    dir: PathBuf,
+    tokens: RwLock<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct TokenStoreError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl NodeTokens {
+    /// Opens the token directory, loading tokens already issued.
+    pub fn open(dir: &Path) -> Result<Self, TokenStoreError> {
+        let err = |source| TokenStoreError {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(err)?;
+        let mut tokens = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let path = entry.path();
+            if let (Some(node), Some("token")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) {
+                let token = fs::read_to_string(&path).map_err(|source| TokenStoreError {
+                    path: path.clone(),
+                    source,
+                })?;
+                tokens.insert(node.to_string(), token.trim().to_string());
+            }
+        }
+        Ok(NodeTokens {
+            dir: dir.to_path_buf(),
+            tokens: RwLock::new(tokens),
+        })
+    }
+
+    /// Returns the node's token, issuing (and persisting) one the first time.
+    pub fn issue(&self, node: &str) -> Result<String, TokenStoreError> {
+        if let Some(t) = self.tokens.read().expect("poisoned").get(node) {
+            return Ok(t.clone());
+        }
+        let mut tokens = self.tokens.write().expect("poisoned");
+        if let Some(t) = tokens.get(node) {
+            return Ok(t.clone());
+        }
+        let raw: [u8; 32] = rand::random();
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let path = self.token_path(node);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(token.as_bytes()).map(|_| f))
+            .map_err(|source| TokenStoreError {
+                path: path.clone(),
+                source,
+            })?;
+        f.flush().map_err(|source| TokenStoreError { path, source })?;
+        tokens.insert(node.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// Where a node's token is written.
+    pub fn token_path(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.token"))
+    }
+}
+
+impl Authenticator for NodeTokens {
+    fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        // Compare against every token in constant time, so timing reveals nothing.
+        let tokens = self.tokens.read().expect("poisoned");
+        let mut found = None;
+        for (node, t) in tokens.iter() {
+            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                found = Some(node.clone());
+            }
+        }
+        found.map(Caller::Node).ok_or(AuthError::UnknownToken)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Extracts the token from an `authorization: Bearer <token>` value.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let v = header.ok_or(AuthError::MissingToken)?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or(AuthError::MissingToken)?
+        .trim();
+    if token.is_empty() {
+        Err(AuthError::MissingToken)
+    } else {
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_persists_and_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = NodeTokens::open(dir.path()).unwrap();
+        let a = tokens.issue("node-a").unwrap();
+        let b = tokens.issue("node-b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(tokens.issue("node-a").unwrap(), a, "stable");
+        assert_eq!(tokens.authenticate(&a), Ok(Caller::Node("node-a".into())));
+        assert_eq!(tokens.authenticate("nope"), Err(AuthError::UnknownToken));
+        assert_eq!(tokens.authenticate(""), Err(AuthError::MissingToken));
+        let reopened = NodeTokens::open(dir.path()).unwrap();
+        assert_eq!(reopened.authenticate(&b), Ok(Caller::Node("node-b".into())));
+    }
+
+    #[test]
+    fn parses_bearer_headers() {
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("Basic abc")), Err(AuthError::MissingToken));
+        assert_eq!(bearer(Some("Bearer ")), Err(AuthError::MissingToken));
+        assert_eq!(bearer(None), Err(AuthError::MissingToken));
+    }
+}

@@ -1,0 +1,120 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the caller, decide
+//! which identity it may have, sign.
+
+use std::sync::Arc;
+
+use ambient_proto::identity::Identity;
+use ambient_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
+use ambient_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use prost_types::value::Kind;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::auth::{Authenticator, Caller, bearer};
+use super::authority::{CaError, CertificateAuthority};
+use crate::nodes::NodeDirectory;
+
+/// Metadata key ztunnel uses to ask for a workload's identity on its behalf.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// The CA's gRPC face.
+pub struct CaService {
+    ca: Arc<CertificateAuthority>,
+    auth: Arc<dyn Authenticator>,
+    nodes: Arc<dyn NodeDirectory>,
+}
+
+impl CaService {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        auth: Arc<dyn Authenticator>,
+        nodes: Arc<dyn NodeDirectory>,
+    ) -> Self {
+        CaService { ca, auth, nodes }
+    }
+
+    /// Decides the identity to sign for, or why not.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        req: &IstioCertificateRequest,
+    ) -> Result<Identity, Status> {
+        let requested = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => s.parse::<Identity>().map_err(|e| {
+                    Status::invalid_argument(format!("{IMPERSONATED_IDENTITY}: {e}"))
+                }),
+                _ => Err(Status::invalid_argument(format!(
+                    "{IMPERSONATED_IDENTITY} must be a string"
+                ))),
+            })
+            .transpose()?;
+        match caller {
+            Caller::Node(node) => {
+                let id = requested.ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "node {node} must name the workload identity it asks for in {IMPERSONATED_IDENTITY}"
+                    ))
+                })?;
+                if id.trust_domain() != self.ca.trust_domain() {
+                    return Err(Status::permission_denied(format!(
+                        "{id} is not in trust domain {}",
+                        self.ca.trust_domain()
+                    )));
+                }
+                if !self.nodes.runs_on(node, &id) {
+                    return Err(Status::permission_denied(format!(
+                        "node {node} runs no pod with identity {id}; a ztunnel may only obtain identities of pods on its own node"
+                    )));
+                }
+                Ok(id)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        metrics::counter!("citadel_server_csr_count").increment(1);
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = bearer(header)
+            .and_then(|t| self.auth.authenticate(t))
+            .map_err(|e| {
+                metrics::counter!("citadel_server_authentication_failure_count").increment(1);
+                warn!(error = %e, "CA request refused: authentication");
+                Status::unauthenticated(e.to_string())
+            })?;
+        let req = request.into_inner();
+        let identity = self.authorize(&caller, &req).inspect_err(|s| {
+            warn!(caller = ?caller, reason = %s.message(), "CA request refused: authorization");
+        })?;
+        let chain = self
+            .ca
+            .sign_workload(&req.csr, &identity, req.validity_duration)
+            .map_err(|e| {
+                warn!(caller = ?caller, identity = %identity, error = %e, "CA request refused");
+                match e {
+                    CaError::MalformedCsr(_) => {
+                        metrics::counter!("citadel_server_csr_parsing_err_count").increment(1);
+                        Status::invalid_argument(e.to_string())
+                    }
+                    CaError::BadTtl(_) => Status::invalid_argument(e.to_string()),
+                    CaError::CsrIdentityMismatch { .. } => Status::permission_denied(e.to_string()),
+                    _ => Status::internal(e.to_string()),
+                }
+            })?;
+        metrics::counter!("citadel_server_success_cert_issuance_count").increment(1);
+        info!(caller = ?caller, identity = %identity, "issued workload certificate");
+        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
+    }
+}

@@ -1,0 +1,191 @@
+//! Where pods are announced to the agent: HTTP/1.1 over a unix socket, as istio-cni's plugin
+//! posts its events. The local runtime (or a CNI plugin) is the client.
+//!
+//! | request | body | effect |
+//! |---|---|---|
+//! | `POST /cmdadd` | [`PodEvent`] JSON | capture the pod and hand it to ztunnel |
+//! | `POST /cmddel` | `{"uid": "..."}` | release it |
+//! | `GET /pods` | | the pods the agent holds, as JSON |
+//!
+//! Errors answer 400 (malformed request) or 500 with the reason as text.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use super::{NodeAgent, PodEvent, PodStatus};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelRequest {
+    pub uid: String,
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(body.into()))
+        .expect("static response")
+}
+
+/// Binds the socket, replacing a stale file.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves pod events forever.
+pub async fn serve(agent: Arc<NodeAgent>, listener: UnixListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "CNI socket accept failed");
+                continue;
+            }
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(route(agent, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "CNI connection ended");
+            }
+        });
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading body: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))
+}
+
+async fn route(agent: Arc<NodeAgent>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method().clone(), req.uri().path()) {
+        (Method::POST, "/cmdadd") => match read_json::<PodEvent>(req).await {
+            Err(e) => reply(StatusCode::BAD_REQUEST, e),
+            Ok(event) => match agent.add_pod(event).await {
+                Ok(()) => reply(StatusCode::OK, "ok\n"),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+        },
+        (Method::POST, "/cmddel") => match read_json::<DelRequest>(req).await {
+            Err(e) => reply(StatusCode::BAD_REQUEST, e),
+            Ok(del) => match agent.remove_pod(&del.uid).await {
+                Ok(()) => reply(StatusCode::OK, "ok\n"),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+        },
+        (Method::GET, "/pods") => {
+            let pods = agent.pods();
+            reply(StatusCode::OK, serde_json::to_vec_pretty(&pods).expect("serializable"))
+        }
+        _ => reply(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A client of an agent's CNI socket.
+#[derive(Clone, Debug)]
+pub struct CniClient {
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniClientError {
+    #[error("agent socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("agent answered {status}: {body}")]
+    Refused { status: StatusCode, body: String },
+}
+
+impl CniClient {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        CniClient { path: path.into() }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Vec<u8>) -> Result<Bytes, CniClientError> {
+        let stream = UnixStream::connect(&self.path)
+            .await
+            .map_err(|source| CniClientError::Connect {
+                path: self.path.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| CniClientError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "node-agent")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CniClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| CniClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CniClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(CniClientError::Refused {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        }
+    }
+
+    pub async fn add(&self, event: &PodEvent) -> Result<(), CniClientError> {
+        let body = serde_json::to_vec(event).expect("serializable");
+        self.call(Method::POST, "/cmdadd", body).await.map(|_| ())
+    }
+
+    pub async fn del(&self, uid: &str) -> Result<(), CniClientError> {
+        let body = serde_json::to_vec(&DelRequest {
+            uid: uid.to_string(),
+        })
+        .expect("serializable");
+        self.call(Method::POST, "/cmddel", body).await.map(|_| ())
+    }
+
+    pub async fn pods(&self) -> Result<Vec<PodStatus>, CniClientError> {
+        let body = self.call(Method::GET, "/pods", Vec::new()).await?;
+        serde_json::from_slice(&body).map_err(|e| CniClientError::Http(e.to_string()))
+    }
+}

@@ -1,0 +1,171 @@
+//! Command lines of the `ztunnel` and `node-agent` binaries (also reachable as
+//! `ambientctl component ztunnel|node-agent`).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, NodeAgent};
+use crate::app::{self, Config};
+use crate::identity::ca_client::CaClientConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "ztunnel", about = "ambient-rs node tunnel")]
+pub struct ZtunnelArgs {
+    /// Name of the node this ztunnel serves.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    #[arg(long, default_value = ambient_proto::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Local WDS file of workloads and services.
+    #[arg(long)]
+    pub config_file: PathBuf,
+    /// The CA: `https://host:15012`.
+    #[arg(long)]
+    pub ca_address: String,
+    /// PEM roots of the mesh; they also sign the CA's serving certificate.
+    #[arg(long)]
+    pub ca_root: PathBuf,
+    /// Name on the CA's serving certificate.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    pub ca_server_name: String,
+    /// File holding this node's bearer token for the CA.
+    #[arg(long)]
+    pub ca_token_file: PathBuf,
+    /// Workload certificate lifetime to ask for, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub workload_cert_ttl_secs: u64,
+    /// The node agent's ZDS socket.
+    #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "node-agent", about = "ambient-rs node agent: capture rules and ZDS")]
+pub struct AgentArgs {
+    /// Where ztunnel connects for ZDS.
+    #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    /// Where pods are announced.
+    #[arg(long, default_value = "/var/run/ambient/cni.sock")]
+    pub cni_socket: PathBuf,
+    /// Persisted pod list, so a restarted agent still knows its pods.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Installs the global tracing subscriber (stderr, `RUST_LOG` or `info`).
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn shutdown_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}
+
+/// Runs ztunnel with command-line `args` (program name first).
+pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let args = ZtunnelArgs::parse_from(args);
+    init_logging(&args.log_format);
+    let roots = std::fs::read(&args.ca_root)
+        .with_context(|| format!("reading {}", args.ca_root.display()))?;
+    let config = Config {
+        node_name: args.node_name,
+        trust_domain: args.trust_domain,
+        config_file: args.config_file,
+        ca: CaClientConfig {
+            address: args.ca_address,
+            root_pem: roots.clone(),
+            server_name: args.ca_server_name,
+            token_file: args.ca_token_file,
+            ttl: Duration::from_secs(args.workload_cert_ttl_secs),
+        },
+        mesh_roots_pem: roots,
+        zds_socket: args.zds_socket,
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        readiness_addr: args.readiness_addr,
+        cert_wait: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        shutdown_on_signal(shutdown.clone());
+        app::run(config, metrics, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// Runs the node agent with command-line `args` (program name first).
+pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let args = AgentArgs::parse_from(args);
+    init_logging(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        for path in [&args.zds_socket, &args.cni_socket] {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let node_agent = Arc::new(NodeAgent::new(args.state_file.clone())?);
+        let zds = ambient_proto::zds::ZdsListener::bind(&args.zds_socket)
+            .with_context(|| format!("binding {}", args.zds_socket.display()))?;
+        let cni = agent::cni::bind(&args.cni_socket)
+            .with_context(|| format!("binding {}", args.cni_socket.display()))?;
+        tokio::spawn(agent::zds_server::serve(node_agent.clone(), zds));
+        tokio::spawn(agent::cni::serve(node_agent, cni));
+        tracing::info!(zds = %args.zds_socket.display(), cni = %args.cni_socket.display(), "node agent running");
+        let shutdown = CancellationToken::new();
+        shutdown_on_signal(shutdown.clone());
+        shutdown.cancelled().await;
+        anyhow::Ok(())
+    })
+}

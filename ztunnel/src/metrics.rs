@@ -1,0 +1,276 @@
+//! Istio's standard TCP metrics and the per-connection access log.
+//!
+//! Every connection gets a [`ConnectionRecord`]: it resolves its labelled counters once (a
+//! registry lookup per connection, never per byte), bumps them with atomic adds as bytes move,
+//! and writes one access-log line when the connection ends.
+//!
+//! Label values come only from workloads the control plane described (or `unknown`), so
+//! cardinality is bounded by the number of workload pairs that actually talk.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ambient_proto::hbone::RelayObserver;
+use ambient_proto::identity::Identity;
+use metrics::{Counter, Label, counter};
+use tracing::info;
+
+use crate::state::{Service, Workload};
+
+pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
+pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
+/// Peers refused by HBONE checks, by `direction` and `reason`.
+pub const HBONE_REJECTED: &str = "ambient_hbone_rejected_total";
+
+/// Registers help texts, so `/metrics` explains itself.
+pub fn describe() {
+    metrics::describe_counter!(CONNECTIONS_OPENED, "TCP connections opened");
+    metrics::describe_counter!(CONNECTIONS_CLOSED, "TCP connections closed");
+    metrics::describe_counter!(
+        SENT_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes sent by the destination (response direction)"
+    );
+    metrics::describe_counter!(
+        RECEIVED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes received by the destination (request direction)"
+    );
+    metrics::describe_counter!(
+        HBONE_REJECTED,
+        "HBONE peers refused by TLS or HTTP/2 checks, by reason"
+    );
+}
+
+/// Counts one refused HBONE peer.
+pub fn hbone_rejected(direction: &'static str, reason: &'static str) {
+    counter!(HBONE_REJECTED, "direction" => direction, "reason" => reason).increment(1);
+}
+
+/// Which proxy reports a connection (Istio's `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// Whether the hop was mutual TLS (Istio's `connection_security_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    MutualTls,
+    None,
+}
+
+/// Everything known about a connection when it starts.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub reporter: Reporter,
+    pub src_addr: SocketAddr,
+    pub src_workload: Option<Arc<Workload>>,
+    pub src_identity: Option<Identity>,
+    /// What the app dialed (a VIP or a pod address).
+    pub dst_addr: SocketAddr,
+    /// The endpoint behind the HBONE tunnel, when there is one.
+    pub dst_hbone_addr: Option<SocketAddr>,
+    pub dst_workload: Option<Arc<Workload>>,
+    pub dst_identity: Option<Identity>,
+    pub dst_service: Option<Arc<Service>>,
+    pub security: Security,
+    /// `-` for a normal connection; Envoy-style flags otherwise (`UF` upstream failure...).
+    pub response_flags: &'static str,
+}
+
+fn or_unknown(s: Option<&str>) -> String {
+    match s {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+impl ConnectionInfo {
+    fn labels(&self) -> Vec<Label> {
+        let src = self.src_workload.as_deref();
+        let dst = self.dst_workload.as_deref();
+        let principal = |id: &Option<Identity>| {
+            id.as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let canonical = |w: Option<&Workload>| {
+            or_unknown(w.map(|w| {
+                if w.canonical_name.is_empty() {
+                    w.telemetry_name()
+                } else {
+                    &w.canonical_name
+                }
+            }))
+        };
+        vec![
+            Label::new(
+                "reporter",
+                match self.reporter {
+                    Reporter::Source => "source",
+                    Reporter::Destination => "destination",
+                },
+            ),
+            Label::new("source_workload", or_unknown(src.map(|w| w.telemetry_name()))),
+            Label::new(
+                "source_workload_namespace",
+                or_unknown(src.map(|w| w.namespace.as_str())),
+            ),
+            Label::new("source_principal", principal(&self.src_identity)),
+            Label::new("source_canonical_service", canonical(src)),
+            Label::new(
+                "source_canonical_revision",
+                or_unknown(src.map(|w| w.canonical_revision.as_str())),
+            ),
+            Label::new(
+                "destination_workload",
+                or_unknown(dst.map(|w| w.telemetry_name())),
+            ),
+            Label::new(
+                "destination_workload_namespace",
+                or_unknown(dst.map(|w| w.namespace.as_str())),
+            ),
+            Label::new("destination_principal", principal(&self.dst_identity)),
+            Label::new("destination_canonical_service", canonical(dst)),
+            Label::new(
+                "destination_canonical_revision",
+                or_unknown(dst.map(|w| w.canonical_revision.as_str())),
+            ),
+            Label::new(
+                "destination_service",
+                or_unknown(self.dst_service.as_deref().map(|s| s.hostname.as_str())),
+            ),
+            Label::new(
+                "destination_service_name",
+                or_unknown(self.dst_service.as_deref().map(|s| s.name.as_str())),
+            ),
+            Label::new(
+                "destination_service_namespace",
+                or_unknown(self.dst_service.as_deref().map(|s| s.namespace.as_str())),
+            ),
+            Label::new("request_protocol", "tcp"),
+            Label::new("response_flags", self.response_flags),
+            Label::new(
+                "connection_security_policy",
+                match self.security {
+                    Security::MutualTls => "mutual_tls",
+                    Security::None => "unknown",
+                },
+            ),
+        ]
+    }
+}
+
+/// Counters and access log of one connection. Dropping it records the close.
+pub struct ConnectionRecord {
+    info: ConnectionInfo,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+    sent_total: AtomicU64,
+    received_total: AtomicU64,
+    start: Instant,
+    error: Option<String>,
+}
+
+impl ConnectionRecord {
+    /// Counts the connection as opened.
+    pub fn open(info: ConnectionInfo) -> Self {
+        let labels = info.labels();
+        counter!(CONNECTIONS_OPENED, labels.iter()).increment(1);
+        ConnectionRecord {
+            closed: counter!(CONNECTIONS_CLOSED, labels.iter()),
+            sent: counter!(SENT_BYTES, labels.iter()),
+            received: counter!(RECEIVED_BYTES, labels.iter()),
+            info,
+            sent_total: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
+            start: Instant::now(),
+            error: None,
+        }
+    }
+
+    /// Bytes from the client toward the destination.
+    pub fn request_bytes(&self, n: usize) {
+        self.received.increment(n as u64);
+        self.received_total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes from the destination back to the client.
+    pub fn response_bytes(&self, n: usize) {
+        self.sent.increment(n as u64);
+        self.sent_total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Notes why the connection ended badly (shown in the access log).
+    pub fn set_error(&mut self, e: impl ToString) {
+        self.error = Some(e.to_string());
+    }
+
+    /// Adapter for relays where the request flows into the HBONE tunnel (outbound).
+    pub fn outbound_observer(&self) -> RequestIntoTunnel<'_> {
+        RequestIntoTunnel(self)
+    }
+
+    /// Adapter for relays where the request comes out of the HBONE tunnel (inbound).
+    pub fn inbound_observer(&self) -> RequestFromTunnel<'_> {
+        RequestFromTunnel(self)
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        self.closed.increment(1);
+        let i = &self.info;
+        let name = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.name.clone());
+        let ns = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.namespace.clone());
+        let id = |x: &Option<Identity>| x.as_ref().map(|x| x.to_string());
+        info!(
+            target: "access",
+            src_addr = %i.src_addr,
+            src_workload = name(&i.src_workload),
+            src_namespace = ns(&i.src_workload),
+            src_identity = id(&i.src_identity),
+            dst_addr = %i.dst_addr,
+            dst_hbone_addr = i.dst_hbone_addr.map(|a| a.to_string()),
+            dst_service = i.dst_service.as_ref().map(|s| s.hostname.clone()),
+            dst_workload = name(&i.dst_workload),
+            dst_namespace = ns(&i.dst_workload),
+            dst_identity = id(&i.dst_identity),
+            direction = match i.reporter { Reporter::Source => "outbound", Reporter::Destination => "inbound" },
+            bytes_sent = self.received_total.load(Ordering::Relaxed),
+            bytes_recv = self.sent_total.load(Ordering::Relaxed),
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            response_flags = i.response_flags,
+            error = self.error.as_deref(),
+            "connection complete"
+        );
+    }
+}
+
+pub struct RequestIntoTunnel<'a>(&'a ConnectionRecord);
+pub struct RequestFromTunnel<'a>(&'a ConnectionRecord);
+
+impl RelayObserver for RequestIntoTunnel<'_> {
+    fn to_tunnel(&self, n: usize) {
+        self.0.request_bytes(n)
+    }
+    fn from_tunnel(&self, n: usize) {
+        self.0.response_bytes(n)
+    }
+}
+
+impl RelayObserver for RequestFromTunnel<'_> {
+    fn to_tunnel(&self, n: usize) {
+        self.0.response_bytes(n)
+    }
+    fn from_tunnel(&self, n: usize) {
+        self.0.request_bytes(n)
+    }
+}

@@ -1,0 +1,61 @@
+//! Plaintext inbound (port 15006 in the pod): a client outside the mesh (or not using HBONE)
+//! dialed the pod; capture sent it here. Connect it to the app it was meant for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
+use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
+
+pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
+    accept_loop(ctx, listener, "inbound_passthrough", handle).await
+}
+
+async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAddr) {
+    let dst = match socket::original_dst(&downstream) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(pod = %ctx.name, %peer, error = %e, "plaintext connection without an original destination");
+            return;
+        }
+    };
+    if RESERVED_PORTS.contains(&dst.port()) {
+        debug!(pod = %ctx.name, %dst, "refusing plaintext to the tunnel's own port");
+        return;
+    }
+    let me = ctx.workload();
+    let snapshot = ctx.shared.state.load();
+    let src_workload = snapshot.workload_by_ip(peer.ip()).cloned();
+    let info = |flags| ConnectionInfo {
+        reporter: Reporter::Destination,
+        src_addr: peer,
+        src_workload: src_workload.clone(),
+        src_identity: None,
+        dst_addr: dst,
+        dst_hbone_addr: None,
+        dst_workload: me.clone(),
+        dst_identity: Some(ctx.identity.clone()),
+        dst_service: None,
+        security: Security::None,
+        response_flags: flags,
+    };
+    let connect = tokio::time::timeout(ctx.shared.connect_timeout, socket::connect_in(&ctx.netns, dst)).await;
+    let mut upstream = match connect {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ConnectionRecord::open(info("UF")).set_error(format!("connect {dst}: {e}"));
+            return;
+        }
+        Err(_) => {
+            ConnectionRecord::open(info("UF")).set_error(format!("connect {dst}: timed out"));
+            return;
+        }
+    };
+    let mut record = ConnectionRecord::open(info("-"));
+    if let Err(e) = super::relay::relay_tcp(&mut downstream, &mut upstream, &record).await {
+        record.set_error(e);
+    }
+}

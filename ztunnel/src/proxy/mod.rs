@@ -1,0 +1,172 @@
+//! The per-pod proxies. For each enrolled pod, three listeners live inside the pod's network
+//! namespace:
+//!
+//! - [`outbound`] on 15001: everything the pod dials, redirected by capture rules;
+//! - [`inbound_passthrough`] on 15006: plaintext arriving at the pod;
+//! - [`inbound`] on 15008: HBONE arriving at the pod.
+//!
+//! A [`PodContext`] carries what they share: the pod, its namespace, its connection pool.
+
+pub mod inbound;
+pub mod inbound_passthrough;
+pub mod outbound;
+pub mod relay;
+pub mod socket;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambient_proto::hbone::{H2Settings, Pool, PoolSettings};
+use ambient_proto::identity::Identity;
+use ambient_proto::tls::TrustBundle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::CertificateManager;
+use crate::inpod::netns::Netns;
+use crate::state::{StateStore, Workload};
+
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = ambient_proto::hbone::HBONE_PORT;
+pub const DNS_PORT: u16 = 15053;
+
+/// Ports of the tunnel itself, never valid as a destination inside a pod.
+pub const RESERVED_PORTS: &[u16] = &[
+    OUTBOUND_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    HBONE_PORT,
+    DNS_PORT,
+    15000,
+    15020,
+    15021,
+];
+
+/// Node-wide pieces every pod's proxies share.
+pub struct Shared {
+    pub state: Arc<StateStore>,
+    pub certs: Arc<CertificateManager>,
+    pub bundle: TrustBundle,
+    pub h2: H2Settings,
+    pub pool: PoolSettings,
+    /// How long a new connection waits for its pod's first certificate.
+    pub cert_wait: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Pool key: (source identity, destination identity, destination HBONE address).
+pub type PoolKey = (Identity, Identity, SocketAddr);
+
+/// One enrolled pod, as its proxies see it.
+pub struct PodContext {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub identity: Identity,
+    pub netns: Netns,
+    pub shared: Arc<Shared>,
+    pub pool: Pool<PoolKey>,
+    pub acceptor: TlsAcceptor,
+    /// Cancelled when the pod leaves the node: listeners and connections stop.
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding port {port} in the pod's namespace: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] ambient_proto::tls::TlsError),
+}
+
+impl PodContext {
+    pub fn new(
+        uid: String,
+        name: String,
+        namespace: String,
+        identity: Identity,
+        netns: Netns,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Self>, StartError> {
+        let slot = shared.certs.slot(&identity);
+        let server = ambient_proto::tls::server_config(slot, &shared.bundle)?;
+        Ok(Arc::new(PodContext {
+            uid,
+            name,
+            namespace,
+            identity,
+            netns,
+            pool: Pool::new(shared.pool),
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            shared,
+            cancel: CancellationToken::new(),
+        }))
+    }
+
+    /// This pod's workload as the control plane describes it, if it does yet.
+    pub fn workload(&self) -> Option<Arc<Workload>> {
+        self.shared
+            .state
+            .load()
+            .find_pod(&self.uid, &self.namespace, &self.name)
+            .cloned()
+    }
+
+    /// Binds the three listeners in the pod's namespace and starts serving.
+    pub fn start(self: &Arc<Self>) -> Result<(), StartError> {
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let bind = |port| {
+            socket::listen_in(&self.netns, any(port)).map_err(|source| StartError::Bind {
+                port,
+                source,
+            })
+        };
+        let outbound = bind(OUTBOUND_PORT)?;
+        let plaintext = bind(INBOUND_PLAINTEXT_PORT)?;
+        let hbone = bind(HBONE_PORT)?;
+        tokio::spawn(outbound::serve(self.clone(), outbound));
+        tokio::spawn(inbound_passthrough::serve(self.clone(), plaintext));
+        tokio::spawn(inbound::serve(self.clone(), hbone));
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        self.cancel.cancel();
+        self.pool.clear();
+    }
+}
+
+/// Accepts connections until the pod is stopped, running `handle` for each on its own task.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<PodContext>,
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<PodContext>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let cancel = ctx.cancel.clone();
+                    let fut = handle(ctx.clone(), stream, peer);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = fut => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %ctx.name, listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Outbound (port 15001 in the pod): the app dialed somewhere; capture sent it here.
+//!
+//! original destination → workload or service VIP (one endpoint picked) → HBONE to the
+//! endpoint's 15008 when it is in the mesh, else plain TCP straight to the destination.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambient_proto::hbone::{ConnectRequest, HboneConnection, HboneError, relay};
+use ambient_proto::identity::Identity;
+use ambient_proto::tls;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::{HBONE_PORT, PodContext, RESERVED_PORTS, accept_loop, socket};
+use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
+use crate::state::{Protocol, Upstream, Workload};
+
+pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
+    accept_loop(ctx, listener, "outbound", handle).await
+}
+
+async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
+    let dst = match socket::original_dst(&downstream) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(pod = %ctx.name, %peer, error = %e, "outbound connection without an original destination");
+            return;
+        }
+    };
+    let me = ctx.workload();
+    if RESERVED_PORTS.contains(&dst.port()) && me.as_ref().is_some_and(|w| w.addresses.contains(&dst.ip())) {
+        debug!(pod = %ctx.name, %dst, "refusing a connection to the tunnel's own port");
+        return;
+    }
+    let snapshot = ctx.shared.state.load();
+    match snapshot.resolve(dst) {
+        Err(e) => {
+            warn!(pod = %ctx.name, %dst, error = %e, "outbound destination unusable");
+            let mut record = ConnectionRecord::open(info(&ctx, me, peer, dst, None, "NR"));
+            record.set_error(e);
+        }
+        Ok(Some(up)) if up.workload.protocol == Protocol::Hbone => {
+            hbone(&ctx, downstream, peer, dst, me, up).await
+        }
+        Ok(Some(up)) => {
+            let target = up.addr;
+            direct(&ctx, downstream, peer, dst, target, me, Some(up)).await
+        }
+        Ok(None) => direct(&ctx, downstream, peer, dst, dst, me, None).await,
+    }
+}
+
+fn info(
+    ctx: &PodContext,
+    me: Option<Arc<Workload>>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    up: Option<&Upstream>,
+    flags: &'static str,
+) -> ConnectionInfo {
+    let hbone = up.is_some_and(|u| u.workload.protocol == Protocol::Hbone);
+    ConnectionInfo {
+        reporter: Reporter::Source,
+        src_addr: peer,
+        src_workload: me,
+        src_identity: Some(ctx.identity.clone()),
+        dst_addr: dst,
+        dst_hbone_addr: up.filter(|_| hbone).map(|u| u.addr),
+        dst_workload: up.map(|u| u.workload.clone()),
+        dst_identity: up.filter(|_| hbone).map(|u| u.workload.identity.clone()),
+        dst_service: up.and_then(|u| u.service.clone()),
+        security: if hbone {
+            Security::MutualTls
+        } else {
+            Security::None
+        },
+        response_flags: flags,
+    }
+}
+
+/// Plain TCP from the pod's namespace to `target` (a non-mesh workload or outside the mesh).
+async fn direct(
+    ctx: &PodContext,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    target: SocketAddr,
+    me: Option<Arc<Workload>>,
+    up: Option<Upstream>,
+) {
+    let connect = tokio::time::timeout(
+        ctx.shared.connect_timeout,
+        socket::connect_in(&ctx.netns, target),
+    )
+    .await;
+    let mut upstream = match connect {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
+            r.set_error(format!("connect {target}: {e}"));
+            return;
+        }
+        Err(_) => {
+            let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
+            r.set_error(format!("connect {target}: timed out"));
+            return;
+        }
+    };
+    let mut record = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "-"));
+    if let Err(e) = super::relay::relay_tcp(&mut downstream, &mut upstream, &record).await {
+        record.set_error(e);
+    }
+}
+
+/// HBONE to the endpoint's ztunnel, on a pooled connection when one is free.
+async fn hbone(
+    ctx: &PodContext,
+    downstream: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    me: Option<Arc<Workload>>,
+    up: Upstream,
+) {
+    let dst_identity = up.workload.identity.clone();
+    let hbone_addr = SocketAddr::new(up.addr.ip(), HBONE_PORT);
+    let key = (ctx.identity.clone(), dst_identity.clone(), hbone_addr);
+    let request = ConnectRequest {
+        authority: up.addr,
+        forwarded_for: Some(peer.ip()),
+        baggage: me.as_deref().map(baggage),
+        traceparent: Some(new_traceparent()),
+    };
+    let stream = ctx
+        .pool
+        .stream(&key, &request, || dial(ctx, hbone_addr, dst_identity))
+        .await;
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(reason) = e.rejection() {
+                metrics::hbone_rejected("outbound", reason.as_str());
+            }
+            let flags = match &e {
+                HboneError::Status(s) if s.as_u16() == 401 => "DENY",
+                _ => "UF",
+            };
+            warn!(pod = %ctx.name, %dst, endpoint = %hbone_addr, error = %e, "HBONE connection failed");
+            let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, Some(&up), flags));
+            r.set_error(e);
+            return;
+        }
+    };
+    let (h2, _slot) = stream.into_parts();
+    let mut record = ConnectionRecord::open(info(ctx, me, peer, dst, Some(&up), "-"));
+    let (r, w) = downstream.into_split();
+    if let Err(e) = relay(r, w, h2, &record.outbound_observer()).await {
+        record.set_error(e);
+    }
+}
+
+/// A new HBONE connection from the pod's namespace, as the pod's identity, expecting
+/// `expected` on the other end.
+async fn dial(
+    ctx: &PodContext,
+    addr: SocketAddr,
+    expected: Identity,
+) -> Result<HboneConnection, HboneError> {
+    let cert = ctx
+        .shared
+        .certs
+        .get(&ctx.identity, ctx.shared.cert_wait)
+        .await
+        .map_err(|e| HboneError::BadRequest(format!("no certificate for {}: {e}", ctx.identity)))?;
+    let config = tls::client_config(&cert, &ctx.shared.bundle, vec![expected])?;
+    let tcp = tokio::time::timeout(ctx.shared.connect_timeout, socket::connect_in(&ctx.netns, addr))
+        .await
+        .map_err(|_| HboneError::Timeout(ctx.shared.connect_timeout))?
+        .map_err(|source| HboneError::Connect { addr, source })?;
+    HboneConnection::handshake(tcp, addr, Arc::new(config), &ctx.shared.h2).await
+}
+
+/// W3C baggage describing the source workload, as Istio's ztunnel sends it.
+fn baggage(w: &Workload) -> String {
+    let mut parts = vec![
+        format!("k8s.namespace.name={}", w.namespace),
+        format!("k8s.pod.name={}", w.name),
+    ];
+    if !w.cluster_id.is_empty() {
+        parts.push(format!("k8s.cluster.name={}", w.cluster_id));
+    }
+    if !w.canonical_name.is_empty() {
+        parts.push(format!("service.name={}", w.canonical_name));
+    }
+    if !w.canonical_revision.is_empty() {
+        parts.push(format!("service.version={}", w.canonical_revision));
+    }
+    parts.join(",")
+}
+
+/// A fresh W3C trace context (sampled flag off: ztunnel starts traces, it does not sample).
+fn new_traceparent() -> String {
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_w3c_shaped() {
+        let t = new_traceparent();
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"));
+    }
+}

@@ -1,0 +1,58 @@
+//! Sockets as the tunnel makes them: inside a pod's namespace, carrying the mark that capture
+//! rules exempt, and the original destination of redirected connections.
+
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::inpod::netns::Netns;
+
+/// The packet mark on every socket ztunnel opens; capture rules let marked traffic pass.
+pub const TUNNEL_MARK: u32 = 0x539;
+
+/// Backlog for in-pod listeners.
+const BACKLOG: i32 = 1024;
+
+fn new_socket(netns: &Netns, addr: &SocketAddr) -> std::io::Result<Socket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = netns.run(|| Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)))??;
+    socket.set_mark(TUNNEL_MARK)?;
+    Ok(socket)
+}
+
+/// A listener bound to `addr` inside `netns`.
+pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = new_socket(netns, &addr)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to `dst` from inside `netns`, with the tunnel mark so capture lets it through.
+pub async fn connect_in(netns: &Netns, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = new_socket(netns, &dst)?;
+    socket.set_tcp_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    socket.connect(dst).await
+}
+
+/// Where a redirected connection was going before capture sent it to us.
+pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "original destination is not IP")
+    })
+}

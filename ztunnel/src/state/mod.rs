@@ -1,0 +1,355 @@
+//! What the control plane said: workloads, services and (later) policies, held as one
+//! immutable snapshot that the data path reads without locks.
+//!
+//! Updates arrive as WDS `Address` resources from a [`source`] (a local file now, xDS later),
+//! are converted once into the typed [`Workload`] and [`Service`], and swap in a new snapshot.
+
+pub mod source;
+mod types;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use ambient_proto::istio::workload as wds;
+use arc_swap::ArcSwap;
+use rand::Rng;
+use tokio::sync::watch;
+
+pub use types::{Protocol, Service, ServicePort, Workload};
+
+/// A change to the store: resources to add or replace, and names to remove. Workload names
+/// are uids; service names are `namespace/hostname` (as WDS keys them).
+#[derive(Debug, Default)]
+pub struct Update {
+    pub upserts: Vec<wds::Address>,
+    pub removes: Vec<String>,
+    /// Replace everything (the file source sends whole snapshots).
+    pub replace_all: bool,
+}
+
+/// One immutable view of the mesh.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    workloads: HashMap<String, Arc<Workload>>,
+    services: HashMap<String, Arc<Service>>,
+    workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    service_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Service key → its endpoints.
+    endpoints: HashMap<String, Vec<Arc<Workload>>>,
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The endpoint address (`ip:target_port`) the app's bytes must reach.
+    pub addr: SocketAddr,
+    pub workload: Arc<Workload>,
+    /// The service the app dialed, when it dialed a VIP.
+    pub service: Option<Arc<Service>>,
+}
+
+/// Why an outbound destination could not be resolved.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("service {service} has no port {port}")]
+    NoServicePort { service: String, port: u16 },
+    #[error("service {0} has no healthy endpoints")]
+    NoEndpoints(String),
+}
+
+impl Snapshot {
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workload_by_ip.get(&ip)
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.service_by_vip.get(&ip)
+    }
+
+    /// A pod's workload, by WDS uid or (as Istio's node agent sends a Kubernetes pod UID
+    /// instead) by namespace and name.
+    pub fn find_pod(&self, uid: &str, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid).or_else(|| {
+            self.workloads
+                .values()
+                .find(|w| w.namespace == namespace && w.name == name)
+        })
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn endpoints(&self, service: &Service) -> &[Arc<Workload>] {
+        self.endpoints
+            .get(&service.key())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Resolves an outbound destination: a service VIP picks one healthy endpoint at random;
+    /// a workload address is that workload; anything else is outside the mesh (`Ok(None)`).
+    pub fn resolve(&self, dst: SocketAddr) -> Result<Option<Upstream>, ResolveError> {
+        if let Some(service) = self.service_by_vip.get(&dst.ip()) {
+            let port = service
+                .ports
+                .iter()
+                .find(|p| p.service_port == dst.port())
+                .ok_or_else(|| ResolveError::NoServicePort {
+                    service: service.key(),
+                    port: dst.port(),
+                })?;
+            let candidates: Vec<&Arc<Workload>> = self
+                .endpoints(service)
+                .iter()
+                .filter(|w| w.healthy && !w.addresses.is_empty())
+                .collect();
+            if candidates.is_empty() {
+                return Err(ResolveError::NoEndpoints(service.key()));
+            }
+            let pick = candidates[rand::rng().random_range(0..candidates.len())];
+            let target_port = pick.target_port(&service.key(), port);
+            return Ok(Some(Upstream {
+                addr: SocketAddr::new(pick.addresses[0], target_port),
+                workload: pick.clone(),
+                service: Some(service.clone()),
+            }));
+        }
+        Ok(self.workload_by_ip.get(&dst.ip()).map(|w| Upstream {
+            addr: dst,
+            workload: w.clone(),
+            service: None,
+        }))
+    }
+
+    fn apply(&mut self, update: Update) -> Vec<String> {
+        let mut rejected = Vec::new();
+        if update.replace_all {
+            self.workloads.clear();
+            self.services.clear();
+        }
+        for name in &update.removes {
+            self.workloads.remove(name);
+            self.services.remove(name);
+        }
+        for address in update.upserts {
+            match address.r#type {
+                Some(wds::address::Type::Workload(w)) => match Workload::try_from(w) {
+                    Ok(w) => {
+                        self.workloads.insert(w.uid.clone(), Arc::new(w));
+                    }
+                    Err(e) => rejected.push(e),
+                },
+                Some(wds::address::Type::Service(s)) => match Service::try_from(s) {
+                    Ok(s) => {
+                        self.services.insert(s.key(), Arc::new(s));
+                    }
+                    Err(e) => rejected.push(e),
+                },
+                None => rejected.push("Address with neither workload nor service".into()),
+            }
+        }
+        self.reindex();
+        rejected
+    }
+
+    fn reindex(&mut self) {
+        self.workload_by_ip = self
+            .workloads
+            .values()
+            .flat_map(|w| w.addresses.iter().map(move |ip| (*ip, w.clone())))
+            .collect();
+        self.service_by_vip = self
+            .services
+            .values()
+            .flat_map(|s| s.vips.iter().map(move |ip| (*ip, s.clone())))
+            .collect();
+        let mut endpoints: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+        for w in self.workloads.values() {
+            for key in w.services.keys() {
+                endpoints.entry(key.clone()).or_default().push(w.clone());
+            }
+        }
+        for list in endpoints.values_mut() {
+            list.sort_by(|a, b| a.uid.cmp(&b.uid));
+        }
+        self.endpoints = endpoints;
+    }
+}
+
+/// The store: readers load the current snapshot lock-free; writers serialize.
+#[derive(Debug)]
+pub struct StateStore {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    version: watch::Sender<u64>,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        StateStore {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+            version: watch::channel(0).0,
+        }
+    }
+}
+
+impl StateStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Applies an update; returns the reasons for any resource it could not use.
+    pub fn apply(&self, update: Update) -> Vec<String> {
+        let _guard = self.writer.lock().expect("poisoned");
+        let mut next = (**self.current.load()).clone();
+        let rejected = next.apply(update);
+        self.current.store(Arc::new(next));
+        self.version.send_modify(|v| *v += 1);
+        rejected
+    }
+
+    /// Ticks on every applied update (the first value is 0: nothing loaded yet).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_proto::local::LocalConfig;
+
+    fn store_from(yaml: &str) -> StateStore {
+        let store = StateStore::new();
+        let rejected = store.apply(Update {
+            upserts: LocalConfig::parse(yaml).unwrap().to_addresses(),
+            removes: vec![],
+            replace_all: true,
+        });
+        assert!(rejected.is_empty(), "{rejected:?}");
+        store
+    }
+
+    const MESH: &str = r#"
+workloads:
+  - name: a
+    namespace: default
+    addresses: [10.244.1.2]
+    tunnelProtocol: HBONE
+    services: {"default/echo.default.svc.cluster.local": []}
+  - name: b
+    namespace: default
+    addresses: [10.244.2.2]
+    tunnelProtocol: HBONE
+    services: {"default/echo.default.svc.cluster.local": [{servicePort: 80, targetPort: 9090}]}
+  - name: sick
+    namespace: default
+    addresses: [10.244.2.3]
+    status: UNHEALTHY
+    services: {"default/echo.default.svc.cluster.local": []}
+services:
+  - name: echo
+    namespace: default
+    hostname: echo.default.svc.cluster.local
+    addresses: [10.96.0.10]
+    ports: [{servicePort: 80, targetPort: 8080}]
+"#;
+
+    #[test]
+    fn resolves_vips_over_healthy_endpoints() {
+        let store = store_from(MESH);
+        let snap = store.load();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let up = snap
+                .resolve("10.96.0.10:80".parse().unwrap())
+                .unwrap()
+                .unwrap();
+            seen.insert(up.addr.to_string());
+            assert_eq!(up.service.as_ref().unwrap().name, "echo");
+        }
+        // The service's target port, and b's per-workload override; never the sick one.
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            vec!["10.244.1.2:8080", "10.244.2.2:9090"]
+        );
+    }
+
+    #[test]
+    fn resolves_workloads_and_outside_addresses() {
+        let snap = store_from(MESH).load();
+        let up = snap
+            .resolve("10.244.2.2:1234".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.workload.name, "b");
+        assert_eq!(up.addr.port(), 1234);
+        assert!(snap.resolve("192.0.2.1:80".parse().unwrap()).unwrap().is_none());
+        assert_eq!(
+            snap.resolve("10.96.0.10:81".parse().unwrap()).unwrap_err(),
+            ResolveError::NoServicePort {
+                service: "default/echo.default.svc.cluster.local".into(),
+                port: 81
+            }
+        );
+    }
+
+    #[test]
+    fn removes_and_reindexes() {
+        let store = store_from(MESH);
+        let mut version = store.subscribe();
+        store.apply(Update {
+            upserts: vec![],
+            removes: vec![
+                "Kubernetes//Pod/default/a".into(),
+                "Kubernetes//Pod/default/b".into(),
+            ],
+            replace_all: false,
+        });
+        assert!(version.has_changed().unwrap());
+        version.mark_unchanged();
+        let snap = store.load();
+        assert!(snap.workload_by_ip("10.244.1.2".parse().unwrap()).is_none());
+        assert_eq!(
+            snap.resolve("10.96.0.10:80".parse().unwrap()).unwrap_err(),
+            ResolveError::NoEndpoints("default/echo.default.svc.cluster.local".into())
+        );
+    }
+
+    #[test]
+    fn bad_resources_are_reported_and_skipped() {
+        let store = StateStore::new();
+        let bad = wds::Address {
+            r#type: Some(wds::address::Type::Workload(wds::Workload {
+                uid: "x".into(),
+                name: "x".into(),
+                namespace: "default".into(),
+                addresses: vec![vec![1, 2, 3]],
+                ..Default::default()
+            })),
+        };
+        let rejected = store.apply(Update {
+            upserts: vec![bad],
+            ..Default::default()
+        });
+        assert_eq!(rejected.len(), 1);
+        assert!(rejected[0].contains("3-byte"), "{rejected:?}");
+        assert_eq!(store.load().workloads().count(), 0);
+    }
+}
