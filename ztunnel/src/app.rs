@@ -70,12 +70,12 @@ pub async fn run(
     let readiness = Readiness::new(&["config", "zds"]);
     let state = Arc::new(StateStore::new());
     let source = LocalFile::new(&config.config_file);
-    source.load(&state)?;
+    let loaded = source.load(&state)?;
     readiness.mark("config");
     tokio::spawn({
         let state = state.clone();
         async move {
-            if let Err(e) = source.run(state).await {
+            if let Err(e) = source.run(state, loaded).await {
                 error!(error = %e, "configuration source stopped");
             }
         }

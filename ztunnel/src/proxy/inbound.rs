@@ -16,6 +16,12 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListene
 }
 
 async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+    // A pod can be dialed before its first certificate arrives: hold the handshake until
+    // there is one to present.
+    if let Err(e) = ctx.shared.certs.get(&ctx.identity, ctx.shared.cert_wait).await {
+        warn!(pod = %ctx.name, %peer, error = %e, "no certificate to serve HBONE with");
+        return;
+    }
     let handler_ctx = ctx.clone();
     let handler = move |inbound: InboundConnect| {
         let ctx = handler_ctx.clone();

@@ -61,9 +61,10 @@ impl LocalFile {
         Ok(modified)
     }
 
-    /// Loads the file, then keeps re-loading it whenever it changes.
-    pub async fn run(self, store: Arc<StateStore>) -> Result<(), SourceError> {
-        let mut last = self.load(&store)?;
+    /// Keeps re-loading the file whenever it changes after `loaded` (the modification time
+    /// [`LocalFile::load`] returned).
+    pub async fn run(self, store: Arc<StateStore>, loaded: SystemTime) -> Result<(), SourceError> {
+        let mut last = loaded;
         loop {
             tokio::time::sleep(self.poll).await;
             let modified = match std::fs::metadata(&self.path).and_then(|m| m.modified()) {

@@ -1,0 +1,392 @@
+//! A running local mesh on a [`Lab`] network: the controller on the underlay, and a node
+//! agent plus a ztunnel in every node's namespace, each a real process.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ambient_proto::local::{LocalConfig, LocalTunnel, LocalWorkload};
+use ztunnel::agent::PodEvent;
+use ztunnel::agent::cni::{CniClient, CniClientError};
+
+use super::http;
+use super::process::Proc;
+use super::topology::{Lab, Pod, UNDERLAY_GATEWAY};
+
+/// How to run the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// The multi-call binary (`ambientctl`) that runs each component.
+    pub exe: PathBuf,
+    pub trust_domain: String,
+    /// Lifetime ztunnels ask for their workload certificates.
+    pub workload_cert_ttl: Duration,
+    /// `RUST_LOG` for the components.
+    pub log_filter: String,
+}
+
+impl MeshOptions {
+    pub fn new(exe: PathBuf) -> Self {
+        MeshOptions {
+            exe,
+            trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
+            workload_cert_ttl: Duration::from_secs(24 * 3600),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{what} did not become ready in {waited:?}: {detail}")]
+    NotReady {
+        what: String,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("no such {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Cni(#[from] CniClientError),
+    #[error("workload file: {0}")]
+    Config(String),
+}
+
+struct NodeProcs {
+    agent: Proc,
+    ztunnel: Option<Proc>,
+    dir: PathBuf,
+}
+
+pub struct Mesh {
+    pub lab: Lab,
+    pub options: MeshOptions,
+    pub config: LocalConfig,
+    config_path: PathBuf,
+    controller: Proc,
+    nodes: BTreeMap<String, NodeProcs>,
+}
+
+/// The controller's gRPC (CA) and monitoring addresses.
+pub fn controller_grpc() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(UNDERLAY_GATEWAY), 15012)
+}
+
+fn controller_monitoring() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(UNDERLAY_GATEWAY), 15014)
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(Some(_))` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, MeshError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("not checked yet");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e,
+        }
+        if start.elapsed() > timeout {
+            return Err(MeshError::NotReady {
+                what: what.to_string(),
+                waited: timeout,
+                detail: last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Mesh {
+    /// A workload entry for a lab pod, enrolled (HBONE) with `service_account`.
+    pub fn workload_for(pod: &Pod, service_account: &str) -> LocalWorkload {
+        LocalWorkload {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: service_account.to_string(),
+            trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
+            node: pod.node.clone(),
+            addresses: vec![IpAddr::V4(pod.ip)],
+            tunnel_protocol: LocalTunnel::Hbone,
+            ..Default::default()
+        }
+    }
+
+    fn write_config(path: &Path, config: &LocalConfig) -> Result<(), MeshError> {
+        let yaml = serde_yaml::to_string(config).map_err(|e| MeshError::Config(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Starts the controller, then every node's agent and ztunnel, and waits until all are
+    /// ready.
+    pub async fn start(lab: Lab, config: LocalConfig, options: MeshOptions) -> Result<Mesh, MeshError> {
+        let run = lab.run_dir.clone();
+        let logs = run.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let config_path = run.join("workloads.yaml");
+        Self::write_config(&config_path, &config)?;
+        let node_names: Vec<String> = lab.nodes.keys().cloned().collect();
+        let env = [("RUST_LOG", options.log_filter.as_str())];
+        let controller = Proc::spawn(
+            "controller",
+            &lab.underlay,
+            &options.exe,
+            &[
+                "component".into(),
+                "controller".into(),
+                "--grpc-addr".into(),
+                controller_grpc().to_string(),
+                "--monitoring-addr".into(),
+                controller_monitoring().to_string(),
+                "--trust-domain".into(),
+                options.trust_domain.clone(),
+                "--ca-dir".into(),
+                run.join("ca").display().to_string(),
+                "--token-dir".into(),
+                run.join("tokens").display().to_string(),
+                "--workloads".into(),
+                config_path.display().to_string(),
+                "--nodes".into(),
+                node_names.join(","),
+            ],
+            &logs.join("controller.log"),
+            &env,
+        )?;
+        let mut mesh = Mesh {
+            lab,
+            options,
+            config,
+            config_path,
+            controller,
+            nodes: BTreeMap::new(),
+        };
+        let underlay = mesh.lab.underlay.clone();
+        wait_for("controller", Duration::from_secs(30), || {
+            let underlay = underlay.clone();
+            async move {
+                match http::get(&underlay, controller_monitoring(), "/ready").await {
+                    Ok((200, _)) => Ok(Some(())),
+                    Ok((s, b)) => Err(format!("{s}: {b}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|e| mesh.with_logs(e))?;
+        for node in node_names {
+            mesh.start_node(&node).await?;
+        }
+        Ok(mesh)
+    }
+
+    fn with_logs(&self, e: MeshError) -> MeshError {
+        match e {
+            MeshError::NotReady {
+                what,
+                waited,
+                detail,
+            } => MeshError::NotReady {
+                what,
+                waited,
+                detail: format!("{detail}\n--- logs ---\n{}", self.logs(20)),
+            },
+            other => other,
+        }
+    }
+
+    async fn start_node(&mut self, node: &str) -> Result<(), MeshError> {
+        let dir = self.lab.run_dir.join(format!("node-{node}"));
+        std::fs::create_dir_all(&dir)?;
+        let n = self.lab.node(node);
+        let env = [("RUST_LOG", self.options.log_filter.as_str())];
+        let agent = Proc::spawn(
+            &format!("node-agent-{node}"),
+            &n.netns,
+            &self.options.exe,
+            &[
+                "component".into(),
+                "node-agent".into(),
+                "--zds-socket".into(),
+                dir.join("ztunnel.sock").display().to_string(),
+                "--cni-socket".into(),
+                dir.join("cni.sock").display().to_string(),
+                "--state-file".into(),
+                dir.join("agent-state.json").display().to_string(),
+            ],
+            &self.lab.run_dir.join("logs").join(format!("node-agent-{node}.log")),
+            &env,
+        )?;
+        self.nodes.insert(
+            node.to_string(),
+            NodeProcs {
+                agent,
+                ztunnel: None,
+                dir: dir.clone(),
+            },
+        );
+        let cni = CniClient::new(dir.join("cni.sock"));
+        wait_for(&format!("node agent on {node}"), Duration::from_secs(20), || {
+            let cni = cni.clone();
+            async move { cni.pods().await.map(Some).map_err(|e| e.to_string()) }
+        })
+        .await
+        .map_err(|e| self.with_logs(e))?;
+        self.start_ztunnel(node).await
+    }
+
+    /// Starts (or restarts) the ztunnel of `node` and waits for it to be ready.
+    pub async fn start_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
+        let n = self.lab.node(node);
+        let netns = n.netns.clone();
+        let procs = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?;
+        let dir = procs.dir.clone();
+        let run = self.lab.run_dir.clone();
+        let env = [("RUST_LOG", self.options.log_filter.as_str())];
+        let ztunnel = Proc::spawn(
+            &format!("ztunnel-{node}"),
+            &netns,
+            &self.options.exe,
+            &[
+                "component".into(),
+                "ztunnel".into(),
+                "--node-name".into(),
+                node.to_string(),
+                "--trust-domain".into(),
+                self.options.trust_domain.clone(),
+                "--config-file".into(),
+                self.config_path.display().to_string(),
+                "--ca-address".into(),
+                format!("https://{}", controller_grpc()),
+                "--ca-root".into(),
+                run.join("ca").join("root-cert.pem").display().to_string(),
+                "--ca-token-file".into(),
+                run.join("tokens").join(format!("{node}.token")).display().to_string(),
+                "--workload-cert-ttl-secs".into(),
+                self.options.workload_cert_ttl.as_secs().max(1).to_string(),
+                "--zds-socket".into(),
+                dir.join("ztunnel.sock").display().to_string(),
+            ],
+            &run.join("logs").join(format!("ztunnel-{node}.log")),
+            &env,
+        )?;
+        self.nodes.get_mut(node).expect("checked").ztunnel = Some(ztunnel);
+        wait_for(&format!("ztunnel on {node}"), Duration::from_secs(30), || {
+            let netns = netns.clone();
+            async move {
+                match http::get(&netns, "127.0.0.1:15021".parse().expect("addr"), "/healthz/ready").await {
+                    Ok((200, _)) => Ok(Some(())),
+                    Ok((s, b)) => Err(format!("{s}: {b}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|e| self.with_logs(e))
+    }
+
+    /// Kills `node`'s ztunnel with SIGKILL, as a crash would.
+    pub fn kill_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
+        let procs = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?;
+        if let Some(mut z) = procs.ztunnel.take() {
+            z.kill();
+        }
+        Ok(())
+    }
+
+    fn cni(&self, node: &str) -> Result<CniClient, MeshError> {
+        let procs = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?;
+        Ok(CniClient::new(procs.dir.join("cni.sock")))
+    }
+
+    /// Enrols a pod: its node's agent captures it and hands it to ztunnel.
+    pub async fn enrol(&self, namespace: &str, name: &str, service_account: &str) -> Result<(), MeshError> {
+        let pod = self
+            .lab
+            .pods
+            .get(&format!("{namespace}/{name}"))
+            .ok_or_else(|| MeshError::Unknown(format!("pod {namespace}/{name}")))?;
+        let uid = format!("Kubernetes//Pod/{namespace}/{name}");
+        self.cni(&pod.node)?
+            .add(&PodEvent {
+                uid,
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+                service_account: service_account.to_string(),
+                netns: pod.netns_path.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Rewrites the workload file (ztunnels pick it up within a second).
+    pub fn set_config(&mut self, config: LocalConfig) -> Result<(), MeshError> {
+        Self::write_config(&self.config_path, &config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// `GET path` on a node's ztunnel `port` (15000 admin, 15020 metrics, 15021 readiness).
+    pub async fn ztunnel_get(&self, node: &str, port: u16, path: &str) -> Result<String, MeshError> {
+        let netns = &self.lab.node(node).netns;
+        let (status, body) = http::get(netns, SocketAddr::from(([127, 0, 0, 1], port)), path).await?;
+        if status != 200 {
+            return Err(MeshError::Io(std::io::Error::other(format!("GET {path}: {status} {body}"))));
+        }
+        Ok(body)
+    }
+
+    pub async fn metrics(&self, node: &str) -> Result<String, MeshError> {
+        self.ztunnel_get(node, 15020, "/metrics").await
+    }
+
+    pub async fn config_dump(&self, node: &str) -> Result<serde_json::Value, MeshError> {
+        let body = self.ztunnel_get(node, 15000, "/config_dump").await?;
+        serde_json::from_str(&body).map_err(|e| MeshError::Config(e.to_string()))
+    }
+
+    /// Where the CA keeps its key material.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.lab.run_dir.join("ca")
+    }
+
+    pub fn token_path(&self, node: &str) -> PathBuf {
+        self.lab.run_dir.join("tokens").join(format!("{node}.token"))
+    }
+
+    /// The last `lines` lines of every component's log.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = format!("== {} ==\n{}\n", self.controller.name, self.controller.log_tail(lines));
+        for n in self.nodes.values() {
+            out.push_str(&format!("== {} ==\n{}\n", n.agent.name, n.agent.log_tail(lines)));
+            if let Some(z) = &n.ztunnel {
+                out.push_str(&format!("== {} ==\n{}\n", z.name, z.log_tail(lines)));
+            }
+        }
+        out
+    }
+
+    /// The full log of one component (`controller`, `ztunnel-<node>`, `node-agent-<node>`).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.lab.run_dir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+}

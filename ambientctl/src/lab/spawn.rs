@@ -1,0 +1,92 @@
+//! Starting child processes in new or existing namespaces. This is the crate's one `unsafe`
+//! spot: `Command::pre_exec`, whose closure runs between `fork` and `exec`.
+//!
+//! Everything the closure needs is prepared before `fork`; inside it makes only raw system
+//! calls (no allocation, no locks), as the post-fork rules of a multi-threaded parent demand.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::process::Command;
+
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+
+/// What the child does before `exec`.
+pub enum Entry {
+    /// Become root of fresh user, mount and network namespaces (mapping our own uid/gid to
+    /// 0), so everything after needs no privileges on the host.
+    NewSandbox,
+    /// Join this network namespace (a duplicate of its fd, closed again on exec).
+    JoinNetns(OwnedFd),
+}
+
+struct Prepared {
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+}
+
+fn fail(e: nix::Error) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    let fd = nix::fcntl::open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(fail)?;
+    nix::unistd::write(&fd, data).map_err(fail)?;
+    Ok(())
+}
+
+/// Arranges for `cmd` to start inside `entry`, and to be killed if its parent dies (so a
+/// failed test or a crashed runtime leaves nothing behind).
+#[allow(unsafe_code)]
+pub fn configure(cmd: &mut Command, entry: Entry) {
+    let prepared = Prepared {
+        uid_map: format!("0 {} 1\n", nix::unistd::getuid()).into_bytes(),
+        gid_map: format!("0 {} 1\n", nix::unistd::getgid()).into_bytes(),
+    };
+    // Path literals as C strings, made before fork.
+    let root = CString::new("/").expect("no NUL");
+    let hook = move || -> std::io::Result<()> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail)?;
+        match &entry {
+            Entry::NewSandbox => {
+                nix::sched::unshare(
+                    CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET,
+                )
+                .map_err(fail)?;
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", &prepared.uid_map)?;
+                write_file(c"/proc/self/gid_map", &prepared.gid_map)?;
+                // Our mounts (namespace bind mounts) must not leak to the host.
+                nix::mount::mount(
+                    None::<&str>,
+                    root.as_c_str(),
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(fail)?;
+            }
+            Entry::JoinNetns(fd) => {
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(fail)?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only issues system calls on data prepared before fork; it neither
+    // allocates nor takes locks, so it is sound in the child of a multi-threaded parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, hook);
+    }
+}
+
+/// Whether this process can create the sandbox (user namespaces are enabled).
+pub fn sandbox_supported() -> Result<(), String> {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if max.trim() == "0" {
+        return Err("user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)".into());
+    }
+    Ok(())
+}
