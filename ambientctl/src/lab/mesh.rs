@@ -207,9 +207,23 @@ impl Mesh {
     async fn start_node(&mut self, node: &str) -> Result<(), MeshError> {
         let dir = self.lab.run_dir.join(format!("node-{node}"));
         std::fs::create_dir_all(&dir)?;
+        let agent = self.spawn_agent(node, &dir)?;
+        self.nodes.insert(
+            node.to_string(),
+            NodeProcs {
+                agent,
+                ztunnel: None,
+                dir,
+            },
+        );
+        self.wait_agent(node).await?;
+        self.start_ztunnel(node).await
+    }
+
+    fn spawn_agent(&self, node: &str, dir: &Path) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let env = [("RUST_LOG", self.options.log_filter.as_str())];
-        let agent = Proc::spawn(
+        Ok(Proc::spawn(
             &format!("node-agent-{node}"),
             &n.netns,
             &self.options.exe,
@@ -225,23 +239,32 @@ impl Mesh {
             ],
             &self.lab.run_dir.join("logs").join(format!("node-agent-{node}.log")),
             &env,
-        )?;
-        self.nodes.insert(
-            node.to_string(),
-            NodeProcs {
-                agent,
-                ztunnel: None,
-                dir: dir.clone(),
-            },
-        );
-        let cni = CniClient::new(dir.join("cni.sock"));
+        )?)
+    }
+
+    async fn wait_agent(&self, node: &str) -> Result<(), MeshError> {
+        let cni = self.cni(node)?;
         wait_for(&format!("node agent on {node}"), Duration::from_secs(20), || {
             let cni = cni.clone();
             async move { cni.pods().await.map(Some).map_err(|e| e.to_string()) }
         })
         .await
         .map_err(|e| self.with_logs(e))?;
-        self.start_ztunnel(node).await
+        Ok(())
+    }
+
+    /// Kills `node`'s agent and starts a new one, which reloads its pods from its state file.
+    pub async fn restart_agent(&mut self, node: &str) -> Result<(), MeshError> {
+        let dir = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?
+            .dir
+            .clone();
+        self.nodes.get_mut(node).expect("checked").agent.kill();
+        let agent = self.spawn_agent(node, &dir)?;
+        self.nodes.get_mut(node).expect("checked").agent = agent;
+        self.wait_agent(node).await
     }
 
     /// Starts (or restarts) the ztunnel of `node` and waits for it to be ready.

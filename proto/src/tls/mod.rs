@@ -207,15 +207,6 @@ impl WorkloadCertificate {
         &self.serial
     }
 
-    /// When to start fetching a replacement: half way through the validity.
-    pub fn refresh_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or(Duration::ZERO);
-        self.not_before + lifetime / 2
-    }
-
     pub fn is_expired(&self, now: SystemTime) -> bool {
         now >= self.not_after
     }

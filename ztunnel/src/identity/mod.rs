@@ -206,7 +206,13 @@ async fn refresh(
         match source.fetch(&identity).await {
             Ok(cert) => {
                 let cert = Arc::new(cert);
-                let refresh_at = cert.refresh_at();
+                // Half of the lifetime left from now: CAs backdate not_before for clock skew,
+                // which would otherwise put a short-lived certificate's half-life in the past.
+                let remaining = cert
+                    .not_after()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                let wait = (remaining / 2).max(Duration::from_millis(100));
                 info!(
                     identity = %identity,
                     serial = cert.serial(),
@@ -221,9 +227,6 @@ async fn refresh(
                     s.last_error = None;
                 });
                 delay = backoff.initial;
-                let wait = refresh_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
