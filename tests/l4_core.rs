@@ -57,13 +57,26 @@ fn pod_to_pod_and_service_across_nodes() {
         let mut by_server: BTreeMap<String, usize> = BTreeMap::new();
         for i in 0..24 {
             let answer = ask(&client, ECHO_VIP, &format!("n{i}")).await?;
-            let who = answer.split_whitespace().next().unwrap_or_default().to_string();
+            let who = answer
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
             *by_server.entry(who).or_default() += 1;
         }
-        assert_eq!(by_server.keys().collect::<Vec<_>>(), vec!["server-1", "server-2"], "{by_server:?}");
+        assert_eq!(
+            by_server.keys().collect::<Vec<_>>(),
+            vec!["server-1", "server-2"],
+            "{by_server:?}"
+        );
 
         // Outside the mesh: reached directly, from the pod's own address.
-        let answer = ask(&client, SocketAddr::new(IpAddr::V4(outside.ip), 9000), "out").await?;
+        let answer = ask(
+            &client,
+            SocketAddr::new(IpAddr::V4(outside.ip), 9000),
+            "out",
+        )
+        .await?;
         let client_ip = mesh.lab.pod("default", "client").ip;
         assert!(answer.contains(&format!("from {client_ip}:")), "{answer}");
 
@@ -71,21 +84,74 @@ fn pod_to_pod_and_service_across_nodes() {
         let a = mesh.metrics("node-a").await?;
         let b = mesh.metrics("node-b").await?;
         let src = [("reporter", "source"), ("source_workload", "client")];
-        let to_s1 = [src[0], src[1], ("destination_workload", "server-1"), ("connection_security_policy", "mutual_tls")];
-        let s1_via_vip = metric(&a, "istio_tcp_connections_opened_total", &[src[0], src[1], ("destination_workload", "server-1"), ("destination_service", "echo.default.svc.cluster.local")]);
-        assert_eq!(metric(&a, "istio_tcp_connections_opened_total", &to_s1), 1.0 + s1_via_vip);
+        let to_s1 = [
+            src[0],
+            src[1],
+            ("destination_workload", "server-1"),
+            ("connection_security_policy", "mutual_tls"),
+        ];
+        let s1_via_vip = metric(
+            &a,
+            "istio_tcp_connections_opened_total",
+            &[
+                src[0],
+                src[1],
+                ("destination_workload", "server-1"),
+                ("destination_service", "echo.default.svc.cluster.local"),
+            ],
+        );
         assert_eq!(
-            metric(&b, "istio_tcp_connections_opened_total", &[("reporter", "destination"), ("source_workload", "client"), ("source_principal", "spiffe://cluster.local/ns/default/sa/client"), ("destination_workload", "server-1")]),
+            metric(&a, "istio_tcp_connections_opened_total", &to_s1),
             1.0 + s1_via_vip
         );
-        let outside_conns = metric(&a, "istio_tcp_connections_opened_total", &[src[0], src[1], ("destination_workload", "unknown"), ("connection_security_policy", "unknown")]);
+        assert_eq!(
+            metric(
+                &b,
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "destination"),
+                    ("source_workload", "client"),
+                    (
+                        "source_principal",
+                        "spiffe://cluster.local/ns/default/sa/client"
+                    ),
+                    ("destination_workload", "server-1")
+                ]
+            ),
+            1.0 + s1_via_vip
+        );
+        let outside_conns = metric(
+            &a,
+            "istio_tcp_connections_opened_total",
+            &[
+                src[0],
+                src[1],
+                ("destination_workload", "unknown"),
+                ("connection_security_policy", "unknown"),
+            ],
+        );
         assert_eq!(outside_conns, 1.0);
         // "hi\n" is 3 request bytes and the answer came back.
-        assert!(metric(&b, "istio_tcp_received_bytes_total", &[("destination_workload", "server-1")]) >= 3.0);
-        assert!(metric(&b, "istio_tcp_sent_bytes_total", &[("destination_workload", "server-1")]) > 3.0);
+        assert!(
+            metric(
+                &b,
+                "istio_tcp_received_bytes_total",
+                &[("destination_workload", "server-1")]
+            ) >= 3.0
+        );
+        assert!(
+            metric(
+                &b,
+                "istio_tcp_sent_bytes_total",
+                &[("destination_workload", "server-1")]
+            ) > 3.0
+        );
         // The access log names both identities.
         let log = mesh.log("ztunnel-node-a");
-        assert!(log.contains("src_identity=\"spiffe://cluster.local/ns/default/sa/client\""), "{log}");
+        assert!(
+            log.contains("src_identity=\"spiffe://cluster.local/ns/default/sa/client\""),
+            "{log}"
+        );
         assert!(log.contains("dst_identity=\"spiffe://cluster.local/ns/default/sa/server-1\""));
         TestResult::Ok(())
     });
@@ -96,7 +162,10 @@ fn wire_carries_only_tls_to_15008() {
     run_test("wire_carries_only_tls_to_15008", |dir| async move {
         let mesh = cluster(
             &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("server", "node-b")],
+            vec![
+                PodSpec::new("client", "node-a"),
+                PodSpec::new("server", "node-b"),
+            ],
             vec![],
             &[],
             |_| {},
@@ -140,7 +209,8 @@ fn wire_carries_only_tls_to_15008() {
         let mesh_host = |ip: IpAddr| match ip {
             IpAddr::V4(v4) => {
                 let o = v4.octets();
-                (o[0] == 10 && o[1] == 244) || (o[0] == 172 && o[1] == 30 && o[2] == 0 && o[3] >= 10)
+                (o[0] == 10 && o[1] == 244)
+                    || (o[0] == 172 && o[1] == 30 && o[2] == 0 && o[3] >= 10)
             }
             IpAddr::V6(_) => false,
         };
@@ -150,20 +220,33 @@ fn wire_carries_only_tls_to_15008() {
             .filter(|s| mesh_host(s.src.ip()) && mesh_host(s.dst.ip()))
             .collect();
         let bytes: usize = between.iter().map(|s| s.payload.len()).sum();
-        assert!(bytes > 3 * 2 * 1024 * 1024, "the transfers crossed the captured link ({bytes} bytes)");
+        assert!(
+            bytes > 3 * 2 * 1024 * 1024,
+            "the transfers crossed the captured link ({bytes} bytes)"
+        );
         let off_port: Vec<_> = between
             .iter()
             .filter(|s| s.src.port() != 15008 && s.dst.port() != 15008)
             .map(|s| format!("{} -> {}", s.src, s.dst))
             .collect();
-        assert!(off_port.is_empty(), "only port 15008 between nodes, saw {off_port:?}");
+        assert!(
+            off_port.is_empty(),
+            "only port 15008 between nodes, saw {off_port:?}"
+        );
         // Each flow to 15008 opens with a TLS handshake record.
         let first_to_hbone = between
             .iter()
             .find(|s| s.dst.port() == 15008 && !s.payload.is_empty())
             .expect("client data to 15008");
-        assert_eq!(&first_to_hbone.payload[..2], &[0x16, 0x03], "TLS handshake record");
-        assert!(!capture.contains(marker), "plaintext marker crossed the wire");
+        assert_eq!(
+            &first_to_hbone.payload[..2],
+            &[0x16, 0x03],
+            "TLS handshake record"
+        );
+        assert!(
+            !capture.contains(marker),
+            "plaintext marker crossed the wire"
+        );
         TestResult::Ok(())
     });
 }
@@ -178,7 +261,8 @@ struct Minter {
 impl Minter {
     fn from_ca_dir(dir: &std::path::Path) -> Self {
         let cert = std::fs::read_to_string(dir.join("ca-cert.pem")).unwrap();
-        let key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap()).unwrap();
+        let key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap()).unwrap();
         let root = std::fs::read(dir.join("root-cert.pem")).unwrap();
         Minter {
             issuer: Issuer::from_ca_cert_pem(&cert, key).unwrap(),
@@ -186,16 +270,28 @@ impl Minter {
         }
     }
 
-    fn leaf(&self, uri: &str, ca: bool, expired: bool) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn leaf(
+        &self,
+        uri: &str,
+        ca: bool,
+        expired: bool,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        p.is_ca = if ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        p.is_ca = if ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if ca {
             p.key_usages.push(KeyUsagePurpose::KeyCertSign);
         }
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let now = time::OffsetDateTime::now_utc();
         if expired {
             p.not_before = now - Duration::from_secs(7200);
@@ -205,7 +301,10 @@ impl Minter {
             p.not_after = now + Duration::from_secs(3600);
         }
         let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
     }
 
     fn workload(&self, uri: &str) -> Arc<WorkloadCertificate> {
@@ -214,7 +313,11 @@ impl Minter {
     }
 
     /// A TLS client that presents `client` (or nothing) and accepts `server_id`.
-    fn client(&self, client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, server_id: &str) -> Arc<ClientConfig> {
+    fn client(
+        &self,
+        client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        server_id: &str,
+    ) -> Arc<ClientConfig> {
         let verifier = Arc::new(tls::SpiffeServerVerifier::new(
             self.bundle.roots().clone(),
             vec![server_id.parse().unwrap()],
@@ -239,7 +342,10 @@ fn hbone_refuses_bad_peers() {
     run_test("hbone_refuses_bad_peers", |dir| async move {
         let mesh = cluster(
             &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("server", "node-b")],
+            vec![
+                PodSpec::new("client", "node-a"),
+                PodSpec::new("server", "node-b"),
+            ],
             vec![],
             &[],
             |_| {},
@@ -261,14 +367,37 @@ fn hbone_refuses_bad_peers() {
         };
         let cases: Vec<(&str, Arc<ClientConfig>)> = vec![
             ("no_client_certificate", minter.client(None, server_id)),
-            ("trust_domain_mismatch", minter.client(Some(minter.leaf("spiffe://evil.example/ns/default/sa/client", false, false)), server_id)),
-            ("ca_certificate_as_leaf", minter.client(Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", true, false)), server_id)),
-            ("expired", minter.client(Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", false, true)), server_id)),
+            (
+                "trust_domain_mismatch",
+                minter.client(
+                    Some(minter.leaf("spiffe://evil.example/ns/default/sa/client", false, false)),
+                    server_id,
+                ),
+            ),
+            (
+                "ca_certificate_as_leaf",
+                minter.client(
+                    Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", true, false)),
+                    server_id,
+                ),
+            ),
+            (
+                "expired",
+                minter.client(
+                    Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", false, true)),
+                    server_id,
+                ),
+            ),
         ];
         for (reason, config) in cases {
             // The handshake (or the first exchange after it) must fail...
             if let Ok(conn) = dial(config).await {
-                let r = conn.connect(&ConnectRequest::new(SocketAddr::new(IpAddr::V4(server.ip), 8080))).await;
+                let r = conn
+                    .connect(&ConnectRequest::new(SocketAddr::new(
+                        IpAddr::V4(server.ip),
+                        8080,
+                    )))
+                    .await;
                 assert!(r.is_err(), "{reason}: tunnel must not open");
             }
             // ...and the server must say why, in its metrics and its log.
@@ -281,28 +410,52 @@ fn hbone_refuses_bad_peers() {
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
         expect_refusal(&mesh, "node-b", "not_tls").await?;
         // A good handshake, then garbage instead of HTTP/2.
-        let good = minter.client(Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", false, false)), server_id);
+        let good = minter.client(
+            Some(minter.leaf("spiffe://cluster.local/ns/default/sa/client", false, false)),
+            server_id,
+        );
         let tcp = connect_from(&from, hbone).await?;
         let name = rustls_pki_types::ServerName::IpAddress(hbone.ip().into());
-        let mut tls_stream = tokio_rustls::TlsConnector::from(good.clone()).connect(name, tcp).await?;
-        tls_stream.write_all(b"definitely not an HTTP/2 connection preface\r\n\r\n").await?;
+        let mut tls_stream = tokio_rustls::TlsConnector::from(good.clone())
+            .connect(name, tcp)
+            .await?;
+        tls_stream
+            .write_all(b"definitely not an HTTP/2 connection preface\r\n\r\n")
+            .await?;
         tls_stream.flush().await?;
         expect_refusal(&mesh, "node-b", "http2_protocol").await?;
 
         // A well-behaved foreign HBONE client gets the status codes of the protocol.
         let conn = dial(good).await?;
-        let ok = conn.connect(&ConnectRequest::new(SocketAddr::new(IpAddr::V4(server.ip), 8080))).await;
+        let ok = conn
+            .connect(&ConnectRequest::new(SocketAddr::new(
+                IpAddr::V4(server.ip),
+                8080,
+            )))
+            .await;
         assert!(ok.is_ok(), "valid tunnel opens: {:?}", ok.err());
         let status = |r: Result<_, HboneError>| match r {
             Err(HboneError::Status(s)) => s.as_u16(),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => 200,
         };
-        let wrong_addr = conn.connect(&ConnectRequest::new("10.244.9.9:8080".parse()?)).await;
+        let wrong_addr = conn
+            .connect(&ConnectRequest::new("10.244.9.9:8080".parse()?))
+            .await;
         assert_eq!(status(wrong_addr), 400, "address mismatch");
-        let own_port = conn.connect(&ConnectRequest::new(SocketAddr::new(IpAddr::V4(server.ip), 15006))).await;
+        let own_port = conn
+            .connect(&ConnectRequest::new(SocketAddr::new(
+                IpAddr::V4(server.ip),
+                15006,
+            )))
+            .await;
         assert_eq!(status(own_port), 400, "the tunnel's own port");
-        let closed = conn.connect(&ConnectRequest::new(SocketAddr::new(IpAddr::V4(server.ip), 8081))).await;
+        let closed = conn
+            .connect(&ConnectRequest::new(SocketAddr::new(
+                IpAddr::V4(server.ip),
+                8081,
+            )))
+            .await;
         assert_eq!(status(closed), 503, "nothing listens there");
         TestResult::Ok(())
     });
@@ -311,100 +464,157 @@ fn hbone_refuses_bad_peers() {
 async fn expect_refusal(mesh: &ambientctl::lab::Mesh, node: &str, reason: &str) -> TestResult {
     eventually(Duration::from_secs(5), || async {
         let m = mesh.metrics(node).await.map_err(|e| e.to_string())?;
-        let n = metric(&m, "ambient_hbone_rejected_total", &[("direction", "inbound"), ("reason", reason)]);
-        if n >= 1.0 { Ok(()) } else { Err(format!("no {reason} refusal counted yet")) }
+        let n = metric(
+            &m,
+            "ambient_hbone_rejected_total",
+            &[("direction", "inbound"), ("reason", reason)],
+        );
+        if n >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("no {reason} refusal counted yet"))
+        }
     })
     .await?;
     let log = mesh.log(&format!("ztunnel-{node}"));
-    assert!(log.contains(&format!("reason=\"{reason}\"")), "log names {reason}:\n{log}");
+    assert!(
+        log.contains(&format!("reason=\"{reason}\"")),
+        "log names {reason}:\n{log}"
+    );
     Ok(())
 }
 
 #[test]
 fn outbound_refuses_unexpected_server_identity() {
-    run_test("outbound_refuses_unexpected_server_identity", |dir| async move {
-        // "impostor" is described as an HBONE workload with identity sa/impostor, but what
-        // answers on its 15008 presents sa/someone-else.
-        let mesh = cluster(
-            &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("impostor", "node-b")],
-            vec![],
-            &[],
-            |_| {},
-        )
-        .await?;
-        let impostor = mesh.lab.pod("default", "impostor");
-        // Take the impostor out of the ztunnel (its capture too), then squat on 15008.
-        let uid = "Kubernetes//Pod/default/impostor";
-        ztunnel::agent::cni::CniClient::new(dir.join("node-node-b").join("cni.sock")).del(uid).await?;
-        let minter = Minter::from_ca_dir(&mesh.ca_dir());
-        let slot = Arc::new(CertSlot::new());
-        slot.store(minter.workload("spiffe://cluster.local/ns/default/sa/someone-else"));
-        let config = tls::server_config(slot, &minter.bundle)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = ambientctl::lab::http::listen_in(&impostor.netns, "0.0.0.0:15008".parse()?)?;
-        tokio::spawn(async move {
-            while let Ok((tcp, peer)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(serve_connection(tcp, peer, acceptor, H2Settings::default(), |c: InboundConnect| async move {
-                    c.reject(ambient_proto::hbone::ConnectStatus::Unavailable)
-                }));
-            }
-        });
-        let client = mesh.lab.pod("default", "client").netns.clone();
-        let r = ask(&client, SocketAddr::new(IpAddr::V4(impostor.ip), 8080), "secret").await;
-        assert!(r.map(|a| a.is_empty()).unwrap_or(true), "nothing may come back from an impostor");
-        eventually(Duration::from_secs(5), || async {
-            let m = mesh.metrics("node-a").await.map_err(|e| e.to_string())?;
-            let n = metric(&m, "ambient_hbone_rejected_total", &[("direction", "outbound"), ("reason", "identity_mismatch")]);
-            if n >= 1.0 { Ok(()) } else { Err("not counted".to_string()) }
-        })
-        .await?;
-        let log = mesh.log("ztunnel-node-a");
-        assert!(log.contains("identity_mismatch") && log.contains("someone-else"), "{log}");
-        TestResult::Ok(())
-    });
+    run_test(
+        "outbound_refuses_unexpected_server_identity",
+        |dir| async move {
+            // "impostor" is described as an HBONE workload with identity sa/impostor, but what
+            // answers on its 15008 presents sa/someone-else.
+            let mesh = cluster(
+                &dir,
+                vec![
+                    PodSpec::new("client", "node-a"),
+                    PodSpec::new("impostor", "node-b"),
+                ],
+                vec![],
+                &[],
+                |_| {},
+            )
+            .await?;
+            let impostor = mesh.lab.pod("default", "impostor");
+            // Take the impostor out of the ztunnel (its capture too), then squat on 15008.
+            let uid = "Kubernetes//Pod/default/impostor";
+            ztunnel::agent::cni::CniClient::new(dir.join("node-node-b").join("cni.sock"))
+                .del(uid)
+                .await?;
+            let minter = Minter::from_ca_dir(&mesh.ca_dir());
+            let slot = Arc::new(CertSlot::new());
+            slot.store(minter.workload("spiffe://cluster.local/ns/default/sa/someone-else"));
+            let config = tls::server_config(slot, &minter.bundle)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let listener =
+                ambientctl::lab::http::listen_in(&impostor.netns, "0.0.0.0:15008".parse()?)?;
+            tokio::spawn(async move {
+                while let Ok((tcp, peer)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(serve_connection(
+                        tcp,
+                        peer,
+                        acceptor,
+                        H2Settings::default(),
+                        |c: InboundConnect| async move {
+                            c.reject(ambient_proto::hbone::ConnectStatus::Unavailable)
+                        },
+                    ));
+                }
+            });
+            let client = mesh.lab.pod("default", "client").netns.clone();
+            let r = ask(
+                &client,
+                SocketAddr::new(IpAddr::V4(impostor.ip), 8080),
+                "secret",
+            )
+            .await;
+            assert!(
+                r.map(|a| a.is_empty()).unwrap_or(true),
+                "nothing may come back from an impostor"
+            );
+            eventually(Duration::from_secs(5), || async {
+                let m = mesh.metrics("node-a").await.map_err(|e| e.to_string())?;
+                let n = metric(
+                    &m,
+                    "ambient_hbone_rejected_total",
+                    &[("direction", "outbound"), ("reason", "identity_mismatch")],
+                );
+                if n >= 1.0 {
+                    Ok(())
+                } else {
+                    Err("not counted".to_string())
+                }
+            })
+            .await?;
+            let log = mesh.log("ztunnel-node-a");
+            assert!(
+                log.contains("identity_mismatch") && log.contains("someone-else"),
+                "{log}"
+            );
+            TestResult::Ok(())
+        },
+    );
 }
 
 #[test]
 fn certificate_rotation_keeps_long_connection() {
-    run_test("certificate_rotation_keeps_long_connection", |dir| async move {
-        let mesh = cluster(
-            &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("server", "node-b")],
-            vec![],
-            &[],
-            // 4 s certificates: renewed every 2 s, the first one expires mid-connection.
-            |o| o.workload_cert_ttl = Duration::from_secs(4),
-        )
-        .await?;
-        let client = mesh.lab.pod("default", "client").netns.clone();
-        let server = mesh.lab.pod("default", "server");
-        serve_hello(&server.netns, 8080, "server".into())?;
-        let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
-        let stream = connect_from(&client, addr).await?;
-        let (r, mut w) = stream.into_split();
-        let mut lines = tokio::io::BufReader::new(r);
-        let mut serials = std::collections::BTreeSet::new();
-        let client_id = "spiffe://cluster.local/ns/default/sa/client";
-        for i in 0..30 {
-            w.write_all(format!("tick {i}\n").as_bytes()).await?;
-            let mut answer = String::new();
-            tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut answer).await?;
-            assert!(answer.contains(&format!("tick {i}")), "answer {i}: {answer:?}");
-            let dump = mesh.config_dump("node-a").await?;
-            for c in dump["certificates"].as_array().into_iter().flatten() {
-                if c["identity"] == client_id {
-                    serials.insert(c["serial"].as_str().unwrap_or_default().to_string());
+    run_test(
+        "certificate_rotation_keeps_long_connection",
+        |dir| async move {
+            let mesh = cluster(
+                &dir,
+                vec![
+                    PodSpec::new("client", "node-a"),
+                    PodSpec::new("server", "node-b"),
+                ],
+                vec![],
+                &[],
+                // 4 s certificates: renewed every 2 s, the first one expires mid-connection.
+                |o| o.workload_cert_ttl = Duration::from_secs(4),
+            )
+            .await?;
+            let client = mesh.lab.pod("default", "client").netns.clone();
+            let server = mesh.lab.pod("default", "server");
+            serve_hello(&server.netns, 8080, "server".into())?;
+            let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+            let stream = connect_from(&client, addr).await?;
+            let (r, mut w) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(r);
+            let mut serials = std::collections::BTreeSet::new();
+            let client_id = "spiffe://cluster.local/ns/default/sa/client";
+            for i in 0..30 {
+                w.write_all(format!("tick {i}\n").as_bytes()).await?;
+                let mut answer = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut answer).await?;
+                assert!(
+                    answer.contains(&format!("tick {i}")),
+                    "answer {i}: {answer:?}"
+                );
+                let dump = mesh.config_dump("node-a").await?;
+                for c in dump["certificates"].as_array().into_iter().flatten() {
+                    if c["identity"] == client_id {
+                        serials.insert(c["serial"].as_str().unwrap_or_default().to_string());
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        assert!(serials.len() >= 3, "certificate rotated during the connection: {serials:?}");
-        // And a new connection, under the newest certificate, works too.
-        assert!(ask(&client, addr, "after").await?.contains("after"));
-        TestResult::Ok(())
-    });
+            assert!(
+                serials.len() >= 3,
+                "certificate rotated during the connection: {serials:?}"
+            );
+            // And a new connection, under the newest certificate, works too.
+            assert!(ask(&client, addr, "after").await?.contains("after"));
+            TestResult::Ok(())
+        },
+    );
 }
 
 #[test]
@@ -412,7 +622,10 @@ fn ztunnel_and_agent_restarts_resend_pods() {
     run_test("ztunnel_and_agent_restarts_resend_pods", |dir| async move {
         let mut mesh = cluster(
             &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("server", "node-b")],
+            vec![
+                PodSpec::new("client", "node-a"),
+                PodSpec::new("server", "node-b"),
+            ],
             vec![],
             &[],
             |_| {},
@@ -427,13 +640,25 @@ fn ztunnel_and_agent_restarts_resend_pods() {
         mesh.kill_ztunnel("node-a")?;
         // Capture stays in place: with no ztunnel the pod cannot get out (fails closed).
         let bypass = tokio::time::timeout(Duration::from_secs(2), ask(&client, addr, "leak")).await;
-        assert!(!matches!(bypass, Ok(Ok(ref a)) if a.contains("leak")), "traffic bypassed the dead ztunnel");
+        assert!(
+            !matches!(bypass, Ok(Ok(ref a)) if a.contains("leak")),
+            "traffic bypassed the dead ztunnel"
+        );
 
         mesh.start_ztunnel("node-a").await?;
         let dump = mesh.config_dump("node-a").await?;
-        let pods: Vec<String> = dump["pods"].as_array().into_iter().flatten().map(|p| p["name"].as_str().unwrap_or_default().to_string()).collect();
+        let pods: Vec<String> = dump["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+            .collect();
         assert_eq!(pods, vec!["client"], "the agent re-sent the pod");
-        assert!(ask(&client, addr, "after restart").await?.contains("after restart"));
+        assert!(
+            ask(&client, addr, "after restart")
+                .await?
+                .contains("after restart")
+        );
 
         // The agent restarting (with its state file) keeps pods and live connections.
         let stream = connect_from(&client, addr).await?;
@@ -443,7 +668,11 @@ fn ztunnel_and_agent_restarts_resend_pods() {
         mesh.restart_agent("node-a").await?;
         common::eventually(Duration::from_secs(10), || async {
             let log = mesh.log("ztunnel-node-a");
-            if log.matches("node agent snapshot applied").count() >= 2 { Ok(()) } else { Err("ztunnel has not resynced".to_string()) }
+            if log.matches("node agent snapshot applied").count() >= 2 {
+                Ok(())
+            } else {
+                Err("ztunnel has not resynced".to_string())
+            }
         })
         .await?;
         w.write_all(b"still here\n").await?;
@@ -461,79 +690,123 @@ fn ca_refuses_foreign_identities_and_bad_csrs() {
     use ambient_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-    run_test("ca_refuses_foreign_identities_and_bad_csrs", |dir| async move {
-        let mesh = cluster(
-            &dir,
-            vec![PodSpec::new("client", "node-a"), PodSpec::new("server", "node-b")],
-            vec![],
-            &[],
-            |_| {},
-        )
-        .await?;
-        let root = std::fs::read(mesh.ca_dir().join("root-cert.pem"))?;
-        let channel = Channel::from_shared(format!("https://{}", ambientctl::lab::mesh::controller_grpc()))?
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&root)).domain_name("istiod.istio-system.svc"))?
+    run_test(
+        "ca_refuses_foreign_identities_and_bad_csrs",
+        |dir| async move {
+            let mesh = cluster(
+                &dir,
+                vec![
+                    PodSpec::new("client", "node-a"),
+                    PodSpec::new("server", "node-b"),
+                ],
+                vec![],
+                &[],
+                |_| {},
+            )
+            .await?;
+            let root = std::fs::read(mesh.ca_dir().join("root-cert.pem"))?;
+            let channel = Channel::from_shared(format!(
+                "https://{}",
+                ambientctl::lab::mesh::controller_grpc()
+            ))?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&root))
+                    .domain_name("istiod.istio-system.svc"),
+            )?
             .connect()
             .await?;
-        let mut ca = IstioCertificateServiceClient::new(channel);
-        let token_a = std::fs::read_to_string(mesh.token_path("node-a"))?;
-        let request = |csr: String, identity: &str, token: Option<&str>| {
-            let mut r = tonic::Request::new(IstioCertificateRequest {
-                csr,
-                validity_duration: 3600,
-                metadata: Some(prost_types::Struct {
-                    fields: [("ImpersonatedIdentity".to_string(), prost_types::Value {
-                        kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
-                    })]
-                    .into(),
-                }),
-            });
-            if let Some(t) = token {
-                r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
-            }
-            r
-        };
-        let csr = |uri: Option<&str>| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::default();
-            if let Some(u) = uri {
-                p.subject_alt_names = vec![SanType::URI(u.try_into().unwrap())];
-            }
-            (p.serialize_request(&key).unwrap().pem().unwrap(), key)
-        };
-        let client_id = "spiffe://cluster.local/ns/default/sa/client";
-        let server_id = "spiffe://cluster.local/ns/default/sa/server";
+            let mut ca = IstioCertificateServiceClient::new(channel);
+            let token_a = std::fs::read_to_string(mesh.token_path("node-a"))?;
+            let request = |csr: String, identity: &str, token: Option<&str>| {
+                let mut r = tonic::Request::new(IstioCertificateRequest {
+                    csr,
+                    validity_duration: 3600,
+                    metadata: Some(prost_types::Struct {
+                        fields: [(
+                            "ImpersonatedIdentity".to_string(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::StringValue(
+                                    identity.to_string(),
+                                )),
+                            },
+                        )]
+                        .into(),
+                    }),
+                });
+                if let Some(t) = token {
+                    r.metadata_mut()
+                        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+                }
+                r
+            };
+            let csr = |uri: Option<&str>| {
+                let key = KeyPair::generate().unwrap();
+                let mut p = CertificateParams::default();
+                if let Some(u) = uri {
+                    p.subject_alt_names = vec![SanType::URI(u.try_into().unwrap())];
+                }
+                (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+            };
+            let client_id = "spiffe://cluster.local/ns/default/sa/client";
+            let server_id = "spiffe://cluster.local/ns/default/sa/server";
 
-        // The right node, the right identity: a valid SVID comes back.
-        let (pem, key) = csr(Some(client_id));
-        let chain = ca.create_certificate(request(pem, client_id, Some(&token_a))).await?.into_inner().cert_chain;
-        let cert = WorkloadCertificate::from_pem(chain.concat().as_bytes(), key.serialize_pem().as_bytes())?;
-        assert_eq!(cert.identity(), &client_id.parse::<Identity>()?);
+            // The right node, the right identity: a valid SVID comes back.
+            let (pem, key) = csr(Some(client_id));
+            let chain = ca
+                .create_certificate(request(pem, client_id, Some(&token_a)))
+                .await?
+                .into_inner()
+                .cert_chain;
+            let cert = WorkloadCertificate::from_pem(
+                chain.concat().as_bytes(),
+                key.serialize_pem().as_bytes(),
+            )?;
+            assert_eq!(cert.identity(), &client_id.parse::<Identity>()?);
 
-        // node-a asking for a pod of node-b.
-        let (pem, _) = csr(None);
-        let e = ca.create_certificate(request(pem, server_id, Some(&token_a))).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(e.message().contains("node node-a runs no pod with identity") && e.message().contains("sa/server"), "{}", e.message());
+            // node-a asking for a pod of node-b.
+            let (pem, _) = csr(None);
+            let e = ca
+                .create_certificate(request(pem, server_id, Some(&token_a)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert!(
+                e.message()
+                    .contains("node node-a runs no pod with identity")
+                    && e.message().contains("sa/server"),
+                "{}",
+                e.message()
+            );
 
-        // A malformed CSR.
-        let e = ca.create_certificate(request("-----BEGIN CERTIFICATE REQUEST-----\nnonsense\n-----END CERTIFICATE REQUEST-----\n".into(), client_id, Some(&token_a))).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().contains("malformed CSR"), "{}", e.message());
+            // A malformed CSR.
+            let e = ca.create_certificate(request("-----BEGIN CERTIFICATE REQUEST-----\nnonsense\n-----END CERTIFICATE REQUEST-----\n".into(), client_id, Some(&token_a))).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("malformed CSR"), "{}", e.message());
 
-        // A CSR naming another identity than the one asked for.
-        let (pem, _) = csr(Some(server_id));
-        let e = ca.create_certificate(request(pem, client_id, Some(&token_a))).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", e.message());
+            // A CSR naming another identity than the one asked for.
+            let (pem, _) = csr(Some(server_id));
+            let e = ca
+                .create_certificate(request(pem, client_id, Some(&token_a)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", e.message());
 
-        // No token, or a made-up one.
-        let (pem, _) = csr(None);
-        let e = ca.create_certificate(request(pem.clone(), client_id, None)).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let e = ca.create_certificate(request(pem, client_id, Some("forged"))).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let log = mesh.log("controller");
-        assert!(log.contains("CA request refused"), "refusals are logged");
-        TestResult::Ok(())
-    });
+            // No token, or a made-up one.
+            let (pem, _) = csr(None);
+            let e = ca
+                .create_certificate(request(pem.clone(), client_id, None))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            let e = ca
+                .create_certificate(request(pem, client_id, Some("forged")))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            let log = mesh.log("controller");
+            assert!(log.contains("CA request refused"), "refusals are logged");
+            TestResult::Ok(())
+        },
+    );
 }

@@ -87,25 +87,50 @@ pub async fn two_node(run_dir: PathBuf, opts: DemoOptions) -> anyhow::Result<()>
     };
     let underlay = lab.underlay.clone();
     let sniffer = Sniffer::start(&underlay)?;
-    println!("starting the mesh (controller, 2 node agents, 2 ztunnels) in {}", run_dir.display());
+    println!(
+        "starting the mesh (controller, 2 node agents, 2 ztunnels) in {}",
+        run_dir.display()
+    );
     let mesh = Mesh::start(lab, config, MeshOptions::new(opts.exe.clone())).await?;
     mesh.enrol("default", "client", "client").await?;
     mesh.enrol("default", "server", "server").await?;
     let server_ns: Arc<Netns> = mesh.lab.pod("default", "server").netns.clone();
     let client_ns: Arc<Netns> = mesh.lab.pod("default", "client").netns.clone();
     serve_hello(&server_ns, 8080, "server".into())?;
-    serve_hello(&mesh.lab.externals["outside"].netns, 9000, "outside host".into())?;
-    println!("mesh ready: client 10.244.1.2 on node-a, server 10.244.2.2 on node-b, echo VIP {ECHO_VIP}:80");
+    serve_hello(
+        &mesh.lab.externals["outside"].netns,
+        9000,
+        "outside host".into(),
+    )?;
+    println!(
+        "mesh ready: client 10.244.1.2 on node-a, server 10.244.2.2 on node-b, echo VIP {ECHO_VIP}:80"
+    );
 
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     let mut n = 0u64;
     loop {
         n += 1;
-        let via_mesh = ask(&client_ns, SocketAddr::from((ECHO_VIP, 80)), &format!("request {n}")).await;
-        let direct = ask(&client_ns, SocketAddr::from((outside, 9000)), &format!("request {n}")).await;
-        println!("client → echo VIP (HBONE):     {}", via_mesh.unwrap_or_else(|e| format!("error: {e}")));
-        println!("client → outside host (direct): {}", direct.unwrap_or_else(|e| format!("error: {e}")));
+        let via_mesh = ask(
+            &client_ns,
+            SocketAddr::from((ECHO_VIP, 80)),
+            &format!("request {n}"),
+        )
+        .await;
+        let direct = ask(
+            &client_ns,
+            SocketAddr::from((outside, 9000)),
+            &format!("request {n}"),
+        )
+        .await;
+        println!(
+            "client → echo VIP (HBONE):     {}",
+            via_mesh.unwrap_or_else(|e| format!("error: {e}"))
+        );
+        println!(
+            "client → outside host (direct): {}",
+            direct.unwrap_or_else(|e| format!("error: {e}"))
+        );
         if opts.requests.is_some_and(|max| n >= max) {
             break;
         }
@@ -126,17 +151,34 @@ pub async fn two_node(run_dir: PathBuf, opts: DemoOptions) -> anyhow::Result<()>
         .filter(|s| s.src.port() == 15008 || s.dst.port() == 15008)
         .count();
     println!();
-    println!("wire capture between the nodes: {} TCP segments, {} of them to/from port 15008", between_nodes.len(), hbone);
-    println!("plaintext \"request\" seen between the nodes: {}",
-        between_nodes.iter().any(|s| s.payload.windows(7).any(|w| w == b"request")));
+    println!(
+        "wire capture between the nodes: {} TCP segments, {} of them to/from port 15008",
+        between_nodes.len(),
+        hbone
+    );
+    println!(
+        "plaintext \"request\" seen between the nodes: {}",
+        between_nodes
+            .iter()
+            .any(|s| s.payload.windows(7).any(|w| w == b"request"))
+    );
     println!();
     println!("ztunnel access log on node-a (last lines):");
-    for line in mesh.log("ztunnel-node-a").lines().filter(|l| l.contains("connection complete")).rev().take(2) {
+    for line in mesh
+        .log("ztunnel-node-a")
+        .lines()
+        .filter(|l| l.contains("connection complete"))
+        .rev()
+        .take(2)
+    {
         println!("  {line}");
     }
     let metrics = mesh.metrics("node-b").await.context("metrics")?;
     println!("\nnode-b ztunnel metrics (inbound):");
-    for line in metrics.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
+    {
         println!("  {line}");
     }
     Ok(())

@@ -10,7 +10,11 @@ use ambientctl::demo::{DemoOptions, two_node};
 use ambientctl::lab::sandbox;
 
 #[derive(Parser)]
-#[command(name = "ambientctl", version, about = "The ambient-rs mesh CLI and local runtime")]
+#[command(
+    name = "ambientctl",
+    version,
+    about = "The ambient-rs mesh CLI and local runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,10 +72,13 @@ fn main() -> anyhow::Result<()> {
         } => {
             let Some(run_dir) = sandbox::inside() else {
                 let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-                let status = sandbox::reexec(&args, "demo", keep).context("entering the sandbox")?;
+                let status =
+                    sandbox::reexec(&args, "demo", keep).context("entering the sandbox")?;
                 std::process::exit(status.code().unwrap_or(1));
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(two_node(
                 run_dir,
                 DemoOptions {

@@ -10,7 +10,10 @@ use clap::Parser;
 use crate::server::{ControllerConfig, run};
 
 #[derive(Debug, Parser)]
-#[command(name = "ambient-controller", about = "ambient-rs control plane and certificate authority")]
+#[command(
+    name = "ambient-controller",
+    about = "ambient-rs control plane and certificate authority"
+)]
 pub struct Args {
     /// TLS gRPC listener (certificate service).
     #[arg(long, default_value = "0.0.0.0:15012")]
@@ -57,11 +60,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("signal handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -76,7 +82,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();

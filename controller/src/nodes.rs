@@ -18,10 +18,17 @@ pub trait NodeDirectory: Send + Sync {
     fn nodes(&self) -> Vec<String>;
 }
 
+/// Identities per node, and when the file they came from was modified.
+#[derive(Default)]
+struct Loaded {
+    modified: Option<SystemTime>,
+    by_node: BTreeMap<String, BTreeSet<Identity>>,
+}
+
 /// A [`NodeDirectory`] read from a local workload file, re-read when the file changes.
 pub struct FileNodeDirectory {
     path: PathBuf,
-    state: RwLock<(Option<SystemTime>, BTreeMap<String, BTreeSet<Identity>>)>,
+    state: RwLock<Loaded>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +49,7 @@ impl FileNodeDirectory {
     pub fn open(path: &Path) -> Result<Self, DirectoryError> {
         let dir = FileNodeDirectory {
             path: path.to_path_buf(),
-            state: RwLock::new((None, BTreeMap::new())),
+            state: RwLock::new(Loaded::default()),
         };
         dir.reload()?;
         Ok(dir)
@@ -54,8 +61,10 @@ impl FileNodeDirectory {
             path: self.path.clone(),
             source,
         };
-        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).map_err(io)?;
-        if self.state.read().expect("poisoned").0 == Some(modified) {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .map_err(io)?;
+        if self.state.read().expect("poisoned").modified == Some(modified) {
             return Ok(());
         }
         let text = std::fs::read_to_string(&self.path).map_err(io)?;
@@ -74,7 +83,10 @@ impl FileNodeDirectory {
             })?;
             by_node.entry(w.node.clone()).or_default().insert(id);
         }
-        *self.state.write().expect("poisoned") = (Some(modified), by_node);
+        *self.state.write().expect("poisoned") = Loaded {
+            modified: Some(modified),
+            by_node,
+        };
         Ok(())
     }
 
@@ -91,13 +103,19 @@ impl NodeDirectory for FileNodeDirectory {
         self.state
             .read()
             .expect("poisoned")
-            .1
+            .by_node
             .get(node)
             .is_some_and(|ids| ids.contains(identity))
     }
 
     fn nodes(&self) -> Vec<String> {
         self.refreshed();
-        self.state.read().expect("poisoned").1.keys().cloned().collect()
+        self.state
+            .read()
+            .expect("poisoned")
+            .by_node
+            .keys()
+            .cloned()
+            .collect()
     }
 }

@@ -65,7 +65,6 @@ pub async fn run(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-
     let ca = CertificateAuthority::load_or_generate(&config.ca_dir, &config.trust_domain)?
         .with_default_ttl(config.workload_ttl);
     let ca = Arc::new(ca);
@@ -83,7 +82,8 @@ pub async fn run(
     let controller_id = Identity::new(&config.trust_domain, "istio-system", "istiod")
         .expect("static identity is valid");
     let names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let (chain, key) = ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
+    let (chain, key) =
+        ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
     let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain, key));
 
     let monitoring = TcpListener::bind(config.monitoring_addr)

@@ -122,11 +122,16 @@ mod tests {
 
     #[test]
     fn parses_workload_ids() {
-        let id: Identity = "spiffe://cluster.local/ns/default/sa/reviews".parse().unwrap();
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/reviews"
+            .parse()
+            .unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service_account(), "reviews");
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
     }
 
     #[test]

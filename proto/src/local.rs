@@ -181,7 +181,7 @@ impl LocalWorkload {
                     (
                         k.clone(),
                         wds::PortList {
-                            ports: ports.iter().map(LocalPort::to_proto).collect(),
+                            ports: ports.iter().copied().map(LocalPort::to_proto).collect(),
                         },
                     )
                 })
@@ -205,14 +205,19 @@ impl LocalService {
                     address: ip_bytes(ip),
                 })
                 .collect(),
-            ports: self.ports.iter().map(LocalPort::to_proto).collect(),
+            ports: self
+                .ports
+                .iter()
+                .copied()
+                .map(LocalPort::to_proto)
+                .collect(),
             ..Default::default()
         }
     }
 }
 
 impl LocalPort {
-    fn to_proto(&self) -> wds::Port {
+    fn to_proto(self) -> wds::Port {
         wds::Port {
             service_port: u32::from(self.service_port),
             target_port: u32::from(self.target_port),
@@ -315,7 +320,12 @@ services:
     #[test]
     fn rejects_duplicate_addresses_and_bad_names() {
         let dup = "workloads:\n  - {name: a, namespace: n, addresses: [10.0.0.1]}\n  - {name: b, namespace: n, addresses: [10.0.0.1]}\n";
-        assert!(LocalConfig::parse(dup).unwrap_err().reason.contains("10.0.0.1"));
+        assert!(
+            LocalConfig::parse(dup)
+                .unwrap_err()
+                .reason
+                .contains("10.0.0.1")
+        );
         let bad_ns = "workloads:\n  - {name: a, namespace: 'a/b'}\n";
         assert!(LocalConfig::parse(bad_ns).is_err());
     }

@@ -93,7 +93,11 @@ pub fn admin_routes(
             };
             match serde_json::to_vec_pretty(&dump) {
                 Ok(body) => respond(StatusCode::OK, "application/json", body),
-                Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         (&Method::POST | &Method::GET, "/quitquitquit") => {
@@ -109,11 +113,16 @@ pub fn readiness_routes(
     readiness: Readiness,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
-        "/healthz/ready" if readiness.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/healthz/ready" if readiness.is_ready() => {
+            respond(StatusCode::OK, "text/plain", "ready\n")
+        }
         "/healthz/ready" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            format!("not ready: waiting for {}\n", readiness.pending().join(", ")),
+            format!(
+                "not ready: waiting for {}\n",
+                readiness.pending().join(", ")
+            ),
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

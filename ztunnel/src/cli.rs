@@ -59,7 +59,10 @@ pub struct ZtunnelArgs {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "node-agent", about = "ambient-rs node agent: capture rules and ZDS")]
+#[command(
+    name = "node-agent",
+    about = "ambient-rs node agent: capture rules and ZDS"
+)]
 pub struct AgentArgs {
     /// Where ztunnel connects for ZDS.
     #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]

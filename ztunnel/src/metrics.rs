@@ -117,7 +117,10 @@ impl ConnectionInfo {
                     Reporter::Destination => "destination",
                 },
             ),
-            Label::new("source_workload", or_unknown(src.map(|w| w.telemetry_name()))),
+            Label::new(
+                "source_workload",
+                or_unknown(src.map(|w| w.telemetry_name())),
+            ),
             Label::new(
                 "source_workload_namespace",
                 or_unknown(src.map(|w| w.namespace.as_str())),
@@ -258,19 +261,19 @@ pub struct RequestIntoTunnel<'a>(&'a ConnectionRecord);
 pub struct RequestFromTunnel<'a>(&'a ConnectionRecord);
 
 impl RelayObserver for RequestIntoTunnel<'_> {
-    fn to_tunnel(&self, n: usize) {
+    fn entered_tunnel(&self, n: usize) {
         self.0.request_bytes(n)
     }
-    fn from_tunnel(&self, n: usize) {
+    fn left_tunnel(&self, n: usize) {
         self.0.response_bytes(n)
     }
 }
 
 impl RelayObserver for RequestFromTunnel<'_> {
-    fn to_tunnel(&self, n: usize) {
+    fn entered_tunnel(&self, n: usize) {
         self.0.response_bytes(n)
     }
-    fn from_tunnel(&self, n: usize) {
+    fn left_tunnel(&self, n: usize) {
         self.0.request_bytes(n)
     }
 }

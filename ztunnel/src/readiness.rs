@@ -21,7 +21,12 @@ impl Readiness {
     }
 
     pub fn pending(&self) -> Vec<&'static str> {
-        self.pending.lock().expect("poisoned").iter().copied().collect()
+        self.pending
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .copied()
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {

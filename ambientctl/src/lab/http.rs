@@ -8,7 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztunnel::inpod::netns::Netns;
 
 /// A plain (unmarked) TCP connection from inside `netns`: what an app in a pod would make.
-pub async fn connect_from(netns: &Netns, dst: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+pub async fn connect_from(
+    netns: &Netns,
+    dst: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = netns.run(|| {
         if dst.is_ipv4() {
             tokio::net::TcpSocket::new_v4()

@@ -80,7 +80,11 @@ fn controller_monitoring() -> SocketAddr {
 }
 
 /// Polls `check` every 50 ms until it returns `Ok(Some(_))` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, MeshError>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<T, MeshError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
@@ -129,7 +133,11 @@ impl Mesh {
 
     /// Starts the controller, then every node's agent and ztunnel, and waits until all are
     /// ready.
-    pub async fn start(lab: Lab, config: LocalConfig, options: MeshOptions) -> Result<Mesh, MeshError> {
+    pub async fn start(
+        lab: Lab,
+        config: LocalConfig,
+        options: MeshOptions,
+    ) -> Result<Mesh, MeshError> {
         let run = lab.run_dir.clone();
         let logs = run.join("logs");
         std::fs::create_dir_all(&logs)?;
@@ -237,17 +245,25 @@ impl Mesh {
                 "--state-file".into(),
                 dir.join("agent-state.json").display().to_string(),
             ],
-            &self.lab.run_dir.join("logs").join(format!("node-agent-{node}.log")),
+            &self
+                .lab
+                .run_dir
+                .join("logs")
+                .join(format!("node-agent-{node}.log")),
             &env,
         )?)
     }
 
     async fn wait_agent(&self, node: &str) -> Result<(), MeshError> {
         let cni = self.cni(node)?;
-        wait_for(&format!("node agent on {node}"), Duration::from_secs(20), || {
-            let cni = cni.clone();
-            async move { cni.pods().await.map(Some).map_err(|e| e.to_string()) }
-        })
+        wait_for(
+            &format!("node agent on {node}"),
+            Duration::from_secs(20),
+            || {
+                let cni = cni.clone();
+                async move { cni.pods().await.map(Some).map_err(|e| e.to_string()) }
+            },
+        )
         .await
         .map_err(|e| self.with_logs(e))?;
         Ok(())
@@ -296,7 +312,10 @@ impl Mesh {
                 "--ca-root".into(),
                 run.join("ca").join("root-cert.pem").display().to_string(),
                 "--ca-token-file".into(),
-                run.join("tokens").join(format!("{node}.token")).display().to_string(),
+                run.join("tokens")
+                    .join(format!("{node}.token"))
+                    .display()
+                    .to_string(),
                 "--workload-cert-ttl-secs".into(),
                 self.options.workload_cert_ttl.as_secs().max(1).to_string(),
                 "--zds-socket".into(),
@@ -306,16 +325,26 @@ impl Mesh {
             &env,
         )?;
         self.nodes.get_mut(node).expect("checked").ztunnel = Some(ztunnel);
-        wait_for(&format!("ztunnel on {node}"), Duration::from_secs(30), || {
-            let netns = netns.clone();
-            async move {
-                match http::get(&netns, "127.0.0.1:15021".parse().expect("addr"), "/healthz/ready").await {
-                    Ok((200, _)) => Ok(Some(())),
-                    Ok((s, b)) => Err(format!("{s}: {b}")),
-                    Err(e) => Err(e.to_string()),
+        wait_for(
+            &format!("ztunnel on {node}"),
+            Duration::from_secs(30),
+            || {
+                let netns = netns.clone();
+                async move {
+                    match http::get(
+                        &netns,
+                        "127.0.0.1:15021".parse().expect("addr"),
+                        "/healthz/ready",
+                    )
+                    .await
+                    {
+                        Ok((200, _)) => Ok(Some(())),
+                        Ok((s, b)) => Err(format!("{s}: {b}")),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| self.with_logs(e))
     }
@@ -341,7 +370,12 @@ impl Mesh {
     }
 
     /// Enrols a pod: its node's agent captures it and hands it to ztunnel.
-    pub async fn enrol(&self, namespace: &str, name: &str, service_account: &str) -> Result<(), MeshError> {
+    pub async fn enrol(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+    ) -> Result<(), MeshError> {
         let pod = self
             .lab
             .pods
@@ -368,11 +402,19 @@ impl Mesh {
     }
 
     /// `GET path` on a node's ztunnel `port` (15000 admin, 15020 metrics, 15021 readiness).
-    pub async fn ztunnel_get(&self, node: &str, port: u16, path: &str) -> Result<String, MeshError> {
+    pub async fn ztunnel_get(
+        &self,
+        node: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<String, MeshError> {
         let netns = &self.lab.node(node).netns;
-        let (status, body) = http::get(netns, SocketAddr::from(([127, 0, 0, 1], port)), path).await?;
+        let (status, body) =
+            http::get(netns, SocketAddr::from(([127, 0, 0, 1], port)), path).await?;
         if status != 200 {
-            return Err(MeshError::Io(std::io::Error::other(format!("GET {path}: {status} {body}"))));
+            return Err(MeshError::Io(std::io::Error::other(format!(
+                "GET {path}: {status} {body}"
+            ))));
         }
         Ok(body)
     }
@@ -392,14 +434,25 @@ impl Mesh {
     }
 
     pub fn token_path(&self, node: &str) -> PathBuf {
-        self.lab.run_dir.join("tokens").join(format!("{node}.token"))
+        self.lab
+            .run_dir
+            .join("tokens")
+            .join(format!("{node}.token"))
     }
 
     /// The last `lines` lines of every component's log.
     pub fn logs(&self, lines: usize) -> String {
-        let mut out = format!("== {} ==\n{}\n", self.controller.name, self.controller.log_tail(lines));
+        let mut out = format!(
+            "== {} ==\n{}\n",
+            self.controller.name,
+            self.controller.log_tail(lines)
+        );
         for n in self.nodes.values() {
-            out.push_str(&format!("== {} ==\n{}\n", n.agent.name, n.agent.log_tail(lines)));
+            out.push_str(&format!(
+                "== {} ==\n{}\n",
+                n.agent.name,
+                n.agent.log_tail(lines)
+            ));
             if let Some(z) = &n.ztunnel {
                 out.push_str(&format!("== {} ==\n{}\n", z.name, z.log_tail(lines)));
             }

@@ -28,7 +28,10 @@ impl Proc {
         log: &Path,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())

@@ -12,7 +12,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BridgeStpState, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    BridgeStpState, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -26,10 +27,7 @@ pub enum RtnlError {
     #[error("netlink: {0}")]
     Io(#[from] std::io::Error),
     #[error("{op}: {source}")]
-    Kernel {
-        op: String,
-        source: std::io::Error,
-    },
+    Kernel { op: String, source: std::io::Error },
     #[error("no link named {0}")]
     NoLink(String),
     #[error("malformed netlink reply: {0}")]
@@ -176,7 +174,9 @@ impl Rtnl {
         peer_netns: Option<&Netns>,
     ) -> Result<(), RtnlError> {
         let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
         if let Some(ns) = peer_netns {
             peer_msg
                 .attributes
@@ -201,7 +201,9 @@ impl Rtnl {
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Bridge),
             // No spanning tree: ports forward at once.
-            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::StpState(BridgeStpState::Disabled)])),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::StpState(
+                BridgeStpState::Disabled,
+            )])),
         ]));
         self.change(
             &format!("create bridge {name}"),

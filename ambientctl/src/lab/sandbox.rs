@@ -70,5 +70,8 @@ where
         .map(OsString::from)
         .collect();
     let status = reexec(&args, name, keep).expect("starting the sandbox");
-    assert!(status.success(), "{name} failed inside its sandbox ({status})");
+    assert!(
+        status.success(),
+        "{name} failed inside its sandbox ({status})"
+    );
 }

@@ -92,7 +92,10 @@ pub struct Capture {
 impl Capture {
     /// IPv4 TCP segments, decoded.
     pub fn tcp(&self) -> Vec<TcpSegment> {
-        self.frames.iter().filter_map(|f| decode_tcp(&f.data)).collect()
+        self.frames
+            .iter()
+            .filter_map(|f| decode_tcp(&f.data))
+            .collect()
     }
 
     /// Whether `needle` occurs in any frame at all.

@@ -33,7 +33,8 @@ fn fail(e: nix::Error) -> std::io::Error {
 }
 
 fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
-    let fd = nix::fcntl::open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(fail)?;
+    let fd =
+        nix::fcntl::open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(fail)?;
     nix::unistd::write(&fd, data).map_err(fail)?;
     Ok(())
 }
@@ -86,7 +87,9 @@ pub fn configure(cmd: &mut Command, entry: Entry) {
 pub fn sandbox_supported() -> Result<(), String> {
     let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
     if max.trim() == "0" {
-        return Err("user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)".into());
+        return Err(
+            "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)".into(),
+        );
     }
     Ok(())
 }

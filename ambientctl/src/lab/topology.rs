@@ -104,7 +104,11 @@ impl Lab {
         std::fs::create_dir_all(&netns_dir)?;
         rtnl.set_up("lo", None)?;
         rtnl.add_bridge(UNDERLAY_BRIDGE)?;
-        rtnl.add_address(UNDERLAY_BRIDGE, IpAddr::V4(UNDERLAY_GATEWAY), UNDERLAY_PREFIX)?;
+        rtnl.add_address(
+            UNDERLAY_BRIDGE,
+            IpAddr::V4(UNDERLAY_GATEWAY),
+            UNDERLAY_PREFIX,
+        )?;
         rtnl.set_up(UNDERLAY_BRIDGE, None)?;
         Ok(Lab {
             run_dir: run_dir.to_path_buf(),
@@ -123,7 +127,12 @@ impl Lab {
     }
 
     /// Attaches a new namespace to the underlay at `ip`.
-    fn attach_to_underlay(&mut self, ns: &Netns, ip: Ipv4Addr, prefix: &str) -> Result<(), TopologyError> {
+    fn attach_to_underlay(
+        &mut self,
+        ns: &Netns,
+        ip: Ipv4Addr,
+        prefix: &str,
+    ) -> Result<(), TopologyError> {
         let host_side = self.next_veth(prefix);
         let mut here = Rtnl::open()?;
         here.add_veth(&host_side, "eth0", Some(ns))?;
@@ -139,7 +148,8 @@ impl Lab {
         if self.nodes.contains_key(name) {
             return Err(TopologyError::Invalid(format!("node {name} exists")));
         }
-        let index = u8::try_from(self.nodes.len()).map_err(|_| TopologyError::Invalid("too many nodes".into()))?;
+        let index = u8::try_from(self.nodes.len())
+            .map_err(|_| TopologyError::Invalid("too many nodes".into()))?;
         if index >= 200 {
             return Err(TopologyError::Invalid("too many nodes".into()));
         }
@@ -179,7 +189,12 @@ impl Lab {
 
     /// Adds a pod on `node`: its namespace, an address from the node's range, and a default
     /// route via the node.
-    pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str) -> Result<&Pod, TopologyError> {
+    pub fn add_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<&Pod, TopologyError> {
         let key = format!("{namespace}/{name}");
         if self.pods.contains_key(&key) {
             return Err(TopologyError::Invalid(format!("pod {key} exists")));
@@ -221,7 +236,8 @@ impl Lab {
 
     /// Adds a host on the underlay that is not part of the mesh.
     pub fn add_external(&mut self, name: &str) -> Result<&External, TopologyError> {
-        let index = u8::try_from(self.externals.len() + 1).map_err(|_| TopologyError::Invalid("too many hosts".into()))?;
+        let index = u8::try_from(self.externals.len() + 1)
+            .map_err(|_| TopologyError::Invalid("too many hosts".into()))?;
         let path = self.netns_dir.join(format!("ext-{name}"));
         let ns = Arc::new(netns::create(&path)?);
         let ip = Ipv4Addr::new(172, 30, 1, index);

@@ -98,7 +98,8 @@ impl NodeTokens {
                 path: path.clone(),
                 source,
             })?;
-        f.flush().map_err(|source| TokenStoreError { path, source })?;
+        f.flush()
+            .map_err(|source| TokenStoreError { path, source })?;
         tokens.insert(node.to_string(), token.clone());
         Ok(token)
     }

@@ -277,7 +277,11 @@ impl CertificateAuthority {
         Ok((chain, key.serialize_pem()))
     }
 
-    fn leaf_params(&self, identity: &Identity, ttl: Duration) -> Result<CertificateParams, CaError> {
+    fn leaf_params(
+        &self,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
         let uri = identity.to_string();
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
@@ -301,7 +305,8 @@ impl CertificateAuthority {
 
 fn check_is_ca(path: &Path, pem: &str) -> Result<(), CaError> {
     let der = ambient_proto::tls::certs_from_pem(pem.as_bytes()).map_err(|e| bad(path, e))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).map_err(|e| bad(path, e))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der[0].as_ref()).map_err(|e| bad(path, e))?;
     let is_ca = cert
         .basic_constraints()
         .ok()
@@ -311,7 +316,10 @@ fn check_is_ca(path: &Path, pem: &str) -> Result<(), CaError> {
     if is_ca {
         Ok(())
     } else {
-        Err(bad(path, "not a CA certificate (basicConstraints CA:FALSE)"))
+        Err(bad(
+            path,
+            "not a CA certificate (basicConstraints CA:FALSE)",
+        ))
     }
 }
 
@@ -345,7 +353,9 @@ mod tests {
         let again = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").unwrap();
         assert_eq!(ca.root_pem(), again.root_pem());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions(),
+            &fs::metadata(dir.path().join("ca-key.pem"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -358,8 +368,11 @@ mod tests {
         let (csr, key) = csr_for(Some(&id.to_string()));
         let chain = ca.sign_workload(&csr, &id, 0).unwrap();
         assert_eq!(chain.len(), 2, "leaf + root");
-        let cert = WorkloadCertificate::from_pem(chain.concat().as_bytes(), key.serialize_pem().as_bytes())
-            .unwrap();
+        let cert = WorkloadCertificate::from_pem(
+            chain.concat().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
         assert_eq!(cert.identity(), &id);
         let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
         assert_eq!(lifetime, DEFAULT_WORKLOAD_TTL + BACKDATE);
@@ -374,17 +387,27 @@ mod tests {
         let ca = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").unwrap();
         let id: Identity = "spiffe://cluster.local/ns/default/sa/web".parse().unwrap();
         assert!(matches!(
-            ca.sign_workload("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &id, 0),
+            ca.sign_workload(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &id,
+                0
+            ),
             Err(CaError::MalformedCsr(_))
         ));
-        assert!(matches!(ca.sign_workload("hello", &id, 0), Err(CaError::MalformedCsr(_))));
+        assert!(matches!(
+            ca.sign_workload("hello", &id, 0),
+            Err(CaError::MalformedCsr(_))
+        ));
         let (csr, _) = csr_for(Some("spiffe://cluster.local/ns/default/sa/admin"));
         assert!(matches!(
             ca.sign_workload(&csr, &id, 0),
             Err(CaError::CsrIdentityMismatch { .. })
         ));
         let (csr, _) = csr_for(None);
-        assert!(matches!(ca.sign_workload(&csr, &id, -5), Err(CaError::BadTtl(-5))));
+        assert!(matches!(
+            ca.sign_workload(&csr, &id, -5),
+            Err(CaError::BadTtl(-5))
+        ));
     }
 
     #[test]
@@ -394,38 +417,53 @@ mod tests {
         let mut root_params = CertificateParams::default();
         root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        root_params.distinguished_name.push(DnType::CommonName, "offline root");
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, "offline root");
         let root = root_params.self_signed(&root_key).unwrap();
         let root_issuer = Issuer::new(root_params, root_key);
         let int_key = KeyPair::generate().unwrap();
         let mut int_params = CertificateParams::default();
         int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        int_params.distinguished_name.push(DnType::CommonName, "cluster intermediate");
+        int_params
+            .distinguished_name
+            .push(DnType::CommonName, "cluster intermediate");
         let int = int_params.signed_by(&int_key, &root_issuer).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("ca-cert.pem"), int.pem()).unwrap();
         fs::write(dir.path().join("ca-key.pem"), int_key.serialize_pem()).unwrap();
-        fs::write(dir.path().join("cert-chain.pem"), format!("{}{}", int.pem(), root.pem())).unwrap();
+        fs::write(
+            dir.path().join("cert-chain.pem"),
+            format!("{}{}", int.pem(), root.pem()),
+        )
+        .unwrap();
         fs::write(dir.path().join("root-cert.pem"), root.pem()).unwrap();
         let ca = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").unwrap();
         let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         let (csr, key) = csr_for(None);
         let chain = ca.sign_workload(&csr, &id, 0).unwrap();
         assert_eq!(chain.len(), 3, "leaf, intermediate, root");
-        let cert = WorkloadCertificate::from_pem(chain.concat().as_bytes(), key.serialize_pem().as_bytes())
-            .unwrap();
+        let cert = WorkloadCertificate::from_pem(
+            chain.concat().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
         assert_eq!(cert.chain().len(), 2, "root is not presented");
         // It verifies against the offline root.
-        let bundle = ambient_proto::tls::TrustBundle::from_pem("cluster.local", root.pem().as_bytes()).unwrap();
+        let bundle =
+            ambient_proto::tls::TrustBundle::from_pem("cluster.local", root.pem().as_bytes())
+                .unwrap();
         let parsed = rustls::server::ParsedCertificate::try_from(&cert.chain()[0]).unwrap();
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
             bundle.roots(),
             &cert.chain()[1..],
             rustls_pki_types::UnixTime::now(),
-            ambient_proto::tls::provider().signature_verification_algorithms.all,
+            ambient_proto::tls::provider()
+                .signature_verification_algorithms
+                .all,
         )
         .unwrap();
     }
@@ -440,10 +478,15 @@ mod tests {
         ));
         // A leaf certificate is not a signing certificate.
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["x.example".into()]).unwrap().self_signed(&key).unwrap();
+        let cert = CertificateParams::new(vec!["x.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
         fs::write(dir.path().join("ca-cert.pem"), cert.pem()).unwrap();
         fs::write(dir.path().join("ca-key.pem"), key.serialize_pem()).unwrap();
-        let err = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").err().unwrap();
+        let err = CertificateAuthority::load_or_generate(dir.path(), "cluster.local")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("not a CA certificate"), "{err}");
     }
 }

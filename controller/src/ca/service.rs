@@ -44,9 +44,9 @@ impl CaService {
             .as_ref()
             .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
             .map(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => s.parse::<Identity>().map_err(|e| {
-                    Status::invalid_argument(format!("{IMPERSONATED_IDENTITY}: {e}"))
-                }),
+                Some(Kind::StringValue(s)) => s
+                    .parse::<Identity>()
+                    .map_err(|e| Status::invalid_argument(format!("{IMPERSONATED_IDENTITY}: {e}"))),
                 _ => Err(Status::invalid_argument(format!(
                     "{IMPERSONATED_IDENTITY} must be a string"
                 ))),
@@ -115,6 +115,8 @@ impl IstioCertificateService for CaService {
             })?;
         metrics::counter!("citadel_server_success_cert_issuance_count").increment(1);
         info!(caller = ?caller, identity = %identity, "issued workload certificate");
-        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain,
+        }))
     }
 }

@@ -148,7 +148,8 @@ impl ConnectRequest {
         if let Some(v) = &self.traceparent {
             b = b.header("traceparent", v.as_str());
         }
-        b.body(()).map_err(|e| HboneError::BadRequest(e.to_string()))
+        b.body(())
+            .map_err(|e| HboneError::BadRequest(e.to_string()))
     }
 }
 
@@ -197,7 +198,8 @@ impl HboneError {
 
 /// Extracts the rustls error tokio-rustls wraps in an `io::Error`.
 pub(crate) fn tls_error_of(e: &std::io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 #[cfg(test)]

@@ -17,14 +17,14 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Told about bytes as they move, so counters advance during long-lived connections.
 pub trait RelayObserver {
     /// `n` bytes went from the plain socket into the tunnel.
-    fn to_tunnel(&self, n: usize);
+    fn entered_tunnel(&self, n: usize);
     /// `n` bytes came out of the tunnel into the plain socket.
-    fn from_tunnel(&self, n: usize);
+    fn left_tunnel(&self, n: usize);
 }
 
 impl RelayObserver for () {
-    fn to_tunnel(&self, _n: usize) {}
-    fn from_tunnel(&self, _n: usize) {}
+    fn entered_tunnel(&self, _n: usize) {}
+    fn left_tunnel(&self, _n: usize) {}
 }
 
 /// Bytes moved each way over a relay's life.
@@ -109,7 +109,7 @@ where
             let part = chunk.split_to(granted.min(chunk.len()));
             send.send_data(part, false)?;
         }
-        observer.to_tunnel(n);
+        observer.entered_tunnel(n);
         total += n as u64;
     }
 }
@@ -130,7 +130,7 @@ where
         writer.write_all(&data).await?;
         // Released after the write, so a slow reader pushes back on the sender.
         recv.flow_control().release_capacity(n)?;
-        observer.from_tunnel(n);
+        observer.left_tunnel(n);
         total += n as u64;
     }
     // The app may already have closed its side; a failed half-close loses nothing.

@@ -75,7 +75,11 @@ impl InboundConnect {
         let v = self.headers().get("forwarded")?.to_str().ok()?;
         v.split([';', ','])
             .filter_map(|part| part.trim().strip_prefix("for="))
-            .map(|s| s.trim_matches('"').trim_start_matches('[').trim_end_matches(']'))
+            .map(|s| {
+                s.trim_matches('"')
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+            })
             .find_map(|s| s.parse().ok())
     }
 
@@ -144,7 +148,12 @@ where
     };
     let handshake = settings.server_builder().handshake::<_, Bytes>(tls);
     let mut connection = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
-        Err(_) => return Err(refuse(Rejection::Timeout, "HTTP/2 preface timed out".into())),
+        Err(_) => {
+            return Err(refuse(
+                Rejection::Timeout,
+                "HTTP/2 preface timed out".into(),
+            ));
+        }
         Ok(Err(e)) => return Err(refuse(Rejection::Http2Protocol, e.to_string())),
         Ok(Ok(c)) => c,
     };

@@ -166,9 +166,11 @@ async fn pool_opens_another_connection_when_streams_run_out() {
     for _ in 0..5 {
         let config = config.clone();
         let s = pool
-            .stream(&1, &ConnectRequest::new("10.0.0.1:80".parse().unwrap()), || {
-                dial(server.addr, config)
-            })
+            .stream(
+                &1,
+                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+                || dial(server.addr, config),
+            )
             .await
             .unwrap();
         held.push(s);
@@ -177,11 +179,7 @@ async fn pool_opens_another_connection_when_streams_run_out() {
 }
 
 /// Connects with a hand-made client certificate and returns what the server said.
-async fn refused_with(
-    ca: &TestCa,
-    server_ca: &TestCa,
-    spec: Option<LeafSpec>,
-) -> Rejection {
+async fn refused_with(ca: &TestCa, server_ca: &TestCa, spec: Option<LeafSpec>) -> Rejection {
     let mut server = echo_server(server_ca, SERVER_ID).await;
     let verifier = Arc::new(tls::SpiffeServerVerifier::new(
         server_ca.bundle(TD).roots().clone(),
@@ -213,7 +211,10 @@ async fn refused_with(
 #[tokio::test]
 async fn refuses_client_without_certificate() {
     let ca = TestCa::new("root");
-    assert_eq!(refused_with(&ca, &ca, None).await, Rejection::NoClientCertificate);
+    assert_eq!(
+        refused_with(&ca, &ca, None).await,
+        Rejection::NoClientCertificate
+    );
 }
 
 #[tokio::test]
@@ -262,7 +263,9 @@ async fn refuses_non_tls() {
     let ca = TestCa::new("root");
     let mut server = echo_server(&ca, SERVER_ID).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let reason = server.refusals.recv().await.unwrap();
     assert_eq!(reason, Rejection::NotTls);
 }

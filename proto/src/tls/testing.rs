@@ -51,8 +51,11 @@ impl TestCa {
     }
 
     pub fn bundle(&self, trust_domain: &str) -> TrustBundle {
-        TrustBundle::from_pem(trust_domain, super::certs_to_pem(&[self.root.clone()]).as_bytes())
-            .unwrap()
+        TrustBundle::from_pem(
+            trust_domain,
+            super::certs_to_pem(std::slice::from_ref(&self.root)).as_bytes(),
+        )
+        .unwrap()
     }
 
     /// A leaf as raw DER, whatever its defects.

@@ -41,7 +41,10 @@ pub enum CaptureError {
 }
 
 fn socket_in(netns: &Netns) -> Result<NfSocket, CaptureError> {
-    netns.run(NfSocket::open).map_err(CaptureError::Netns)?.map_err(Into::into)
+    netns
+        .run(NfSocket::open)
+        .map_err(CaptureError::Netns)?
+        .map_err(Into::into)
 }
 
 fn accept_if(load: Expr, value: Vec<u8>) -> Vec<Expr> {
@@ -83,15 +86,47 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
     b.add_table(NFPROTO_INET, TABLE);
     b.delete_table(NFPROTO_INET, TABLE);
     b.add_table(NFPROTO_INET, TABLE);
-    b.add_nat_chain(NFPROTO_INET, TABLE, "output", Hook::LocalOut, NAT_DST_PRIORITY);
-    b.add_nat_chain(NFPROTO_INET, TABLE, "prerouting", Hook::PreRouting, NAT_DST_PRIORITY);
+    b.add_nat_chain(
+        NFPROTO_INET,
+        TABLE,
+        "output",
+        Hook::LocalOut,
+        NAT_DST_PRIORITY,
+    );
+    b.add_nat_chain(
+        NFPROTO_INET,
+        TABLE,
+        "prerouting",
+        Hook::PreRouting,
+        NAT_DST_PRIORITY,
+    );
 
-    b.add_rule(NFPROTO_INET, TABLE, "output", &accept_if(meta(MetaKey::Mark), mark.clone()));
-    b.add_rule(NFPROTO_INET, TABLE, "output", &accept_if(meta(MetaKey::OifName), ifname("lo")));
+    b.add_rule(
+        NFPROTO_INET,
+        TABLE,
+        "output",
+        &accept_if(meta(MetaKey::Mark), mark.clone()),
+    );
+    b.add_rule(
+        NFPROTO_INET,
+        TABLE,
+        "output",
+        &accept_if(meta(MetaKey::OifName), ifname("lo")),
+    );
     b.add_rule(NFPROTO_INET, TABLE, "output", &tcp_redirect(OUTBOUND_PORT));
 
-    b.add_rule(NFPROTO_INET, TABLE, "prerouting", &accept_if(meta(MetaKey::IifName), ifname("lo")));
-    b.add_rule(NFPROTO_INET, TABLE, "prerouting", &accept_if(meta(MetaKey::Mark), mark));
+    b.add_rule(
+        NFPROTO_INET,
+        TABLE,
+        "prerouting",
+        &accept_if(meta(MetaKey::IifName), ifname("lo")),
+    );
+    b.add_rule(
+        NFPROTO_INET,
+        TABLE,
+        "prerouting",
+        &accept_if(meta(MetaKey::Mark), mark),
+    );
     b.add_rule(
         NFPROTO_INET,
         TABLE,
@@ -115,7 +150,12 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
             Expr::Verdict(Verdict::Accept),
         ],
     );
-    b.add_rule(NFPROTO_INET, TABLE, "prerouting", &tcp_redirect(INBOUND_PLAINTEXT_PORT));
+    b.add_rule(
+        NFPROTO_INET,
+        TABLE,
+        "prerouting",
+        &tcp_redirect(INBOUND_PLAINTEXT_PORT),
+    );
     b.commit(&socket)?;
     Ok(())
 }

@@ -102,7 +102,10 @@ async fn route(agent: Arc<NodeAgent>, req: Request<Incoming>) -> Response<Full<B
         },
         (Method::GET, "/pods") => {
             let pods = agent.pods();
-            reply(StatusCode::OK, serde_json::to_vec_pretty(&pods).expect("serializable"))
+            reply(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&pods).expect("serializable"),
+            )
         }
         _ => reply(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -132,13 +135,19 @@ impl CniClient {
         CniClient { path: path.into() }
     }
 
-    async fn call(&self, method: Method, uri: &str, body: Vec<u8>) -> Result<Bytes, CniClientError> {
-        let stream = UnixStream::connect(&self.path)
-            .await
-            .map_err(|source| CniClientError::Connect {
-                path: self.path.clone(),
-                source,
-            })?;
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, CniClientError> {
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| CniClientError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| CniClientError::Http(e.to_string()))?;

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_proto::istio::workload::zds::{
-    AddWorkload, DelWorkload, KeepWorkload, WorkloadInfo, WorkloadRequest, workload_request::Payload,
+    AddWorkload, DelWorkload, KeepWorkload, WorkloadInfo, WorkloadRequest,
+    workload_request::Payload,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -126,7 +127,8 @@ impl NodeAgent {
                 reason,
             };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let events: Vec<PodEvent> = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+            let events: Vec<PodEvent> =
+                serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
             for event in events {
                 let netns = match Netns::open(&event.netns) {
                     Ok(n) => match capture::install(&n) {

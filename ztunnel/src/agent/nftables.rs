@@ -142,7 +142,8 @@ impl Attrs<'_> {
     fn nested(&mut self, kind: u16, f: impl FnOnce(&mut Attrs<'_>)) {
         let start = self.0.len();
         self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.0
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         f(&mut Attrs(self.0));
         let len = (self.0.len() - start) as u16;
         self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
@@ -150,13 +151,31 @@ impl Attrs<'_> {
     }
 
     fn expr(&mut self, e: &Expr) {
-        let (name, body): (&str, Box<dyn Fn(&mut Attrs<'_>)>) = match e {
+        self.nested(NFTA_LIST_ELEM, |elem| {
+            elem.str(NFTA_EXPR_NAME, e.name());
+            elem.nested(NFTA_EXPR_DATA, |d| e.encode(d));
+        });
+    }
+}
+
+impl Expr {
+    /// The kernel module's name for the expression.
+    fn name(&self) -> &'static str {
+        match self {
+            Expr::Meta { .. } => "meta",
+            Expr::Payload { .. } => "payload",
+            Expr::CmpEq { .. } => "cmp",
+            Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
+            Expr::Redirect { .. } => "redir",
+        }
+    }
+
+    /// The expression's own attributes (`NFTA_<NAME>_*`).
+    fn encode(&self, a: &mut Attrs<'_>) {
+        match self {
             Expr::Meta { key, dreg } => {
-                let (key, dreg) = (*key as u32, *dreg);
-                ("meta", Box::new(move |a| {
-                    a.be32(1, dreg); // NFTA_META_DREG
-                    a.be32(2, key); // NFTA_META_KEY
-                }))
+                a.be32(1, *dreg); // NFTA_META_DREG
+                a.be32(2, *key as u32); // NFTA_META_KEY
             }
             Expr::Payload {
                 base,
@@ -164,50 +183,33 @@ impl Attrs<'_> {
                 len,
                 dreg,
             } => {
-                let (base, offset, len, dreg) = (*base as u32, *offset, *len, *dreg);
-                ("payload", Box::new(move |a| {
-                    a.be32(1, dreg); // NFTA_PAYLOAD_DREG
-                    a.be32(2, base); // NFTA_PAYLOAD_BASE
-                    a.be32(3, offset); // NFTA_PAYLOAD_OFFSET
-                    a.be32(4, len); // NFTA_PAYLOAD_LEN
-                }))
+                a.be32(1, *dreg); // NFTA_PAYLOAD_DREG
+                a.be32(2, *base as u32); // NFTA_PAYLOAD_BASE
+                a.be32(3, *offset); // NFTA_PAYLOAD_OFFSET
+                a.be32(4, *len); // NFTA_PAYLOAD_LEN
             }
             Expr::CmpEq { sreg, data } => {
-                let (sreg, data) = (*sreg, data.clone());
-                ("cmp", Box::new(move |a| {
-                    a.be32(1, sreg); // NFTA_CMP_SREG
-                    a.be32(2, 0); // NFTA_CMP_OP = NFT_CMP_EQ
-                    a.nested(3, |d| d.raw(NFTA_DATA_VALUE, &data)); // NFTA_CMP_DATA
-                }))
+                a.be32(1, *sreg); // NFTA_CMP_SREG
+                a.be32(2, 0); // NFTA_CMP_OP = NFT_CMP_EQ
+                a.nested(3, |d| d.raw(NFTA_DATA_VALUE, data)); // NFTA_CMP_DATA
             }
             Expr::Immediate { dreg, data } => {
-                let (dreg, data) = (*dreg, data.clone());
-                ("immediate", Box::new(move |a| {
-                    a.be32(1, dreg); // NFTA_IMMEDIATE_DREG
-                    a.nested(2, |d| d.raw(NFTA_DATA_VALUE, &data)); // NFTA_IMMEDIATE_DATA
-                }))
+                a.be32(1, *dreg); // NFTA_IMMEDIATE_DREG
+                a.nested(2, |d| d.raw(NFTA_DATA_VALUE, data)); // NFTA_IMMEDIATE_DATA
             }
             Expr::Verdict(v) => {
-                let code = *v as u32;
-                ("immediate", Box::new(move |a| {
-                    a.be32(1, REG_VERDICT);
-                    a.nested(2, |d| {
-                        d.nested(NFTA_DATA_VERDICT, |v| v.be32(NFTA_VERDICT_CODE, code))
-                    });
-                }))
+                a.be32(1, REG_VERDICT);
+                a.nested(2, |d| {
+                    d.nested(NFTA_DATA_VERDICT, |v2| {
+                        v2.be32(NFTA_VERDICT_CODE, *v as u32)
+                    })
+                });
             }
             Expr::Redirect { port_reg } => {
-                let reg = *port_reg;
-                ("redir", Box::new(move |a| {
-                    a.be32(1, reg); // NFTA_REDIR_REG_PROTO_MIN
-                    a.be32(2, reg); // NFTA_REDIR_REG_PROTO_MAX
-                }))
+                a.be32(1, *port_reg); // NFTA_REDIR_REG_PROTO_MIN
+                a.be32(2, *port_reg); // NFTA_REDIR_REG_PROTO_MAX
             }
-        };
-        self.nested(NFTA_LIST_ELEM, |elem| {
-            elem.str(NFTA_EXPR_NAME, name);
-            elem.nested(NFTA_EXPR_DATA, |d| body(d));
-        });
+        }
     }
 }
 
@@ -231,7 +233,13 @@ impl Batch {
             next_seq: 1,
             acked: Vec::new(),
         };
-        b.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        b.message(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
         b
     }
 
@@ -272,11 +280,20 @@ impl Batch {
     }
 
     pub fn delete_table(&mut self, family: u8, name: &str) {
-        self.change(NFT_MSG_DELTABLE, 0, family, |a| a.str(NFTA_TABLE_NAME, name));
+        self.change(NFT_MSG_DELTABLE, 0, family, |a| {
+            a.str(NFTA_TABLE_NAME, name)
+        });
     }
 
     /// A base chain of type `nat` on `hook` with accept policy.
-    pub fn add_nat_chain(&mut self, family: u8, table: &str, name: &str, hook: Hook, priority: i32) {
+    pub fn add_nat_chain(
+        &mut self,
+        family: u8,
+        table: &str,
+        name: &str,
+        hook: Hook,
+        priority: i32,
+    ) {
         self.change(NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, |a| {
             a.str(NFTA_CHAIN_TABLE, table);
             a.str(NFTA_CHAIN_NAME, name);
@@ -304,7 +321,13 @@ impl Batch {
 
     /// Sends the batch over `socket` and waits for every change to be acknowledged.
     pub fn commit(mut self, socket: &NfSocket) -> Result<(), NftError> {
-        self.message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+        self.message(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
         socket.socket.send(&self.buf, 0)?;
         let mut waiting: std::collections::BTreeSet<u32> = self.acked.into_iter().collect();
         while !waiting.is_empty() {

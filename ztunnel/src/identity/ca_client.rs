@@ -111,8 +111,9 @@ impl CertificateSource for CaClient {
                 })?
                 .into_inner();
             let chain = response.cert_chain.concat();
-            let cert = WorkloadCertificate::from_pem(chain.as_bytes(), key.serialize_pem().as_bytes())
-                .map_err(|e| FetchError::BadCertificate(e.to_string()))?;
+            let cert =
+                WorkloadCertificate::from_pem(chain.as_bytes(), key.serialize_pem().as_bytes())
+                    .map_err(|e| FetchError::BadCertificate(e.to_string()))?;
             if cert.identity() != identity {
                 return Err(FetchError::BadCertificate(format!(
                     "asked for {identity}, got {}",

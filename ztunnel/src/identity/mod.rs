@@ -292,8 +292,9 @@ mod tests {
                 }
                 let key = KeyPair::generate().unwrap();
                 let mut params = CertificateParams::default();
-                params.subject_alt_names =
-                    vec![SanType::URI(identity.to_string().as_str().try_into().unwrap())];
+                params.subject_alt_names = vec![SanType::URI(
+                    identity.to_string().as_str().try_into().unwrap(),
+                )];
                 params.is_ca = IsCa::ExplicitNoCa;
                 params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -323,7 +324,11 @@ mod tests {
         );
         let cert = mgr.get(&id(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(cert.identity(), &id());
-        assert_eq!(ca.calls.load(Ordering::SeqCst), 3, "two failures, then success");
+        assert_eq!(
+            ca.calls.load(Ordering::SeqCst),
+            3,
+            "two failures, then success"
+        );
         // Served from cache afterwards.
         mgr.get(&id(), Duration::from_secs(1)).await.unwrap();
         assert_eq!(ca.calls.load(Ordering::SeqCst), 3);
@@ -352,7 +357,10 @@ mod tests {
     async fn reports_why_it_has_no_certificate() {
         let ca = Arc::new(FakeCa::new(Duration::from_secs(3600), usize::MAX));
         let mgr = CertificateManager::new(ca, Backoff::default());
-        let err = mgr.get(&id(), Duration::from_millis(300)).await.unwrap_err();
+        let err = mgr
+            .get(&id(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("CA down"), "{err}");
         assert_eq!(mgr.dump()[0].state, "pending");
         mgr.forget(&id());

@@ -58,7 +58,12 @@ impl WorkloadManager {
 
     /// Starts serving a pod inside `netns_fd`. Adding a pod already served in the same
     /// namespace keeps its proxies (and their connections) untouched.
-    pub fn add(&self, uid: &str, info: Option<WorkloadInfo>, netns_fd: OwnedFd) -> Result<(), String> {
+    pub fn add(
+        &self,
+        uid: &str,
+        info: Option<WorkloadInfo>,
+        netns_fd: OwnedFd,
+    ) -> Result<(), String> {
         let netns = Netns::from_fd(netns_fd).map_err(|e| format!("netns fd: {e}"))?;
         let info = info.ok_or("AddWorkload without workload_info")?;
         self.seen(uid);
@@ -143,7 +148,11 @@ impl WorkloadManager {
             .unwrap_or_default();
         let stale: Vec<Arc<PodContext>> = {
             let mut pods = self.pods.lock().expect("poisoned");
-            let gone: Vec<String> = pods.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+            let gone: Vec<String> = pods
+                .keys()
+                .filter(|u| !seen.contains(*u))
+                .cloned()
+                .collect();
             gone.iter().filter_map(|u| pods.remove(u)).collect()
         };
         for ctx in stale {

@@ -1,7 +1,7 @@
 //! ztunnel's side of ZDS: connect to the node agent, say hello, then apply and acknowledge
 //! every request. Reconnects with backoff whenever the session ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub async fn run(path: PathBuf, manager: Arc<WorkloadManager>, readiness: Readin
 }
 
 async fn session(
-    path: &PathBuf,
+    path: &Path,
     manager: &WorkloadManager,
     readiness: &Readiness,
 ) -> Result<(), ZdsError> {

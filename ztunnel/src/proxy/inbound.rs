@@ -18,7 +18,12 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListene
 async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     // A pod can be dialed before its first certificate arrives: hold the handshake until
     // there is one to present.
-    if let Err(e) = ctx.shared.certs.get(&ctx.identity, ctx.shared.cert_wait).await {
+    if let Err(e) = ctx
+        .shared
+        .certs
+        .get(&ctx.identity, ctx.shared.cert_wait)
+        .await
+    {
         warn!(pod = %ctx.name, %peer, error = %e, "no certificate to serve HBONE with");
         return;
     }
@@ -66,7 +71,11 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         .workload_by_ip(inbound.peer_addr().ip())
         .filter(|w| w.identity == peer_id)
         .cloned();
-    let connect = tokio::time::timeout(ctx.shared.connect_timeout, socket::connect_in(&ctx.netns, dst)).await;
+    let connect = tokio::time::timeout(
+        ctx.shared.connect_timeout,
+        socket::connect_in(&ctx.netns, dst),
+    )
+    .await;
     let upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

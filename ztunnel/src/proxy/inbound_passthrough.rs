@@ -42,7 +42,11 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
         security: Security::None,
         response_flags: flags,
     };
-    let connect = tokio::time::timeout(ctx.shared.connect_timeout, socket::connect_in(&ctx.netns, dst)).await;
+    let connect = tokio::time::timeout(
+        ctx.shared.connect_timeout,
+        socket::connect_in(&ctx.netns, dst),
+    )
+    .await;
     let mut upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

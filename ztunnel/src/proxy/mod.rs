@@ -117,10 +117,8 @@ impl PodContext {
     pub fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let bind = |port| {
-            socket::listen_in(&self.netns, any(port)).map_err(|source| StartError::Bind {
-                port,
-                source,
-            })
+            socket::listen_in(&self.netns, any(port))
+                .map_err(|source| StartError::Bind { port, source })
         };
         let outbound = bind(OUTBOUND_PORT)?;
         let plaintext = bind(INBOUND_PLAINTEXT_PORT)?;

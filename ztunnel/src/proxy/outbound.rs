@@ -29,7 +29,9 @@ async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
         }
     };
     let me = ctx.workload();
-    if RESERVED_PORTS.contains(&dst.port()) && me.as_ref().is_some_and(|w| w.addresses.contains(&dst.ip())) {
+    if RESERVED_PORTS.contains(&dst.port())
+        && me.as_ref().is_some_and(|w| w.addresses.contains(&dst.ip()))
+    {
         debug!(pod = %ctx.name, %dst, "refusing a connection to the tunnel's own port");
         return;
     }
@@ -173,10 +175,13 @@ async fn dial(
         .await
         .map_err(|e| HboneError::BadRequest(format!("no certificate for {}: {e}", ctx.identity)))?;
     let config = tls::client_config(&cert, &ctx.shared.bundle, vec![expected])?;
-    let tcp = tokio::time::timeout(ctx.shared.connect_timeout, socket::connect_in(&ctx.netns, addr))
-        .await
-        .map_err(|_| HboneError::Timeout(ctx.shared.connect_timeout))?
-        .map_err(|source| HboneError::Connect { addr, source })?;
+    let tcp = tokio::time::timeout(
+        ctx.shared.connect_timeout,
+        socket::connect_in(&ctx.netns, addr),
+    )
+    .await
+    .map_err(|_| HboneError::Timeout(ctx.shared.connect_timeout))?
+    .map_err(|source| HboneError::Connect { addr, source })?;
     HboneConnection::handshake(tcp, addr, Arc::new(config), &ctx.shared.h2).await
 }
 
@@ -214,6 +219,9 @@ mod tests {
         let t = new_traceparent();
         let parts: Vec<&str> = t.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "00")
+        );
     }
 }

@@ -41,5 +41,7 @@ pub async fn relay_tcp(
             record.response_bytes(n);
         }
     };
-    futures::future::try_join(request, response).await.map(|_| ())
+    futures::future::try_join(request, response)
+        .await
+        .map(|_| ())
 }

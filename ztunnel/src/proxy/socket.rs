@@ -20,7 +20,8 @@ fn new_socket(netns: &Netns, addr: &SocketAddr) -> std::io::Result<Socket> {
     } else {
         Domain::IPV6
     };
-    let socket = netns.run(|| Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)))??;
+    let socket =
+        netns.run(|| Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)))??;
     socket.set_mark(TUNNEL_MARK)?;
     Ok(socket)
 }
@@ -53,6 +54,9 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
         SocketAddr::V6(_) => sock.original_dst_v6()?,
     };
     addr.as_socket().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "original destination is not IP")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "original destination is not IP",
+        )
     })
 }

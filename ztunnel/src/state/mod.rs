@@ -300,7 +300,11 @@ services:
             .unwrap();
         assert_eq!(up.workload.name, "b");
         assert_eq!(up.addr.port(), 1234);
-        assert!(snap.resolve("192.0.2.1:80".parse().unwrap()).unwrap().is_none());
+        assert!(
+            snap.resolve("192.0.2.1:80".parse().unwrap())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             snap.resolve("10.96.0.10:81".parse().unwrap()).unwrap_err(),
             ResolveError::NoServicePort {

@@ -85,8 +85,12 @@ impl Workload {
 
 fn ip_from_bytes(b: &[u8]) -> Result<IpAddr, String> {
     match b.len() {
-        4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).expect("len 4")))),
-        16 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("len 16")))),
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(b).expect("len 4"),
+        ))),
+        16 => Ok(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(b).expect("len 16"),
+        ))),
         n => Err(format!("{n}-byte address is neither IPv4 nor IPv6")),
     }
 }
@@ -164,7 +168,10 @@ impl TryFrom<wds::Service> for Service {
     fn try_from(s: wds::Service) -> Result<Self, String> {
         let ctx = |e: String| format!("service {}/{}: {e}", s.namespace, s.hostname);
         if s.hostname.is_empty() {
-            return Err(format!("service {}/{} has no hostname", s.namespace, s.name));
+            return Err(format!(
+                "service {}/{} has no hostname",
+                s.namespace, s.name
+            ));
         }
         let vips = s
             .addresses
