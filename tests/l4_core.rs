@@ -49,9 +49,14 @@ fn pod_to_pod_and_service_across_nodes() {
         let outside = &mesh.lab.externals["outside"];
         serve_hello(&outside.netns, 9000, "outside".into())?;
 
-        // Pod to pod across nodes.
+        // Pod to pod across nodes; the server sees the client's own address.
+        let client_ip = mesh.lab.pod("default", "client").ip;
         let answer = ask(&client, SocketAddr::new(IpAddr::V4(s1.ip), 8080), "hi").await?;
         assert!(answer.starts_with("server-1 got \"hi\""), "{answer}");
+        assert!(
+            answer.contains(&format!("from {client_ip}:")),
+            "source address kept: {answer}"
+        );
 
         // Service VIP with two endpoints: both get traffic.
         let mut by_server: BTreeMap<String, usize> = BTreeMap::new();
@@ -77,8 +82,19 @@ fn pod_to_pod_and_service_across_nodes() {
             "out",
         )
         .await?;
-        let client_ip = mesh.lab.pod("default", "client").ip;
         assert!(answer.contains(&format!("from {client_ip}:")), "{answer}");
+
+        // From outside the mesh into a pod: plaintext, captured to 15006, source kept.
+        let answer = ask(
+            &outside.netns,
+            SocketAddr::new(IpAddr::V4(s1.ip), 8080),
+            "in",
+        )
+        .await?;
+        assert!(
+            answer.contains(&format!("from {}:", outside.ip)),
+            "{answer}"
+        );
 
         // Metrics count exactly what happened (each connection closed before we look).
         let a = mesh.metrics("node-a").await?;
@@ -120,6 +136,16 @@ fn pod_to_pod_and_service_across_nodes() {
             ),
             1.0 + s1_via_vip
         );
+        let plaintext_in = metric(
+            &b,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "server-1"),
+                ("connection_security_policy", "unknown"),
+            ],
+        );
+        assert_eq!(plaintext_in, 1.0, "the plaintext connection from outside");
         let outside_conns = metric(
             &a,
             "istio_tcp_connections_opened_total",

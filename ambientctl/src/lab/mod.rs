@@ -2,7 +2,8 @@
 //! inside it, and the mesh's processes on that network. Tests and `ambientctl` both use it.
 //!
 //! - [`sandbox`]: re-run ourselves in new user + mount + network namespaces (no root needed).
-//! - [`topology`]: the underlay, nodes and pods ([`Lab`]), built with [`rtnl`] and [`netns`].
+//! - [`topology`]: the underlay, nodes and pods ([`Lab`]), built with
+//!   `ztunnel::agent::rtnl` and [`netns`].
 //! - [`mesh`]: the controller, node agents and ztunnels as processes ([`Mesh`]).
 //! - [`sniff`]: a packet capture, to check what crosses the wire.
 //! - [`http`]: sockets and a small HTTP GET from inside a namespace.
@@ -11,7 +12,6 @@ pub mod http;
 pub mod mesh;
 pub mod netns;
 pub mod process;
-pub mod rtnl;
 pub mod sandbox;
 pub mod sniff;
 pub mod spawn;

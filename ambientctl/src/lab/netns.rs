@@ -7,7 +7,7 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use ztunnel::inpod::netns::Netns;
 
-use super::rtnl::{Rtnl, RtnlError};
+use ztunnel::agent::rtnl::{Rtnl, RtnlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ztunnel::inpod::netns::Netns;
 
 use super::netns::{self, NetnsError};
-use super::rtnl::{Rtnl, RtnlError};
+use ztunnel::agent::rtnl::{Rtnl, RtnlError};
 
 /// The underlay's bridge and its address (where the controller listens).
 pub const UNDERLAY_BRIDGE: &str = "ambient0";

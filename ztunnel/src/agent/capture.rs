@@ -1,5 +1,6 @@
 //! The capture rules installed in each enrolled pod's network namespace (the job istio-cni
-//! does with iptables, here as one nf_tables table written over netlink):
+//! does with iptables, here as one nf_tables table and one routing rule, written over
+//! netlink):
 //!
 //! ```text
 //! table inet ambient {
@@ -14,22 +15,38 @@
 //!     tcp dport 15008 accept          # HBONE goes straight to ztunnel's listener
 //!     meta l4proto tcp redirect to :15006
 //!   }
+//!   chain route_output {      # type route hook output priority -150
+//!     meta mark 0x111 ct mark set 0x111   # ztunnel → app, from the client's own address
+//!     ct mark 0x111 meta mark set 0x111   # the app's replies on those connections
+//!   }
 //! }
+//! ip rule fwmark 0x111/0xfff lookup 133;  ip route add local 0.0.0.0/0 dev lo table 133
 //! ```
+//!
+//! The last two pieces keep the client's address visible to the app: ztunnel connects to the
+//! app from a transparent socket bound to the client's address, and the app's replies to
+//! that (non-local) address are routed back into the pod to ztunnel instead of out of it.
 
 use crate::inpod::netns::Netns;
-use crate::proxy::socket::TUNNEL_MARK;
+use crate::proxy::socket::{TRANSPARENT_MARK, TUNNEL_MARK};
 use crate::proxy::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 use super::nftables::{
-    Batch, Expr, Hook, MetaKey, NFPROTO_INET, NfSocket, NftError, PayloadBase, REG_1, Verdict,
-    ifname,
+    Batch, ChainType, CtKey, Expr, Hook, MetaKey, NFPROTO_INET, NfSocket, NftError, PayloadBase,
+    REG_1, Verdict, ifname,
 };
+use super::rtnl::{Rtnl, RtnlError};
 
 /// The table every rule lives in; deleting it releases the pod.
 pub const TABLE: &str = "ambient";
-/// Netfilter's priority for destination NAT.
+/// Routing table that delivers marked replies locally.
+pub const ROUTE_TABLE: u8 = 133;
+/// Priority of the fwmark rule: after `local` (0), before `main` (32766).
+pub const RULE_PRIORITY: u32 = 32000;
+const MARK_MASK: u32 = 0xfff;
+/// Netfilter's priorities for destination NAT and for mangling.
 const NAT_DST_PRIORITY: i32 = -100;
+const MANGLE_PRIORITY: i32 = -150;
 const IPPROTO_TCP: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +55,8 @@ pub enum CaptureError {
     Netns(std::io::Error),
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error("routing: {0}")]
+    Route(#[from] RtnlError),
 }
 
 fn socket_in(netns: &Netns) -> Result<NfSocket, CaptureError> {
@@ -77,59 +96,87 @@ fn tcp_redirect(port: u16) -> Vec<Expr> {
     ]
 }
 
+/// "if `load` equals the transparent mark, store the mark with `store`".
+fn copy_mark(load: Expr, store: Expr) -> Vec<Expr> {
+    let mark = TRANSPARENT_MARK.to_ne_bytes().to_vec();
+    vec![
+        load,
+        Expr::CmpEq {
+            sreg: REG_1,
+            data: mark.clone(),
+        },
+        Expr::Immediate {
+            dreg: REG_1,
+            data: mark,
+        },
+        store,
+    ]
+}
+
 /// Installs (or reinstalls, atomically replacing what was there) the capture rules.
 pub fn install(netns: &Netns) -> Result<(), CaptureError> {
     let socket = socket_in(netns)?;
     let mark = TUNNEL_MARK.to_ne_bytes().to_vec();
+    let (family, t) = (NFPROTO_INET, TABLE);
     let mut b = Batch::new();
     // Create-then-delete makes the delete safe when the table is absent.
-    b.add_table(NFPROTO_INET, TABLE);
-    b.delete_table(NFPROTO_INET, TABLE);
-    b.add_table(NFPROTO_INET, TABLE);
-    b.add_nat_chain(
-        NFPROTO_INET,
-        TABLE,
+    b.add_table(family, t);
+    b.delete_table(family, t);
+    b.add_table(family, t);
+    b.add_base_chain(
+        family,
+        t,
         "output",
+        ChainType::Nat,
         Hook::LocalOut,
         NAT_DST_PRIORITY,
     );
-    b.add_nat_chain(
-        NFPROTO_INET,
-        TABLE,
+    b.add_base_chain(
+        family,
+        t,
         "prerouting",
+        ChainType::Nat,
         Hook::PreRouting,
         NAT_DST_PRIORITY,
     );
+    b.add_base_chain(
+        family,
+        t,
+        "route_output",
+        ChainType::Route,
+        Hook::LocalOut,
+        MANGLE_PRIORITY,
+    );
 
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "output",
         &accept_if(meta(MetaKey::Mark), mark.clone()),
     );
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "output",
         &accept_if(meta(MetaKey::OifName), ifname("lo")),
     );
-    b.add_rule(NFPROTO_INET, TABLE, "output", &tcp_redirect(OUTBOUND_PORT));
+    b.add_rule(family, t, "output", &tcp_redirect(OUTBOUND_PORT));
 
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "prerouting",
         &accept_if(meta(MetaKey::IifName), ifname("lo")),
     );
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "prerouting",
         &accept_if(meta(MetaKey::Mark), mark),
     );
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "prerouting",
         &[
             meta(MetaKey::L4Proto),
@@ -151,13 +198,54 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
         ],
     );
     b.add_rule(
-        NFPROTO_INET,
-        TABLE,
+        family,
+        t,
         "prerouting",
         &tcp_redirect(INBOUND_PLAINTEXT_PORT),
     );
+
+    b.add_rule(
+        family,
+        t,
+        "route_output",
+        &copy_mark(
+            meta(MetaKey::Mark),
+            Expr::CtSet {
+                key: CtKey::Mark,
+                sreg: REG_1,
+            },
+        ),
+    );
+    b.add_rule(
+        family,
+        t,
+        "route_output",
+        &copy_mark(
+            Expr::CtGet {
+                key: CtKey::Mark,
+                dreg: REG_1,
+            },
+            Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: REG_1,
+            },
+        ),
+    );
     b.commit(&socket)?;
+
+    let mut rtnl = Rtnl::open_in(netns).map_err(route_error)?;
+    rtnl.ensure_local_default_route(ROUTE_TABLE)?;
+    rtnl.ensure_fwmark_rule(
+        TRANSPARENT_MARK,
+        MARK_MASK,
+        u32::from(ROUTE_TABLE),
+        RULE_PRIORITY,
+    )?;
     Ok(())
+}
+
+fn route_error(e: RtnlError) -> CaptureError {
+    CaptureError::Route(e)
 }
 
 /// Removes the capture rules (the pod leaves the mesh). Absent rules are not an error.
@@ -167,6 +255,14 @@ pub fn remove(netns: &Netns) -> Result<(), CaptureError> {
     b.add_table(NFPROTO_INET, TABLE);
     b.delete_table(NFPROTO_INET, TABLE);
     b.commit(&socket)?;
+    let mut rtnl = Rtnl::open_in(netns)?;
+    rtnl.remove_fwmark_rule(
+        TRANSPARENT_MARK,
+        MARK_MASK,
+        u32::from(ROUTE_TABLE),
+        RULE_PRIORITY,
+    )?;
+    rtnl.remove_local_default_route(ROUTE_TABLE)?;
     Ok(())
 }
 

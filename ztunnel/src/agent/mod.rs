@@ -1,7 +1,7 @@
 //! The node agent (the role istio-cni plays): installs capture rules in each enrolled pod's
 //! network namespace and hands the pod to ztunnel over ZDS.
 //!
-//! - [`capture`] / [`nftables`]: the rules, written over netlink.
+//! - [`capture`] / [`nftables`] / [`rtnl`]: the rules and routes, written over netlink.
 //! - [`cni`]: where pods are announced (HTTP over a unix socket, like istio-cni's plugin
 //!   events) and its client.
 //! - [`zds_server`]: the ZDS session with ztunnel: snapshot on connect, then live changes.
@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod cni;
 pub mod nftables;
+pub mod rtnl;
 pub mod zds_server;
 
 use std::collections::BTreeMap;

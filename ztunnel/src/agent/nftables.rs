@@ -99,6 +99,36 @@ pub enum Expr {
     Verdict(Verdict),
     /// Redirect to the local port held (big-endian) in `port_reg`.
     Redirect { port_reg: u32 },
+    /// Set packet metadata from `sreg`.
+    MetaSet { key: MetaKey, sreg: u32 },
+    /// Load connection-tracking state into `dreg`.
+    CtGet { key: CtKey, dreg: u32 },
+    /// Set connection-tracking state from `sreg`.
+    CtSet { key: CtKey, sreg: u32 },
+}
+
+/// `ct` keys used here.
+#[derive(Clone, Copy, Debug)]
+pub enum CtKey {
+    Mark = 3,
+}
+
+/// Base chain types.
+#[derive(Clone, Copy, Debug)]
+pub enum ChainType {
+    /// Address translation (redirect).
+    Nat,
+    /// Like filter, but a changed mark re-routes the packet.
+    Route,
+}
+
+impl ChainType {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChainType::Nat => "nat",
+            ChainType::Route => "route",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +192,8 @@ impl Expr {
     /// The kernel module's name for the expression.
     fn name(&self) -> &'static str {
         match self {
-            Expr::Meta { .. } => "meta",
+            Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
+            Expr::CtGet { .. } | Expr::CtSet { .. } => "ct",
             Expr::Payload { .. } => "payload",
             Expr::CmpEq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
@@ -208,6 +239,18 @@ impl Expr {
             Expr::Redirect { port_reg } => {
                 a.be32(1, *port_reg); // NFTA_REDIR_REG_PROTO_MIN
                 a.be32(2, *port_reg); // NFTA_REDIR_REG_PROTO_MAX
+            }
+            Expr::MetaSet { key, sreg } => {
+                a.be32(2, *key as u32); // NFTA_META_KEY
+                a.be32(3, *sreg); // NFTA_META_SREG
+            }
+            Expr::CtGet { key, dreg } => {
+                a.be32(1, *dreg); // NFTA_CT_DREG
+                a.be32(2, *key as u32); // NFTA_CT_KEY
+            }
+            Expr::CtSet { key, sreg } => {
+                a.be32(2, *key as u32); // NFTA_CT_KEY
+                a.be32(4, *sreg); // NFTA_CT_SREG
             }
         }
     }
@@ -285,12 +328,13 @@ impl Batch {
         });
     }
 
-    /// A base chain of type `nat` on `hook` with accept policy.
-    pub fn add_nat_chain(
+    /// A base chain of `kind` on `hook` with accept policy.
+    pub fn add_base_chain(
         &mut self,
         family: u8,
         table: &str,
         name: &str,
+        kind: ChainType,
         hook: Hook,
         priority: i32,
     ) {
@@ -302,7 +346,7 @@ impl Batch {
                 h.be32(NFTA_HOOK_PRIORITY, priority as u32);
             });
             a.be32(NFTA_CHAIN_POLICY, Verdict::Accept as u32);
-            a.str(NFTA_CHAIN_TYPE, "nat");
+            a.str(NFTA_CHAIN_TYPE, kind.as_str());
         });
     }
 

@@ -71,9 +71,12 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         .workload_by_ip(inbound.peer_addr().ip())
         .filter(|w| w.identity == peer_id)
         .cloned();
+    // The tunnel's own TCP source is the client pod (sockets live in pod namespaces), so the
+    // app is shown that address.
+    let client_ip = inbound.peer_addr().ip();
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
-        socket::connect_in(&ctx.netns, dst),
+        socket::connect_as(&ctx.netns, client_ip, dst),
     )
     .await;
     let upstream = match connect {

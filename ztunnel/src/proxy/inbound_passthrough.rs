@@ -44,7 +44,7 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
     };
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
-        socket::connect_in(&ctx.netns, dst),
+        socket::connect_as(&ctx.netns, peer.ip(), dst),
     )
     .await;
     let mut upstream = match connect {

@@ -1,7 +1,7 @@
 //! Sockets as the tunnel makes them: inside a pod's namespace, carrying the mark that capture
 //! rules exempt, and the original destination of redirected connections.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -10,6 +10,10 @@ use crate::inpod::netns::Netns;
 
 /// The packet mark on every socket ztunnel opens; capture rules let marked traffic pass.
 pub const TUNNEL_MARK: u32 = 0x539;
+
+/// The mark of ztunnel's connections to an app that carry the client's own address; capture
+/// rules route the app's replies on them back to ztunnel.
+pub const TRANSPARENT_MARK: u32 = 0x111;
 
 /// Backlog for in-pod listeners.
 const BACKLOG: i32 = 1024;
@@ -42,6 +46,25 @@ pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener
 pub async fn connect_in(netns: &Netns, dst: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = new_socket(netns, &dst)?;
     socket.set_tcp_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    socket.connect(dst).await
+}
+
+/// Connects to the app at `dst` from inside `netns`, appearing to come from `src`'s address
+/// (a transparent socket), so the app sees its real client.
+pub async fn connect_as(netns: &Netns, src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    if src.is_ipv4() != dst.is_ipv4() || src.is_unspecified() {
+        return connect_in(netns, dst).await;
+    }
+    let socket = new_socket(netns, &dst)?;
+    socket.set_mark(TRANSPARENT_MARK)?;
+    if src.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        socket.set_ip_transparent_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.connect(dst).await
 }

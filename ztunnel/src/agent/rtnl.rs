@@ -1,4 +1,5 @@
-//! Links, addresses and routes over rtnetlink, so building a topology needs no `ip` binary.
+//! Links, addresses, routes and rules over rtnetlink: what the node agent needs in a pod's
+//! namespace, and what the local runtime needs to build its network, with no `ip` binary.
 //!
 //! A socket acts in the namespace it was created in: open one inside the target namespace
 //! (see [`Netns::run`](ztunnel::inpod::netns::Netns::run)).
@@ -6,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
+use crate::inpod::netns::Netns;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
@@ -16,11 +18,11 @@ use netlink_packet_route::link::{
     LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, constants::NETLINK_ROUTE};
-use ztunnel::inpod::netns::Netns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtnlError {
@@ -259,7 +261,7 @@ impl Rtnl {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = prefix;
-        msg.header.table = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Static;
         msg.header.scope = if gateway.is_some() {
             RouteScope::Universe
@@ -284,5 +286,94 @@ impl Rtnl {
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// `ip rule add fwmark <mark>/<mask> lookup <table> priority <priority>` (IPv4); an
+    /// identical rule already present is fine.
+    pub fn ensure_fwmark_rule(
+        &mut self,
+        mark: u32,
+        mask: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RtnlError> {
+        let msg = fwmark_rule(mark, mask, table, priority);
+        tolerate(
+            self.change(
+                "add fwmark rule",
+                RouteNetlinkMessage::NewRule(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            libc::EEXIST,
+        )
+    }
+
+    /// Removes that rule; an absent rule is fine.
+    pub fn remove_fwmark_rule(
+        &mut self,
+        mark: u32,
+        mask: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RtnlError> {
+        let msg = fwmark_rule(mark, mask, table, priority);
+        tolerate(
+            self.change("delete fwmark rule", RouteNetlinkMessage::DelRule(msg), 0),
+            libc::ENOENT,
+        )
+    }
+
+    /// `ip route add local 0.0.0.0/0 dev lo table <table>`: everything looked up in that
+    /// table is delivered locally. Already present is fine.
+    pub fn ensure_local_default_route(&mut self, table: u8) -> Result<(), RtnlError> {
+        let msg = self.local_default_route(table)?;
+        tolerate(
+            self.change(
+                "add local route",
+                RouteNetlinkMessage::NewRoute(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            libc::EEXIST,
+        )
+    }
+
+    /// Removes that route; absent is fine.
+    pub fn remove_local_default_route(&mut self, table: u8) -> Result<(), RtnlError> {
+        let msg = self.local_default_route(table)?;
+        tolerate(
+            self.change("delete local route", RouteNetlinkMessage::DelRoute(msg), 0),
+            libc::ESRCH,
+        )
+    }
+
+    fn local_default_route(&mut self, table: u8) -> Result<RouteMessage, RtnlError> {
+        let lo = self.index("lo")?;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = table;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Host;
+        msg.header.kind = RouteType::Local;
+        msg.attributes.push(RouteAttribute::Oif(lo));
+        Ok(msg)
+    }
+}
+
+fn fwmark_rule(mark: u32, mask: u32, table: u32, priority: u32) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.action = RuleAction::ToTable;
+    msg.attributes.push(RuleAttribute::FwMark(mark));
+    msg.attributes.push(RuleAttribute::FwMask(mask));
+    msg.attributes.push(RuleAttribute::Table(table));
+    msg.attributes.push(RuleAttribute::Priority(priority));
+    msg
+}
+
+/// Treats the kernel's `errno` answer as success (idempotent add or delete).
+fn tolerate(result: Result<(), RtnlError>, errno: i32) -> Result<(), RtnlError> {
+    match result {
+        Err(RtnlError::Kernel { source, .. }) if source.raw_os_error() == Some(errno) => Ok(()),
+        other => other,
     }
 }
