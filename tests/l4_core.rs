@@ -836,3 +836,134 @@ fn ca_refuses_foreign_identities_and_bad_csrs() {
         },
     );
 }
+
+#[test]
+fn controller_away_keeps_the_data_plane() {
+    run_test("controller_away_keeps_the_data_plane", |dir| async move {
+        let mut mesh = cluster(
+            &dir,
+            vec![
+                PodSpec::new("client", "node-a"),
+                PodSpec::new("server", "node-b"),
+                PodSpec::new("other", "node-b"),
+            ],
+            vec![],
+            &[],
+            |_| {},
+        )
+        .await?;
+        let client = mesh.lab.pod("default", "client").netns.clone();
+        let server = mesh.lab.pod("default", "server");
+        let other = mesh.lab.pod("default", "other");
+        serve_hello(&server.netns, 8080, "server".into())?;
+        serve_hello(&other.netns, 8080, "other".into())?;
+        let server_addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+        let other_addr = SocketAddr::new(IpAddr::V4(other.ip), 8080);
+        assert!(
+            ask(&client, server_addr, "before")
+                .await?
+                .contains("before")
+        );
+        // Every enrolled pod's certificate was fetched when it arrived.
+        common::eventually(Duration::from_secs(5), || async {
+            let d = mesh
+                .config_dump("node-b")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = d["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["state"] == "available")
+                .count();
+            if ready == 2 {
+                Ok(())
+            } else {
+                Err(format!("{ready} certificates ready"))
+            }
+        })
+        .await?;
+
+        mesh.kill_controller();
+        // Pooled connections keep working, and so does a brand-new HBONE connection (to a pod
+        // never called before) made with the cached certificates.
+        for i in 0..3 {
+            let line = format!("without controller {i}");
+            assert!(ask(&client, server_addr, &line).await?.contains(&line));
+        }
+        assert!(
+            ask(&client, other_addr, "first call")
+                .await?
+                .contains("first call")
+        );
+        TestResult::Ok(())
+    });
+}
+
+#[test]
+fn released_pod_leaves_the_mesh() {
+    run_test("released_pod_leaves_the_mesh", |dir| async move {
+        let mesh = cluster(
+            &dir,
+            vec![
+                PodSpec::new("client", "node-a"),
+                PodSpec::new("server", "node-b"),
+            ],
+            vec![],
+            &[],
+            |_| {},
+        )
+        .await?;
+        let client = mesh.lab.pod("default", "client").netns.clone();
+        let server = mesh.lab.pod("default", "server");
+        serve_hello(&server.netns, 8080, "server".into())?;
+        let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+        assert!(ask(&client, addr, "captured").await?.contains("captured"));
+        let pods = mesh.agent_pods("node-a").await?;
+        assert!(pods[0].captured, "rules present while enrolled");
+
+        mesh.release("default", "client").await?;
+        assert!(mesh.agent_pods("node-a").await?.is_empty());
+        let dump = mesh.config_dump("node-a").await?;
+        assert_eq!(
+            dump["pods"].as_array().map(Vec::len),
+            Some(0),
+            "ztunnel let go"
+        );
+        // The released client's traffic now goes out as it is: plaintext, straight to the
+        // server pod, where the server's own capture takes it in on 15006.
+        let before = mesh.metrics("node-a").await?;
+        let opened = |m: &str| {
+            metric(
+                m,
+                "istio_tcp_connections_opened_total",
+                &[("reporter", "source")],
+            )
+        };
+        assert!(ask(&client, addr, "released").await?.contains("released"));
+        let after = mesh.metrics("node-a").await?;
+        assert_eq!(
+            opened(&before),
+            opened(&after),
+            "node-a's ztunnel saw nothing"
+        );
+        common::eventually(Duration::from_secs(5), || async {
+            let b = mesh.metrics("node-b").await.map_err(|e| e.to_string())?;
+            let n = metric(
+                &b,
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "unknown"),
+                ],
+            );
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err("plaintext inbound not seen".into())
+            }
+        })
+        .await?;
+        TestResult::Ok(())
+    });
+}

@@ -349,6 +349,32 @@ impl Mesh {
         .map_err(|e| self.with_logs(e))
     }
 
+    /// Kills the controller with SIGKILL: the control plane goes away.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Releases a pod: its agent removes the capture and ztunnel stops serving it.
+    pub async fn release(&self, namespace: &str, name: &str) -> Result<(), MeshError> {
+        let pod = self
+            .lab
+            .pods
+            .get(&format!("{namespace}/{name}"))
+            .ok_or_else(|| MeshError::Unknown(format!("pod {namespace}/{name}")))?;
+        self.cni(&pod.node)?
+            .del(&format!("Kubernetes//Pod/{namespace}/{name}"))
+            .await?;
+        Ok(())
+    }
+
+    /// What `node`'s agent holds.
+    pub async fn agent_pods(
+        &self,
+        node: &str,
+    ) -> Result<Vec<ztunnel::agent::PodStatus>, MeshError> {
+        Ok(self.cni(node)?.pods().await?)
+    }
+
     /// Kills `node`'s ztunnel with SIGKILL, as a crash would.
     pub fn kill_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
         let procs = self
