@@ -706,6 +706,27 @@ fn ztunnel_and_agent_restarts_resend_pods() {
         tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut answer).await?;
         assert!(answer.contains("still here"), "{answer}");
         assert!(ask(&client, addr, "new").await?.contains("new"));
+
+        // An agent that cannot reopen a pod's namespace after a restart asks ztunnel to keep
+        // what it has (KeepWorkload): the server pod stays served.
+        let server_netns_path = mesh.lab.pod("default", "server").netns_path.clone();
+        nix::mount::umount2(&server_netns_path, nix::mount::MntFlags::MNT_DETACH)?;
+        mesh.restart_agent("node-b").await?;
+        let status = mesh.agent_pods("node-b").await?;
+        assert_eq!(status.len(), 1);
+        assert!(!status[0].netns_open, "the namespace is gone from its path");
+        common::eventually(Duration::from_secs(10), || async {
+            let log = mesh.log("ztunnel-node-b");
+            if log.matches("node agent snapshot applied").count() >= 3 {
+                Ok(())
+            } else {
+                Err("ztunnel has not resynced".to_string())
+            }
+        })
+        .await?;
+        let dump = mesh.config_dump("node-b").await?;
+        assert_eq!(dump["pods"][0]["name"], "server", "kept: {dump}");
+        assert!(ask(&client, addr, "kept").await?.contains("kept"));
         TestResult::Ok(())
     });
 }

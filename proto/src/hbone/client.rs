@@ -12,9 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::{ConnectRequest, H2Settings, H2Stream, HboneError, tls_error_of};
+use super::{ConnectRequest, H2Settings, H2Stream, HboneError, describe_tls_failure};
 use crate::identity::Identity;
-use crate::tls::Rejection;
 use crate::tls::leaf_identity;
 
 /// An established HBONE connection. Cloning shares the connection.
@@ -54,12 +53,13 @@ impl HboneConnection {
         let tls = tokio::time::timeout(settings.handshake_timeout, connector.connect(name, io))
             .await
             .map_err(|_| HboneError::Timeout(settings.handshake_timeout))?
-            .map_err(|source| HboneError::Tls {
-                addr: peer_addr,
-                reason: tls_error_of(&source)
-                    .map(Rejection::from_tls_error)
-                    .unwrap_or(Rejection::TlsProtocol),
-                source,
+            .map_err(|e| {
+                let (reason, detail) = describe_tls_failure(&e);
+                HboneError::Tls {
+                    addr: peer_addr,
+                    reason,
+                    detail,
+                }
             })?;
         let peer_identity = {
             let (_, session) = tls.get_ref();

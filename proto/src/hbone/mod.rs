@@ -168,11 +168,11 @@ pub enum HboneError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {addr} refused ({reason}): {source}")]
+    #[error("TLS handshake with {addr} refused ({reason}): {detail}")]
     Tls {
         addr: SocketAddr,
         reason: Rejection,
-        source: std::io::Error,
+        detail: String,
     },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -200,6 +200,21 @@ impl HboneError {
 pub(crate) fn tls_error_of(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// Classifies a failed handshake and describes it for a log line (our own certificate
+/// checks by their message rather than rustls' debug form).
+pub(crate) fn describe_tls_failure(e: &std::io::Error) -> (Rejection, String) {
+    let Some(tls) = tls_error_of(e) else {
+        return (Rejection::TlsProtocol, e.to_string());
+    };
+    let detail = match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            inner,
+        ))) => format!("invalid peer certificate: {inner}"),
+        other => other.to_string(),
+    };
+    (Rejection::from_tls_error(tls), detail)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
-use super::{ConnectStatus, H2Settings, H2Stream, tls_error_of};
+use super::{ConnectStatus, H2Settings, H2Stream, describe_tls_failure};
 use crate::identity::Identity;
 use crate::tls::Rejection;
 use crate::tls::leaf_identity;
@@ -130,10 +130,8 @@ where
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(io)).await {
         Err(_) => return Err(refuse(Rejection::Timeout, "TLS handshake timed out".into())),
         Ok(Err(e)) => {
-            let reason = tls_error_of(&e)
-                .map(Rejection::from_tls_error)
-                .unwrap_or(Rejection::TlsProtocol);
-            return Err(refuse(reason, e.to_string()));
+            let (reason, detail) = describe_tls_failure(&e);
+            return Err(refuse(reason, detail));
         }
         Ok(Ok(tls)) => tls,
     };

@@ -198,3 +198,64 @@ impl CniClient {
         serde_json::from_slice(&body).map_err(|e| CniClientError::Http(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn raw_post(path: &Path, uri: &str, body: &'static [u8]) -> (StatusCode, String) {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("host", "x")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_announcements_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cni.sock");
+        let agent = Arc::new(NodeAgent::new(Some(dir.path().join("state.json"))).unwrap());
+        tokio::spawn(serve(agent, bind(&sock).unwrap()));
+        let client = CniClient::new(&sock);
+        assert!(client.pods().await.unwrap().is_empty());
+
+        let (status, body) = raw_post(&sock, "/cmdadd", b"{not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("malformed request"), "{body}");
+        let (status, body) = raw_post(
+            &sock,
+            "/cmdadd",
+            br#"{"uid":"u","name":"n","namespace":"d","netns":"/x","colour":"red"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "unknown field");
+        assert!(body.contains("colour"), "{body}");
+
+        // A path that is not a network namespace.
+        let err = client
+            .add(&PodEvent {
+                uid: "Kubernetes//Pod/default/p".into(),
+                name: "p".into(),
+                namespace: "default".into(),
+                service_account: "default".into(),
+                netns: "/proc/self/status".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a namespace file"), "{err}");
+        // Nothing was recorded, and deleting an unknown pod is a no-op.
+        assert!(client.pods().await.unwrap().is_empty());
+        client.del("Kubernetes//Pod/default/nobody").await.unwrap();
+    }
+}

@@ -27,7 +27,15 @@ fn home() -> &'static Netns {
 }
 
 impl Netns {
+    /// Wraps `fd`, which must refer to a network namespace (an nsfs file), not just any file.
     pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
+        let fs = nix::sys::statfs::fstatfs(&fd)?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a namespace file",
+            ));
+        }
         let meta = File::from(fd.try_clone()?).metadata()?;
         Ok(Netns {
             fd,
@@ -79,5 +87,22 @@ impl Netns {
         }
         let _restore = Restore(home);
         Ok(f())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_namespaces_and_refuses_other_files() {
+        let own = Netns::current().unwrap();
+        assert!(own.same_as(home()));
+        let again = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(own.inode(), again.inode());
+        let err = Netns::open(Path::new("/proc/self/status")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        // Running "inside" our own namespace is a plain call.
+        assert_eq!(own.run(|| 7).unwrap(), 7);
     }
 }
