@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambient_proto::local::{LocalConfig, LocalPort, LocalService, LocalWorkload};
+use ambient_proto::local::{LocalConfig, LocalPort, LocalService};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use ztunnel::inpod::netns::Netns;
@@ -192,9 +192,4 @@ fn is_node_or_pod(ip: IpAddr) -> bool {
         }
         IpAddr::V6(_) => false,
     }
-}
-
-/// The workload entries of the example, for the docs' sake.
-pub fn example_workloads() -> Vec<LocalWorkload> {
-    Vec::new()
 }

@@ -184,6 +184,8 @@ pub enum HboneError {
     Status(http::StatusCode),
     #[error("TLS configuration: {0}")]
     Config(#[from] crate::tls::TlsError),
+    #[error("no certificate to present: {0}")]
+    NoCertificate(String),
 }
 
 impl HboneError {

@@ -173,7 +173,7 @@ async fn dial(
         .certs
         .get(&ctx.identity, ctx.shared.cert_wait)
         .await
-        .map_err(|e| HboneError::BadRequest(format!("no certificate for {}: {e}", ctx.identity)))?;
+        .map_err(|e| HboneError::NoCertificate(e.to_string()))?;
     let config = tls::client_config(&cert, &ctx.shared.bundle, vec![expected])?;
     let tcp = tokio::time::timeout(
         ctx.shared.connect_timeout,
