@@ -727,6 +727,13 @@ fn ztunnel_and_agent_restarts_resend_pods() {
         let dump = mesh.config_dump("node-b").await?;
         assert_eq!(dump["pods"][0]["name"], "server", "kept: {dump}");
         assert!(ask(&client, addr, "kept").await?.contains("kept"));
+
+        // The admin endpoint stops ztunnel cleanly.
+        mesh.ztunnel_get("node-a", 15000, "/quitquitquit").await?;
+        let status = mesh
+            .wait_ztunnel_exit("node-a", Duration::from_secs(5))
+            .await?;
+        assert!(status.success(), "clean exit: {status}");
         TestResult::Ok(())
     });
 }

@@ -375,6 +375,37 @@ impl Mesh {
         Ok(self.cni(node)?.pods().await?)
     }
 
+    /// Waits for `node`'s ztunnel to exit on its own; returns its exit status.
+    pub async fn wait_ztunnel_exit(
+        &mut self,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus, MeshError> {
+        let start = Instant::now();
+        loop {
+            let procs = self
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?;
+            let z = procs
+                .ztunnel
+                .as_mut()
+                .ok_or_else(|| MeshError::Unknown(format!("ztunnel on {node}")))?;
+            if let Some(status) = z.exited() {
+                procs.ztunnel = None;
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                return Err(MeshError::NotReady {
+                    what: format!("ztunnel on {node} to exit"),
+                    waited: timeout,
+                    detail: "still running".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Kills `node`'s ztunnel with SIGKILL, as a crash would.
     pub fn kill_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
         let procs = self
