@@ -1,13 +1,17 @@
 //! The ambient-rs controller: turns cluster state into proxy configuration and signs workload
 //! certificates.
 //!
-//! - [`ca`]: the certificate authority and its `CreateCertificate` service.
-//! - [`nodes`]: which identities run where (what a ztunnel may ask the CA for).
-//! - [`server`]: the controller process: TLS gRPC on 15012, monitoring on 15014.
-//! - [`cli`]: command-line entry point.
+//! Follow a configuration change: a [`source`] (Kubernetes or a manifest directory) emits
+//! [`model::Change`]s; they update the [`model::ClusterState`]; the [`index`] turns that into
+//! WDS workloads, services and authorizations; [`xds`] pushes the difference to every
+//! connected proxy over delta ADS. The [`ca`] signs workload certificates for ztunnels, for
+//! pods on their own node (the index knows which).
 
 pub mod ca;
 pub mod cli;
+pub mod model;
 pub mod monitoring;
 pub mod nodes;
 pub mod server;
+pub mod source;
+pub mod index;

@@ -1,0 +1,302 @@
+//! The index: cluster state → what proxies need.
+//!
+//! [`build`] computes, from a [`ClusterState`], every WDS `Address` (workloads by uid, services
+//! by `namespace/hostname`), every L4 `Authorization` (by `namespace/name`), and which
+//! identities run on which node (what the CA may grant each ztunnel). It is a pure function;
+//! the push loop calls it after each debounced burst of changes and sends only resources
+//! whose content changed.
+
+pub mod authorization;
+pub mod labels;
+pub mod peer_auth;
+pub mod service;
+pub mod waypoint;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use ambient_proto::identity::Identity;
+use ambient_proto::istio::security as sec;
+use ambient_proto::istio::workload as wds;
+use k8s_openapi::api::core::v1::Service;
+use serde::Serialize;
+
+use crate::model::{AuthorizationPolicy, ClusterState, Kind, Object, ObjectKey};
+use peer_auth::PeerAuthIndex;
+
+/// Settings that shape the index.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    pub cluster_id: String,
+    pub trust_domain: String,
+    /// `cluster.local`: service hostnames are `<name>.<ns>.svc.<suffix>`.
+    pub domain_suffix: String,
+    /// Policies here apply mesh-wide.
+    pub root_namespace: String,
+    pub network: String,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            cluster_id: "Kubernetes".into(),
+            trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
+            domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            network: String::new(),
+        }
+    }
+}
+
+/// A semantic problem worth telling the user (the object still produced what it could).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Warning {
+    pub object: String,
+    pub message: String,
+}
+
+impl Warning {
+    pub fn new(object: &str, message: impl Into<String>) -> Self {
+        Warning {
+            object: object.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// Everything the index computes.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// WDS resources by xDS name.
+    pub addresses: BTreeMap<String, wds::Address>,
+    pub authorizations: BTreeMap<String, sec::Authorization>,
+    /// Identities of enrolled pods, by node.
+    pub identities_by_node: BTreeMap<String, BTreeSet<Identity>>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Lookups built once per computation.
+pub struct Context<'a> {
+    pub state: &'a ClusterState,
+    pub config: &'a IndexConfig,
+    /// (namespace, one selector label) → services whose selector includes it.
+    services_by_selector_label: HashMap<(String, String, String), Vec<&'a Service>>,
+    /// (namespace, pod) → memberships from EndpointSlices of selector-less services.
+    slice_members: HashMap<(String, String), Vec<(String, Vec<wds::Port>)>>,
+    /// namespace → AuthorizationPolicies with a selector.
+    selector_policies: HashMap<String, Vec<&'a AuthorizationPolicy>>,
+    peer_auth: PeerAuthIndex<'a>,
+}
+
+pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn selector_of(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
+}
+
+impl<'a> Context<'a> {
+    pub fn new(state: &'a ClusterState, config: &'a IndexConfig) -> Self {
+        let mut services_by_selector_label: HashMap<_, Vec<&Service>> = HashMap::new();
+        for svc in state.services() {
+            if let Some(sel) = selector_of(svc)
+                && let Some((k, v)) = sel.iter().next()
+            {
+                let ns = service::namespace(svc);
+                services_by_selector_label
+                    .entry((ns, k.clone(), v.clone()))
+                    .or_default()
+                    .push(svc);
+            }
+        }
+        let mut selector_policies: HashMap<String, Vec<&AuthorizationPolicy>> = HashMap::new();
+        for p in state.authorization_policies() {
+            if authorization::has_selector(p) && !authorization::is_waypoint_policy(p) {
+                let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                selector_policies.entry(ns).or_default().push(p);
+            }
+        }
+        let mut ctx = Context {
+            state,
+            config,
+            services_by_selector_label,
+            slice_members: HashMap::new(),
+            selector_policies,
+            peer_auth: PeerAuthIndex::new(state.peer_authentications(), &config.root_namespace),
+        };
+        ctx.slice_members = ctx.memberships_from_slices();
+        ctx
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        match self.state.get(&ObjectKey {
+            kind: Kind::Service,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }) {
+            Some(Object::Service(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Services in `namespace` whose selector matches `labels`.
+    pub fn services_selecting(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<&'a Service> {
+        let mut out: Vec<&Service> = Vec::new();
+        for (k, v) in labels {
+            if let Some(candidates) = self.services_by_selector_label.get(&(namespace.to_string(), k.clone(), v.clone())) {
+                for svc in candidates {
+                    if selector_of(svc).is_some_and(|s| labels::selector_matches(s, labels))
+                        && !out.iter().any(|o| std::ptr::eq(*o, *svc))
+                    {
+                        out.push(svc);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn memberships_from_slices(&self) -> HashMap<(String, String), Vec<(String, Vec<wds::Port>)>> {
+        let mut out: HashMap<(String, String), Vec<(String, Vec<wds::Port>)>> = HashMap::new();
+        for slice in self.state.endpoint_slices() {
+            let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let Some(svc) = labels::labels(&slice.metadata)
+                .get("kubernetes.io/service-name")
+                .and_then(|n| self.service(&ns, n))
+            else {
+                continue;
+            };
+            if selector_of(svc).is_some() {
+                continue; // pods are matched by the selector instead
+            }
+            let ports = workload::slice_ports(svc, slice);
+            for e in slice.endpoints.iter().flatten() {
+                if let Some(r) = &e.target_ref
+                    && r.kind.as_deref() == Some("Pod")
+                    && let Some(pod) = &r.name
+                {
+                    out.entry((ns.clone(), pod.clone()))
+                        .or_default()
+                        .push((service::key(self, svc), ports.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn slice_memberships(&self, namespace: &str, pod: &str) -> Vec<(String, Vec<wds::Port>)> {
+        self.slice_members
+            .get(&(namespace.to_string(), pod.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `ns/name` of selector policies (in the root namespace or `namespace`) matching `labels`.
+    pub fn selector_policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let mut out: Vec<String> = [self.config.root_namespace.as_str(), namespace]
+            .iter()
+            .flat_map(|ns| self.selector_policies.get(*ns).into_iter().flatten())
+            .filter(|p| {
+                p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| labels::selector_matches(&s.match_labels, labels))
+            })
+            .map(|p| {
+                authorization::resource_name(
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    pub fn peer_authentication_policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+        self.peer_auth.policies_for(namespace, labels)
+    }
+}
+
+/// Computes the index of `state`.
+pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
+    let ctx = Context::new(state, config);
+    let mut index = Index::default();
+    let mut warnings = Vec::new();
+
+    for pod in state.pods() {
+        let Some(w) = workload::from_pod(&ctx, pod, &mut warnings) else {
+            continue;
+        };
+        if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32
+            && !w.node.is_empty()
+            && let Some(id) = workload::identity(pod, &config.trust_domain)
+        {
+            index.identities_by_node.entry(w.node.clone()).or_default().insert(id);
+        }
+        index.addresses.insert(
+            w.uid.clone(),
+            wds::Address {
+                r#type: Some(wds::address::Type::Workload(w)),
+            },
+        );
+    }
+    for slice in state.endpoint_slices() {
+        for w in workload::from_slice(&ctx, slice) {
+            index.addresses.insert(
+                w.uid.clone(),
+                wds::Address {
+                    r#type: Some(wds::address::Type::Workload(w)),
+                },
+            );
+        }
+    }
+    for svc in state.services() {
+        if let Some(s) = service::build(&ctx, svc, &mut warnings) {
+            index.addresses.insert(
+                format!("{}/{}", s.namespace, s.hostname),
+                wds::Address {
+                    r#type: Some(wds::address::Type::Service(s)),
+                },
+            );
+        }
+    }
+    for pol in state.authorization_policies() {
+        if let Some(a) = authorization::convert(pol, &config.root_namespace, &mut warnings) {
+            index
+                .authorizations
+                .insert(authorization::resource_name(&a.namespace, &a.name), a);
+        }
+    }
+    if ctx.peer_auth.any() {
+        let s = peer_auth::static_strict(&config.root_namespace);
+        index
+            .authorizations
+            .insert(authorization::resource_name(&s.namespace, &s.name), s);
+        for c in ctx.peer_auth.converted() {
+            index
+                .authorizations
+                .insert(authorization::resource_name(&c.namespace, &c.name), c);
+        }
+    }
+    warnings.sort();
+    warnings.dedup();
+    index.warnings = warnings;
+    index
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The typed model of everything the controller reads, whichever source it came from.
+//!
+//! Kubernetes core kinds use k8s-openapi's types; the Istio and Gateway API kinds are our
+//! own structs ([`istio`], [`gateway`]). A [`ClusterState`] holds the current objects; sources
+//! feed it [`Change`]s.
+
+pub mod gateway;
+pub mod istio;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use gateway::Gateway;
+pub use istio::{AuthorizationPolicy, PeerAuthentication};
+
+/// The kinds the controller reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    EndpointSlice,
+    Gateway,
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Gateway,
+        Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Gateway => "Gateway",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
+        }
+    }
+
+    /// The kind named by a manifest's `apiVersion` and `kind`, if we read it.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        match (group, kind) {
+            ("", "Namespace") => Some(Kind::Namespace),
+            ("", "Pod") => Some(Kind::Pod),
+            ("", "Service") => Some(Kind::Service),
+            ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
+            ("gateway.networking.k8s.io", "Gateway") => Some(Kind::Gateway),
+            ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one object: kind, namespace (empty for cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One object of a kind we read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Gateway(Gateway),
+    AuthorizationPolicy(AuthorizationPolicy),
+    PeerAuthentication(PeerAuthentication),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::PeerAuthentication(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: if self.kind() == Kind::Namespace {
+                String::new()
+            } else {
+                m.namespace.clone().unwrap_or_else(|| "default".into())
+            },
+            name: m.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A change from a source.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Create or replace one object.
+    Apply(Object),
+    /// Remove one object.
+    Delete(ObjectKey),
+    /// The source's whole view of `kinds` (after a relist or a directory scan): objects of
+    /// those kinds not listed are gone.
+    Replace { kinds: Vec<Kind>, objects: Vec<Object> },
+}
+
+/// Every object currently known, by key.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl ClusterState {
+    /// Applies a change; returns whether anything actually changed.
+    pub fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::Apply(o) => {
+                let key = o.key();
+                match self.objects.get(&key) {
+                    Some(existing) if *existing == o => false,
+                    _ => {
+                        self.objects.insert(key, o);
+                        true
+                    }
+                }
+            }
+            Change::Delete(key) => self.objects.remove(&key).is_some(),
+            Change::Replace { kinds, objects } => {
+                let mut next: BTreeMap<ObjectKey, Object> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| !kinds.contains(&k.kind))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for o in objects {
+                    next.insert(o.key(), o);
+                }
+                let changed = next.len() != self.objects.len()
+                    || next.iter().any(|(k, v)| self.objects.get(k) != Some(v));
+                self.objects = next;
+                changed
+            }
+        }
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Objects of one kind, in key order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        let start = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, v)| v)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.of_kind(Kind::Namespace).filter_map(|o| match o {
+            Object::Namespace(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        match self.objects.get(&ObjectKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.to_string(),
+        }) {
+            Some(Object::Namespace(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.of_kind(Kind::Pod).filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.of_kind(Kind::Service).filter_map(|o| match o {
+            Object::Service(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.of_kind(Kind::EndpointSlice).filter_map(|o| match o {
+            Object::EndpointSlice(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    pub fn gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.of_kind(Kind::Gateway).filter_map(|o| match o {
+            Object::Gateway(g) => Some(g),
+            _ => None,
+        })
+    }
+
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.of_kind(Kind::AuthorizationPolicy).filter_map(|o| match o {
+            Object::AuthorizationPolicy(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
+        self.of_kind(Kind::PeerAuthentication).filter_map(|o| match o {
+            Object::PeerAuthentication(p) => Some(p),
+            _ => None,
+        })
+    }
+}
+
+/// Implements `kube::Resource` for our own namespaced kinds, so kube-rs can watch them.
+macro_rules! namespaced_resource {
+    ($ty:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = kube::core::NamespaceResourceScope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($kind)
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($group)
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($version)
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($plural)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+namespaced_resource!(
+    AuthorizationPolicy,
+    "AuthorizationPolicy",
+    "security.istio.io",
+    "v1",
+    "authorizationpolicies"
+);
+namespaced_resource!(
+    PeerAuthentication,
+    "PeerAuthentication",
+    "security.istio.io",
+    "v1",
+    "peerauthentications"
+);
+namespaced_resource!(
+    Gateway,
+    "Gateway",
+    "gateway.networking.k8s.io",
+    "v1",
+    "gateways"
+);

@@ -1,0 +1,45 @@
+//! Where cluster state comes from. Each source sends [`Change`](crate::model::Change)s into
+//! one channel; the controller applies them to its [`ClusterState`](crate::model::ClusterState).
+//!
+//! - [`manifests`]: a directory of YAML manifests, re-scanned on change.
+//! - [`kubernetes`]: the Kubernetes API, through kube-rs watchers.
+
+pub mod kubernetes;
+pub mod manifests;
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+/// Something a user should fix, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: Option<usize>,
+    /// `Kind/namespace/name` when known.
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(o) = &self.object {
+            write!(f, " ({o})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
