@@ -7,18 +7,17 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::server::{ControllerConfig, run};
+use crate::index::IndexConfig;
+use crate::push::Debounce;
+use crate::server::{ControllerConfig, SourceConfig, run};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ambient-controller",
-    about = "ambient-rs control plane and certificate authority"
-)]
+#[command(name = "ambient-controller", about = "ambient-rs control plane and certificate authority")]
 pub struct Args {
-    /// TLS gRPC listener (certificate service).
+    /// TLS gRPC listener (delta xDS and the certificate service).
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
-    /// Monitoring listener (/ready, /metrics).
+    /// Monitoring listener (/ready, /metrics, /debug/...).
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
     #[arg(long, default_value = ambient_proto::identity::DEFAULT_TRUST_DOMAIN)]
@@ -26,18 +25,32 @@ pub struct Args {
     /// CA key material directory (Istio plug-in CA file names; generated when empty).
     #[arg(long)]
     pub ca_dir: PathBuf,
-    /// Directory for per-node CA tokens.
+    /// Read manifests from this directory instead of a Kubernetes API server.
     #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Directory for per-node CA tokens (manifest mode).
+    #[arg(long, default_value = "tokens")]
     pub token_dir: PathBuf,
-    /// Static workload file (which pods run on which node).
-    #[arg(long)]
-    pub workloads: PathBuf,
-    /// Extra nodes to issue tokens for.
+    /// Nodes to issue tokens for at start (manifest mode).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// Service accounts (`namespace/name`) ztunnels run as (Kubernetes mode).
+    #[arg(long, value_delimiter = ',', default_value = "istio-system/ztunnel")]
+    pub ztunnel_service_accounts: Vec<String>,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// Default workload certificate lifetime, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub workload_ttl_secs: u64,
+    /// Push after this many milliseconds without further changes...
+    #[arg(long, default_value_t = 100)]
+    pub debounce_quiet_ms: u64,
+    /// ...or this many after the first change of a burst.
+    #[arg(long, default_value_t = 1000)]
+    pub debounce_max_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -47,27 +60,41 @@ pub struct Args {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
     init_logging(&args.log_format);
+    let source = match args.manifests {
+        Some(dir) => SourceConfig::Manifests {
+            dir,
+            token_dir: args.token_dir,
+            nodes: args.nodes,
+        },
+        None => SourceConfig::Kubernetes {
+            ztunnel_accounts: args.ztunnel_service_accounts,
+        },
+    };
     let config = ControllerConfig {
         grpc_addr: args.grpc_addr,
         monitoring_addr: args.monitoring_addr,
-        trust_domain: args.trust_domain,
         ca_dir: args.ca_dir,
-        token_dir: args.token_dir,
-        workloads_file: args.workloads,
-        nodes: args.nodes,
+        source,
+        index: IndexConfig {
+            cluster_id: args.cluster_id,
+            trust_domain: args.trust_domain,
+            root_namespace: args.root_namespace,
+            ..IndexConfig::default()
+        },
+        debounce: Debounce {
+            quiet: Duration::from_millis(args.debounce_quiet_ms),
+            max_delay: Duration::from_millis(args.debounce_max_ms.max(args.debounce_quiet_ms)),
+        },
         workload_ttl: Duration::from_secs(args.workload_ttl_secs),
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("signal handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

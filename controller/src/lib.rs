@@ -12,6 +12,8 @@ pub mod cli;
 pub mod model;
 pub mod monitoring;
 pub mod nodes;
+pub mod push;
 pub mod server;
 pub mod source;
 pub mod index;
+pub mod xds;

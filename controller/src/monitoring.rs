@@ -1,24 +1,49 @@
-//! The controller's monitoring port (15014): `/ready` and Prometheus `/metrics`.
+//! The controller's monitoring port (15014): `/ready`, Prometheus `/metrics`, and JSON debug
+//! views for the CLI: `/debug/proxies` (connected proxies and their sync state) and
+//! `/debug/diagnostics` (manifest problems and index warnings).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::index::Warning;
+use crate::push::Published;
+use crate::source::Diagnostic;
+use crate::xds::server::ProxyRegistry;
+
+/// What the monitoring port shows.
+pub struct Monitoring {
+    pub metrics: PrometheusHandle,
+    pub ready: Arc<AtomicBool>,
+    pub registry: Arc<ProxyRegistry>,
+    pub published: Arc<Published>,
+    pub diagnostics: Arc<Mutex<Vec<Diagnostic>>>,
+}
+
+#[derive(Serialize)]
+struct DiagnosticsView {
+    manifests: Vec<Diagnostic>,
+    index: Vec<Warning>,
+}
+
 /// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, metrics: PrometheusHandle) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: Arc<Monitoring>) -> std::io::Result<()> {
     loop {
         let (tcp, peer) = listener.accept().await?;
-        let metrics = metrics.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics)) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
             });
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), service)
@@ -30,15 +55,31 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle) -> std::io:
     }
 }
 
-fn route<B>(req: &Request<B>, metrics: &PrometheusHandle) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/ready" => (StatusCode::OK, "ready\n".to_string()),
-        "/metrics" => (StatusCode::OK, metrics.render()),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(body)))
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
         .expect("static response")
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => respond(StatusCode::OK, "application/json", b),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+    }
+}
+
+fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/ready" if m.ready.load(Ordering::Acquire) => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the initial configuration\n"),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", m.metrics.render()),
+        "/debug/proxies" => json(&m.registry.list()),
+        "/debug/diagnostics" => json(&DiagnosticsView {
+            manifests: m.diagnostics.lock().expect("poisoned").clone(),
+            index: m.published.warnings.lock().expect("poisoned").clone(),
+        }),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
 }

@@ -1,19 +1,31 @@
-//! The controller process: the CA over TLS gRPC on 15012, monitoring on 15014.
+//! The controller process: a source, the push loop, and one TLS gRPC port (15012) serving
+//! both delta ADS and the CA; monitoring on 15014.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::ca::auth::Authenticator;
+use crate::ca::tokenreview::TokenReviewAuthenticator;
 use crate::ca::{CaService, CertificateAuthority, NodeTokens};
-use crate::nodes::{FileNodeDirectory, NodeDirectory};
+use crate::index::IndexConfig;
+use crate::monitoring::{self, Monitoring};
+use crate::push::{self, Debounce, Published};
+use crate::source::{Diagnostic, kubernetes, manifests::ManifestDir};
+use crate::xds::Snapshot;
+use crate::xds::server::{AdsService, ProxyRegistry};
 
 /// The DNS names proxies use for the controller (Istio's, so Istio proxies find it too).
 pub const SERVER_NAMES: &[&str] = &[
@@ -22,21 +34,36 @@ pub const SERVER_NAMES: &[&str] = &[
     "istiod",
 ];
 
+/// Where cluster state comes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A directory of manifests; ztunnels authenticate with per-node tokens.
+    Manifests {
+        dir: PathBuf,
+        /// Where per-node tokens are written.
+        token_dir: PathBuf,
+        /// Nodes to issue tokens for up front (more are added as pods appear on them).
+        nodes: Vec<String>,
+    },
+    /// The Kubernetes API (kubeconfig or in-cluster); ztunnels authenticate with their
+    /// service account tokens, checked by TokenReview.
+    Kubernetes {
+        /// Service accounts (`namespace/name`) of ztunnels.
+        ztunnel_accounts: Vec<String>,
+    },
+}
+
 /// Everything the controller process needs.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
-    /// gRPC (CA, later xDS) over TLS.
+    /// gRPC (xDS and CA) over TLS.
     pub grpc_addr: SocketAddr,
     pub monitoring_addr: SocketAddr,
-    pub trust_domain: String,
     /// Key material (see [`CertificateAuthority::load_or_generate`]).
     pub ca_dir: PathBuf,
-    /// Where per-node tokens are written.
-    pub token_dir: PathBuf,
-    /// Static workload file telling which pods run on which node.
-    pub workloads_file: PathBuf,
-    /// Nodes to issue tokens for, besides those in the workload file.
-    pub nodes: Vec<String>,
+    pub source: SourceConfig,
+    pub index: IndexConfig,
+    pub debounce: Debounce,
     /// Default workload certificate lifetime.
     pub workload_ttl: Duration,
 }
@@ -47,8 +74,8 @@ pub enum ControllerError {
     Ca(#[from] crate::ca::CaError),
     #[error("node tokens: {0}")]
     Tokens(#[from] crate::ca::auth::TokenStoreError),
-    #[error("workload file: {0}")]
-    Workloads(#[from] crate::nodes::DirectoryError),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,41 +85,83 @@ pub enum ControllerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// Runs the controller until `shutdown` resolves.
-/// `metrics` renders whatever recorder the binary installed.
+/// Runs the controller until `shutdown` resolves. `metrics` renders whatever recorder the
+/// binary installed.
 pub async fn run(
     config: ControllerConfig,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    metrics: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let ca = CertificateAuthority::load_or_generate(&config.ca_dir, &config.trust_domain)?
+    let ca = CertificateAuthority::load_or_generate(&config.ca_dir, &config.index.trust_domain)?
         .with_default_ttl(config.workload_ttl);
     let ca = Arc::new(ca);
-    let nodes: Arc<dyn NodeDirectory> = Arc::new(FileNodeDirectory::open(&config.workloads_file)?);
-    let tokens = Arc::new(NodeTokens::open(&config.token_dir)?);
-    let mut all_nodes = nodes.nodes();
-    all_nodes.extend(config.nodes.iter().cloned());
-    all_nodes.sort();
-    all_nodes.dedup();
-    for node in &all_nodes {
-        tokens.issue(node)?;
-    }
-    info!(nodes = ?all_nodes, dir = %config.token_dir.display(), "node tokens ready");
+    let published = Arc::new(Published::default());
+    let diagnostics: Arc<Mutex<Vec<Diagnostic>>> = Arc::default();
+    let (changes_tx, changes_rx) = mpsc::channel(1024);
 
-    let controller_id = Identity::new(&config.trust_domain, "istio-system", "istiod")
-        .expect("static identity is valid");
+    let auth: Arc<dyn Authenticator> = match &config.source {
+        SourceConfig::Manifests { dir, token_dir, nodes } => {
+            let tokens = Arc::new(NodeTokens::open(token_dir)?);
+            for node in nodes {
+                tokens.issue(node)?;
+            }
+            info!(nodes = ?nodes, dir = %token_dir.display(), "node tokens ready");
+            let issuer = tokens.clone();
+            *published.on_nodes.lock().expect("poisoned") = Some(Box::new(move |nodes: &[String]| {
+                for n in nodes {
+                    if let Err(e) = issuer.issue(n) {
+                        warn!(node = %n, error = %e, "cannot issue a node token");
+                    }
+                }
+            }));
+            let source = ManifestDir::new(dir).with_diagnostics(diagnostics.clone());
+            tokio::spawn(source.run(Duration::from_millis(500), changes_tx));
+            tokens
+        }
+        SourceConfig::Kubernetes { ztunnel_accounts } => {
+            let client = kube::Client::try_default().await?;
+            tokio::spawn(kubernetes::run(client.clone(), changes_tx));
+            Arc::new(TokenReviewAuthenticator::new(client, ztunnel_accounts.clone()))
+        }
+    };
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    tokio::spawn(push::run(changes_rx, config.index.clone(), config.debounce, snapshot_tx, published.clone()));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let ready = ready.clone();
+        let mut rx = snapshot_rx.clone();
+        async move {
+            if rx.wait_for(|s| s.generation > 0).await.is_ok() {
+                ready.store(true, Ordering::Release);
+                info!("initial configuration computed; ready");
+            }
+        }
+    });
+
+    let controller_id = Identity::new(&config.index.trust_domain, "istio-system", "istiod").expect("static identity is valid");
     let names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let (chain, key) =
-        ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
+    let (chain, key) = ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
     let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain, key));
 
-    let monitoring = TcpListener::bind(config.monitoring_addr)
+    let registry = Arc::new(ProxyRegistry::default());
+    let monitoring_listener = TcpListener::bind(config.monitoring_addr)
         .await
         .map_err(|source| ControllerError::Bind {
             addr: config.monitoring_addr,
             source,
         })?;
-    tokio::spawn(crate::monitoring::serve(monitoring, metrics));
+    tokio::spawn(monitoring::serve(
+        monitoring_listener,
+        Arc::new(Monitoring {
+            metrics,
+            ready,
+            registry: registry.clone(),
+            published: published.clone(),
+            diagnostics,
+        }),
+    ));
 
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -101,11 +170,26 @@ pub async fn run(
             source,
         })?;
     info!(grpc = %config.grpc_addr, monitoring = %config.monitoring_addr, "controller serving");
-    let service = CaService::new(ca, tokens, nodes);
+    let ca_service = CaService::new(ca, auth.clone(), Arc::new(NodeDirectoryOf(published)));
+    let ads = AdsService::new(snapshot_rx, auth, registry);
     Server::builder()
         .tls_config(tls)?
-        .add_service(IstioCertificateServiceServer::new(service))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(IstioCertificateServiceServer::new(ca_service))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
         .await?;
     Ok(())
+}
+
+/// The CA's node directory: whatever the push loop last published.
+struct NodeDirectoryOf(Arc<Published>);
+
+impl crate::nodes::NodeDirectory for NodeDirectoryOf {
+    fn runs_on(&self, node: &str, identity: &Identity) -> bool {
+        self.0.nodes.runs_on(node, identity)
+    }
+    fn nodes(&self) -> Vec<String> {
+        self.0.nodes.nodes()
+    }
 }

@@ -12,12 +12,22 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use base64::Engine as _;
+use futures::future::BoxFuture;
 
-/// An authenticated caller of the CA.
+/// An authenticated caller of the CA or of xDS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     /// The ztunnel of one node; it may obtain identities of pods on that node only.
     Node(String),
+}
+
+impl Caller {
+    /// The node the caller speaks for.
+    pub fn node(&self) -> &str {
+        match self {
+            Caller::Node(n) => n,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,11 +36,17 @@ pub enum AuthError {
     MissingToken,
     #[error("the bearer token is not valid")]
     UnknownToken,
+    #[error("the token is valid but {0} is not a ztunnel")]
+    NotZtunnel(String),
+    #[error("the token names no node (a bound service account token of a pod is needed)")]
+    NoNode,
+    #[error("cannot verify the token: {0}")]
+    Unavailable(String),
 }
 
 /// Turns a bearer token into a [`Caller`].
 pub trait Authenticator: Send + Sync {
-    fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>>;
 }
 
 /// One random token per node, kept in `<dir>/<node>.token` (mode 0600).
@@ -111,7 +127,13 @@ impl NodeTokens {
 }
 
 impl Authenticator for NodeTokens {
-    fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+        Box::pin(std::future::ready(self.check(token)))
+    }
+}
+
+impl NodeTokens {
+    fn check(&self, token: &str) -> Result<Caller, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
@@ -161,11 +183,11 @@ mod tests {
         let b = tokens.issue("node-b").unwrap();
         assert_ne!(a, b);
         assert_eq!(tokens.issue("node-a").unwrap(), a, "stable");
-        assert_eq!(tokens.authenticate(&a), Ok(Caller::Node("node-a".into())));
-        assert_eq!(tokens.authenticate("nope"), Err(AuthError::UnknownToken));
-        assert_eq!(tokens.authenticate(""), Err(AuthError::MissingToken));
+        assert_eq!(tokens.check(&a), Ok(Caller::Node("node-a".into())));
+        assert_eq!(tokens.check("nope"), Err(AuthError::UnknownToken));
+        assert_eq!(tokens.check(""), Err(AuthError::MissingToken));
         let reopened = NodeTokens::open(dir.path()).unwrap();
-        assert_eq!(reopened.authenticate(&b), Ok(Caller::Node("node-b".into())));
+        assert_eq!(reopened.check(&b), Ok(Caller::Node("node-b".into())));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod authority;
 pub mod service;
+pub mod tokenreview;
 
 pub use auth::{Authenticator, Caller, NodeTokens};
 pub use authority::{CaError, CertificateAuthority};

@@ -87,9 +87,12 @@ impl IstioCertificateService for CaService {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let caller = bearer(header)
-            .and_then(|t| self.auth.authenticate(t))
-            .map_err(|e| {
+        let token = bearer(header).map(str::to_string);
+        let caller = match token {
+            Ok(t) => self.auth.authenticate(&t).await,
+            Err(e) => Err(e),
+        };
+        let caller = caller.map_err(|e| {
                 metrics::counter!("citadel_server_authentication_failure_count").increment(1);
                 warn!(error = %e, "CA request refused: authentication");
                 Status::unauthenticated(e.to_string())

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
@@ -40,6 +41,7 @@ pub struct Scan {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    published: Arc<Mutex<Vec<Diagnostic>>>,
 }
 
 impl ManifestDir {
@@ -47,7 +49,14 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
+            published: Arc::default(),
         }
+    }
+
+    /// Keeps the current findings in `published` (for the monitoring port).
+    pub fn with_diagnostics(mut self, published: Arc<Mutex<Vec<Diagnostic>>>) -> Self {
+        self.published = published;
+        self
     }
 
     /// Re-reads files that changed and returns every object the directory now defines.
@@ -132,6 +141,7 @@ impl ManifestDir {
                     }
                 }
                 reported = scan.diagnostics.clone();
+                *self.published.lock().expect("poisoned") = scan.diagnostics.clone();
                 info!(dir = %self.dir.display(), objects = scan.objects.len(), "manifests loaded");
                 let change = Change::Replace {
                     kinds: Kind::ALL.to_vec(),

@@ -1,0 +1,113 @@
+//! The push loop: source changes → cluster state → index → snapshot, debounced so a burst of
+//! changes becomes one push.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::index::{self, IndexConfig, Warning};
+use crate::model::{Change, ClusterState, Kind};
+use crate::nodes::NodeIdentities;
+use crate::xds::Snapshot;
+
+/// Debounce tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    /// Push once no change has arrived for this long...
+    pub quiet: Duration,
+    /// ...or this long after the first change of a burst, whichever comes first.
+    pub max_delay: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Debounce {
+            quiet: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the push loop publishes besides snapshots.
+#[derive(Default)]
+pub struct Published {
+    pub nodes: NodeIdentities,
+    pub warnings: Mutex<Vec<Warning>>,
+    /// Called with every node that has enrolled pods (for issuing node tokens).
+    pub on_nodes: Mutex<Option<Box<dyn Fn(&[String]) + Send>>>,
+}
+
+/// Runs until the sources' channel closes. Nothing is published until every kind has been
+/// listed once, so proxies never see a half-loaded cluster.
+pub async fn run(
+    mut rx: mpsc::Receiver<Change>,
+    config: IndexConfig,
+    debounce: Debounce,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    published: Arc<Published>,
+) {
+    let mut state = ClusterState::default();
+    let mut synced: BTreeSet<Kind> = BTreeSet::new();
+    let mut reported: Vec<Warning> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let started = Instant::now();
+        let mut changed = apply(&mut state, &mut synced, first);
+        let deadline = started + debounce.max_delay;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = debounce.quiet.min(deadline - now);
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(c)) => changed |= apply(&mut state, &mut synced, c),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let first_sync = snapshots.borrow().generation == 0;
+        if !changed && !first_sync || synced.len() < Kind::ALL.len() {
+            continue;
+        }
+        let computing = Instant::now();
+        let idx = index::build(&state, &config);
+        let next = Snapshot::next(&snapshots.borrow(), &idx);
+        if !next.has_changes() && !first_sync {
+            debug!("changes produced no new configuration");
+            continue;
+        }
+        published.nodes.set(idx.identities_by_node.clone());
+        if let Some(cb) = published.on_nodes.lock().expect("poisoned").as_ref() {
+            let nodes: Vec<String> = idx.identities_by_node.keys().cloned().collect();
+            cb(&nodes);
+        }
+        for w in idx.warnings.iter().filter(|w| !reported.contains(w)) {
+            warn!("{w}");
+        }
+        reported = idx.warnings.clone();
+        *published.warnings.lock().expect("poisoned") = idx.warnings;
+        let changed_count: usize = next.changed.values().map(|c| c.len()).sum();
+        info!(
+            generation = next.generation,
+            objects = state.len(),
+            resources = next.sets.values().map(|s| s.len()).sum::<usize>(),
+            changed = changed_count,
+            debounce_ms = computing.duration_since(started).as_millis() as u64,
+            compute_ms = computing.elapsed().as_millis() as u64,
+            "configuration pushed"
+        );
+        metrics::histogram!("pilot_debounce_time").record(computing.duration_since(started).as_secs_f64());
+        metrics::histogram!("ambient_index_compute_seconds").record(computing.elapsed().as_secs_f64());
+        snapshots.send_replace(Arc::new(next));
+    }
+}
+
+fn apply(state: &mut ClusterState, synced: &mut BTreeSet<Kind>, change: Change) -> bool {
+    if let Change::Replace { kinds, .. } = &change {
+        synced.extend(kinds.iter().copied());
+    }
+    state.apply(change)
+}

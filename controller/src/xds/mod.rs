@@ -1,0 +1,148 @@
+//! Delta xDS: what is served ([`Snapshot`]: every resource, encoded once, with a content
+//! version), and the gRPC service that pushes differences ([`server`]).
+
+pub mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use prost::Message;
+
+use crate::index::Index;
+
+/// The resource types served.
+pub const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
+/// One resource as sent: name, version and encoded body.
+#[derive(Debug, PartialEq)]
+pub struct Versioned {
+    pub name: String,
+    pub version: String,
+    pub body: prost_types::Any,
+}
+
+pub type ResourceSet = BTreeMap<String, Arc<Versioned>>;
+
+/// Everything served at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one per published snapshot.
+    pub generation: u64,
+    pub sets: BTreeMap<&'static str, Arc<ResourceSet>>,
+    /// Per type, names added, changed or removed since generation - 1.
+    pub changed: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+/// A stable 64-bit FNV-1a hash: versions must survive controller restarts, so a
+/// reconnecting client that already has a resource is not sent it again.
+pub fn content_version(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn encode<M: Message>(type_url: &str, name: &str, m: &M, previous: Option<&ResourceSet>) -> Arc<Versioned> {
+    let bytes = m.encode_to_vec();
+    let version = content_version(&bytes);
+    if let Some(prev) = previous.and_then(|p| p.get(name))
+        && prev.version == version
+    {
+        return prev.clone();
+    }
+    Arc::new(Versioned {
+        name: name.to_string(),
+        version,
+        body: prost_types::Any {
+            type_url: type_url.to_string(),
+            value: bytes,
+        },
+    })
+}
+
+impl Snapshot {
+    /// The snapshot after `previous` for a freshly computed index.
+    pub fn next(previous: &Snapshot, index: &Index) -> Snapshot {
+        let prev = |t: &str| previous.sets.get(t).map(|s| s.as_ref());
+        let addresses: ResourceSet = index
+            .addresses
+            .iter()
+            .map(|(n, a)| (n.clone(), encode(ADDRESS_TYPE_URL, n, a, prev(ADDRESS_TYPE_URL))))
+            .collect();
+        let authorizations: ResourceSet = index
+            .authorizations
+            .iter()
+            .map(|(n, a)| (n.clone(), encode(AUTHORIZATION_TYPE_URL, n, a, prev(AUTHORIZATION_TYPE_URL))))
+            .collect();
+        let mut sets = BTreeMap::new();
+        let mut changed = BTreeMap::new();
+        for (t, set) in [(ADDRESS_TYPE_URL, addresses), (AUTHORIZATION_TYPE_URL, authorizations)] {
+            let empty = ResourceSet::new();
+            let old = prev(t).unwrap_or(&empty);
+            let mut names: BTreeSet<String> = set
+                .iter()
+                .filter(|(n, v)| old.get(*n).is_none_or(|o| o.version != v.version))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.extend(old.keys().filter(|n| !set.contains_key(*n)).cloned());
+            changed.insert(t, names);
+            sets.insert(t, Arc::new(set));
+        }
+        Snapshot {
+            generation: previous.generation + 1,
+            sets,
+            changed,
+        }
+    }
+
+    /// Whether anything differs from the snapshot it was computed after.
+    pub fn has_changes(&self) -> bool {
+        self.changed.values().any(|c| !c.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_proto::istio::workload as wds;
+
+    fn index_with(names: &[(&str, &str)]) -> Index {
+        let mut i = Index::default();
+        for (uid, node) in names {
+            i.addresses.insert(
+                uid.to_string(),
+                wds::Address {
+                    r#type: Some(wds::address::Type::Workload(wds::Workload {
+                        uid: uid.to_string(),
+                        node: node.to_string(),
+                        ..Default::default()
+                    })),
+                },
+            );
+        }
+        i
+    }
+
+    #[test]
+    fn only_real_changes_get_new_versions() {
+        let s0 = Snapshot::default();
+        let s1 = Snapshot::next(&s0, &index_with(&[("a", "n1"), ("b", "n1")]));
+        assert_eq!(s1.generation, 1);
+        assert_eq!(s1.changed[ADDRESS_TYPE_URL].len(), 2);
+        let s2 = Snapshot::next(&s1, &index_with(&[("a", "n1"), ("b", "n2")]));
+        assert_eq!(s2.changed[ADDRESS_TYPE_URL], BTreeSet::from(["b".to_string()]));
+        assert!(Arc::ptr_eq(&s1.sets[ADDRESS_TYPE_URL]["a"], &s2.sets[ADDRESS_TYPE_URL]["a"]), "unchanged resources are shared");
+        let s3 = Snapshot::next(&s2, &index_with(&[("b", "n2")]));
+        assert_eq!(s3.changed[ADDRESS_TYPE_URL], BTreeSet::from(["a".to_string()]), "removal");
+        let s4 = Snapshot::next(&s3, &index_with(&[("b", "n2")]));
+        assert!(!s4.has_changes());
+    }
+
+    #[test]
+    fn versions_are_stable_across_processes() {
+        assert_eq!(content_version(b"hello"), "a430d84680aabd0b");
+    }
+}

@@ -1,0 +1,358 @@
+//! The delta ADS gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService/
+//! DeltaAggregatedResources`).
+//!
+//! Per stream and type the server remembers what the client holds (name → version). A
+//! client's first request of a type subscribes it (wildcard unless it names resources) and
+//! seeds that memory from `initial_resource_versions`, so a reconnecting client is sent only
+//! what changed. Each new [`Snapshot`] is diffed against that memory (only the snapshot's
+//! changed names, when the client was current) and sent as one response per type. ACKs
+//! confirm; a NACK is logged and counted, and the rejected resources are forgotten so the
+//! next change resends them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use ambient_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{Snapshot, TYPES};
+use crate::ca::auth::{Authenticator, Caller, bearer};
+
+/// What one connected proxy has been sent and has confirmed, for `proxy-status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProxyStatus {
+    pub id: String,
+    pub node: String,
+    pub connected_at: u64,
+    /// Per type: resources the proxy holds.
+    pub resources: BTreeMap<String, usize>,
+    /// Per type: last snapshot generation sent / acknowledged.
+    pub sent_generation: BTreeMap<String, u64>,
+    pub acked_generation: BTreeMap<String, u64>,
+    pub nacks: u64,
+    pub last_nack: Option<String>,
+}
+
+/// Connected proxies.
+#[derive(Default)]
+pub struct ProxyRegistry {
+    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    next: Mutex<u64>,
+}
+
+impl ProxyRegistry {
+    fn add(&self, status: ProxyStatus) -> u64 {
+        let mut n = self.next.lock().expect("poisoned");
+        *n += 1;
+        self.proxies.lock().expect("poisoned").insert(*n, status);
+        *n
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(s) = self.proxies.lock().expect("poisoned").get_mut(&id) {
+            f(s);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.proxies.lock().expect("poisoned").remove(&id);
+    }
+
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        self.proxies.lock().expect("poisoned").values().cloned().collect()
+    }
+}
+
+/// The ADS service.
+pub struct AdsService {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    auth: Arc<dyn Authenticator>,
+    registry: Arc<ProxyRegistry>,
+}
+
+impl AdsService {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<dyn Authenticator>, registry: Arc<ProxyRegistry>) -> Self {
+        AdsService {
+            snapshots,
+            auth,
+            registry,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let token = bearer(header).map(str::to_string);
+        let caller = match token {
+            Ok(t) => self.auth.authenticate(&t).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            metrics::counter!("pilot_xds_auth_failures_total").increment(1);
+            warn!(error = %e, "xDS stream refused");
+            Status::unauthenticated(e.to_string())
+        })?;
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session {
+            caller,
+            snapshots: self.snapshots.clone(),
+            registry: self.registry.clone(),
+            tx,
+            types: HashMap::new(),
+            in_flight: HashMap::new(),
+            nonce: 0,
+            registry_id: 0,
+        };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What a client holds of one type.
+#[derive(Default)]
+struct TypeState {
+    /// None: wildcard; Some: only these names.
+    subscribed: Option<BTreeSet<String>>,
+    known: HashMap<String, String>,
+    /// Generation the client's memory is current with (None: do a full diff next time).
+    synced: Option<u64>,
+}
+
+struct Session {
+    caller: Caller,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    registry: Arc<ProxyRegistry>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    types: HashMap<String, TypeState>,
+    /// nonce → (type, generation, names sent with the version the client had before).
+    in_flight: HashMap<String, (String, u64, Vec<(String, Option<String>)>)>,
+    nonce: u64,
+    registry_id: u64,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let node = self.caller.node().to_string();
+        self.registry_id = self.registry.add(ProxyStatus {
+            node: node.clone(),
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            ..Default::default()
+        });
+        metrics::gauge!("pilot_xds").increment(1.0);
+        info!(node = %node, "xDS client connected");
+        let result = self.serve(&mut inbound).await;
+        metrics::gauge!("pilot_xds").decrement(1.0);
+        self.registry.remove(self.registry_id);
+        match result {
+            Ok(()) => info!(node = %node, "xDS client disconnected"),
+            Err(e) => info!(node = %node, reason = %e, "xDS stream ended"),
+        }
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), Status> {
+        // Never answer from an empty, not-yet-computed configuration: a reconnecting client
+        // would take it as "everything was removed".
+        self.snapshots
+            .wait_for(|s| s.generation > 0)
+            .await
+            .map_err(|_| Status::unavailable("controller shutting down"))?;
+        loop {
+            tokio::select! {
+                request = inbound.next() => {
+                    match request {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(e),
+                        Some(Ok(r)) => self.on_request(r).await?,
+                    }
+                }
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("controller shutting down"));
+                    }
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    let types: Vec<String> = self.types.keys().cloned().collect();
+                    for t in types {
+                        self.push(&t, &snapshot).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, r: DeltaDiscoveryRequest) -> Result<(), Status> {
+        if let Some(node) = &r.node {
+            let id = node.id.clone();
+            self.registry.update(self.registry_id, |s| s.id = id);
+        }
+        let type_url = r.type_url.clone();
+        if !TYPES.contains(&type_url.as_str()) {
+            debug!(type_url, "request for a type this server does not serve");
+            return Ok(());
+        }
+        if !r.response_nonce.is_empty() {
+            self.on_answer(&type_url, &r);
+            if r.resource_names_subscribe.is_empty() && r.resource_names_unsubscribe.is_empty() {
+                return Ok(());
+            }
+        }
+        let first = !self.types.contains_key(&type_url);
+        let state = self.types.entry(type_url.clone()).or_default();
+        if first {
+            let explicit: BTreeSet<String> = r
+                .resource_names_subscribe
+                .iter()
+                .filter(|n| n.as_str() != "*")
+                .cloned()
+                .collect();
+            let wildcard = r.resource_names_subscribe.is_empty() || r.resource_names_subscribe.iter().any(|n| n == "*");
+            state.subscribed = if wildcard { None } else { Some(explicit) };
+            state.known = r.initial_resource_versions.into_iter().collect();
+            state.synced = None;
+        } else {
+            if let Some(set) = state.subscribed.as_mut() {
+                set.extend(r.resource_names_subscribe.iter().filter(|n| n.as_str() != "*").cloned());
+                for n in &r.resource_names_unsubscribe {
+                    set.remove(n);
+                    state.known.remove(n);
+                }
+            }
+            // Newly named resources must be sent even if the client claims to hold them.
+            for n in &r.resource_names_subscribe {
+                state.known.remove(n);
+            }
+            state.synced = None;
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        self.push(&type_url, &snapshot).await
+    }
+
+    fn on_answer(&mut self, type_url: &str, r: &DeltaDiscoveryRequest) {
+        let Some((t, generation, sent)) = self.in_flight.remove(&r.response_nonce) else {
+            return; // an answer to a response superseded long ago
+        };
+        let node = self.caller.node().to_string();
+        match &r.error_detail {
+            None => {
+                self.registry.update(self.registry_id, |s| {
+                    s.acked_generation.insert(t.clone(), generation);
+                });
+            }
+            Some(status) => {
+                metrics::counter!("pilot_total_xds_rejects", "type" => type_url.to_string()).increment(1);
+                warn!(node = %node, type_url, nonce = %r.response_nonce, error = %status.message, "configuration rejected (NACK)");
+                // The client kept what it had: forget what we sent so the next push resends it.
+                if let Some(state) = self.types.get_mut(&t) {
+                    for (name, before) in sent {
+                        match before {
+                            Some(v) => state.known.insert(name, v),
+                            None => state.known.remove(&name),
+                        };
+                    }
+                    state.synced = None;
+                }
+                let message = status.message.clone();
+                self.registry.update(self.registry_id, |s| {
+                    s.nacks += 1;
+                    s.last_nack = Some(message);
+                });
+            }
+        }
+    }
+
+    /// Sends the client what it lacks of `type_url`, if anything.
+    async fn push(&mut self, type_url: &str, snapshot: &Snapshot) -> Result<(), Status> {
+        let Some(set) = snapshot.sets.get(type_url) else {
+            return Ok(());
+        };
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let wanted = |name: &str| state.subscribed.as_ref().is_none_or(|s| s.contains(name));
+        // Names to look at: only what changed, when the client was current with the previous
+        // generation; otherwise everything either side knows.
+        let candidates: Vec<String> = match (state.synced, snapshot.changed.get(type_url)) {
+            (Some(g), Some(changed)) if g + 1 == snapshot.generation => changed.iter().cloned().collect(),
+            (Some(g), _) if g == snapshot.generation => Vec::new(),
+            _ => {
+                let mut all: BTreeSet<String> = set.keys().cloned().collect();
+                all.extend(state.known.keys().cloned());
+                all.into_iter().collect()
+            }
+        };
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        let mut sent = Vec::new();
+        for name in candidates {
+            match set.get(&name) {
+                Some(v) if wanted(&name) => {
+                    if state.known.get(&name) != Some(&v.version) {
+                        sent.push((name.clone(), state.known.insert(name.clone(), v.version.clone())));
+                        resources.push(Resource {
+                            name: name.clone(),
+                            version: v.version.clone(),
+                            resource: Some(v.body.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
+                _ => {
+                    if let Some(before) = state.known.remove(&name) {
+                        sent.push((name.clone(), Some(before)));
+                        removed.push(name);
+                    }
+                }
+            }
+        }
+        state.synced = Some(snapshot.generation);
+        let held = state.known.len();
+        if resources.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        self.nonce += 1;
+        let nonce = format!("{}-{}", snapshot.generation, self.nonce);
+        let bytes: usize = resources.iter().map(|r| r.resource.as_ref().map(|a| a.value.len()).unwrap_or(0)).sum();
+        metrics::counter!("pilot_xds_pushes", "type" => type_url.to_string()).increment(1);
+        metrics::counter!("pilot_xds_push_bytes_total", "type" => type_url.to_string()).increment(bytes as u64);
+        debug!(node = %self.caller.node(), type_url, upserts = resources.len(), removed = removed.len(), nonce, "push");
+        self.in_flight.insert(nonce.clone(), (type_url.to_string(), snapshot.generation, sent));
+        let generation = snapshot.generation;
+        let t = type_url.to_string();
+        self.registry.update(self.registry_id, |s| {
+            s.sent_generation.insert(t.clone(), generation);
+            s.resources.insert(t, held);
+        });
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.generation.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+        };
+        self.tx
+            .send(Ok(response))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))
+    }
+}
