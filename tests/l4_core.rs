@@ -33,8 +33,8 @@ fn pod_to_pod_and_service_across_nodes() {
             &dir,
             vec![
                 PodSpec::new("client", "node-a"),
-                PodSpec::new("server-1", "node-b").backing(ECHO_KEY),
-                PodSpec::new("server-2", "node-a").backing(ECHO_KEY),
+                PodSpec::new("server-1", "node-b").echo(),
+                PodSpec::new("server-2", "node-a").echo(),
             ],
             vec![echo_service()],
             &["outside"],

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambient_proto::local::{LocalConfig, LocalPort, LocalService};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use ztunnel::inpod::netns::Netns;
 
 use crate::lab::http::{connect_from, listen_in};
+use crate::lab::manifest;
 use crate::lab::sniff::Sniffer;
 use crate::lab::{Lab, Mesh, MeshOptions};
 
@@ -66,32 +66,45 @@ pub async fn two_node(run_dir: PathBuf, opts: DemoOptions) -> anyhow::Result<()>
     lab.add_pod("default", "server", "node-b")?;
     let outside = lab.add_external("outside")?.ip;
 
-    let svc_key = "default/echo.default.svc.cluster.local".to_string();
-    let mut server = Mesh::workload_for(lab.pod("default", "server"), "server");
-    server.services.insert(svc_key, vec![]);
-    let config = LocalConfig {
-        workloads: vec![
-            Mesh::workload_for(lab.pod("default", "client"), "client"),
-            server,
-        ],
-        services: vec![LocalService {
-            name: "echo".into(),
-            namespace: "default".into(),
-            hostname: "echo.default.svc.cluster.local".into(),
-            addresses: vec![IpAddr::V4(ECHO_VIP)],
-            ports: vec![LocalPort {
-                service_port: 80,
-                target_port: 8080,
-            }],
-        }],
-    };
+    let manifests = vec![
+        ("namespace.yaml", manifest::namespace("default", true)),
+        (
+            "client.yaml",
+            manifest::pod(
+                lab.pod("default", "client"),
+                "client",
+                &[("app", "client")],
+                &[],
+            ),
+        ),
+        (
+            "server.yaml",
+            manifest::pod(
+                lab.pod("default", "server"),
+                "server",
+                &[("app", "echo")],
+                &[("http", 8080)],
+            ),
+        ),
+        (
+            "echo-service.yaml",
+            manifest::service(
+                "echo",
+                "default",
+                ECHO_VIP,
+                &[("app", "echo")],
+                &[("http", 80, 8080)],
+            ),
+        ),
+    ];
     let underlay = lab.underlay.clone();
     let sniffer = Sniffer::start(&underlay)?;
     println!(
         "starting the mesh (controller, 2 node agents, 2 ztunnels) in {}",
         run_dir.display()
     );
-    let mesh = Mesh::start(lab, config, MeshOptions::new(opts.exe.clone())).await?;
+    let manifests: Vec<(&str, String)> = manifests;
+    let mesh = Mesh::start(lab, &manifests, MeshOptions::new(opts.exe.clone())).await?;
     mesh.enrol("default", "client", "client").await?;
     mesh.enrol("default", "server", "server").await?;
     let server_ns: Arc<Netns> = mesh.lab.pod("default", "server").netns.clone();

@@ -12,7 +12,10 @@ use crate::push::Debounce;
 use crate::server::{ControllerConfig, SourceConfig, run};
 
 #[derive(Debug, Parser)]
-#[command(name = "ambient-controller", about = "ambient-rs control plane and certificate authority")]
+#[command(
+    name = "ambient-controller",
+    about = "ambient-rs control plane and certificate authority"
+)]
 pub struct Args {
     /// TLS gRPC listener (delta xDS and the certificate service).
     #[arg(long, default_value = "0.0.0.0:15012")]
@@ -90,11 +93,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("signal handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -9,11 +9,11 @@
 
 pub mod ca;
 pub mod cli;
+pub mod index;
 pub mod model;
 pub mod monitoring;
 pub mod nodes;
 pub mod push;
 pub mod server;
 pub mod source;
-pub mod index;
 pub mod xds;

@@ -55,7 +55,11 @@ pub async fn serve(listener: TcpListener, state: Arc<Monitoring>) -> std::io::Re
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -66,15 +70,29 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(v) {
         Ok(b) => respond(StatusCode::OK, "application/json", b),
-        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 
 fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/ready" if m.ready.load(Ordering::Acquire) => respond(StatusCode::OK, "text/plain", "ready\n"),
-        "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the initial configuration\n"),
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", m.metrics.render()),
+        "/ready" if m.ready.load(Ordering::Acquire) => {
+            respond(StatusCode::OK, "text/plain", "ready\n")
+        }
+        "/ready" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "waiting for the initial configuration\n",
+        ),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            m.metrics.render(),
+        ),
         "/debug/proxies" => json(&m.registry.list()),
         "/debug/diagnostics" => json(&DiagnosticsView {
             manifests: m.diagnostics.lock().expect("poisoned").clone(),

@@ -31,13 +31,16 @@ impl Default for Debounce {
     }
 }
 
+/// Told the nodes that have enrolled pods after each push.
+pub type NodesCallback = Box<dyn Fn(&[String]) + Send>;
+
 /// What the push loop publishes besides snapshots.
 #[derive(Default)]
 pub struct Published {
     pub nodes: NodeIdentities,
     pub warnings: Mutex<Vec<Warning>>,
     /// Called with every node that has enrolled pods (for issuing node tokens).
-    pub on_nodes: Mutex<Option<Box<dyn Fn(&[String]) + Send>>>,
+    pub on_nodes: Mutex<Option<NodesCallback>>,
 }
 
 /// Runs until the sources' channel closes. Nothing is published until every kind has been
@@ -99,8 +102,10 @@ pub async fn run(
             compute_ms = computing.elapsed().as_millis() as u64,
             "configuration pushed"
         );
-        metrics::histogram!("pilot_debounce_time").record(computing.duration_since(started).as_secs_f64());
-        metrics::histogram!("ambient_index_compute_seconds").record(computing.elapsed().as_secs_f64());
+        metrics::histogram!("pilot_debounce_time")
+            .record(computing.duration_since(started).as_secs_f64());
+        metrics::histogram!("ambient_index_compute_seconds")
+            .record(computing.elapsed().as_secs_f64());
         snapshots.send_replace(Arc::new(next));
     }
 }

@@ -100,20 +100,25 @@ pub async fn run(
     let (changes_tx, changes_rx) = mpsc::channel(1024);
 
     let auth: Arc<dyn Authenticator> = match &config.source {
-        SourceConfig::Manifests { dir, token_dir, nodes } => {
+        SourceConfig::Manifests {
+            dir,
+            token_dir,
+            nodes,
+        } => {
             let tokens = Arc::new(NodeTokens::open(token_dir)?);
             for node in nodes {
                 tokens.issue(node)?;
             }
             info!(nodes = ?nodes, dir = %token_dir.display(), "node tokens ready");
             let issuer = tokens.clone();
-            *published.on_nodes.lock().expect("poisoned") = Some(Box::new(move |nodes: &[String]| {
-                for n in nodes {
-                    if let Err(e) = issuer.issue(n) {
-                        warn!(node = %n, error = %e, "cannot issue a node token");
+            *published.on_nodes.lock().expect("poisoned") =
+                Some(Box::new(move |nodes: &[String]| {
+                    for n in nodes {
+                        if let Err(e) = issuer.issue(n) {
+                            warn!(node = %n, error = %e, "cannot issue a node token");
+                        }
                     }
-                }
-            }));
+                }));
             let source = ManifestDir::new(dir).with_diagnostics(diagnostics.clone());
             tokio::spawn(source.run(Duration::from_millis(500), changes_tx));
             tokens
@@ -121,12 +126,21 @@ pub async fn run(
         SourceConfig::Kubernetes { ztunnel_accounts } => {
             let client = kube::Client::try_default().await?;
             tokio::spawn(kubernetes::run(client.clone(), changes_tx));
-            Arc::new(TokenReviewAuthenticator::new(client, ztunnel_accounts.clone()))
+            Arc::new(TokenReviewAuthenticator::new(
+                client,
+                ztunnel_accounts.clone(),
+            ))
         }
     };
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(push::run(changes_rx, config.index.clone(), config.debounce, snapshot_tx, published.clone()));
+    tokio::spawn(push::run(
+        changes_rx,
+        config.index.clone(),
+        config.debounce,
+        snapshot_tx,
+        published.clone(),
+    ));
 
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn({
@@ -140,18 +154,21 @@ pub async fn run(
         }
     });
 
-    let controller_id = Identity::new(&config.index.trust_domain, "istio-system", "istiod").expect("static identity is valid");
+    let controller_id = Identity::new(&config.index.trust_domain, "istio-system", "istiod")
+        .expect("static identity is valid");
     let names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let (chain, key) = ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
+    let (chain, key) =
+        ca.issue_server(&names, &controller_id, Duration::from_secs(365 * 24 * 3600))?;
     let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain, key));
 
     let registry = Arc::new(ProxyRegistry::default());
-    let monitoring_listener = TcpListener::bind(config.monitoring_addr)
-        .await
-        .map_err(|source| ControllerError::Bind {
-            addr: config.monitoring_addr,
-            source,
-        })?;
+    let monitoring_listener =
+        TcpListener::bind(config.monitoring_addr)
+            .await
+            .map_err(|source| ControllerError::Bind {
+                addr: config.monitoring_addr,
+                source,
+            })?;
     tokio::spawn(monitoring::serve(
         monitoring_listener,
         Arc::new(Monitoring {
@@ -176,7 +193,9 @@ pub async fn run(
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(IstioCertificateServiceServer::new(ca_service))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
         .await?;
     Ok(())

@@ -1,28 +1,26 @@
-//! Shared helpers for the end-to-end tests: a standard two-node cluster, small apps in pods,
-//! and reading Prometheus text.
+//! Shared helpers for the end-to-end tests: a standard two-node cluster described by
+//! manifests, and reading Prometheus text.
 #![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use ambient_proto::local::{LocalConfig, LocalPort, LocalService};
-use ambientctl::lab::{Lab, Mesh, MeshOptions};
+use ambientctl::lab::{Lab, Mesh, MeshOptions, manifest};
 
 /// The multi-call binary every component runs from.
 pub const EXE: &str = env!("CARGO_BIN_EXE_ambientctl");
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// A pod of the test cluster.
+/// A pod of the test cluster (namespace `default`, which is enrolled).
 pub struct PodSpec {
     pub namespace: &'static str,
     pub name: &'static str,
     pub node: &'static str,
     pub service_account: &'static str,
-    /// Service keys (`namespace/hostname`) it backs.
-    pub services: Vec<&'static str>,
-    /// Described as HBONE and handed to ztunnel.
+    pub labels: Vec<(&'static str, &'static str)>,
+    /// Labelled into the mesh (and handed to its node's ztunnel).
     pub enrolled: bool,
 }
 
@@ -33,18 +31,20 @@ impl PodSpec {
             name,
             node,
             service_account: name,
-            services: vec![],
+            labels: vec![("app", name)],
             enrolled: true,
         }
     }
 
-    pub fn backing(mut self, service: &'static str) -> Self {
-        self.services.push(service);
+    /// Backs the echo service.
+    pub fn echo(mut self) -> Self {
+        self.labels.push(("echo", "true"));
         self
     }
 
     pub fn not_enrolled(mut self) -> Self {
         self.enrolled = false;
+        self.labels.push(("istio.io/dataplane-mode", "none"));
         self
     }
 
@@ -52,59 +52,66 @@ impl PodSpec {
         self.service_account = sa;
         self
     }
-}
 
-/// `echo.default.svc.cluster.local` at 10.96.0.10:80 → 8080.
-pub fn echo_service() -> LocalService {
-    LocalService {
-        name: "echo".into(),
-        namespace: "default".into(),
-        hostname: "echo.default.svc.cluster.local".into(),
-        addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))],
-        ports: vec![LocalPort {
-            service_port: 80,
-            target_port: 8080,
-        }],
+    pub fn manifest(&self, lab: &Lab) -> String {
+        manifest::pod(
+            lab.pod(self.namespace, self.name),
+            self.service_account,
+            &self.labels,
+            &[("http", 8080)],
+        )
     }
 }
 
-pub const ECHO_KEY: &str = "default/echo.default.svc.cluster.local";
 pub const ECHO_VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
 
-/// Builds nodes `node-a` and `node-b`, the pods, the externals; starts the mesh; enrols
-/// the enrolled pods.
+/// `echo.default.svc.cluster.local` at 10.96.0.10:80 → 8080 on pods labelled `echo=true`.
+pub fn echo_service() -> (&'static str, String) {
+    (
+        "echo-service.yaml",
+        manifest::service(
+            "echo",
+            "default",
+            Ipv4Addr::new(10, 96, 0, 10),
+            &[("echo", "true")],
+            &[("http", 80, 8080)],
+        ),
+    )
+}
+
+/// Builds nodes `node-a` and `node-b`, the pods and externals; starts the mesh on manifests
+/// for them (plus `extra`); enrols the enrolled pods.
 pub async fn cluster(
     dir: &Path,
     pods: Vec<PodSpec>,
-    services: Vec<LocalService>,
+    extra: Vec<(&'static str, String)>,
     externals: &[&str],
     tune: impl FnOnce(&mut MeshOptions),
 ) -> Result<Mesh, Box<dyn std::error::Error + Send + Sync>> {
     let mut lab = Lab::new(dir)?;
     lab.add_node("node-a")?;
     lab.add_node("node-b")?;
-    let mut config = LocalConfig {
-        workloads: vec![],
-        services,
-    };
+    let mut manifests: Vec<(String, String)> = vec![(
+        "namespace.yaml".into(),
+        manifest::namespace("default", true),
+    )];
     for p in &pods {
-        let pod = lab.add_pod(p.namespace, p.name, p.node)?;
-        let mut w = Mesh::workload_for(pod, p.service_account);
-        if !p.enrolled {
-            w.tunnel_protocol = ambient_proto::local::LocalTunnel::None;
-        }
-        for s in &p.services {
-            w.services.insert(s.to_string(), vec![]);
-        }
-        config.workloads.push(w);
+        lab.add_pod(p.namespace, p.name, p.node)?;
+        manifests.push((format!("pod-{}.yaml", p.name), p.manifest(&lab)));
+    }
+    for (name, yaml) in extra {
+        manifests.push((name.to_string(), yaml));
     }
     for e in externals {
         lab.add_external(e)?;
     }
     let mut options = MeshOptions::new(EXE.into());
-    options.log_filter = "info".into();
     tune(&mut options);
-    let mesh = Mesh::start(lab, config, options).await?;
+    let refs: Vec<(&str, String)> = manifests
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.clone()))
+        .collect();
+    let mesh = Mesh::start(lab, &refs, options).await?;
     for p in pods.iter().filter(|p| p.enrolled) {
         mesh.enrol(p.namespace, p.name, p.service_account).await?;
     }
@@ -133,7 +140,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Retries `f` until it succeeds or `timeout` passes (for things that settle, like metrics
-/// of a connection that is closing).
+/// of a connection that is closing, or configuration being pushed).
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,

@@ -13,22 +13,38 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admin;
-use crate::identity::ca_client::{CaClient, CaClientConfig};
+use crate::control_plane::ControlPlane;
+use crate::identity::ca_client::CaClient;
 use crate::identity::{Backoff, CertificateManager, FetchError};
 use crate::inpod::{WorkloadManager, zds_client};
 use crate::proxy::Shared;
+use crate::proxy::connection_manager::ConnectionManager;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
 use crate::state::source::{LocalFile, SourceError};
+use crate::xds::{self, NodeInfo};
+
+/// Where workloads, services and policies come from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// The controller's delta xDS (the normal mode).
+    Xds,
+    /// A local YAML file of WDS resources (for debugging; no policies).
+    File(PathBuf),
+}
 
 /// Everything a ztunnel process needs to know.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
+    /// This node's address, reported to the controller.
+    pub instance_ip: String,
     pub trust_domain: String,
-    /// Local WDS file (the controller's xDS replaces it as the normal source later).
-    pub config_file: PathBuf,
-    pub ca: CaClientConfig,
+    pub source: ConfigSource,
+    /// The controller (xDS and CA).
+    pub control_plane: ControlPlane,
+    /// Workload certificate lifetime to ask for.
+    pub workload_cert_ttl: Duration,
     /// PEM roots of the mesh (workload certificates chain to these).
     pub mesh_roots_pem: Vec<u8>,
     pub zds_socket: PathBuf,
@@ -67,22 +83,40 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     crate::metrics::describe();
-    let readiness = Readiness::new(&["config", "zds"]);
     let state = Arc::new(StateStore::new());
-    let source = LocalFile::new(&config.config_file);
-    let loaded = source.load(&state)?;
-    readiness.mark("config");
-    tokio::spawn({
-        let state = state.clone();
-        async move {
-            if let Err(e) = source.run(state, loaded).await {
-                error!(error = %e, "configuration source stopped");
-            }
+    let readiness = match &config.source {
+        ConfigSource::File(path) => {
+            let readiness = Readiness::new(&["zds"]);
+            let source = LocalFile::new(path);
+            let loaded = source.load(&state)?;
+            tokio::spawn({
+                let state = state.clone();
+                async move {
+                    if let Err(e) = source.run(state, loaded).await {
+                        error!(error = %e, "configuration source stopped");
+                    }
+                }
+            });
+            readiness
         }
-    });
+        ConfigSource::Xds => {
+            let readiness = Readiness::new(&["xds:address", "xds:authorization", "zds"]);
+            let node = NodeInfo {
+                node_name: config.node_name.clone(),
+                instance_ip: config.instance_ip.clone(),
+            };
+            tokio::spawn(xds::run(
+                config.control_plane.clone(),
+                node,
+                state.clone(),
+                readiness.clone(),
+            ));
+            readiness
+        }
+    };
 
     let bundle = TrustBundle::from_pem(config.trust_domain.clone(), &config.mesh_roots_pem)?;
-    let ca = CaClient::new(config.ca.clone())?;
+    let ca = CaClient::new(config.control_plane.clone(), config.workload_cert_ttl)?;
     let certs = Arc::new(CertificateManager::new(Arc::new(ca), Backoff::default()));
     let shared = Arc::new(Shared {
         state: state.clone(),
@@ -92,6 +126,18 @@ pub async fn run(
         pool: PoolSettings::default(),
         cert_wait: config.cert_wait,
         connect_timeout: config.connect_timeout,
+        connections: ConnectionManager::new(),
+    });
+    // Every configuration change may deny live connections: judge them again.
+    tokio::spawn({
+        let state = state.clone();
+        let connections = shared.connections.clone();
+        async move {
+            let mut versions = state.subscribe();
+            while versions.changed().await.is_ok() {
+                connections.recheck(&state.load());
+            }
+        }
     });
     let pods = Arc::new(WorkloadManager::new(shared, config.trust_domain.clone()));
 

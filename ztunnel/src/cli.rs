@@ -12,8 +12,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, NodeAgent};
-use crate::app::{self, Config};
-use crate::identity::ca_client::CaClientConfig;
+use crate::app::{self, Config, ConfigSource};
+use crate::control_plane::ControlPlane;
 
 #[derive(Debug, Parser)]
 #[command(name = "ztunnel", about = "ambient-rs node tunnel")]
@@ -23,21 +23,29 @@ pub struct ZtunnelArgs {
     pub node_name: String,
     #[arg(long, default_value = ambient_proto::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// Local WDS file of workloads and services.
+    /// This node's IP (reported to the controller).
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    pub instance_ip: String,
+    /// Read workloads and services from this WDS file instead of the controller's xDS
+    /// (for debugging).
     #[arg(long)]
-    pub config_file: PathBuf,
-    /// The CA: `https://host:15012`.
-    #[arg(long)]
-    pub ca_address: String,
-    /// PEM roots of the mesh; they also sign the CA's serving certificate.
+    pub config_file: Option<PathBuf>,
+    /// The controller (xDS and CA): `https://host:15012`.
+    #[arg(long, alias = "ca-address")]
+    pub controller_address: String,
+    /// PEM roots of the mesh; they also sign the controller's serving certificate.
     #[arg(long)]
     pub ca_root: PathBuf,
-    /// Name on the CA's serving certificate.
-    #[arg(long, default_value = "istiod.istio-system.svc")]
-    pub ca_server_name: String,
-    /// File holding this node's bearer token for the CA.
-    #[arg(long)]
-    pub ca_token_file: PathBuf,
+    /// Name on the controller's serving certificate.
+    #[arg(
+        long,
+        alias = "ca-server-name",
+        default_value = "istiod.istio-system.svc"
+    )]
+    pub controller_server_name: String,
+    /// File holding this node's bearer token for the controller.
+    #[arg(long, alias = "ca-token-file")]
+    pub token_file: PathBuf,
     /// Workload certificate lifetime to ask for, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub workload_cert_ttl_secs: u64,
@@ -112,15 +120,19 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
         .with_context(|| format!("reading {}", args.ca_root.display()))?;
     let config = Config {
         node_name: args.node_name,
+        instance_ip: args.instance_ip,
         trust_domain: args.trust_domain,
-        config_file: args.config_file,
-        ca: CaClientConfig {
-            address: args.ca_address,
-            root_pem: roots.clone(),
-            server_name: args.ca_server_name,
-            token_file: args.ca_token_file,
-            ttl: Duration::from_secs(args.workload_cert_ttl_secs),
+        source: match args.config_file {
+            Some(path) => ConfigSource::File(path),
+            None => ConfigSource::Xds,
         },
+        control_plane: ControlPlane {
+            address: args.controller_address,
+            root_pem: roots.clone(),
+            server_name: args.controller_server_name,
+            token_file: args.token_file,
+        },
+        workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_secs),
         mesh_roots_pem: roots,
         zds_socket: args.zds_socket,
         admin_addr: args.admin_addr,

@@ -1,18 +1,18 @@
-//! A running local mesh on a [`Lab`] network: the controller on the underlay, and a node
-//! agent plus a ztunnel in every node's namespace, each a real process.
+//! A running local mesh on a [`Lab`] network: the controller on the underlay (reading a
+//! manifest directory), and a node agent plus a ztunnel (on the controller's xDS) in every
+//! node's namespace, each a real process.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ambient_proto::local::{LocalConfig, LocalTunnel, LocalWorkload};
 use ztunnel::agent::PodEvent;
 use ztunnel::agent::cni::{CniClient, CniClientError};
 
 use super::http;
 use super::process::Proc;
-use super::topology::{Lab, Pod, UNDERLAY_GATEWAY};
+use super::topology::{Lab, UNDERLAY_GATEWAY};
 
 /// How to run the mesh.
 #[derive(Clone, Debug)]
@@ -24,6 +24,8 @@ pub struct MeshOptions {
     pub workload_cert_ttl: Duration,
     /// `RUST_LOG` for the components.
     pub log_filter: String,
+    /// The controller's debounce quiet period.
+    pub debounce_quiet: Duration,
 }
 
 impl MeshOptions {
@@ -33,6 +35,7 @@ impl MeshOptions {
             trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
             workload_cert_ttl: Duration::from_secs(24 * 3600),
             log_filter: "info".into(),
+            debounce_quiet: Duration::from_millis(50),
         }
     }
 }
@@ -51,7 +54,7 @@ pub enum MeshError {
     Unknown(String),
     #[error(transparent)]
     Cni(#[from] CniClientError),
-    #[error("workload file: {0}")]
+    #[error("{0}")]
     Config(String),
 }
 
@@ -64,8 +67,8 @@ struct NodeProcs {
 pub struct Mesh {
     pub lab: Lab,
     pub options: MeshOptions,
-    pub config: LocalConfig,
-    config_path: PathBuf,
+    /// The directory the controller watches.
+    pub manifests: PathBuf,
     controller: Proc,
     nodes: BTreeMap<String, NodeProcs>,
 }
@@ -109,40 +112,21 @@ where
 }
 
 impl Mesh {
-    /// A workload entry for a lab pod, enrolled (HBONE) with `service_account`.
-    pub fn workload_for(pod: &Pod, service_account: &str) -> LocalWorkload {
-        LocalWorkload {
-            name: pod.name.clone(),
-            namespace: pod.namespace.clone(),
-            service_account: service_account.to_string(),
-            trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
-            node: pod.node.clone(),
-            addresses: vec![IpAddr::V4(pod.ip)],
-            tunnel_protocol: LocalTunnel::Hbone,
-            ..Default::default()
-        }
-    }
-
-    fn write_config(path: &Path, config: &LocalConfig) -> Result<(), MeshError> {
-        let yaml = serde_yaml::to_string(config).map_err(|e| MeshError::Config(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, yaml)?;
-        std::fs::rename(tmp, path)?;
-        Ok(())
-    }
-
-    /// Starts the controller, then every node's agent and ztunnel, and waits until all are
-    /// ready.
+    /// Starts the controller on `manifests` (file name → YAML), then every node's agent and
+    /// ztunnel, and waits until all are ready.
     pub async fn start(
         lab: Lab,
-        config: LocalConfig,
+        manifests: &[(&str, String)],
         options: MeshOptions,
     ) -> Result<Mesh, MeshError> {
         let run = lab.run_dir.clone();
         let logs = run.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let config_path = run.join("workloads.yaml");
-        Self::write_config(&config_path, &config)?;
+        let dir = run.join("manifests");
+        std::fs::create_dir_all(&dir)?;
+        for (name, yaml) in manifests {
+            write_atomically(&dir.join(name), yaml)?;
+        }
         let node_names: Vec<String> = lab.nodes.keys().cloned().collect();
         let env = [("RUST_LOG", options.log_filter.as_str())];
         let controller = Proc::spawn(
@@ -160,12 +144,14 @@ impl Mesh {
                 options.trust_domain.clone(),
                 "--ca-dir".into(),
                 run.join("ca").display().to_string(),
+                "--manifests".into(),
+                dir.display().to_string(),
                 "--token-dir".into(),
                 run.join("tokens").display().to_string(),
-                "--workloads".into(),
-                config_path.display().to_string(),
                 "--nodes".into(),
                 node_names.join(","),
+                "--debounce-quiet-ms".into(),
+                options.debounce_quiet.as_millis().to_string(),
             ],
             &logs.join("controller.log"),
             &env,
@@ -173,12 +159,19 @@ impl Mesh {
         let mut mesh = Mesh {
             lab,
             options,
-            config,
-            config_path,
+            manifests: dir,
             controller,
             nodes: BTreeMap::new(),
         };
-        let underlay = mesh.lab.underlay.clone();
+        mesh.wait_controller().await?;
+        for node in node_names {
+            mesh.start_node(&node).await?;
+        }
+        Ok(mesh)
+    }
+
+    async fn wait_controller(&self) -> Result<(), MeshError> {
+        let underlay = self.lab.underlay.clone();
         wait_for("controller", Duration::from_secs(30), || {
             let underlay = underlay.clone();
             async move {
@@ -190,11 +183,66 @@ impl Mesh {
             }
         })
         .await
-        .map_err(|e| mesh.with_logs(e))?;
-        for node in node_names {
-            mesh.start_node(&node).await?;
+        .map_err(|e| self.with_logs(e))
+    }
+
+    /// Writes (or replaces) a manifest file; the controller applies it live.
+    pub fn write_manifest(&self, name: &str, yaml: &str) -> Result<(), MeshError> {
+        write_atomically(&self.manifests.join(name), yaml)?;
+        Ok(())
+    }
+
+    /// Removes a manifest file.
+    pub fn remove_manifest(&self, name: &str) -> Result<(), MeshError> {
+        std::fs::remove_file(self.manifests.join(name))?;
+        Ok(())
+    }
+
+    /// `GET path` on the controller's monitoring port.
+    pub async fn controller_get(&self, path: &str) -> Result<String, MeshError> {
+        let (status, body) = http::get(&self.lab.underlay, controller_monitoring(), path).await?;
+        if status != 200 {
+            return Err(MeshError::Io(std::io::Error::other(format!(
+                "GET {path}: {status} {body}"
+            ))));
         }
-        Ok(mesh)
+        Ok(body)
+    }
+
+    /// Restarts the controller (after [`Mesh::kill_controller`]) and waits for it.
+    pub async fn restart_controller(&mut self) -> Result<(), MeshError> {
+        self.controller.kill();
+        let run = self.lab.run_dir.clone();
+        let node_names: Vec<String> = self.lab.nodes.keys().cloned().collect();
+        let env = [("RUST_LOG", self.options.log_filter.as_str())];
+        self.controller = Proc::spawn(
+            "controller",
+            &self.lab.underlay,
+            &self.options.exe,
+            &[
+                "component".into(),
+                "controller".into(),
+                "--grpc-addr".into(),
+                controller_grpc().to_string(),
+                "--monitoring-addr".into(),
+                controller_monitoring().to_string(),
+                "--trust-domain".into(),
+                self.options.trust_domain.clone(),
+                "--ca-dir".into(),
+                run.join("ca").display().to_string(),
+                "--manifests".into(),
+                self.manifests.display().to_string(),
+                "--token-dir".into(),
+                run.join("tokens").display().to_string(),
+                "--nodes".into(),
+                node_names.join(","),
+                "--debounce-quiet-ms".into(),
+                self.options.debounce_quiet.as_millis().to_string(),
+            ],
+            &run.join("logs").join("controller.log"),
+            &env,
+        )?;
+        self.wait_controller().await
     }
 
     fn with_logs(&self, e: MeshError) -> MeshError {
@@ -305,13 +353,13 @@ impl Mesh {
                 node.to_string(),
                 "--trust-domain".into(),
                 self.options.trust_domain.clone(),
-                "--config-file".into(),
-                self.config_path.display().to_string(),
-                "--ca-address".into(),
+                "--instance-ip".into(),
+                self.lab.node(node).ip.to_string(),
+                "--controller-address".into(),
                 format!("https://{}", controller_grpc()),
                 "--ca-root".into(),
                 run.join("ca").join("root-cert.pem").display().to_string(),
-                "--ca-token-file".into(),
+                "--token-file".into(),
                 run.join("tokens")
                     .join(format!("{node}.token"))
                     .display()
@@ -451,13 +499,6 @@ impl Mesh {
         Ok(())
     }
 
-    /// Rewrites the workload file (ztunnels pick it up within a second).
-    pub fn set_config(&mut self, config: LocalConfig) -> Result<(), MeshError> {
-        Self::write_config(&self.config_path, &config)?;
-        self.config = config;
-        Ok(())
-    }
-
     /// `GET path` on a node's ztunnel `port` (15000 admin, 15020 metrics, 15021 readiness).
     pub async fn ztunnel_get(
         &self,
@@ -522,4 +563,10 @@ impl Mesh {
         std::fs::read_to_string(self.lab.run_dir.join("logs").join(format!("{name}.log")))
             .unwrap_or_default()
     }
+}
+
+fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(tmp, path)
 }

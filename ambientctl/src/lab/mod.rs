@@ -7,8 +7,10 @@
 //! - [`mesh`]: the controller, node agents and ztunnels as processes ([`Mesh`]).
 //! - [`sniff`]: a packet capture, to check what crosses the wire.
 //! - [`http`]: sockets and a small HTTP GET from inside a namespace.
+//! - [`manifest`]: YAML for lab objects (namespaces, pods with their node and address, services).
 
 pub mod http;
+pub mod manifest;
 pub mod mesh;
 pub mod netns;
 pub mod process;

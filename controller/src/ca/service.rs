@@ -93,10 +93,10 @@ impl IstioCertificateService for CaService {
             Err(e) => Err(e),
         };
         let caller = caller.map_err(|e| {
-                metrics::counter!("citadel_server_authentication_failure_count").increment(1);
-                warn!(error = %e, "CA request refused: authentication");
-                Status::unauthenticated(e.to_string())
-            })?;
+            metrics::counter!("citadel_server_authentication_failure_count").increment(1);
+            warn!(error = %e, "CA request refused: authentication");
+            Status::unauthenticated(e.to_string())
+        })?;
         let req = request.into_inner();
         let identity = self.authorize(&caller, &req).inspect_err(|s| {
             warn!(caller = ?caller, reason = %s.message(), "CA request refused: authorization");

@@ -16,7 +16,9 @@ use std::net::IpAddr;
 use ambient_proto::istio::security as sec;
 
 use super::Warning;
-use crate::model::istio::{AuthorizationAction, AuthorizationPolicy, Condition, Operation, Rule, Source};
+use crate::model::istio::{
+    AuthorizationAction, AuthorizationPolicy, Condition, Operation, Rule, Source,
+};
 
 /// `<namespace>/<name>`: the xDS name of an authorization.
 pub fn resource_name(namespace: &str, name: &str) -> String {
@@ -24,7 +26,10 @@ pub fn resource_name(namespace: &str, name: &str) -> String {
 }
 
 pub fn has_selector(pol: &AuthorizationPolicy) -> bool {
-    pol.spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
+    pol.spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
 }
 
 pub fn is_waypoint_policy(pol: &AuthorizationPolicy) -> bool {
@@ -32,18 +37,29 @@ pub fn is_waypoint_policy(pol: &AuthorizationPolicy) -> bool {
 }
 
 /// Converts one policy; `None` when ztunnel does not enforce it.
-pub fn convert(pol: &AuthorizationPolicy, root_namespace: &str, warnings: &mut Vec<Warning>) -> Option<sec::Authorization> {
+pub fn convert(
+    pol: &AuthorizationPolicy,
+    root_namespace: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<sec::Authorization> {
     if is_waypoint_policy(pol) {
         return None;
     }
     let name = pol.metadata.name.clone().unwrap_or_default();
-    let namespace = pol.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pol
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let object = format!("AuthorizationPolicy/{namespace}/{name}");
     let action = match pol.spec.action {
         AuthorizationAction::Allow => sec::Action::Allow,
         AuthorizationAction::Deny => sec::Action::Deny,
         other => {
-            warnings.push(Warning::new(&object, format!("ztunnel does not support the {other:?} action; policy not enforced")));
+            warnings.push(Warning::new(
+                &object,
+                format!("ztunnel does not support the {other:?} action; policy not enforced"),
+            ));
             return None;
         }
     };
@@ -82,7 +98,9 @@ pub fn string_match(pattern: &str) -> sec::StringMatch {
     } else {
         MatchType::Exact(pattern.to_string())
     };
-    sec::StringMatch { match_type: Some(m) }
+    sec::StringMatch {
+        match_type: Some(m),
+    }
 }
 
 fn principal_match(p: &str) -> sec::StringMatch {
@@ -105,7 +123,10 @@ fn cidr(s: &str, object: &str, warnings: &mut Vec<Warning>) -> Option<sec::Addre
             length: len.unwrap_or(128),
         }),
         _ => {
-            warnings.push(Warning::new(object, format!("{s:?} is not an IP address or CIDR; ignored")));
+            warnings.push(Warning::new(
+                object,
+                format!("{s:?} is not an IP address or CIDR; ignored"),
+            ));
             None
         }
     }
@@ -115,7 +136,10 @@ fn port(s: &str, object: &str, warnings: &mut Vec<Warning>) -> Option<u32> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Some(u32::from(p)),
         _ => {
-            warnings.push(Warning::new(object, format!("{s:?} is not a port number; ignored")));
+            warnings.push(Warning::new(
+                object,
+                format!("{s:?} is not a port number; ignored"),
+            ));
             None
         }
     }
@@ -171,22 +195,55 @@ const L4_CONDITION_KEYS: &[&str] = &[
 
 fn operation_match(o: &Operation, object: &str, warnings: &mut Vec<Warning>) -> sec::Match {
     sec::Match {
-        destination_ports: o.ports.iter().filter_map(|p| port(p, object, warnings)).collect(),
-        not_destination_ports: o.not_ports.iter().filter_map(|p| port(p, object, warnings)).collect(),
+        destination_ports: o
+            .ports
+            .iter()
+            .filter_map(|p| port(p, object, warnings))
+            .collect(),
+        not_destination_ports: o
+            .not_ports
+            .iter()
+            .filter_map(|p| port(p, object, warnings))
+            .collect(),
         ..Default::default()
     }
 }
 
-fn source_match(s: &Source, policy_ns: &str, object: &str, warnings: &mut Vec<Warning>) -> sec::Match {
+fn source_match(
+    s: &Source,
+    policy_ns: &str,
+    object: &str,
+    warnings: &mut Vec<Warning>,
+) -> sec::Match {
     sec::Match {
         namespaces: s.namespaces.iter().map(|n| string_match(n)).collect(),
         not_namespaces: s.not_namespaces.iter().map(|n| string_match(n)).collect(),
         principals: s.principals.iter().map(|p| principal_match(p)).collect(),
-        not_principals: s.not_principals.iter().map(|p| principal_match(p)).collect(),
-        source_ips: s.ip_blocks.iter().filter_map(|c| cidr(c, object, warnings)).collect(),
-        not_source_ips: s.not_ip_blocks.iter().filter_map(|c| cidr(c, object, warnings)).collect(),
-        service_accounts: s.service_accounts.iter().map(|a| service_account(a, policy_ns)).collect(),
-        not_service_accounts: s.not_service_accounts.iter().map(|a| service_account(a, policy_ns)).collect(),
+        not_principals: s
+            .not_principals
+            .iter()
+            .map(|p| principal_match(p))
+            .collect(),
+        source_ips: s
+            .ip_blocks
+            .iter()
+            .filter_map(|c| cidr(c, object, warnings))
+            .collect(),
+        not_source_ips: s
+            .not_ip_blocks
+            .iter()
+            .filter_map(|c| cidr(c, object, warnings))
+            .collect(),
+        service_accounts: s
+            .service_accounts
+            .iter()
+            .map(|a| service_account(a, policy_ns))
+            .collect(),
+        not_service_accounts: s
+            .not_service_accounts
+            .iter()
+            .map(|a| service_account(a, policy_ns))
+            .collect(),
         ..Default::default()
     }
 }
@@ -203,16 +260,40 @@ fn condition_match(c: &Condition, object: &str, warnings: &mut Vec<Warning>) -> 
             m.not_principals = c.not_values.iter().map(|v| principal_match(v)).collect();
         }
         "source.ip" => {
-            m.source_ips = c.values.iter().filter_map(|v| cidr(v, object, warnings)).collect();
-            m.not_source_ips = c.not_values.iter().filter_map(|v| cidr(v, object, warnings)).collect();
+            m.source_ips = c
+                .values
+                .iter()
+                .filter_map(|v| cidr(v, object, warnings))
+                .collect();
+            m.not_source_ips = c
+                .not_values
+                .iter()
+                .filter_map(|v| cidr(v, object, warnings))
+                .collect();
         }
         "destination.port" => {
-            m.destination_ports = c.values.iter().filter_map(|v| port(v, object, warnings)).collect();
-            m.not_destination_ports = c.not_values.iter().filter_map(|v| port(v, object, warnings)).collect();
+            m.destination_ports = c
+                .values
+                .iter()
+                .filter_map(|v| port(v, object, warnings))
+                .collect();
+            m.not_destination_ports = c
+                .not_values
+                .iter()
+                .filter_map(|v| port(v, object, warnings))
+                .collect();
         }
         "destination.ip" => {
-            m.destination_ips = c.values.iter().filter_map(|v| cidr(v, object, warnings)).collect();
-            m.not_destination_ips = c.not_values.iter().filter_map(|v| cidr(v, object, warnings)).collect();
+            m.destination_ips = c
+                .values
+                .iter()
+                .filter_map(|v| cidr(v, object, warnings))
+                .collect();
+            m.not_destination_ips = c
+                .not_values
+                .iter()
+                .filter_map(|v| cidr(v, object, warnings))
+                .collect();
         }
         _ => return None,
     }
@@ -234,7 +315,12 @@ fn convert_rule(
         .filter(|c| !L4_CONDITION_KEYS.contains(&c.key.as_str()))
         .map(|c| c.key.as_str())
         .collect();
-    let mut l7: Vec<&str> = to_l7.iter().chain(from_l7.iter()).flatten().copied().collect();
+    let mut l7: Vec<&str> = to_l7
+        .iter()
+        .chain(from_l7.iter())
+        .flatten()
+        .copied()
+        .collect();
     l7.extend(when_l7.iter().copied());
     l7.sort_unstable();
     l7.dedup();
@@ -253,7 +339,11 @@ fn convert_rule(
     }
     let mut clauses = Vec::new();
     if !rule.to.is_empty() {
-        let matches: Vec<sec::Match> = rule.to.iter().map(|t| operation_match(&t.operation, object, warnings)).collect();
+        let matches: Vec<sec::Match> = rule
+            .to
+            .iter()
+            .map(|t| operation_match(&t.operation, object, warnings))
+            .collect();
         // An entry left with nothing but L7 would match any operation: the whole list does.
         let widened = rule.to.iter().zip(&to_l7).any(|(t, l)| {
             !l.is_empty() && t.operation.ports.is_empty() && t.operation.not_ports.is_empty()
@@ -263,8 +353,15 @@ fn convert_rule(
         }
     }
     if !rule.from.is_empty() {
-        let matches: Vec<sec::Match> = rule.from.iter().map(|f| source_match(&f.source, policy_ns, object, warnings)).collect();
-        let widened = matches.iter().zip(&from_l7).any(|(m, l)| !l.is_empty() && *m == sec::Match::default());
+        let matches: Vec<sec::Match> = rule
+            .from
+            .iter()
+            .map(|f| source_match(&f.source, policy_ns, object, warnings))
+            .collect();
+        let widened = matches
+            .iter()
+            .zip(&from_l7)
+            .any(|(m, l)| !l.is_empty() && *m == sec::Match::default());
         if !widened {
             clauses.push(sec::Clause { matches });
         }
@@ -290,22 +387,36 @@ mod tests {
         let mut w = Vec::new();
         let ns = policy("metadata: {name: p, namespace: shop}\nspec: {action: DENY}\n");
         let a = convert(&ns, "istio-system", &mut w).unwrap();
-        assert_eq!((a.scope, a.action), (sec::Scope::Namespace as i32, sec::Action::Deny as i32));
+        assert_eq!(
+            (a.scope, a.action),
+            (sec::Scope::Namespace as i32, sec::Action::Deny as i32)
+        );
         let global = policy("metadata: {name: p, namespace: istio-system}\nspec: {}\n");
-        assert_eq!(convert(&global, "istio-system", &mut w).unwrap().scope, sec::Scope::Global as i32);
-        let sel = policy("metadata: {name: p, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}}\n");
-        assert_eq!(convert(&sel, "istio-system", &mut w).unwrap().scope, sec::Scope::WorkloadSelector as i32);
+        assert_eq!(
+            convert(&global, "istio-system", &mut w).unwrap().scope,
+            sec::Scope::Global as i32
+        );
+        let sel = policy(
+            "metadata: {name: p, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}}\n",
+        );
+        assert_eq!(
+            convert(&sel, "istio-system", &mut w).unwrap().scope,
+            sec::Scope::WorkloadSelector as i32
+        );
         let audit = policy("metadata: {name: p, namespace: shop}\nspec: {action: AUDIT}\n");
         assert!(convert(&audit, "istio-system", &mut w).is_none());
         assert!(w[0].message.contains("Audit"), "{:?}", w);
-        let waypoint = policy("metadata: {name: p, namespace: shop}\nspec: {targetRefs: [{kind: Service, group: '', name: web}]}\n");
+        let waypoint = policy(
+            "metadata: {name: p, namespace: shop}\nspec: {targetRefs: [{kind: Service, group: '', name: web}]}\n",
+        );
         assert!(convert(&waypoint, "istio-system", &mut w).is_none());
     }
 
     #[test]
     fn maps_l4_fields() {
         let mut w = Vec::new();
-        let p = policy(r#"
+        let p = policy(
+            r#"
 metadata: {name: p, namespace: shop}
 spec:
   rules:
@@ -319,7 +430,8 @@ spec:
     - operation: {ports: ["8080"], notPorts: ["9090"]}
     when:
     - {key: destination.ip, values: ["10.244.1.2"]}
-"#);
+"#,
+        );
         let a = convert(&p, "istio-system", &mut w).unwrap();
         assert!(w.is_empty(), "{w:?}");
         let clauses = &a.rules[0].clauses;
@@ -331,22 +443,28 @@ spec:
         assert_eq!(from.source_ips[1].length, 32);
         assert_eq!(from.service_accounts[0].namespace, "shop");
         assert_eq!(from.service_accounts[1].namespace, "other");
-        assert_eq!(clauses[2].matches[0].destination_ips[0].address, vec![10, 244, 1, 2]);
+        assert_eq!(
+            clauses[2].matches[0].destination_ips[0].address,
+            vec![10, 244, 1, 2]
+        );
     }
 
     #[test]
     fn l7_fails_closed() {
         let mut w = Vec::new();
-        let allow = policy(r#"
+        let allow = policy(
+            r#"
 metadata: {name: p, namespace: shop}
 spec:
   rules:
   - to: [{operation: {methods: [GET]}}]
   - from: [{source: {namespaces: [shop]}}]
-"#);
+"#,
+        );
         let a = convert(&allow, "istio-system", &mut w).unwrap();
         assert_eq!(a.rules.len(), 1, "the L7 ALLOW rule is gone");
-        let deny = policy(r#"
+        let deny = policy(
+            r#"
 metadata: {name: p, namespace: shop}
 spec:
   action: DENY
@@ -354,11 +472,15 @@ spec:
   - from: [{source: {namespaces: [other]}}]
     to: [{operation: {methods: [POST]}}]
     when: [{key: "request.headers[x-token]", values: ["a"]}]
-"#);
+"#,
+        );
         let d = convert(&deny, "istio-system", &mut w).unwrap();
         // Only the namespace clause remains: every method, every header value, is denied.
         assert_eq!(d.rules[0].clauses.len(), 1);
-        assert_eq!(d.rules[0].clauses[0].matches[0].namespaces[0], string_match("other"));
+        assert_eq!(
+            d.rules[0].clauses[0].matches[0].namespaces[0],
+            string_match("other")
+        );
         assert!(w.iter().any(|w| w.message.contains("denies more")));
     }
 
@@ -366,7 +488,13 @@ spec:
     fn empty_rules_mean_what_istio_means() {
         let mut w = Vec::new();
         let none = policy("metadata: {name: p, namespace: shop}\nspec: {}\n");
-        assert!(convert(&none, "istio-system", &mut w).unwrap().rules.is_empty(), "matches nothing");
+        assert!(
+            convert(&none, "istio-system", &mut w)
+                .unwrap()
+                .rules
+                .is_empty(),
+            "matches nothing"
+        );
         let all = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{}]}\n");
         let a = convert(&all, "istio-system", &mut w).unwrap();
         assert_eq!(a.rules.len(), 1);
@@ -376,7 +504,9 @@ spec:
     #[test]
     fn bad_values_are_reported() {
         let mut w = Vec::new();
-        let p = policy("metadata: {name: p, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [http]}}], from: [{source: {ipBlocks: [nope]}}]}]}\n");
+        let p = policy(
+            "metadata: {name: p, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [http]}}], from: [{source: {ipBlocks: [nope]}}]}]}\n",
+        );
         convert(&p, "istio-system", &mut w).unwrap();
         assert_eq!(w.len(), 2, "{w:?}");
     }

@@ -41,26 +41,37 @@ pub fn enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
 }
 
 /// Every `selector` pair is among `labels` (an empty selector matches everything).
-pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Istio's canonical service name: the first of these labels, else the workload name.
 pub fn canonical_name(meta: &ObjectMeta, workload_name: &str) -> String {
-    ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|k| label(meta, k))
-        .unwrap_or(workload_name)
-        .to_string()
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| label(meta, k))
+    .unwrap_or(workload_name)
+    .to_string()
 }
 
 /// Istio's canonical revision: the first of these labels, else `latest`.
 pub fn canonical_revision(meta: &ObjectMeta) -> String {
-    ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
-        .iter()
-        .find_map(|k| label(meta, k))
-        .unwrap_or("latest")
-        .to_string()
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| label(meta, k))
+    .unwrap_or("latest")
+    .to_string()
 }
 
 /// The name of what runs the pod (a Deployment, CronJob...), as Istio derives it.

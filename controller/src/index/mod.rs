@@ -83,6 +83,9 @@ pub struct Index {
     pub warnings: Vec<Warning>,
 }
 
+/// (namespace, pod) → (service key, ports) it belongs to.
+type Memberships = HashMap<(String, String), Vec<(String, Vec<wds::Port>)>>;
+
 /// Lookups built once per computation.
 pub struct Context<'a> {
     pub state: &'a ClusterState,
@@ -90,7 +93,7 @@ pub struct Context<'a> {
     /// (namespace, one selector label) → services whose selector includes it.
     services_by_selector_label: HashMap<(String, String, String), Vec<&'a Service>>,
     /// (namespace, pod) → memberships from EndpointSlices of selector-less services.
-    slice_members: HashMap<(String, String), Vec<(String, Vec<wds::Port>)>>,
+    slice_members: Memberships,
     /// namespace → AuthorizationPolicies with a selector.
     selector_policies: HashMap<String, Vec<&'a AuthorizationPolicy>>,
     peer_auth: PeerAuthIndex<'a>,
@@ -104,7 +107,11 @@ pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 }
 
 fn selector_of(svc: &Service) -> Option<&BTreeMap<String, String>> {
-    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
 }
 
 impl<'a> Context<'a> {
@@ -124,7 +131,11 @@ impl<'a> Context<'a> {
         let mut selector_policies: HashMap<String, Vec<&AuthorizationPolicy>> = HashMap::new();
         for p in state.authorization_policies() {
             if authorization::has_selector(p) && !authorization::is_waypoint_policy(p) {
-                let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let ns = p
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 selector_policies.entry(ns).or_default().push(p);
             }
         }
@@ -152,10 +163,17 @@ impl<'a> Context<'a> {
     }
 
     /// Services in `namespace` whose selector matches `labels`.
-    pub fn services_selecting(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<&'a Service> {
+    pub fn services_selecting(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&'a Service> {
         let mut out: Vec<&Service> = Vec::new();
         for (k, v) in labels {
-            if let Some(candidates) = self.services_by_selector_label.get(&(namespace.to_string(), k.clone(), v.clone())) {
+            if let Some(candidates) =
+                self.services_by_selector_label
+                    .get(&(namespace.to_string(), k.clone(), v.clone()))
+            {
                 for svc in candidates {
                     if selector_of(svc).is_some_and(|s| labels::selector_matches(s, labels))
                         && !out.iter().any(|o| std::ptr::eq(*o, *svc))
@@ -168,10 +186,14 @@ impl<'a> Context<'a> {
         out
     }
 
-    fn memberships_from_slices(&self) -> HashMap<(String, String), Vec<(String, Vec<wds::Port>)>> {
-        let mut out: HashMap<(String, String), Vec<(String, Vec<wds::Port>)>> = HashMap::new();
+    fn memberships_from_slices(&self) -> Memberships {
+        let mut out: Memberships = HashMap::new();
         for slice in self.state.endpoint_slices() {
-            let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = slice
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             let Some(svc) = labels::labels(&slice.metadata)
                 .get("kubernetes.io/service-name")
                 .and_then(|n| self.service(&ns, n))
@@ -204,7 +226,11 @@ impl<'a> Context<'a> {
     }
 
     /// `ns/name` of selector policies (in the root namespace or `namespace`) matching `labels`.
-    pub fn selector_policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    pub fn selector_policies_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<String> {
         let mut out: Vec<String> = [self.config.root_namespace.as_str(), namespace]
             .iter()
             .flat_map(|ns| self.selector_policies.get(*ns).into_iter().flatten())
@@ -226,7 +252,11 @@ impl<'a> Context<'a> {
         out
     }
 
-    pub fn peer_authentication_policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    pub fn peer_authentication_policies_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<String> {
         self.peer_auth.policies_for(namespace, labels)
     }
 }
@@ -245,7 +275,11 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
             && !w.node.is_empty()
             && let Some(id) = workload::identity(pod, &config.trust_domain)
         {
-            index.identities_by_node.entry(w.node.clone()).or_default().insert(id);
+            index
+                .identities_by_node
+                .entry(w.node.clone())
+                .or_default()
+                .insert(id);
         }
         index.addresses.insert(
             w.uid.clone(),

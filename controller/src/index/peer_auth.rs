@@ -49,11 +49,14 @@ fn strict(m: MtlsMode) -> bool {
 }
 
 fn has_selector(pa: &PeerAuthentication) -> bool {
-    pa.spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
+    pa.spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
 }
 
 /// Oldest first (by creation time, then name), as Istio picks among competing policies.
-fn oldest<'a>(mut v: Vec<&'a PeerAuthentication>) -> Option<&'a PeerAuthentication> {
+fn oldest(mut v: Vec<&PeerAuthentication>) -> Option<&PeerAuthentication> {
     v.sort_by(|a, b| {
         let t = |p: &PeerAuthentication| p.metadata.creation_timestamp.clone().map(|t| t.0);
         t(a).cmp(&t(b)).then(a.metadata.name.cmp(&b.metadata.name))
@@ -74,7 +77,11 @@ impl<'a> PeerAuthIndex<'a> {
         let mut any = false;
         for pa in all {
             any = true;
-            let ns = pa.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = pa
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             by_namespace.entry(ns).or_default().push(pa);
         }
         PeerAuthIndex {
@@ -89,7 +96,11 @@ impl<'a> PeerAuthIndex<'a> {
         self.any
     }
 
-    fn level(&self, ns: &str, pick: impl Fn(&PeerAuthentication) -> bool) -> Option<&'a PeerAuthentication> {
+    fn level(
+        &self,
+        ns: &str,
+        pick: impl Fn(&PeerAuthentication) -> bool,
+    ) -> Option<&'a PeerAuthentication> {
         oldest(
             self.by_namespace
                 .get(ns)
@@ -118,15 +129,18 @@ impl<'a> PeerAuthIndex<'a> {
         m
     }
 
-    fn workload_policy(&self, ns: &str, labels: &BTreeMap<String, String>) -> Option<&'a PeerAuthentication> {
+    fn workload_policy(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&'a PeerAuthentication> {
         if ns == self.root_namespace {
             return None;
         }
         self.level(ns, |p| {
-            p.spec
-                .selector
-                .as_ref()
-                .is_some_and(|s| !s.match_labels.is_empty() && selector_matches(&s.match_labels, labels))
+            p.spec.selector.as_ref().is_some_and(|s| {
+                !s.match_labels.is_empty() && selector_matches(&s.match_labels, labels)
+            })
         })
     }
 
@@ -145,7 +159,10 @@ impl<'a> PeerAuthIndex<'a> {
             m => m,
         };
         match self.convert(wl, inherited) {
-            Some(_) => vec![format!("{ns}/{CONVERTED_PREFIX}{}", wl.metadata.name.clone().unwrap_or_default())],
+            Some(_) => vec![format!(
+                "{ns}/{CONVERTED_PREFIX}{}",
+                wl.metadata.name.clone().unwrap_or_default()
+            )],
             None if strict(effective) => vec![format!("{}/{STATIC_STRICT}", self.root_namespace)],
             None => vec![],
         }
@@ -153,11 +170,19 @@ impl<'a> PeerAuthIndex<'a> {
 
     /// The per-policy authorization for a workload policy with port-level settings that
     /// differ from its mode; `None` when the static policy (or nothing) says it all.
-    pub fn convert(&self, pa: &PeerAuthentication, inherited: MtlsMode) -> Option<sec::Authorization> {
+    pub fn convert(
+        &self,
+        pa: &PeerAuthentication,
+        inherited: MtlsMode,
+    ) -> Option<sec::Authorization> {
         if !has_selector(pa) || pa.spec.port_level_mtls.is_empty() {
             return None;
         }
-        let ns = pa.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = pa
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let effective = match mode(pa) {
             MtlsMode::Unset => inherited,
             m => m,
@@ -191,7 +216,11 @@ impl<'a> PeerAuthIndex<'a> {
                 ],
             }]
         } else {
-            let strict_ports: Vec<u32> = port_modes.iter().filter(|(_, m)| strict(*m)).map(|(p, _)| *p).collect();
+            let strict_ports: Vec<u32> = port_modes
+                .iter()
+                .filter(|(_, m)| strict(*m))
+                .map(|(p, _)| *p)
+                .collect();
             if strict_ports.is_empty() {
                 return None;
             }
@@ -205,7 +234,10 @@ impl<'a> PeerAuthIndex<'a> {
             }]
         };
         Some(sec::Authorization {
-            name: format!("{CONVERTED_PREFIX}{}", pa.metadata.name.clone().unwrap_or_default()),
+            name: format!(
+                "{CONVERTED_PREFIX}{}",
+                pa.metadata.name.clone().unwrap_or_default()
+            ),
             namespace: ns,
             scope: sec::Scope::WorkloadSelector as i32,
             action: sec::Action::Deny as i32,
@@ -219,7 +251,8 @@ impl<'a> PeerAuthIndex<'a> {
             .iter()
             .flat_map(|(ns, list)| {
                 let inherited = self.inherited(ns);
-                list.iter().filter_map(move |pa| self.convert(pa, inherited))
+                list.iter()
+                    .filter_map(move |pa| self.convert(pa, inherited))
             })
             .collect()
     }
@@ -242,13 +275,26 @@ mod tests {
         let all = [
             pa("metadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}"),
             pa("metadata: {name: relaxed, namespace: legacy}\nspec: {mtls: {mode: PERMISSIVE}}"),
-            pa("metadata: {name: web, namespace: legacy}\nspec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}"),
+            pa(
+                "metadata: {name: web, namespace: legacy}\nspec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}}",
+            ),
         ];
         let idx = PeerAuthIndex::new(all.iter(), "istio-system");
         let strict = vec!["istio-system/istio_converted_static_strict".to_string()];
-        assert_eq!(idx.policies_for("shop", &labels("x")), strict, "mesh-wide STRICT");
-        assert!(idx.policies_for("legacy", &labels("x")).is_empty(), "namespace PERMISSIVE");
-        assert_eq!(idx.policies_for("legacy", &labels("web")), strict, "workload STRICT");
+        assert_eq!(
+            idx.policies_for("shop", &labels("x")),
+            strict,
+            "mesh-wide STRICT"
+        );
+        assert!(
+            idx.policies_for("legacy", &labels("x")).is_empty(),
+            "namespace PERMISSIVE"
+        );
+        assert_eq!(
+            idx.policies_for("legacy", &labels("web")),
+            strict,
+            "workload STRICT"
+        );
     }
 
     #[test]
@@ -257,17 +303,26 @@ mod tests {
             "metadata: {name: web, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}, portLevelMtls: {'9090': {mode: PERMISSIVE}}}",
         )];
         let idx = PeerAuthIndex::new(all.iter(), "istio-system");
-        assert_eq!(idx.policies_for("shop", &labels("web")), vec!["shop/converted_peer_authentication_web"]);
+        assert_eq!(
+            idx.policies_for("shop", &labels("web")),
+            vec!["shop/converted_peer_authentication_web"]
+        );
         let c = &idx.converted()[0];
         assert_eq!(c.rules[0].clauses.len(), 2);
-        assert_eq!(c.rules[0].clauses[1].matches[0].not_destination_ports, vec![9090]);
+        assert_eq!(
+            c.rules[0].clauses[1].matches[0].not_destination_ports,
+            vec![9090]
+        );
 
         let only_port = [pa(
             "metadata: {name: db, namespace: shop}\nspec: {selector: {matchLabels: {app: db}}, portLevelMtls: {'5432': {mode: STRICT}}}",
         )];
         let idx = PeerAuthIndex::new(only_port.iter(), "istio-system");
         let c = &idx.converted()[0];
-        assert_eq!(c.rules[0].clauses[0].matches[0].destination_ports, vec![5432]);
+        assert_eq!(
+            c.rules[0].clauses[0].matches[0].destination_ports,
+            vec![5432]
+        );
         assert!(!c.rules[0].clauses[0].matches[0].not_principals.is_empty());
     }
 }

@@ -15,7 +15,10 @@ pub fn key(ctx: &Context<'_>, svc: &Service) -> String {
 }
 
 pub fn namespace(svc: &Service) -> String {
-    svc.metadata.namespace.clone().unwrap_or_else(|| "default".into())
+    svc.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
 }
 
 pub fn hostname(ctx: &Context<'_>, svc: &Service) -> String {
@@ -28,7 +31,11 @@ pub fn hostname(ctx: &Context<'_>, svc: &Service) -> String {
 }
 
 /// The WDS service, or `None` for kinds ambient does not describe (ExternalName).
-pub fn build(ctx: &Context<'_>, svc: &Service, warnings: &mut Vec<Warning>) -> Option<wds::Service> {
+pub fn build(
+    ctx: &Context<'_>,
+    svc: &Service,
+    warnings: &mut Vec<Warning>,
+) -> Option<wds::Service> {
     let spec = svc.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
@@ -40,14 +47,20 @@ pub fn build(ctx: &Context<'_>, svc: &Service, warnings: &mut Vec<Warning>) -> O
         ips.push(ip.clone());
     }
     let mut addresses = Vec::new();
-    for ip in ips.iter().filter(|ip| ip.as_str() != "None" && !ip.is_empty()) {
+    for ip in ips
+        .iter()
+        .filter(|ip| ip.as_str() != "None" && !ip.is_empty())
+    {
         match ip.parse::<IpAddr>() {
             Ok(ip) => addresses.push(wds::NetworkAddress {
                 network: ctx.config.network.clone(),
                 address: super::ip_bytes(ip),
             }),
             Err(_) => {
-                warnings.push(Warning::new(&key(ctx, svc), format!("clusterIP {ip:?} is not an IP address; service skipped")));
+                warnings.push(Warning::new(
+                    &key(ctx, svc),
+                    format!("clusterIP {ip:?} is not an IP address; service skipped"),
+                ));
                 return None;
             }
         }

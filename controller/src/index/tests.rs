@@ -94,7 +94,10 @@ spec: {mtls: {mode: STRICT}}
 fn index() -> Index {
     let parsed = parse_file(std::path::Path::new("c.yaml"), CLUSTER, None);
     assert!(
-        parsed.diagnostics.iter().all(|d| d.severity != crate::source::Severity::Error),
+        parsed
+            .diagnostics
+            .iter()
+            .all(|d| d.severity != crate::source::Severity::Error),
         "{:?}",
         parsed.diagnostics
     );
@@ -107,7 +110,12 @@ fn index() -> Index {
 }
 
 fn workload(index: &Index, uid: &str) -> wds::Workload {
-    match &index.addresses.get(uid).unwrap_or_else(|| panic!("{uid} missing")).r#type {
+    match &index
+        .addresses
+        .get(uid)
+        .unwrap_or_else(|| panic!("{uid} missing"))
+        .r#type
+    {
         Some(wds::address::Type::Workload(w)) => w.clone(),
         other => panic!("{other:?}"),
     }
@@ -117,14 +125,36 @@ fn workload(index: &Index, uid: &str) -> wds::Workload {
 fn enrolment_follows_labels() {
     let idx = index();
     let web = workload(&idx, "Kubernetes//Pod/shop/web-7d4b9c-x2x9q");
-    assert_eq!(web.tunnel_protocol, wds::TunnelProtocol::Hbone as i32, "namespace label");
+    assert_eq!(
+        web.tunnel_protocol,
+        wds::TunnelProtocol::Hbone as i32,
+        "namespace label"
+    );
     let out = workload(&idx, "Kubernetes//Pod/shop/opted-out");
-    assert_eq!(out.tunnel_protocol, wds::TunnelProtocol::None as i32, "pod label none wins");
+    assert_eq!(
+        out.tunnel_protocol,
+        wds::TunnelProtocol::None as i32,
+        "pod label none wins"
+    );
     let vol = workload(&idx, "Kubernetes//Pod/plain/volunteer");
-    assert_eq!(vol.tunnel_protocol, wds::TunnelProtocol::Hbone as i32, "pod label ambient wins");
-    assert!(!idx.addresses.contains_key("Kubernetes//Pod/plain/pending"), "no IP, no workload");
-    let ids: Vec<String> = idx.identities_by_node["node-a"].iter().map(|i| i.to_string()).collect();
-    assert_eq!(ids, vec!["spiffe://cluster.local/ns/shop/sa/web"], "only enrolled pods");
+    assert_eq!(
+        vol.tunnel_protocol,
+        wds::TunnelProtocol::Hbone as i32,
+        "pod label ambient wins"
+    );
+    assert!(
+        !idx.addresses.contains_key("Kubernetes//Pod/plain/pending"),
+        "no IP, no workload"
+    );
+    let ids: Vec<String> = idx.identities_by_node["node-a"]
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["spiffe://cluster.local/ns/shop/sa/web"],
+        "only enrolled pods"
+    );
 }
 
 #[test]
@@ -134,16 +164,28 @@ fn workload_fields() {
     assert_eq!(web.addresses, vec![vec![10, 244, 1, 5]]);
     assert_eq!(web.service_account, "web");
     assert_eq!(web.node, "node-a");
-    assert_eq!(web.workload_name, "web", "deployment name from the ReplicaSet");
+    assert_eq!(
+        web.workload_name, "web",
+        "deployment name from the ReplicaSet"
+    );
     assert_eq!(web.canonical_name, "web");
     assert_eq!(web.canonical_revision, "v2");
     let ports = &web.services["shop/web.shop.svc.cluster.local"].ports;
-    assert_eq!((ports[0].service_port, ports[0].target_port), (80, 8080), "named port resolved");
+    assert_eq!(
+        (ports[0].service_port, ports[0].target_port),
+        (80, 8080),
+        "named port resolved"
+    );
     assert_eq!(
         web.authorization_policies,
-        vec!["shop/web-only", "istio-system/istio_converted_static_strict"]
+        vec![
+            "shop/web-only",
+            "istio-system/istio_converted_static_strict"
+        ]
     );
-    let Some(wds::gateway_address::Destination::Hostname(h)) = web.waypoint.and_then(|w| w.destination) else {
+    let Some(wds::gateway_address::Destination::Hostname(h)) =
+        web.waypoint.and_then(|w| w.destination)
+    else {
         panic!("workload waypoint")
     };
     assert_eq!(h.hostname, "shop-waypoint.shop.svc.cluster.local");
@@ -152,25 +194,44 @@ fn workload_fields() {
 #[test]
 fn services_and_policies() {
     let idx = index();
-    let Some(wds::address::Type::Service(web)) = &idx.addresses["shop/web.shop.svc.cluster.local"].r#type else {
+    let Some(wds::address::Type::Service(web)) =
+        &idx.addresses["shop/web.shop.svc.cluster.local"].r#type
+    else {
         panic!()
     };
     assert_eq!(web.addresses[0].address, vec![10, 96, 0, 20]);
-    assert_eq!((web.ports[0].service_port, web.ports[0].target_port), (80, 0));
+    assert_eq!(
+        (web.ports[0].service_port, web.ports[0].target_port),
+        (80, 0)
+    );
     assert!(web.waypoint.is_some(), "namespace waypoint");
-    let Some(wds::address::Type::Service(direct)) = &idx.addresses["shop/direct.shop.svc.cluster.local"].r#type else {
+    let Some(wds::address::Type::Service(direct)) =
+        &idx.addresses["shop/direct.shop.svc.cluster.local"].r#type
+    else {
         panic!()
     };
-    assert!(direct.waypoint.is_none(), "use-waypoint: none on the service");
+    assert!(
+        direct.waypoint.is_none(),
+        "use-waypoint: none on the service"
+    );
     assert_eq!(direct.ports[0].target_port, 81);
     let names: Vec<&String> = idx.authorizations.keys().collect();
-    assert_eq!(names, vec!["istio-system/istio_converted_static_strict", "shop/web-only"]);
+    assert_eq!(
+        names,
+        vec![
+            "istio-system/istio_converted_static_strict",
+            "shop/web-only"
+        ]
+    );
     assert!(idx.warnings.is_empty(), "{:?}", idx.warnings);
 }
 
 #[test]
 fn missing_waypoint_is_a_warning() {
-    let text = CLUSTER.replace("istio.io/use-waypoint: shop-waypoint", "istio.io/use-waypoint: ghost");
+    let text = CLUSTER.replace(
+        "istio.io/use-waypoint: shop-waypoint",
+        "istio.io/use-waypoint: ghost",
+    );
     let parsed = parse_file(std::path::Path::new("c.yaml"), &text, None);
     let mut state = ClusterState::default();
     state.apply(Change::Replace {
@@ -178,5 +239,11 @@ fn missing_waypoint_is_a_warning() {
         objects: parsed.objects,
     });
     let idx = build(&state, &IndexConfig::default());
-    assert!(idx.warnings.iter().any(|w| w.message.contains("shop/ghost, which does not exist")), "{:?}", idx.warnings);
+    assert!(
+        idx.warnings
+            .iter()
+            .any(|w| w.message.contains("shop/ghost, which does not exist")),
+        "{:?}",
+        idx.warnings
+    );
 }

@@ -48,7 +48,10 @@ pub fn resolve(
             return None;
         }
         _ => {
-            warnings.push(Warning::new(&object_name, format!("istio.io/use-waypoint names {gw_ns}/{gw_name}, which does not exist")));
+            warnings.push(Warning::new(
+                &object_name,
+                format!("istio.io/use-waypoint names {gw_ns}/{gw_name}, which does not exist"),
+            ));
             return None;
         }
     };
@@ -64,20 +67,28 @@ pub fn resolve(
         return None;
     }
     let hostname = |host: String| wds::GatewayAddress {
-        destination: Some(wds::gateway_address::Destination::Hostname(wds::NamespacedHostname {
-            namespace: gw_ns.clone(),
-            hostname: host,
-        })),
+        destination: Some(wds::gateway_address::Destination::Hostname(
+            wds::NamespacedHostname {
+                namespace: gw_ns.clone(),
+                hostname: host,
+            },
+        )),
         hbone_mtls_port: WAYPOINT_HBONE_PORT,
     };
     let address = |ip: IpAddr| wds::GatewayAddress {
-        destination: Some(wds::gateway_address::Destination::Address(wds::NetworkAddress {
-            network: ctx.config.network.clone(),
-            address: super::ip_bytes(ip),
-        })),
+        destination: Some(wds::gateway_address::Destination::Address(
+            wds::NetworkAddress {
+                network: ctx.config.network.clone(),
+                address: super::ip_bytes(ip),
+            },
+        )),
         hbone_mtls_port: WAYPOINT_HBONE_PORT,
     };
-    let status_addresses = gateway.status.as_ref().map(|s| s.addresses.clone()).unwrap_or_default();
+    let status_addresses = gateway
+        .status
+        .as_ref()
+        .map(|s| s.addresses.clone())
+        .unwrap_or_default();
     if let Some(a) = status_addresses.first() {
         match a.kind.as_deref() {
             Some("Hostname") => return Some(hostname(a.value.clone())),
@@ -103,5 +114,8 @@ pub fn resolve(
     {
         return Some(address(ip));
     }
-    Some(hostname(format!("{gw_name}.{gw_ns}.svc.{}", ctx.config.domain_suffix)))
+    Some(hostname(format!(
+        "{gw_name}.{gw_ns}.svc.{}",
+        ctx.config.domain_suffix
+    )))
 }

@@ -67,7 +67,10 @@ pub fn service_account(pod: &Pod) -> String {
 pub fn identity(pod: &Pod, trust_domain: &str) -> Option<Identity> {
     Identity::new(
         trust_domain,
-        pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         service_account(pod),
     )
     .ok()
@@ -105,7 +108,11 @@ fn ports_on_pod(svc: &Service, pod: &Pod) -> Vec<wds::Port> {
 }
 
 /// A pod's workload; `None` for pods that cannot receive traffic (terminal, no address).
-pub fn from_pod(ctx: &Context<'_>, pod: &Pod, warnings: &mut Vec<Warning>) -> Option<wds::Workload> {
+pub fn from_pod(
+    ctx: &Context<'_>,
+    pod: &Pod,
+    warnings: &mut Vec<Warning>,
+) -> Option<wds::Workload> {
     if terminal(pod) {
         return None;
     }
@@ -114,7 +121,11 @@ pub fn from_pod(ctx: &Context<'_>, pod: &Pod, warnings: &mut Vec<Warning>) -> Op
         return None;
     }
     let name = pod.metadata.name.clone()?;
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let spec = pod.spec.as_ref();
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     let ns_object = ctx.state.namespace(&namespace);
@@ -124,7 +135,12 @@ pub fn from_pod(ctx: &Context<'_>, pod: &Pod, warnings: &mut Vec<Warning>) -> Op
 
     let mut services: BTreeMap<String, wds::PortList> = BTreeMap::new();
     for svc in ctx.services_selecting(&namespace, pod_labels) {
-        services.insert(service::key(ctx, svc), wds::PortList { ports: ports_on_pod(svc, pod) });
+        services.insert(
+            service::key(ctx, svc),
+            wds::PortList {
+                ports: ports_on_pod(svc, pod),
+            },
+        );
     }
     for (svc_key, ports) in ctx.slice_memberships(&namespace, &name) {
         services.entry(svc_key).or_insert(wds::PortList { ports });
@@ -175,7 +191,11 @@ pub fn from_pod(ctx: &Context<'_>, pod: &Pod, warnings: &mut Vec<Warning>) -> Op
 /// Endpoints of a selector-less service's slices that are not pods: each becomes its own
 /// (plain TCP) workload.
 pub fn from_slice(ctx: &Context<'_>, slice: &EndpointSlice) -> Vec<wds::Workload> {
-    let namespace = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let Some(svc) = labels::labels(&slice.metadata)
         .get(SERVICE_NAME_LABEL)
         .and_then(|n| ctx.service(&namespace, n))
@@ -191,18 +211,33 @@ pub fn from_slice(ctx: &Context<'_>, slice: &EndpointSlice) -> Vec<wds::Workload
         .endpoints
         .iter()
         .flatten()
-        .filter(|e| e.target_ref.as_ref().is_none_or(|r| r.kind.as_deref() != Some("Pod")))
+        .filter(|e| {
+            e.target_ref
+                .as_ref()
+                .is_none_or(|r| r.kind.as_deref() != Some("Pod"))
+        })
         .flat_map(|e| {
             let healthy = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            e.addresses.iter().filter_map(move |a| a.parse::<IpAddr>().ok().map(|ip| (ip, healthy)))
+            e.addresses
+                .iter()
+                .filter_map(move |a| a.parse::<IpAddr>().ok().map(|ip| (ip, healthy)))
         })
         .map(|(ip, healthy)| wds::Workload {
-            uid: format!("{}/discovery.k8s.io/EndpointSlice/{namespace}/{slice_name}/{ip}", ctx.config.cluster_id),
+            uid: format!(
+                "{}/discovery.k8s.io/EndpointSlice/{namespace}/{slice_name}/{ip}",
+                ctx.config.cluster_id
+            ),
             name: slice_name.clone(),
             namespace: namespace.clone(),
             addresses: vec![super::ip_bytes(ip)],
             network_mode: wds::NetworkMode::HostNetwork as i32,
-            services: [(service::key(ctx, svc), wds::PortList { ports: ports.clone() })].into(),
+            services: [(
+                service::key(ctx, svc),
+                wds::PortList {
+                    ports: ports.clone(),
+                },
+            )]
+            .into(),
             status: if healthy {
                 wds::WorkloadStatus::Healthy
             } else {

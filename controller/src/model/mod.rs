@@ -94,6 +94,9 @@ impl fmt::Display for ObjectKey {
 }
 
 /// One object of a kind we read.
+// Objects sit in one map and move by value rarely; boxing the big kinds would only add
+// allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -145,6 +148,7 @@ impl Object {
 }
 
 /// A change from a source.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Create or replace one object.
@@ -153,7 +157,10 @@ pub enum Change {
     Delete(ObjectKey),
     /// The source's whole view of `kinds` (after a relist or a directory scan): objects of
     /// those kinds not listed are gone.
-    Replace { kinds: Vec<Kind>, objects: Vec<Object> },
+    Replace {
+        kinds: Vec<Kind>,
+        objects: Vec<Object>,
+    },
 }
 
 /// Every object currently known, by key.
@@ -267,17 +274,19 @@ impl ClusterState {
     }
 
     pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
-        self.of_kind(Kind::AuthorizationPolicy).filter_map(|o| match o {
-            Object::AuthorizationPolicy(p) => Some(p),
-            _ => None,
-        })
+        self.of_kind(Kind::AuthorizationPolicy)
+            .filter_map(|o| match o {
+                Object::AuthorizationPolicy(p) => Some(p),
+                _ => None,
+            })
     }
 
     pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
-        self.of_kind(Kind::PeerAuthentication).filter_map(|o| match o {
-            Object::PeerAuthentication(p) => Some(p),
-            _ => None,
-        })
+        self.of_kind(Kind::PeerAuthentication)
+            .filter_map(|o| match o {
+                Object::PeerAuthentication(p) => Some(p),
+                _ => None,
+            })
     }
 }
 

@@ -18,18 +18,48 @@ use crate::model::{AuthorizationPolicy, Change, Gateway, Kind, Object, PeerAuthe
 /// Watches every kind the controller reads until `tx` closes.
 pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
     let tasks = vec![
-        tokio::spawn(watch::<Namespace>(client.clone(), Kind::Namespace, Object::Namespace, tx.clone())),
-        tokio::spawn(watch::<Pod>(client.clone(), Kind::Pod, Object::Pod, tx.clone())),
-        tokio::spawn(watch::<Service>(client.clone(), Kind::Service, Object::Service, tx.clone())),
-        tokio::spawn(watch::<EndpointSlice>(client.clone(), Kind::EndpointSlice, Object::EndpointSlice, tx.clone())),
-        tokio::spawn(watch::<Gateway>(client.clone(), Kind::Gateway, Object::Gateway, tx.clone())),
+        tokio::spawn(watch::<Namespace>(
+            client.clone(),
+            Kind::Namespace,
+            Object::Namespace,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<Pod>(
+            client.clone(),
+            Kind::Pod,
+            Object::Pod,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<Service>(
+            client.clone(),
+            Kind::Service,
+            Object::Service,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<EndpointSlice>(
+            client.clone(),
+            Kind::EndpointSlice,
+            Object::EndpointSlice,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<Gateway>(
+            client.clone(),
+            Kind::Gateway,
+            Object::Gateway,
+            tx.clone(),
+        )),
         tokio::spawn(watch::<AuthorizationPolicy>(
             client.clone(),
             Kind::AuthorizationPolicy,
             Object::AuthorizationPolicy,
             tx.clone(),
         )),
-        tokio::spawn(watch::<PeerAuthentication>(client, Kind::PeerAuthentication, Object::PeerAuthentication, tx)),
+        tokio::spawn(watch::<PeerAuthentication>(
+            client,
+            Kind::PeerAuthentication,
+            Object::PeerAuthentication,
+            tx,
+        )),
     ];
     futures::future::join_all(tasks).await;
 }

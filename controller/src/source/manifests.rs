@@ -79,12 +79,17 @@ impl ManifestDir {
                         Ok(t) => t,
                         Err(e) => {
                             let mut kept = previous.unwrap_or_default();
-                            kept.diagnostics = vec![error(&path, None, None, format!("cannot read: {e}"))];
+                            kept.diagnostics =
+                                vec![error(&path, None, None, format!("cannot read: {e}"))];
                             next.insert(path, kept);
                             continue;
                         }
                     };
-                    let parsed = parse_file(&path, &text, previous.as_ref().map(|p| p.objects.as_slice()));
+                    let parsed = parse_file(
+                        &path,
+                        &text,
+                        previous.as_ref().map(|p| p.objects.as_slice()),
+                    );
                     FileState {
                         modified,
                         len,
@@ -111,7 +116,10 @@ impl ManifestDir {
                         file: path.clone(),
                         line: None,
                         object: Some(o.key().to_string()),
-                        message: format!("also defined in {}; that definition is used", first.display()),
+                        message: format!(
+                            "also defined in {}; that definition is used",
+                            first.display()
+                        ),
                     });
                     continue;
                 }
@@ -169,7 +177,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
         }
         if path.is_dir() {
             collect_files(&path, out);
-        } else if matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+        } else if matches!(
+            path.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             out.push(path);
         }
     }
@@ -228,7 +239,12 @@ pub fn parse_file(path: &Path, text: &str, previous: Option<&[Object]>) -> Parse
             Ok(v) => v,
             Err(e) => {
                 let line = e.location().map(|l| start + l.line() - 1);
-                diagnostics.push(error(path, line, None, format!("YAML syntax: {}", strip_location(&e.to_string()))));
+                diagnostics.push(error(
+                    path,
+                    line,
+                    None,
+                    format!("YAML syntax: {}", strip_location(&e.to_string())),
+                ));
                 // Nothing in the file can be trusted to be complete: keep all its last-good objects.
                 return ParsedFile {
                     objects: previous.map(<[Object]>::to_vec).unwrap_or_default(),
@@ -239,7 +255,15 @@ pub fn parse_file(path: &Path, text: &str, previous: Option<&[Object]>) -> Parse
         if value.is_null() {
             continue;
         }
-        parse_value(path, start, &doc, value, &mut objects, &mut diagnostics, &keep_previous);
+        parse_value(
+            path,
+            start,
+            &doc,
+            value,
+            &mut objects,
+            &mut diagnostics,
+            &keep_previous,
+        );
     }
     ParsedFile {
         objects,
@@ -280,12 +304,22 @@ fn parse_value(
     diagnostics: &mut Vec<Diagnostic>,
     keep_previous: &dyn Fn(&ObjectKey, &mut Vec<Object>),
 ) {
-    let (Some(api_version), Some(kind_name)) = (field(&value, "apiVersion"), field(&value, "kind")) else {
-        diagnostics.push(error(path, Some(start), None, "document has no apiVersion and kind".into()));
+    let (Some(api_version), Some(kind_name)) = (field(&value, "apiVersion"), field(&value, "kind"))
+    else {
+        diagnostics.push(error(
+            path,
+            Some(start),
+            None,
+            "document has no apiVersion and kind".into(),
+        ));
         return;
     };
     if kind_name == "List" {
-        let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+        let items = value
+            .get("items")
+            .and_then(|i| i.as_sequence())
+            .cloned()
+            .unwrap_or_default();
         for item in items {
             parse_value(path, start, doc, item, objects, diagnostics, keep_previous);
         }
@@ -301,12 +335,22 @@ fn parse_value(
         });
         return;
     };
-    let name = value.get("metadata").and_then(|m| field(m, "name")).unwrap_or("").to_string();
+    let name = value
+        .get("metadata")
+        .and_then(|m| field(m, "name"))
+        .unwrap_or("")
+        .to_string();
     let namespace = value
         .get("metadata")
         .and_then(|m| field(m, "namespace"))
         .map(str::to_string)
-        .unwrap_or_else(|| if kind == Kind::Namespace { String::new() } else { "default".into() });
+        .unwrap_or_else(|| {
+            if kind == Kind::Namespace {
+                String::new()
+            } else {
+                "default".into()
+            }
+        });
     let key = ObjectKey {
         kind,
         namespace,
@@ -314,7 +358,12 @@ fn parse_value(
     };
     let label = key.to_string();
     if name.is_empty() {
-        diagnostics.push(error(path, Some(start), None, format!("{kind} has no metadata.name")));
+        diagnostics.push(error(
+            path,
+            Some(start),
+            None,
+            format!("{kind} has no metadata.name"),
+        ));
         return;
     }
     let typed = match kind {
@@ -328,7 +377,12 @@ fn parse_value(
     };
     match typed {
         Err(e) => {
-            diagnostics.push(error(path, Some(start), Some(label), format!("invalid {kind}: {e}")));
+            diagnostics.push(error(
+                path,
+                Some(start),
+                Some(label),
+                format!("invalid {kind}: {e}"),
+            ));
             keep_previous(&key, objects);
         }
         Ok((_, unknown)) if !unknown.is_empty() => {
@@ -374,7 +428,12 @@ fn typed<T: DeserializeOwned>(
 /// Checks the API server would make that a manifest can violate.
 fn validate(object: &Object) -> Result<(), String> {
     if let Object::Service(s) = object {
-        let ports = s.spec.as_ref().and_then(|s| s.ports.as_ref()).cloned().unwrap_or_default();
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .cloned()
+            .unwrap_or_default();
         let mut seen = std::collections::BTreeMap::new();
         for p in &ports {
             let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
@@ -458,33 +517,63 @@ metadata:
         let broken = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: [unclosed\n";
         let p = parse_file(Path::new("m.yaml"), broken, Some(&first.objects));
         assert_eq!(p.objects.len(), 2, "last good kept");
-        assert!(p.diagnostics[0].message.starts_with("YAML syntax"), "{}", p.diagnostics[0]);
+        assert!(
+            p.diagnostics[0].message.starts_with("YAML syntax"),
+            "{}",
+            p.diagnostics[0]
+        );
         assert!(p.diagnostics[0].line.is_some());
     }
 
     #[test]
     fn invalid_object_keeps_its_last_good_version() {
         let first = parse(GOOD);
-        let clash = GOOD.replace("    targetPort: 8080", "    targetPort: 8080\n  - name: other\n    port: 80");
+        let clash = GOOD.replace(
+            "    targetPort: 8080",
+            "    targetPort: 8080\n  - name: other\n    port: 80",
+        );
         let p = parse_file(Path::new("m.yaml"), &clash, Some(&first.objects));
-        let svc = p.objects.iter().find(|o| o.kind() == Kind::Service).expect("kept");
-        assert_eq!(svc, first.objects.iter().find(|o| o.kind() == Kind::Service).unwrap());
-        let d = p.diagnostics.iter().find(|d| d.severity == Severity::Error).unwrap();
+        let svc = p
+            .objects
+            .iter()
+            .find(|o| o.kind() == Kind::Service)
+            .expect("kept");
+        assert_eq!(
+            svc,
+            first
+                .objects
+                .iter()
+                .find(|o| o.kind() == Kind::Service)
+                .unwrap()
+        );
+        let d = p
+            .diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error)
+            .unwrap();
         assert!(d.message.contains("port 80/TCP is declared twice"), "{d}");
     }
 
     #[test]
     fn bad_types_and_missing_names_are_errors() {
-        let p = parse("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: 7\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n");
+        let p = parse(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: 7\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n",
+        );
         assert!(p.objects.is_empty());
         assert_eq!(p.diagnostics.len(), 2);
-        assert!(p.diagnostics[0].message.starts_with("invalid Service"), "{}", p.diagnostics[0]);
+        assert!(
+            p.diagnostics[0].message.starts_with("invalid Service"),
+            "{}",
+            p.diagnostics[0]
+        );
         assert_eq!(p.diagnostics[1].line, Some(8));
     }
 
     #[test]
     fn lists_are_unpacked() {
-        let p = parse("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: b}\n");
+        let p = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: b}\n",
+        );
         assert_eq!(p.objects.len(), 2);
     }
 
@@ -498,11 +587,19 @@ metadata:
         assert_eq!(s.objects.len(), 2);
         assert!(!m.scan().changed, "nothing changed");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/b.yml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n").unwrap();
+        std::fs::write(
+            dir.path().join("sub/b.yml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        )
+        .unwrap();
         let s = m.scan();
         assert!(s.changed);
         assert_eq!(s.objects.len(), 2, "duplicate not added twice");
-        assert!(s.diagnostics.iter().any(|d| d.message.contains("also defined in")));
+        assert!(
+            s.diagnostics
+                .iter()
+                .any(|d| d.message.contains("also defined in"))
+        );
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         let s = m.scan();
         assert!(s.changed);

@@ -45,7 +45,12 @@ pub fn content_version(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn encode<M: Message>(type_url: &str, name: &str, m: &M, previous: Option<&ResourceSet>) -> Arc<Versioned> {
+fn encode<M: Message>(
+    type_url: &str,
+    name: &str,
+    m: &M,
+    previous: Option<&ResourceSet>,
+) -> Arc<Versioned> {
     let bytes = m.encode_to_vec();
     let version = content_version(&bytes);
     if let Some(prev) = previous.and_then(|p| p.get(name))
@@ -70,16 +75,29 @@ impl Snapshot {
         let addresses: ResourceSet = index
             .addresses
             .iter()
-            .map(|(n, a)| (n.clone(), encode(ADDRESS_TYPE_URL, n, a, prev(ADDRESS_TYPE_URL))))
+            .map(|(n, a)| {
+                (
+                    n.clone(),
+                    encode(ADDRESS_TYPE_URL, n, a, prev(ADDRESS_TYPE_URL)),
+                )
+            })
             .collect();
         let authorizations: ResourceSet = index
             .authorizations
             .iter()
-            .map(|(n, a)| (n.clone(), encode(AUTHORIZATION_TYPE_URL, n, a, prev(AUTHORIZATION_TYPE_URL))))
+            .map(|(n, a)| {
+                (
+                    n.clone(),
+                    encode(AUTHORIZATION_TYPE_URL, n, a, prev(AUTHORIZATION_TYPE_URL)),
+                )
+            })
             .collect();
         let mut sets = BTreeMap::new();
         let mut changed = BTreeMap::new();
-        for (t, set) in [(ADDRESS_TYPE_URL, addresses), (AUTHORIZATION_TYPE_URL, authorizations)] {
+        for (t, set) in [
+            (ADDRESS_TYPE_URL, addresses),
+            (AUTHORIZATION_TYPE_URL, authorizations),
+        ] {
             let empty = ResourceSet::new();
             let old = prev(t).unwrap_or(&empty);
             let mut names: BTreeSet<String> = set
@@ -133,10 +151,23 @@ mod tests {
         assert_eq!(s1.generation, 1);
         assert_eq!(s1.changed[ADDRESS_TYPE_URL].len(), 2);
         let s2 = Snapshot::next(&s1, &index_with(&[("a", "n1"), ("b", "n2")]));
-        assert_eq!(s2.changed[ADDRESS_TYPE_URL], BTreeSet::from(["b".to_string()]));
-        assert!(Arc::ptr_eq(&s1.sets[ADDRESS_TYPE_URL]["a"], &s2.sets[ADDRESS_TYPE_URL]["a"]), "unchanged resources are shared");
+        assert_eq!(
+            s2.changed[ADDRESS_TYPE_URL],
+            BTreeSet::from(["b".to_string()])
+        );
+        assert!(
+            Arc::ptr_eq(
+                &s1.sets[ADDRESS_TYPE_URL]["a"],
+                &s2.sets[ADDRESS_TYPE_URL]["a"]
+            ),
+            "unchanged resources are shared"
+        );
         let s3 = Snapshot::next(&s2, &index_with(&[("b", "n2")]));
-        assert_eq!(s3.changed[ADDRESS_TYPE_URL], BTreeSet::from(["a".to_string()]), "removal");
+        assert_eq!(
+            s3.changed[ADDRESS_TYPE_URL],
+            BTreeSet::from(["a".to_string()]),
+            "removal"
+        );
         let s4 = Snapshot::next(&s3, &index_with(&[("b", "n2")]));
         assert!(!s4.has_changes());
     }

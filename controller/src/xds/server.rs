@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use ambient_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ambient_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
 use futures::Stream;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -68,7 +70,12 @@ impl ProxyRegistry {
     }
 
     pub fn list(&self) -> Vec<ProxyStatus> {
-        self.proxies.lock().expect("poisoned").values().cloned().collect()
+        self.proxies
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -80,7 +87,11 @@ pub struct AdsService {
 }
 
 impl AdsService {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<dyn Authenticator>, registry: Arc<ProxyRegistry>) -> Self {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        auth: Arc<dyn Authenticator>,
+        registry: Arc<ProxyRegistry>,
+    ) -> Self {
         AdsService {
             snapshots,
             auth,
@@ -99,7 +110,10 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         let token = bearer(header).map(str::to_string);
         let caller = match token {
             Ok(t) => self.auth.authenticate(&t).await,
@@ -137,14 +151,21 @@ struct TypeState {
     synced: Option<u64>,
 }
 
+/// A response awaiting its ACK or NACK: its type, generation, and each name sent with the
+/// version the client had before (to restore on NACK).
+struct InFlight {
+    type_url: String,
+    generation: u64,
+    sent: Vec<(String, Option<String>)>,
+}
+
 struct Session {
     caller: Caller,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: Arc<ProxyRegistry>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     types: HashMap<String, TypeState>,
-    /// nonce → (type, generation, names sent with the version the client had before).
-    in_flight: HashMap<String, (String, u64, Vec<(String, Option<String>)>)>,
+    in_flight: HashMap<String, InFlight>,
     nonce: u64,
     registry_id: u64,
 }
@@ -171,7 +192,10 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, inbound: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), Status> {
+    async fn serve(
+        &mut self,
+        inbound: &mut Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<(), Status> {
         // Never answer from an empty, not-yet-computed configuration: a reconnecting client
         // would take it as "everything was removed".
         self.snapshots
@@ -194,7 +218,7 @@ impl Session {
                     let snapshot = self.snapshots.borrow_and_update().clone();
                     let types: Vec<String> = self.types.keys().cloned().collect();
                     for t in types {
-                        self.push(&t, &snapshot).await?;
+                        self.push(&t, &snapshot, false).await?;
                     }
                 }
             }
@@ -226,13 +250,19 @@ impl Session {
                 .filter(|n| n.as_str() != "*")
                 .cloned()
                 .collect();
-            let wildcard = r.resource_names_subscribe.is_empty() || r.resource_names_subscribe.iter().any(|n| n == "*");
+            let wildcard = r.resource_names_subscribe.is_empty()
+                || r.resource_names_subscribe.iter().any(|n| n == "*");
             state.subscribed = if wildcard { None } else { Some(explicit) };
             state.known = r.initial_resource_versions.into_iter().collect();
             state.synced = None;
         } else {
             if let Some(set) = state.subscribed.as_mut() {
-                set.extend(r.resource_names_subscribe.iter().filter(|n| n.as_str() != "*").cloned());
+                set.extend(
+                    r.resource_names_subscribe
+                        .iter()
+                        .filter(|n| n.as_str() != "*")
+                        .cloned(),
+                );
                 for n in &r.resource_names_unsubscribe {
                     set.remove(n);
                     state.known.remove(n);
@@ -245,11 +275,17 @@ impl Session {
             state.synced = None;
         }
         let snapshot = self.snapshots.borrow().clone();
-        self.push(&type_url, &snapshot).await
+        // The first answer of a type is sent even when empty: it tells the client it is synced.
+        self.push(&type_url, &snapshot, first).await
     }
 
     fn on_answer(&mut self, type_url: &str, r: &DeltaDiscoveryRequest) {
-        let Some((t, generation, sent)) = self.in_flight.remove(&r.response_nonce) else {
+        let Some(InFlight {
+            type_url: t,
+            generation,
+            sent,
+        }) = self.in_flight.remove(&r.response_nonce)
+        else {
             return; // an answer to a response superseded long ago
         };
         let node = self.caller.node().to_string();
@@ -260,7 +296,8 @@ impl Session {
                 });
             }
             Some(status) => {
-                metrics::counter!("pilot_total_xds_rejects", "type" => type_url.to_string()).increment(1);
+                metrics::counter!("pilot_total_xds_rejects", "type" => type_url.to_string())
+                    .increment(1);
                 warn!(node = %node, type_url, nonce = %r.response_nonce, error = %status.message, "configuration rejected (NACK)");
                 // The client kept what it had: forget what we sent so the next push resends it.
                 if let Some(state) = self.types.get_mut(&t) {
@@ -282,7 +319,12 @@ impl Session {
     }
 
     /// Sends the client what it lacks of `type_url`, if anything.
-    async fn push(&mut self, type_url: &str, snapshot: &Snapshot) -> Result<(), Status> {
+    async fn push(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        always: bool,
+    ) -> Result<(), Status> {
         let Some(set) = snapshot.sets.get(type_url) else {
             return Ok(());
         };
@@ -293,7 +335,9 @@ impl Session {
         // Names to look at: only what changed, when the client was current with the previous
         // generation; otherwise everything either side knows.
         let candidates: Vec<String> = match (state.synced, snapshot.changed.get(type_url)) {
-            (Some(g), Some(changed)) if g + 1 == snapshot.generation => changed.iter().cloned().collect(),
+            (Some(g), Some(changed)) if g + 1 == snapshot.generation => {
+                changed.iter().cloned().collect()
+            }
             (Some(g), _) if g == snapshot.generation => Vec::new(),
             _ => {
                 let mut all: BTreeSet<String> = set.keys().cloned().collect();
@@ -308,7 +352,10 @@ impl Session {
             match set.get(&name) {
                 Some(v) if wanted(&name) => {
                     if state.known.get(&name) != Some(&v.version) {
-                        sent.push((name.clone(), state.known.insert(name.clone(), v.version.clone())));
+                        sent.push((
+                            name.clone(),
+                            state.known.insert(name.clone(), v.version.clone()),
+                        ));
                         resources.push(Resource {
                             name: name.clone(),
                             version: v.version.clone(),
@@ -327,16 +374,27 @@ impl Session {
         }
         state.synced = Some(snapshot.generation);
         let held = state.known.len();
-        if resources.is_empty() && removed.is_empty() {
+        if resources.is_empty() && removed.is_empty() && !always {
             return Ok(());
         }
         self.nonce += 1;
         let nonce = format!("{}-{}", snapshot.generation, self.nonce);
-        let bytes: usize = resources.iter().map(|r| r.resource.as_ref().map(|a| a.value.len()).unwrap_or(0)).sum();
+        let bytes: usize = resources
+            .iter()
+            .map(|r| r.resource.as_ref().map(|a| a.value.len()).unwrap_or(0))
+            .sum();
         metrics::counter!("pilot_xds_pushes", "type" => type_url.to_string()).increment(1);
-        metrics::counter!("pilot_xds_push_bytes_total", "type" => type_url.to_string()).increment(bytes as u64);
+        metrics::counter!("pilot_xds_push_bytes_total", "type" => type_url.to_string())
+            .increment(bytes as u64);
         debug!(node = %self.caller.node(), type_url, upserts = resources.len(), removed = removed.len(), nonce, "push");
-        self.in_flight.insert(nonce.clone(), (type_url.to_string(), snapshot.generation, sent));
+        self.in_flight.insert(
+            nonce.clone(),
+            InFlight {
+                type_url: type_url.to_string(),
+                generation: snapshot.generation,
+                sent,
+            },
+        );
         let generation = snapshot.generation;
         let t = type_url.to_string();
         self.registry.update(self.registry_id, |s| {

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use ambient_proto::hbone::{ConnectStatus, InboundConnect, relay, serve_connection};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::connection_manager::Tracked;
 use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
+use crate::rbac::Connection;
 
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
     accept_loop(ctx, listener, "inbound", handle).await
@@ -71,6 +73,31 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         .workload_by_ip(inbound.peer_addr().ip())
         .filter(|w| w.identity == peer_id)
         .cloned();
+    let peer_addr = inbound.peer_addr();
+    let info = |flags| ConnectionInfo {
+        reporter: Reporter::Destination,
+        src_addr: peer_addr,
+        src_workload: src_workload.clone(),
+        src_identity: Some(peer_id.clone()),
+        dst_addr: dst,
+        dst_hbone_addr: Some(dst),
+        dst_workload: Some(me.clone()),
+        dst_identity: Some(ctx.identity.clone()),
+        dst_service: None,
+        security: Security::MutualTls,
+        response_flags: flags,
+    };
+    let attrs = Connection {
+        src_identity: Some(&peer_id),
+        src_ip: inbound.peer_addr().ip(),
+        dst,
+    };
+    if let Err(denial) = snapshot.authorize(&me, &attrs) {
+        info!(pod = %ctx.name, peer = %peer_id, %dst, reason = %denial, "connection denied by policy");
+        ConnectionRecord::open(info("DENY")).set_error(denial);
+        inbound.reject(ConnectStatus::Denied);
+        return;
+    }
     // The tunnel's own TCP source is the client pod (sockets live in pod namespaces), so the
     // app is shown that address.
     let client_ip = inbound.peer_addr().ip();
@@ -103,21 +130,28 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
             return;
         }
     };
-    let mut record = ConnectionRecord::open(ConnectionInfo {
-        reporter: Reporter::Destination,
-        src_addr,
-        src_workload,
+    let mut connection_info = info("-");
+    connection_info.src_addr = src_addr;
+    let mut record = ConnectionRecord::open(connection_info);
+    let cancel = ctx.cancel.child_token();
+    let _registration = ctx.shared.connections.register(Tracked {
+        pod_uid: ctx.uid.clone(),
+        pod_namespace: ctx.namespace.clone(),
+        pod_name: ctx.name.clone(),
         src_identity: Some(peer_id),
-        dst_addr: dst,
-        dst_hbone_addr: Some(dst),
-        dst_workload: Some(me),
-        dst_identity: Some(ctx.identity.clone()),
-        dst_service: None,
-        security: Security::MutualTls,
-        response_flags: "-",
+        src_ip: client_ip,
+        dst,
+        cancel: cancel.clone(),
     });
     let (r, w) = upstream.into_split();
-    if let Err(e) = relay(r, w, stream, &record.inbound_observer()).await {
+    let outcome = {
+        let observer = record.inbound_observer();
+        tokio::select! {
+            result = relay(r, w, stream, &observer) => result.err().map(|e| e.to_string()),
+            _ = cancel.cancelled() => Some("closed: denied by a policy change".to_string()),
+        }
+    };
+    if let Some(e) = outcome {
         record.set_error(e);
     }
 }

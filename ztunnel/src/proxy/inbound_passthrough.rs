@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::connection_manager::Tracked;
 use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
+use crate::rbac::Connection;
 
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
     accept_loop(ctx, listener, "inbound_passthrough", handle).await
@@ -42,6 +44,18 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
         security: Security::None,
         response_flags: flags,
     };
+    if let Some(me) = &me {
+        let attrs = Connection {
+            src_identity: None,
+            src_ip: peer.ip(),
+            dst,
+        };
+        if let Err(denial) = snapshot.authorize(me, &attrs) {
+            info!(pod = %ctx.name, %peer, %dst, reason = %denial, "plaintext connection denied by policy");
+            ConnectionRecord::open(info("DENY")).set_error(denial);
+            return;
+        }
+    }
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
         socket::connect_as(&ctx.netns, peer.ip(), dst),
@@ -59,7 +73,22 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
         }
     };
     let mut record = ConnectionRecord::open(info("-"));
-    if let Err(e) = super::relay::relay_tcp(&mut downstream, &mut upstream, &record).await {
-        record.set_error(e);
+    let cancel = ctx.cancel.child_token();
+    let _registration = ctx.shared.connections.register(Tracked {
+        pod_uid: ctx.uid.clone(),
+        pod_namespace: ctx.namespace.clone(),
+        pod_name: ctx.name.clone(),
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst,
+        cancel: cancel.clone(),
+    });
+    tokio::select! {
+        result = super::relay::relay_tcp(&mut downstream, &mut upstream, &record) => {
+            if let Err(e) = result {
+                record.set_error(e);
+            }
+        }
+        _ = cancel.cancelled() => record.set_error("closed: denied by a policy change"),
     }
 }

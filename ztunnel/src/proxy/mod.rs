@@ -7,6 +7,7 @@
 //!
 //! A [`PodContext`] carries what they share: the pod, its namespace, its connection pool.
 
+pub mod connection_manager;
 pub mod inbound;
 pub mod inbound_passthrough;
 pub mod outbound;
@@ -53,6 +54,8 @@ pub struct Shared {
     /// How long a new connection waits for its pod's first certificate.
     pub cert_wait: Duration,
     pub connect_timeout: Duration,
+    /// Live inbound connections, re-checked when policies change.
+    pub connections: Arc<connection_manager::ConnectionManager>,
 }
 
 /// Pool key: (source identity, destination identity, destination HBONE address).

@@ -1,8 +1,9 @@
-//! What the control plane said: workloads, services and (later) policies, held as one
-//! immutable snapshot that the data path reads without locks.
+//! What the control plane said: workloads, services and L4 policies, held as one immutable
+//! snapshot that the data path reads without locks.
 //!
-//! Updates arrive as WDS `Address` resources from a [`source`] (a local file now, xDS later),
-//! are converted once into the typed [`Workload`] and [`Service`], and swap in a new snapshot.
+//! Updates arrive as WDS `Address` and `Authorization` resources from a source (the
+//! controller's xDS, or a local file), are converted once into the typed [`Workload`],
+//! [`Service`] and [`Policy`], and swap in a new snapshot.
 
 pub mod source;
 mod types;
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use ambient_proto::istio::security as sec;
 use ambient_proto::istio::workload as wds;
 use arc_swap::ArcSwap;
 use rand::Rng;
@@ -18,14 +20,26 @@ use tokio::sync::watch;
 
 pub use types::{Protocol, Service, ServicePort, Workload};
 
+use crate::rbac::{self, Connection, Denial, Policy, Scope};
+
 /// A change to the store: resources to add or replace, and names to remove. Workload names
-/// are uids; service names are `namespace/hostname` (as WDS keys them).
+/// are uids; service names are `namespace/hostname`; policy names `namespace/name` (as xDS
+/// keys them).
 #[derive(Debug, Default)]
 pub struct Update {
     pub upserts: Vec<wds::Address>,
     pub removes: Vec<String>,
-    /// Replace everything (the file source sends whole snapshots).
+    pub policy_upserts: Vec<sec::Authorization>,
+    pub policy_removes: Vec<String>,
+    /// Replace all workloads and services (the file source sends whole snapshots).
     pub replace_all: bool,
+}
+
+/// A resource the store could not use: its name and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub name: String,
+    pub reason: String,
 }
 
 /// One immutable view of the mesh.
@@ -33,6 +47,9 @@ pub struct Update {
 pub struct Snapshot {
     workloads: HashMap<String, Arc<Workload>>,
     services: HashMap<String, Arc<Service>>,
+    policies: HashMap<String, Arc<Policy>>,
+    global_policies: Vec<Arc<Policy>>,
+    namespace_policies: HashMap<String, Vec<Arc<Policy>>>,
     workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
     service_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Service key → its endpoints.
@@ -89,6 +106,31 @@ impl Snapshot {
         self.services.values()
     }
 
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values()
+    }
+
+    /// Judges a connection to `dst` against the policies that apply to it: mesh-wide ones,
+    /// its namespace's, and those it lists.
+    pub fn authorize(&self, dst: &Workload, conn: &Connection<'_>) -> Result<(), Denial> {
+        let listed = dst
+            .authorization_policies
+            .iter()
+            .filter_map(|name| self.policies.get(name));
+        let applicable = self
+            .global_policies
+            .iter()
+            .chain(
+                self.namespace_policies
+                    .get(&dst.namespace)
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(listed)
+            .map(|p| p.as_ref());
+        rbac::authorize(applicable, conn)
+    }
+
     pub fn endpoints(&self, service: &Service) -> &[Arc<Workload>] {
         self.endpoints
             .get(&service.key())
@@ -131,7 +173,7 @@ impl Snapshot {
         }))
     }
 
-    fn apply(&mut self, update: Update) -> Vec<String> {
+    fn apply(&mut self, update: Update) -> Vec<Rejected> {
         let mut rejected = Vec::new();
         if update.replace_all {
             self.workloads.clear();
@@ -143,23 +185,72 @@ impl Snapshot {
         }
         for address in update.upserts {
             match address.r#type {
-                Some(wds::address::Type::Workload(w)) => match Workload::try_from(w) {
-                    Ok(w) => {
-                        self.workloads.insert(w.uid.clone(), Arc::new(w));
+                Some(wds::address::Type::Workload(w)) => {
+                    let name = w.uid.clone();
+                    match Workload::try_from(w) {
+                        Ok(w) => {
+                            self.workloads.insert(w.uid.clone(), Arc::new(w));
+                        }
+                        Err(reason) => rejected.push(Rejected { name, reason }),
                     }
-                    Err(e) => rejected.push(e),
-                },
-                Some(wds::address::Type::Service(s)) => match Service::try_from(s) {
-                    Ok(s) => {
-                        self.services.insert(s.key(), Arc::new(s));
+                }
+                Some(wds::address::Type::Service(s)) => {
+                    let name = format!("{}/{}", s.namespace, s.hostname);
+                    match Service::try_from(s) {
+                        Ok(s) => {
+                            self.services.insert(s.key(), Arc::new(s));
+                        }
+                        Err(reason) => rejected.push(Rejected { name, reason }),
                     }
-                    Err(e) => rejected.push(e),
-                },
-                None => rejected.push("Address with neither workload nor service".into()),
+                }
+                None => rejected.push(Rejected {
+                    name: String::new(),
+                    reason: "Address with neither workload nor service".into(),
+                }),
             }
+        }
+        let policies_changed =
+            !update.policy_upserts.is_empty() || !update.policy_removes.is_empty();
+        for name in &update.policy_removes {
+            self.policies.remove(name);
+        }
+        for a in &update.policy_upserts {
+            match Policy::try_from(a) {
+                Ok(p) => {
+                    self.policies.insert(p.key(), Arc::new(p));
+                }
+                Err(reason) => rejected.push(Rejected {
+                    name: format!("{}/{}", a.namespace, a.name),
+                    reason,
+                }),
+            }
+        }
+        if policies_changed {
+            self.reindex_policies();
         }
         self.reindex();
         rejected
+    }
+
+    fn reindex_policies(&mut self) {
+        self.global_policies = self
+            .policies
+            .values()
+            .filter(|p| p.scope == Scope::Global)
+            .cloned()
+            .collect();
+        let mut by_ns: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
+        for p in self
+            .policies
+            .values()
+            .filter(|p| p.scope == Scope::Namespace)
+        {
+            by_ns
+                .entry(p.namespace.clone())
+                .or_default()
+                .push(p.clone());
+        }
+        self.namespace_policies = by_ns;
     }
 
     fn reindex(&mut self) {
@@ -214,8 +305,8 @@ impl StateStore {
         self.current.load_full()
     }
 
-    /// Applies an update; returns the reasons for any resource it could not use.
-    pub fn apply(&self, update: Update) -> Vec<String> {
+    /// Applies an update; returns the resources it could not use, and why.
+    pub fn apply(&self, update: Update) -> Vec<Rejected> {
         let _guard = self.writer.lock().expect("poisoned");
         let mut next = (**self.current.load()).clone();
         let rejected = next.apply(update);
@@ -239,8 +330,8 @@ mod tests {
         let store = StateStore::new();
         let rejected = store.apply(Update {
             upserts: LocalConfig::parse(yaml).unwrap().to_addresses(),
-            removes: vec![],
             replace_all: true,
+            ..Default::default()
         });
         assert!(rejected.is_empty(), "{rejected:?}");
         store
@@ -319,12 +410,11 @@ services:
         let store = store_from(MESH);
         let mut version = store.subscribe();
         store.apply(Update {
-            upserts: vec![],
             removes: vec![
                 "Kubernetes//Pod/default/a".into(),
                 "Kubernetes//Pod/default/b".into(),
             ],
-            replace_all: false,
+            ..Default::default()
         });
         assert!(version.has_changed().unwrap());
         version.mark_unchanged();
@@ -353,7 +443,8 @@ services:
             ..Default::default()
         });
         assert_eq!(rejected.len(), 1);
-        assert!(rejected[0].contains("3-byte"), "{rejected:?}");
+        assert_eq!(rejected[0].name, "x");
+        assert!(rejected[0].reason.contains("3-byte"), "{rejected:?}");
         assert_eq!(store.load().workloads().count(), 0);
     }
 }

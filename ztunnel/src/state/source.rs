@@ -46,11 +46,11 @@ impl LocalFile {
         let config = LocalConfig::parse(&text).map_err(|e| err(e.to_string()))?;
         let rejected = store.apply(Update {
             upserts: config.to_addresses(),
-            removes: vec![],
             replace_all: true,
+            ..Default::default()
         });
         for r in rejected {
-            warn!(file = %self.path.display(), reason = %r, "resource ignored");
+            warn!(file = %self.path.display(), resource = %r.name, reason = %r.reason, "resource ignored");
         }
         info!(
             file = %self.path.display(),

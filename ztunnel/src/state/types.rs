@@ -42,6 +42,8 @@ pub struct Workload {
     pub healthy: bool,
     /// Services this workload backs (key `namespace/hostname`) and per-workload port overrides.
     pub services: BTreeMap<String, Vec<ServicePort>>,
+    /// Selector-based policies (`namespace/name`) that apply to it.
+    pub authorization_policies: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -158,6 +160,7 @@ impl TryFrom<wds::Workload> for Workload {
             workload_name: w.workload_name,
             cluster_id: w.cluster_id,
             services,
+            authorization_policies: w.authorization_policies,
         })
     }
 }

@@ -1,0 +1,115 @@
+//! Live inbound connections, so a policy change can close the ones it now denies.
+//!
+//! Every inbound connection registers the attributes it was authorized on; after each
+//! configuration update [`ConnectionManager::recheck`] judges them again against the new
+//! policies and cancels the denied ones. Registration is one lock per connection (not per
+//! byte).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ambient_proto::identity::Identity;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::rbac::Connection;
+use crate::state::Snapshot;
+
+/// What an inbound connection was authorized on.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    pub pod_uid: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub src_identity: Option<Identity>,
+    pub src_ip: IpAddr,
+    pub dst: SocketAddr,
+    /// Cancelled to close the connection.
+    pub cancel: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct ConnectionManager {
+    conns: Mutex<HashMap<u64, Tracked>>,
+    next: AtomicU64,
+}
+
+/// Removes its connection from the manager when dropped.
+pub struct Registration {
+    manager: Arc<ConnectionManager>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.manager
+            .conns
+            .lock()
+            .expect("poisoned")
+            .remove(&self.id);
+    }
+}
+
+impl ConnectionManager {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn register(self: &Arc<Self>, tracked: Tracked) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("poisoned").insert(id, tracked);
+        Registration {
+            manager: self.clone(),
+            id,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.lock().expect("poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every connection `snapshot`'s policies now deny; returns how many.
+    pub fn recheck(&self, snapshot: &Snapshot) -> usize {
+        let conns: Vec<Tracked> = self
+            .conns
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut closed = 0;
+        for t in conns {
+            if t.cancel.is_cancelled() {
+                continue;
+            }
+            let Some(dst) = snapshot.find_pod(&t.pod_uid, &t.pod_namespace, &t.pod_name) else {
+                continue;
+            };
+            let conn = Connection {
+                src_identity: t.src_identity.as_ref(),
+                src_ip: t.src_ip,
+                dst: t.dst,
+            };
+            if let Err(denial) = snapshot.authorize(dst, &conn) {
+                info!(
+                    pod = %t.pod_name,
+                    src = %t.src_ip,
+                    src_identity = t.src_identity.as_ref().map(|i| i.to_string()),
+                    dst = %t.dst,
+                    reason = %denial,
+                    "closing a live connection the new policy denies"
+                );
+                metrics::counter!("ambient_connections_closed_by_policy_total").increment(1);
+                t.cancel.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+}

@@ -1,0 +1,223 @@
+//! ztunnel's delta xDS client: subscribes (wildcard) to workloads/services and to L4
+//! authorizations, applies what arrives to the [`StateStore`], and ACKs or NACKs each
+//! response. It reconnects with backoff; on reconnect it tells the controller which
+//! versions it holds (`initial_resource_versions`), so only differences are sent. While the
+//! controller is away the store keeps the last good configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambient_proto::envoy::config::core::v3::Node;
+use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ambient_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use ambient_proto::google::rpc;
+use ambient_proto::istio::security as sec;
+use ambient_proto::istio::workload as wds;
+use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::control_plane::ControlPlane;
+use crate::readiness::Readiness;
+use crate::state::{StateStore, Update};
+
+/// Types ztunnel subscribes to.
+const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// Code of a NACK's status (INVALID_ARGUMENT).
+const NACK_CODE: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    #[error(transparent)]
+    ControlPlane(#[from] crate::control_plane::ControlPlaneError),
+    #[error("gRPC: {0}")]
+    Grpc(#[from] tonic::Status),
+    #[error("stream closed by the controller")]
+    Closed,
+}
+
+/// Who this ztunnel is, for the controller's proxy status.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node_name: String,
+    pub instance_ip: String,
+}
+
+impl NodeInfo {
+    fn node(&self) -> Node {
+        Node {
+            id: format!(
+                "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
+                self.instance_ip, self.node_name
+            ),
+            metadata: Some(prost_types::Struct {
+                fields: [("NODE_NAME".to_string(), string_value(&self.node_name))].into(),
+            }),
+            user_agent_name: "ambient-rs ztunnel".into(),
+            ..Default::default()
+        }
+    }
+}
+
+fn string_value(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_string())),
+    }
+}
+
+/// Resources held, by type, with their versions.
+type Known = HashMap<String, HashMap<String, String>>;
+
+/// Runs xDS sessions forever.
+pub async fn run(
+    control_plane: ControlPlane,
+    node: NodeInfo,
+    state: Arc<StateStore>,
+    readiness: Readiness,
+) {
+    let mut known: Known = HashMap::new();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match session(&control_plane, &node, &state, &mut known, &readiness).await {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(controller = %control_plane.address, error = %e, retry_in = ?delay, "xDS stream ended; keeping the last good configuration")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            delay = Duration::from_millis(100); // the stream was healthy for a while
+        }
+        let jitter = delay.mul_f64(rand::random::<f64>() * 0.25);
+        tokio::time::sleep(delay + jitter).await;
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}
+
+async fn session(
+    control_plane: &ControlPlane,
+    node: &NodeInfo,
+    state: &StateStore,
+    known: &mut Known,
+    readiness: &Readiness,
+) -> Result<(), XdsError> {
+    let channel = control_plane.channel(None)?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(8);
+    for t in TYPES {
+        let initial = DeltaDiscoveryRequest {
+            node: Some(node.node()),
+            type_url: t.to_string(),
+            initial_resource_versions: known
+                .get(t)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        tx.send(initial).await.map_err(|_| XdsError::Closed)?;
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", control_plane.bearer()?);
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await?
+        .into_inner();
+    info!(controller = %control_plane.address, "xDS stream open");
+    while let Some(response) = responses.message().await? {
+        let type_url = response.type_url.clone();
+        let errors = apply(state, known.entry(type_url.clone()).or_default(), &response);
+        let error_detail = (!errors.is_empty()).then(|| {
+            warn!(type_url, errors = %errors.join("; "), "rejecting part of the configuration (NACK)");
+            rpc::Status {
+                code: NACK_CODE,
+                message: errors.join("; "),
+                details: vec![],
+            }
+        });
+        let answer = DeltaDiscoveryRequest {
+            type_url: type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        };
+        tx.send(answer).await.map_err(|_| XdsError::Closed)?;
+        if type_url == ADDRESS_TYPE_URL {
+            readiness.mark("xds:address");
+        } else if type_url == AUTHORIZATION_TYPE_URL {
+            readiness.mark("xds:authorization");
+        }
+    }
+    Err(XdsError::Closed)
+}
+
+/// Applies one response; valid resources are used even when others are rejected (as Istio
+/// does). Returns the rejections, `name: reason`.
+fn apply(
+    state: &StateStore,
+    known: &mut HashMap<String, String>,
+    response: &DeltaDiscoveryResponse,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut update = Update::default();
+    let mut versions = Vec::new();
+    for r in &response.resources {
+        let Some(body) = &r.resource else {
+            errors.push(format!("{}: no body", r.name));
+            continue;
+        };
+        match response.type_url.as_str() {
+            ADDRESS_TYPE_URL => match wds::Address::decode(body.value.as_slice()) {
+                Ok(a) => update.upserts.push(a),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", r.name));
+                    continue;
+                }
+            },
+            AUTHORIZATION_TYPE_URL => match sec::Authorization::decode(body.value.as_slice()) {
+                Ok(a) => update.policy_upserts.push(a),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", r.name));
+                    continue;
+                }
+            },
+            other => {
+                debug!(type_url = other, "ignoring a type we did not ask for");
+                return errors;
+            }
+        }
+        versions.push((r.name.clone(), r.version.clone()));
+    }
+    match response.type_url.as_str() {
+        AUTHORIZATION_TYPE_URL => update.policy_removes = response.removed_resources.clone(),
+        _ => update.removes = response.removed_resources.clone(),
+    }
+    let rejected = state.apply(update);
+    for (name, version) in versions {
+        if !rejected.iter().any(|r| r.name == name) {
+            known.insert(name, version);
+        }
+    }
+    for name in &response.removed_resources {
+        known.remove(name);
+    }
+    errors.extend(
+        rejected
+            .into_iter()
+            .map(|r| format!("{}: {}", r.name, r.reason)),
+    );
+    debug!(
+        type_url = %response.type_url,
+        resources = response.resources.len(),
+        removed = response.removed_resources.len(),
+        "applied"
+    );
+    errors
+}
