@@ -37,6 +37,9 @@ pub struct Args {
     /// Nodes to issue tokens for at start (manifest mode).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// Kubeconfig to use (Kubernetes mode; default: in-cluster or $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Service accounts (`namespace/name`) ztunnels run as (Kubernetes mode).
     #[arg(long, value_delimiter = ',', default_value = "istio-system/ztunnel")]
     pub ztunnel_service_accounts: Vec<String>,
@@ -70,6 +73,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             nodes: args.nodes,
         },
         None => SourceConfig::Kubernetes {
+            kubeconfig: args.kubeconfig,
             ztunnel_accounts: args.ztunnel_service_accounts,
         },
     };

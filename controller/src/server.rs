@@ -48,6 +48,8 @@ pub enum SourceConfig {
     /// The Kubernetes API (kubeconfig or in-cluster); ztunnels authenticate with their
     /// service account tokens, checked by TokenReview.
     Kubernetes {
+        /// A kubeconfig file; in-cluster or `$KUBECONFIG` configuration when absent.
+        kubeconfig: Option<PathBuf>,
         /// Service accounts (`namespace/name`) of ztunnels.
         ztunnel_accounts: Vec<String>,
     },
@@ -123,8 +125,24 @@ pub async fn run(
             tokio::spawn(source.run(Duration::from_millis(500), changes_tx));
             tokens
         }
-        SourceConfig::Kubernetes { ztunnel_accounts } => {
-            let client = kube::Client::try_default().await?;
+        SourceConfig::Kubernetes {
+            kubeconfig,
+            ztunnel_accounts,
+        } => {
+            let client = match kubeconfig {
+                Some(path) => {
+                    let kc =
+                        kube::config::Kubeconfig::read_from(path).map_err(kube::Error::from)?;
+                    let config = kube::Config::from_custom_kubeconfig(
+                        kc,
+                        &kube::config::KubeConfigOptions::default(),
+                    )
+                    .await
+                    .map_err(kube::Error::from)?;
+                    kube::Client::try_from(config)?
+                }
+                None => kube::Client::try_default().await?,
+            };
             tokio::spawn(kubernetes::run(client.clone(), changes_tx));
             Arc::new(TokenReviewAuthenticator::new(
                 client,
