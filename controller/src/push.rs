@@ -116,3 +116,75 @@ fn apply(state: &mut ClusterState, synced: &mut BTreeSet<Kind>, change: Change) 
     }
     state.apply(change)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Object;
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ns(name: &str) -> Object {
+        Object::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn waits_for_every_kind_then_coalesces_bursts() {
+        let (tx, rx) = mpsc::channel(64);
+        let (snap_tx, mut snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let debounce = Debounce {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+        };
+        tokio::spawn(run(
+            rx,
+            IndexConfig::default(),
+            debounce,
+            snap_tx,
+            Arc::new(Published::default()),
+        ));
+        // Only one kind listed: nothing is published yet.
+        tx.send(Change::Replace {
+            kinds: vec![Kind::Namespace],
+            objects: vec![],
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(snap_rx.borrow().generation, 0);
+        tx.send(Change::Replace {
+            kinds: Kind::ALL.to_vec(),
+            objects: vec![],
+        })
+        .await
+        .unwrap();
+        snap_rx.wait_for(|s| s.generation == 1).await.unwrap();
+        // A burst of 30 changes becomes one push.
+        for i in 0..30 {
+            tx.send(Change::Apply(ns(&format!("ns-{i}"))))
+                .await
+                .unwrap();
+        }
+        let mut pod = k8s_openapi::api::core::v1::Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("ns-1".into());
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some("10.0.0.1".into()),
+            ..Default::default()
+        });
+        tx.send(Change::Apply(Object::Pod(pod))).await.unwrap();
+        snap_rx.wait_for(|s| s.generation >= 2).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(snap_rx.borrow().generation, 2, "one push for the burst");
+        assert_eq!(
+            snap_rx.borrow().sets[ambient_proto::ADDRESS_TYPE_URL].len(),
+            1
+        );
+    }
+}

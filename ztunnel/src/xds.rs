@@ -221,3 +221,79 @@ fn apply(
     );
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_proto::envoy::service::discovery::v3::Resource;
+
+    fn resource(name: &str, w: wds::Workload) -> Resource {
+        Resource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(prost_types::Any {
+                type_url: ADDRESS_TYPE_URL.into(),
+                value: wds::Address {
+                    r#type: Some(wds::address::Type::Workload(w)),
+                }
+                .encode_to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn applies_good_resources_and_reports_bad_ones() {
+        let state = StateStore::new();
+        let mut known = HashMap::new();
+        let good = wds::Workload {
+            uid: "good".into(),
+            name: "good".into(),
+            namespace: "ns".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            ..Default::default()
+        };
+        let bad = wds::Workload {
+            uid: "bad".into(),
+            name: "bad".into(),
+            namespace: "ns".into(),
+            addresses: vec![vec![10, 0, 0]],
+            ..Default::default()
+        };
+        let mut garbage = resource("garbage", good.clone());
+        garbage.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+        let response = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resources: vec![resource("good", good), resource("bad", bad), garbage],
+            nonce: "1".into(),
+            ..Default::default()
+        };
+        let errors = apply(&state, &mut known, &response);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("bad: ") && e.contains("3-byte"))
+        );
+        assert!(errors.iter().any(|e| e.starts_with("garbage: ")));
+        assert!(
+            state.load().workload_by_uid("good").is_some(),
+            "the good one is used"
+        );
+        assert_eq!(
+            known.keys().collect::<Vec<_>>(),
+            vec!["good"],
+            "only accepted versions are remembered"
+        );
+
+        let removal = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            removed_resources: vec!["good".into()],
+            nonce: "2".into(),
+            ..Default::default()
+        };
+        assert!(apply(&state, &mut known, &removal).is_empty());
+        assert!(state.load().workload_by_uid("good").is_none());
+        assert!(known.is_empty());
+    }
+}
