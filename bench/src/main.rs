@@ -1,0 +1,35 @@
+//! `cargo run --release -p bench -- <benchmark>`: runs a benchmark and prints its figures.
+
+mod xds_scale;
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "ambient-rs benchmarks (figures printed, never asserted)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Control plane at scale: a simulated cluster on a fake API server, many xDS clients.
+    Xds(xds_scale::Options),
+    /// Runs the controller (the benchmark starts it as a separate process to measure it).
+    #[command(hide = true)]
+    Controller {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Xds(opts) => xds_scale::run(opts),
+        Command::Controller { args } => {
+            ambient_controller::cli::main(std::iter::once(OsString::from("controller")).chain(args))
+        }
+    }
+}
