@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps encode deterministically, so a resource's bytes (and the version
         // hashed from them) only change when its content does.
         .btree_map(".")
+        // Our own well-known types, so `Any.value` can be `Bytes`: a resource encoded once is
+        // then shared by every client's response instead of copied into each.
+        .compile_well_known_types(true)
+        .bytes(".google.protobuf.Any.value")
+        .extern_path(".google.protobuf.Empty", "()")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

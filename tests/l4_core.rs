@@ -776,13 +776,15 @@ fn ca_refuses_foreign_identities_and_bad_csrs() {
                 let mut r = tonic::Request::new(IstioCertificateRequest {
                     csr,
                     validity_duration: 3600,
-                    metadata: Some(prost_types::Struct {
+                    metadata: Some(ambient_proto::google::protobuf::Struct {
                         fields: [(
                             "ImpersonatedIdentity".to_string(),
-                            prost_types::Value {
-                                kind: Some(prost_types::value::Kind::StringValue(
-                                    identity.to_string(),
-                                )),
+                            ambient_proto::google::protobuf::Value {
+                                kind: Some(
+                                    ambient_proto::google::protobuf::value::Kind::StringValue(
+                                        identity.to_string(),
+                                    ),
+                                ),
                             },
                         )]
                         .into(),

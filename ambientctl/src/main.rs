@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use ambientctl::demo::{DemoOptions, two_node};
 use ambientctl::lab::sandbox;
 
+// mimalloc returns freed memory to the OS promptly; glibc's per-thread arenas kept several
+// times the live heap resident in the controller benchmark (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ambientctl",

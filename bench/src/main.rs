@@ -2,12 +2,19 @@
 
 mod xds_scale;
 
+// The same allocator as the shipped binaries, so measured memory is what they would use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bench", about = "ambient-rs benchmarks (figures printed, never asserted)")]
+#[command(
+    name = "bench",
+    about = "ambient-rs benchmarks (figures printed, never asserted)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -87,7 +87,9 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn rss_mb(pid: u32, field: &str) -> f64 {
@@ -113,7 +115,9 @@ struct Observed {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(bench(opts))
 }
 
@@ -134,7 +138,10 @@ fn pod(i: usize, opts: &Options, revision: &str) -> serde_json::Value {
 async fn bench(opts: Options) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let api = FakeApiServer::start().await?;
-    println!("building the cluster: {} pods, {} services, {} namespaces, {} nodes", opts.pods, opts.services, opts.namespaces, opts.nodes);
+    println!(
+        "building the cluster: {} pods, {} services, {} namespaces, {} nodes",
+        opts.pods, opts.services, opts.namespaces, opts.nodes
+    );
     for n in 0..opts.namespaces {
         api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": format!("ns-{n}"), "labels": {"istio.io/dataplane-mode": "ambient"}}}));
@@ -152,7 +159,11 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         api.apply(pod(i, &opts, "v0"));
     }
     for c in 0..opts.clients {
-        api.add_token(&format!("token-{c}"), "system:serviceaccount:istio-system:ztunnel", Some(&format!("node-{c}")));
+        api.add_token(
+            &format!("token-{c}"),
+            "system:serviceaccount:istio-system:ztunnel",
+            Some(&format!("node-{c}")),
+        );
     }
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig())?;
@@ -160,14 +171,34 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let monitoring: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
 
     let start = Instant::now();
-    let mut controller = std::process::Command::new(std::env::current_exe()?)
+    // BENCH_CONTROLLER_WRAPPER (e.g. "valgrind --tool=massif") runs the controller under a tool.
+    let wrapper = std::env::var("BENCH_CONTROLLER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut controller = match words.next() {
+        Some(tool) => {
+            let mut c = std::process::Command::new(tool);
+            c.args(words).arg(std::env::current_exe()?);
+            c
+        }
+        None => std::process::Command::new(std::env::current_exe()?),
+    };
+    let mut controller = controller
         .args(["controller", "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--grpc-addr", &grpc.to_string(), "--monitoring-addr", &monitoring.to_string()])
+        .args([
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--monitoring-addr",
+            &monitoring.to_string(),
+        ])
         .arg("--ca-dir")
         .arg(dir.path().join("ca"))
         .args(["--debounce-quiet-ms", &opts.debounce_quiet_ms.to_string()])
         .env("RUST_LOG", "warn")
+        .envs(std::env::var("BENCH_CONTROLLER_ENV").ok().and_then(|v| {
+            v.split_once("=")
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        }))
         .spawn()
         .context("starting the controller")?;
     let pid = controller.id();
@@ -183,14 +214,21 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let progress = Arc::new(Notify::new());
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&root)).domain_name("istiod.istio-system.svc");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&root))
+        .domain_name("istiod.istio-system.svc");
     for c in 0..opts.clients {
         let endpoint = Endpoint::from_shared(format!("https://{grpc}"))?.tls_config(tls.clone())?;
         tokio::spawn(client(c, endpoint, observed.clone(), progress.clone()));
     }
     let expected = opts.pods + opts.services;
     loop {
-        let done = observed.lock().expect("poisoned").held.iter().all(|h| *h >= expected);
+        let done = observed
+            .lock()
+            .expect("poisoned")
+            .held
+            .iter()
+            .all(|h| *h >= expected);
         if done {
             break;
         }
@@ -200,9 +238,14 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
     }
     let initial_sync = start.elapsed();
-    let initial_bytes = observed.lock().expect("poisoned").bytes.iter().sum::<u64>() / opts.clients as u64;
+    let initial_bytes =
+        observed.lock().expect("poisoned").bytes.iter().sum::<u64>() / opts.clients as u64;
     let rss_after_sync = rss_mb(pid, "VmRSS:");
-    println!("initial sync: every client holds {expected} resources after {:.2} s ({:.1} MB each)", initial_sync.as_secs_f64(), initial_bytes as f64 / 1e6);
+    println!(
+        "initial sync: every client holds {expected} resources after {:.2} s ({:.1} MB each)",
+        initial_sync.as_secs_f64(),
+        initial_bytes as f64 / 1e6
+    );
 
     let bytes_before = observed.lock().expect("poisoned").bytes.iter().sum::<u64>();
     let mut to_all = Vec::new();
@@ -210,11 +253,20 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     for k in 1..=opts.changes {
         let i = (k * 7919) % opts.pods;
         let revision = format!("v{k}");
-        let key = (format!("Kubernetes//Pod/ns-{}/pod-{i}", i % opts.namespaces), revision.clone());
+        let key = (
+            format!("Kubernetes//Pod/ns-{}/pod-{i}", i % opts.namespaces),
+            revision.clone(),
+        );
         let t0 = Instant::now();
         api.apply(pod(i, &opts, &revision));
         loop {
-            let arrived = observed.lock().expect("poisoned").arrivals.get(&key).map(|v| v.len()).unwrap_or(0);
+            let arrived = observed
+                .lock()
+                .expect("poisoned")
+                .arrivals
+                .get(&key)
+                .map(|v| v.len())
+                .unwrap_or(0);
             if arrived >= opts.clients {
                 break;
             }
@@ -241,21 +293,46 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         initial_bytes_per_client: initial_bytes,
         change_to_all_clients_ms: percentiles(to_all),
         change_to_first_client_ms: percentiles(to_first),
-        bytes_pushed_per_change_per_client: (bytes_after - bytes_before) as f64 / opts.changes as f64 / opts.clients as f64,
+        bytes_pushed_per_change_per_client: (bytes_after - bytes_before) as f64
+            / opts.changes as f64
+            / opts.clients as f64,
         controller_rss_mb_after_sync: rss_after_sync,
         controller_rss_mb_after_changes: rss_mb(pid, "VmRSS:"),
         controller_peak_rss_mb: rss_mb(pid, "VmHWM:"),
     };
+    // SIGTERM first, so a wrapping tool (a profiler) can write its output.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    for _ in 0..100 {
+        if controller.try_wait()?.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = controller.kill();
     let _ = controller.wait();
     let c = &results.change_to_all_clients_ms;
     let f = &results.change_to_first_client_ms;
-    println!("change → every client ({} changes, debounce quiet {} ms): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        opts.changes, opts.debounce_quiet_ms, c.p50, c.p90, c.p99, c.max);
-    println!("change → first client: p50 {:.1} ms, p99 {:.1} ms", f.p50, f.p99);
-    println!("bytes pushed per change per client: {:.0}", results.bytes_pushed_per_change_per_client);
-    println!("controller resident memory: {:.1} MB after sync, {:.1} MB after the changes, peak {:.1} MB",
-        results.controller_rss_mb_after_sync, results.controller_rss_mb_after_changes, results.controller_peak_rss_mb);
+    println!(
+        "change → every client ({} changes, debounce quiet {} ms): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        opts.changes, opts.debounce_quiet_ms, c.p50, c.p90, c.p99, c.max
+    );
+    println!(
+        "change → first client: p50 {:.1} ms, p99 {:.1} ms",
+        f.p50, f.p99
+    );
+    println!(
+        "bytes pushed per change per client: {:.0}",
+        results.bytes_pushed_per_change_per_client
+    );
+    println!(
+        "controller resident memory: {:.1} MB after sync, {:.1} MB after the changes, peak {:.1} MB",
+        results.controller_rss_mb_after_sync,
+        results.controller_rss_mb_after_changes,
+        results.controller_peak_rss_mb
+    );
     let text = serde_json::to_string_pretty(&results)?;
     match &opts.json {
         Some(p) => std::fs::write(p, text)?,
@@ -266,7 +343,12 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
 
 /// One simulated ztunnel: subscribes to everything, counts what it holds, ACKs each response,
 /// and notes when each workload revision arrives.
-async fn client(c: usize, endpoint: Endpoint, observed: Arc<Mutex<Observed>>, progress: Arc<Notify>) {
+async fn client(
+    c: usize,
+    endpoint: Endpoint,
+    observed: Arc<Mutex<Observed>>,
+    progress: Arc<Notify>,
+) {
     let channel = loop {
         match endpoint.connect().await {
             Ok(ch) => break ch,
@@ -276,10 +358,18 @@ async fn client(c: usize, endpoint: Endpoint, observed: Arc<Mutex<Observed>>, pr
     let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(1 << 30);
     let (tx, rx) = mpsc::channel(4);
     for t in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
-        let _ = tx.send(DeltaDiscoveryRequest { type_url: t.into(), ..Default::default() }).await;
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                type_url: t.into(),
+                ..Default::default()
+            })
+            .await;
     }
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut().insert("authorization", format!("Bearer token-{c}").parse().expect("header"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer token-{c}").parse().expect("header"),
+    );
     let mut stream = match ads.delta_aggregated_resources(req).await {
         Ok(s) => s.into_inner(),
         Err(e) => {
@@ -295,9 +385,15 @@ async fn client(c: usize, endpoint: Endpoint, observed: Arc<Mutex<Observed>>, pr
         for res in &r.resources {
             if let Some(any) = &res.resource {
                 bytes += any.value.len() as u64;
-                if r.type_url == ADDRESS_TYPE_URL && res.name.starts_with("Kubernetes//Pod/") && held.contains(&res.name) {
+                if r.type_url == ADDRESS_TYPE_URL
+                    && res.name.starts_with("Kubernetes//Pod/")
+                    && held.contains(&res.name)
+                {
                     // An update of a pod we hold: what the benchmark times.
-                    if let Ok(wds::Address { r#type: Some(wds::address::Type::Workload(w)) }) = wds::Address::decode(any.value.as_slice()) {
+                    if let Ok(wds::Address {
+                        r#type: Some(wds::address::Type::Workload(w)),
+                    }) = wds::Address::decode(any.value.as_ref())
+                    {
                         revisions.push((res.name.clone(), w.canonical_revision));
                     }
                 }
@@ -319,7 +415,11 @@ async fn client(c: usize, endpoint: Endpoint, observed: Arc<Mutex<Observed>>, pr
         }
         progress.notify_waiters();
         let _ = tx
-            .send(DeltaDiscoveryRequest { type_url: r.type_url.clone(), response_nonce: r.nonce.clone(), ..Default::default() })
+            .send(DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            })
             .await;
     }
 }

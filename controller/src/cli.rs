@@ -110,6 +110,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down");
+            // Streams to proxies never end on their own: give them a moment, then go.
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                std::process::exit(0);
+            });
         };
         run(config, metrics, shutdown).await
     })?;

@@ -51,9 +51,12 @@ pub mod envoy {
     }
 }
 
-/// Generated from `proto/google/rpc`.
+/// Generated from `proto/google/rpc` and protobuf's well-known types.
 #[allow(clippy::all, missing_docs)]
 pub mod google {
+    pub mod protobuf {
+        include!(concat!(env!("OUT_DIR"), "/google.protobuf.rs"));
+    }
     pub mod rpc {
         include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
     }

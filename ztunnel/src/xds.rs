@@ -53,7 +53,7 @@ impl NodeInfo {
                 "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
                 self.instance_ip, self.node_name
             ),
-            metadata: Some(prost_types::Struct {
+            metadata: Some(ambient_proto::google::protobuf::Struct {
                 fields: [("NODE_NAME".to_string(), string_value(&self.node_name))].into(),
             }),
             user_agent_name: "ambient-rs ztunnel".into(),
@@ -62,9 +62,11 @@ impl NodeInfo {
     }
 }
 
-fn string_value(s: &str) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.to_string())),
+fn string_value(s: &str) -> ambient_proto::google::protobuf::Value {
+    ambient_proto::google::protobuf::Value {
+        kind: Some(ambient_proto::google::protobuf::value::Kind::StringValue(
+            s.to_string(),
+        )),
     }
 }
 
@@ -174,14 +176,14 @@ fn apply(
             continue;
         };
         match response.type_url.as_str() {
-            ADDRESS_TYPE_URL => match wds::Address::decode(body.value.as_slice()) {
+            ADDRESS_TYPE_URL => match wds::Address::decode(body.value.as_ref()) {
                 Ok(a) => update.upserts.push(a),
                 Err(e) => {
                     errors.push(format!("{}: {e}", r.name));
                     continue;
                 }
             },
-            AUTHORIZATION_TYPE_URL => match sec::Authorization::decode(body.value.as_slice()) {
+            AUTHORIZATION_TYPE_URL => match sec::Authorization::decode(body.value.as_ref()) {
                 Ok(a) => update.policy_upserts.push(a),
                 Err(e) => {
                     errors.push(format!("{}: {e}", r.name));
@@ -231,12 +233,13 @@ mod tests {
         Resource {
             name: name.into(),
             version: "v1".into(),
-            resource: Some(prost_types::Any {
+            resource: Some(ambient_proto::google::protobuf::Any {
                 type_url: ADDRESS_TYPE_URL.into(),
                 value: wds::Address {
                     r#type: Some(wds::address::Type::Workload(w)),
                 }
-                .encode_to_vec(),
+                .encode_to_vec()
+                .into(),
             }),
             ..Default::default()
         }
@@ -261,7 +264,7 @@ mod tests {
             ..Default::default()
         };
         let mut garbage = resource("garbage", good.clone());
-        garbage.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+        garbage.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff].into();
         let response = DeltaDiscoveryResponse {
             type_url: ADDRESS_TYPE_URL.into(),
             resources: vec![resource("good", good), resource("bad", bad), garbage],

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use ambient_proto::google::protobuf::value::Kind;
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use ambient_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
-use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 

@@ -19,7 +19,7 @@ pub const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 pub struct Versioned {
     pub name: String,
     pub version: String,
-    pub body: prost_types::Any,
+    pub body: ambient_proto::google::protobuf::Any,
 }
 
 pub type ResourceSet = BTreeMap<String, Arc<Versioned>>;
@@ -61,9 +61,9 @@ fn encode<M: Message>(
     Arc::new(Versioned {
         name: name.to_string(),
         version,
-        body: prost_types::Any {
+        body: ambient_proto::google::protobuf::Any {
             type_url: type_url.to_string(),
-            value: bytes,
+            value: bytes.into(),
         },
     })
 }

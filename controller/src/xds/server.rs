@@ -20,14 +20,21 @@ use ambient_proto::envoy::service::discovery::v3::{
 };
 use futures::Stream;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::{Snapshot, TYPES};
+use super::{ResourceSet, Snapshot, TYPES};
 use crate::ca::auth::{Authenticator, Caller, bearer};
+
+/// Resources per response; a first sync of a large mesh is split into several.
+const MAX_RESOURCES_PER_RESPONSE: usize = 1000;
+/// The change set of a snapshot nobody changed.
+static EMPTY: BTreeSet<String> = BTreeSet::new();
+/// Large pushes in progress at once (across all proxies).
+const CONCURRENT_LARGE_PUSHES: usize = 8;
 
 /// What one connected proxy has been sent and has confirmed, for `proxy-status`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -84,6 +91,9 @@ pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     auth: Arc<dyn Authenticator>,
     registry: Arc<ProxyRegistry>,
+    /// Bounds how many large pushes (first syncs) are in progress at once, so a fleet of
+    /// proxies connecting together does not buffer a full configuration each at the same time.
+    large_pushes: Arc<Semaphore>,
 }
 
 impl AdsService {
@@ -96,6 +106,7 @@ impl AdsService {
             snapshots,
             auth,
             registry,
+            large_pushes: Arc::new(Semaphore::new(CONCURRENT_LARGE_PUSHES)),
         }
     }
 }
@@ -125,12 +136,14 @@ impl AggregatedDiscoveryService for AdsService {
             Status::unauthenticated(e.to_string())
         })?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
+        // A short queue: sending waits until the previous response is on its way.
+        let (tx, rx) = mpsc::channel(2);
         let session = Session {
             caller,
             snapshots: self.snapshots.clone(),
             registry: self.registry.clone(),
             tx,
+            large_pushes: self.large_pushes.clone(),
             types: HashMap::new(),
             in_flight: HashMap::new(),
             nonce: 0,
@@ -141,14 +154,51 @@ impl AggregatedDiscoveryService for AdsService {
     }
 }
 
-/// What a client holds of one type.
+/// What a client holds of one type: a snapshot's set (shared with every other client that is
+/// in sync, so a synced client costs no memory per resource) with `overrides` on top, for
+/// names where the client differs (from its initial versions, a NACK, or explicit
+/// subscriptions).
 #[derive(Default)]
 struct TypeState {
     /// None: wildcard; Some: only these names.
     subscribed: Option<BTreeSet<String>>,
-    known: HashMap<String, String>,
+    base: Arc<ResourceSet>,
+    /// name → the version the client holds (None: it holds nothing by that name).
+    overrides: HashMap<String, Option<String>>,
     /// Generation the client's memory is current with (None: do a full diff next time).
     synced: Option<u64>,
+}
+
+impl TypeState {
+    fn held(&self, name: &str) -> Option<&str> {
+        match self.overrides.get(name) {
+            Some(v) => v.as_deref(),
+            None => self.base.get(name).map(|v| v.version.as_str()),
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.overrides.insert(name.to_string(), None);
+    }
+
+    /// Every name the client may hold.
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.base.keys().chain(self.overrides.keys())
+    }
+
+    fn held_count(&self) -> usize {
+        let extra = self
+            .overrides
+            .iter()
+            .filter(|(n, v)| v.is_some() && !self.base.contains_key(*n))
+            .count();
+        let missing = self
+            .overrides
+            .iter()
+            .filter(|(n, v)| v.is_none() && self.base.contains_key(*n))
+            .count();
+        self.base.len() + extra - missing
+    }
 }
 
 /// A response awaiting its ACK or NACK: its type, generation, and each name sent with the
@@ -160,6 +210,7 @@ struct InFlight {
 }
 
 struct Session {
+    large_pushes: Arc<Semaphore>,
     caller: Caller,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: Arc<ProxyRegistry>,
@@ -253,7 +304,12 @@ impl Session {
             let wildcard = r.resource_names_subscribe.is_empty()
                 || r.resource_names_subscribe.iter().any(|n| n == "*");
             state.subscribed = if wildcard { None } else { Some(explicit) };
-            state.known = r.initial_resource_versions.into_iter().collect();
+            state.base = Arc::default();
+            state.overrides = r
+                .initial_resource_versions
+                .into_iter()
+                .map(|(n, v)| (n, Some(v)))
+                .collect();
             state.synced = None;
         } else {
             if let Some(set) = state.subscribed.as_mut() {
@@ -265,12 +321,14 @@ impl Session {
                 );
                 for n in &r.resource_names_unsubscribe {
                     set.remove(n);
-                    state.known.remove(n);
+                }
+                for n in &r.resource_names_unsubscribe {
+                    state.forget(n);
                 }
             }
             // Newly named resources must be sent even if the client claims to hold them.
             for n in &r.resource_names_subscribe {
-                state.known.remove(n);
+                state.forget(n);
             }
             state.synced = None;
         }
@@ -302,10 +360,7 @@ impl Session {
                 // The client kept what it had: forget what we sent so the next push resends it.
                 if let Some(state) = self.types.get_mut(&t) {
                     for (name, before) in sent {
-                        match before {
-                            Some(v) => state.known.insert(name, v),
-                            None => state.known.remove(&name),
-                        };
+                        state.overrides.insert(name, before);
                     }
                     state.synced = None;
                 }
@@ -318,99 +373,144 @@ impl Session {
         }
     }
 
-    /// Sends the client what it lacks of `type_url`, if anything.
+    /// Sends the client what it lacks of `type_url`, if anything (`always`: even nothing).
     async fn push(
         &mut self,
         type_url: &str,
         snapshot: &Snapshot,
         always: bool,
     ) -> Result<(), Status> {
-        let Some(set) = snapshot.sets.get(type_url) else {
+        let Some(set) = snapshot.sets.get(type_url).cloned() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(type_url) else {
+        let Some(state) = self.types.get(type_url) else {
             return Ok(());
         };
-        let wanted = |name: &str| state.subscribed.as_ref().is_none_or(|s| s.contains(name));
         // Names to look at: only what changed, when the client was current with the previous
-        // generation; otherwise everything either side knows.
-        let candidates: Vec<String> = match (state.synced, snapshot.changed.get(type_url)) {
-            (Some(g), Some(changed)) if g + 1 == snapshot.generation => {
-                changed.iter().cloned().collect()
-            }
-            (Some(g), _) if g == snapshot.generation => Vec::new(),
-            _ => {
+        // generation; otherwise everything either side knows (a full diff).
+        let incremental = match (state.synced, snapshot.changed.get(type_url)) {
+            (Some(g), Some(changed)) if g + 1 == snapshot.generation => Some(changed),
+            (Some(g), _) if g == snapshot.generation => Some(&EMPTY),
+            _ => None,
+        };
+        // Full diffs of big sets are throttled across clients: each builds a lot at once.
+        let _permit = if incremental.is_none() && set.len() > MAX_RESOURCES_PER_RESPONSE {
+            Some(
+                self.large_pushes
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("shutting down"))?,
+            )
+        } else {
+            None
+        };
+        let state = self.types.get_mut(type_url).expect("checked above");
+        let candidates: Vec<String> = match incremental {
+            Some(changed) => changed.iter().cloned().collect(),
+            None => {
                 let mut all: BTreeSet<String> = set.keys().cloned().collect();
-                all.extend(state.known.keys().cloned());
+                all.extend(state.names().cloned());
                 all.into_iter().collect()
             }
         };
-        let mut resources = Vec::new();
-        let mut removed = Vec::new();
-        let mut sent = Vec::new();
+        // (name, version the client held before, whether it is now removed)
+        let mut changes: Vec<(String, Option<String>, bool)> = Vec::new();
         for name in candidates {
+            let before = state.held(&name).map(str::to_string);
+            let wanted = state.subscribed.as_ref().is_none_or(|s| s.contains(&name));
             match set.get(&name) {
-                Some(v) if wanted(&name) => {
-                    if state.known.get(&name) != Some(&v.version) {
-                        sent.push((
-                            name.clone(),
-                            state.known.insert(name.clone(), v.version.clone()),
-                        ));
-                        resources.push(Resource {
-                            name: name.clone(),
-                            version: v.version.clone(),
-                            resource: Some(v.body.clone()),
-                            ..Default::default()
-                        });
+                Some(v) if wanted => {
+                    if before.as_deref() != Some(v.version.as_str()) {
+                        changes.push((name, before, false));
                     }
                 }
                 _ => {
-                    if let Some(before) = state.known.remove(&name) {
-                        sent.push((name.clone(), Some(before)));
-                        removed.push(name);
+                    if before.is_some() {
+                        changes.push((name, before, true));
                     }
                 }
             }
         }
+        // Record what the client now holds.
+        if state.subscribed.is_none() {
+            // Wildcard: exactly the current set (unless a NACK later says otherwise).
+            state.base = set.clone();
+            state.overrides.clear();
+        } else {
+            for (name, _, removed) in &changes {
+                let now = if *removed {
+                    None
+                } else {
+                    set.get(name).map(|v| v.version.clone())
+                };
+                state.overrides.insert(name.clone(), now);
+            }
+        }
         state.synced = Some(snapshot.generation);
-        let held = state.known.len();
-        if resources.is_empty() && removed.is_empty() && !always {
+        let held = state.held_count();
+        if changes.is_empty() && !always {
             return Ok(());
         }
-        self.nonce += 1;
-        let nonce = format!("{}-{}", snapshot.generation, self.nonce);
-        let bytes: usize = resources
-            .iter()
-            .map(|r| r.resource.as_ref().map(|a| a.value.len()).unwrap_or(0))
-            .sum();
-        metrics::counter!("pilot_xds_pushes", "type" => type_url.to_string()).increment(1);
-        metrics::counter!("pilot_xds_push_bytes_total", "type" => type_url.to_string())
-            .increment(bytes as u64);
-        debug!(node = %self.caller.node(), type_url, upserts = resources.len(), removed = removed.len(), nonce, "push");
-        self.in_flight.insert(
-            nonce.clone(),
-            InFlight {
-                type_url: type_url.to_string(),
-                generation: snapshot.generation,
-                sent,
-            },
-        );
         let generation = snapshot.generation;
         let t = type_url.to_string();
         self.registry.update(self.registry_id, |s| {
             s.sent_generation.insert(t.clone(), generation);
             s.resources.insert(t, held);
         });
-        let response = DeltaDiscoveryResponse {
-            system_version_info: snapshot.generation.to_string(),
-            resources,
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce,
-        };
-        self.tx
-            .send(Ok(response))
-            .await
-            .map_err(|_| Status::cancelled("client went away"))
+        metrics::counter!("pilot_xds_pushes", "type" => type_url.to_string()).increment(1);
+        debug!(node = %self.caller.node(), type_url, changes = changes.len(), "push");
+        // Sent in chunks built one at a time, so a first sync never holds the whole
+        // configuration as one message.
+        let mut chunks = changes.chunks(MAX_RESOURCES_PER_RESPONSE).peekable();
+        let mut sent_any = false;
+        while chunks.peek().is_some() || !sent_any {
+            let chunk = chunks.next().unwrap_or(&[]);
+            sent_any = true;
+            let mut resources = Vec::with_capacity(chunk.len());
+            let mut removed = Vec::new();
+            let mut bytes = 0;
+            for (name, _, is_removed) in chunk {
+                if *is_removed {
+                    removed.push(name.clone());
+                } else if let Some(v) = set.get(name) {
+                    bytes += v.body.value.len();
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: v.version.clone(),
+                        // `Bytes`: shared with the snapshot, not copied.
+                        resource: Some(v.body.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            metrics::counter!("pilot_xds_push_bytes_total", "type" => type_url.to_string())
+                .increment(bytes as u64);
+            self.nonce += 1;
+            let nonce = format!("{generation}-{}", self.nonce);
+            self.in_flight.insert(
+                nonce.clone(),
+                InFlight {
+                    type_url: type_url.to_string(),
+                    generation,
+                    sent: chunk
+                        .iter()
+                        .map(|(n, before, _)| (n.clone(), before.clone()))
+                        .collect(),
+                },
+            );
+            let response = DeltaDiscoveryResponse {
+                system_version_info: generation.to_string(),
+                resources,
+                type_url: type_url.to_string(),
+                removed_resources: removed,
+                nonce,
+            };
+            self.tx
+                .send(Ok(response))
+                .await
+                .map_err(|_| Status::cancelled("client went away"))?;
+        }
+        Ok(())
     }
 }

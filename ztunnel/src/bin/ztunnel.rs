@@ -1,3 +1,8 @@
+// mimalloc returns freed memory to the OS promptly; glibc's per-thread arenas kept several
+// times the live heap resident in the controller benchmark (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     ztunnel::cli::ztunnel_main(std::env::args_os())
 }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use ambient_proto::google::protobuf::{Struct, Value, value::Kind};
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::v1::auth::IstioCertificateRequest;
 use ambient_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use ambient_proto::tls::WorkloadCertificate;
-use prost_types::{Struct, Value, value::Kind};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tonic::transport::Channel;
 
