@@ -1,11 +1,16 @@
 //! The `ambientctl` command line.
 
 use std::ffi::OsString;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 
+use ambientctl::cli::{Cli, Command, Demo};
+use ambientctl::cmd::mesh::{self, LogTarget};
+use ambientctl::cmd::output::{Format, print};
+use ambientctl::cmd::proxy_config;
 use ambientctl::demo::{DemoOptions, two_node};
 use ambientctl::lab::sandbox;
 
@@ -14,59 +19,72 @@ use ambientctl::lab::sandbox;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(
-    name = "ambientctl",
-    version,
-    about = "The ambient-rs mesh CLI and local runtime"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the version.
-    Version,
-    /// Run an example mesh on this machine (no root, no Kubernetes).
-    Demo {
-        #[command(subcommand)]
-        which: Demo,
-    },
-    /// Run a mesh component (used by the local runtime).
-    #[command(hide = true)]
-    Component {
-        name: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-}
-
-#[derive(Subcommand)]
-enum Demo {
-    /// Two nodes, a client and a server pod, HBONE between them.
-    TwoNode {
-        /// Stop after this many requests (default: until Ctrl-C).
-        #[arg(long)]
-        requests: Option<u64>,
-        /// Seconds between requests.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
-        /// Keep the lab directory (logs, certificates) afterwards.
-        #[arg(long)]
-        keep: bool,
-    },
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Version => {
-            println!("ambientctl {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ambientctl: {e:#}");
+            ExitCode::FAILURE
         }
-        Command::Component { name, args } => ambientctl::component::run(&name, args),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => mesh::up(args),
+        Command::Supervise(args) => mesh::supervise(args),
+        Command::Down { timeout } => mesh::down(Duration::from_secs(timeout)),
+        Command::Status { output } => mesh::status(output),
+        // Must stay single-threaded until the command runs (joining a user namespace).
+        Command::Exec {
+            namespace,
+            pod,
+            command,
+        } => Ok(mesh::exec(&namespace, &pod, &command)),
+        Command::Logs {
+            namespace,
+            pod,
+            container,
+            component,
+        } => mesh::logs(match (component, pod) {
+            (Some(c), _) => LogTarget::Component(c),
+            (None, Some(name)) => LogTarget::Pod {
+                namespace,
+                name,
+                container,
+            },
+            (None, None) => unreachable!("clap requires one"),
+        }),
+        Command::ZtunnelConfig { view, node, output } => {
+            proxy_config::ztunnel_config(view, node.as_deref(), output)
+        }
+        Command::ProxyStatus { output } => proxy_config::proxy_status(output),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ambientctl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version { output } => {
+            let v = serde_json::json!({
+                "client": { "version": env!("CARGO_PKG_VERSION") },
+                "xdsProtocol": "delta ADS (istio.workload.Address, istio.security.Authorization)",
+            });
+            let format = output;
+            if format == Format::Table {
+                println!("ambientctl {}", env!("CARGO_PKG_VERSION"));
+            } else {
+                print(format, &v, |_| String::new());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Component { name, args } => {
+            ambientctl::component::run(&name, args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo {
             which:
                 Demo::TwoNode {
@@ -79,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 let args: Vec<OsString> = std::env::args_os().skip(1).collect();
                 let status =
                     sandbox::reexec(&args, "demo", keep).context("entering the sandbox")?;
-                std::process::exit(status.code().unwrap_or(1));
+                return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -91,7 +109,8 @@ fn main() -> anyhow::Result<()> {
                     requests,
                     interval: Duration::from_secs_f64(interval.max(0.01)),
                 },
-            ))
+            ))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Args {
     /// Read manifests from this directory instead of a Kubernetes API server.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// The local runtime's placements and addresses for the manifests' Pods and Services
+    /// (manifest mode; written by `ambientctl up`).
+    #[arg(long)]
+    pub allocations: Option<PathBuf>,
     /// Directory for per-node CA tokens (manifest mode).
     #[arg(long, default_value = "tokens")]
     pub token_dir: PathBuf,
@@ -71,6 +75,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
             dir,
             token_dir: args.token_dir,
             nodes: args.nodes,
+            allocations: args.allocations,
         },
         None => SourceConfig::Kubernetes {
             kubeconfig: args.kubeconfig,

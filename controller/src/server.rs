@@ -44,6 +44,8 @@ pub enum SourceConfig {
         token_dir: PathBuf,
         /// Nodes to issue tokens for up front (more are added as pods appear on them).
         nodes: Vec<String>,
+        /// The local runtime's decisions for the manifests' Pods and Services.
+        allocations: Option<PathBuf>,
     },
     /// The Kubernetes API (kubeconfig or in-cluster); ztunnels authenticate with their
     /// service account tokens, checked by TokenReview.
@@ -106,6 +108,7 @@ pub async fn run(
             dir,
             token_dir,
             nodes,
+            allocations,
         } => {
             let tokens = Arc::new(NodeTokens::open(token_dir)?);
             for node in nodes {
@@ -121,7 +124,10 @@ pub async fn run(
                         }
                     }
                 }));
-            let source = ManifestDir::new(dir).with_diagnostics(diagnostics.clone());
+            let mut source = ManifestDir::new(dir).with_diagnostics(diagnostics.clone());
+            if let Some(path) = allocations {
+                source = source.with_allocations(path);
+            }
             tokio::spawn(source.run(Duration::from_millis(500), changes_tx));
             tokens
         }

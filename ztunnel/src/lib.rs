@@ -4,13 +4,15 @@
 //! [`proxy::outbound`] listener, which resolves the destination in [`state`] and opens HBONE
 //! (`ambient_proto::hbone`) with a certificate from [`identity`]; the peer's
 //! [`proxy::inbound`] terminates it and connects to the app. Pods arrive over ZDS
-//! ([`inpod`]) from the node agent ([`agent`]).
+//! ([`inpod`]) from the node agent ([`agent`]). A pod's DNS queries are answered in the pod by
+//! [`dns`].
 
 pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod control_plane;
+pub mod dns;
 pub mod identity;
 pub mod inpod;
 pub mod metrics;

@@ -25,6 +25,8 @@ pub const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
 pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 /// Peers refused by HBONE checks, by `direction` and `reason`.
 pub const HBONE_REJECTED: &str = "ambient_hbone_rejected_total";
+/// Queries the in-pod DNS proxy received, by `response_code` (`MALFORMED`: dropped).
+pub const DNS_REQUESTS: &str = "istio_dns_requests_total";
 
 /// Registers help texts, so `/metrics` explains itself.
 pub fn describe() {
@@ -44,11 +46,20 @@ pub fn describe() {
         HBONE_REJECTED,
         "HBONE peers refused by TLS or HTTP/2 checks, by reason"
     );
+    metrics::describe_counter!(
+        DNS_REQUESTS,
+        "DNS queries answered by the in-pod DNS proxy, by response code"
+    );
 }
 
 /// Counts one refused HBONE peer.
 pub fn hbone_rejected(direction: &'static str, reason: &'static str) {
     counter!(HBONE_REJECTED, "direction" => direction, "reason" => reason).increment(1);
+}
+
+/// Counts one DNS query.
+pub fn dns_request(response_code: &'static str) {
+    counter!(DNS_REQUESTS, "response_code" => response_code).increment(1);
 }
 
 /// Which proxy reports a connection (Istio's `reporter` label).

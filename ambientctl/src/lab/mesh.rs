@@ -78,7 +78,7 @@ pub fn controller_grpc() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(UNDERLAY_GATEWAY), 15012)
 }
 
-fn controller_monitoring() -> SocketAddr {
+pub fn controller_monitoring() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(UNDERLAY_GATEWAY), 15014)
 }
 
@@ -119,43 +119,19 @@ impl Mesh {
         manifests: &[(&str, String)],
         options: MeshOptions,
     ) -> Result<Mesh, MeshError> {
-        let run = lab.run_dir.clone();
-        let logs = run.join("logs");
-        std::fs::create_dir_all(&logs)?;
-        let dir = run.join("manifests");
+        let dir = lab.run_dir.join("manifests");
         std::fs::create_dir_all(&dir)?;
         for (name, yaml) in manifests {
             write_atomically(&dir.join(name), yaml)?;
         }
+        Self::start_on(lab, dir, options).await
+    }
+
+    /// Starts the mesh with the controller watching an existing directory `dir`.
+    pub async fn start_on(lab: Lab, dir: PathBuf, options: MeshOptions) -> Result<Mesh, MeshError> {
+        std::fs::create_dir_all(lab.run_dir.join("logs"))?;
         let node_names: Vec<String> = lab.nodes.keys().cloned().collect();
-        let env = [("RUST_LOG", options.log_filter.as_str())];
-        let controller = Proc::spawn(
-            "controller",
-            &lab.underlay,
-            &options.exe,
-            &[
-                "component".into(),
-                "controller".into(),
-                "--grpc-addr".into(),
-                controller_grpc().to_string(),
-                "--monitoring-addr".into(),
-                controller_monitoring().to_string(),
-                "--trust-domain".into(),
-                options.trust_domain.clone(),
-                "--ca-dir".into(),
-                run.join("ca").display().to_string(),
-                "--manifests".into(),
-                dir.display().to_string(),
-                "--token-dir".into(),
-                run.join("tokens").display().to_string(),
-                "--nodes".into(),
-                node_names.join(","),
-                "--debounce-quiet-ms".into(),
-                options.debounce_quiet.as_millis().to_string(),
-            ],
-            &logs.join("controller.log"),
-            &env,
-        )?;
+        let controller = spawn_controller(&lab, &options, &dir)?;
         let mut mesh = Mesh {
             lab,
             options,
@@ -212,36 +188,7 @@ impl Mesh {
     /// Restarts the controller (after [`Mesh::kill_controller`]) and waits for it.
     pub async fn restart_controller(&mut self) -> Result<(), MeshError> {
         self.controller.kill();
-        let run = self.lab.run_dir.clone();
-        let node_names: Vec<String> = self.lab.nodes.keys().cloned().collect();
-        let env = [("RUST_LOG", self.options.log_filter.as_str())];
-        self.controller = Proc::spawn(
-            "controller",
-            &self.lab.underlay,
-            &self.options.exe,
-            &[
-                "component".into(),
-                "controller".into(),
-                "--grpc-addr".into(),
-                controller_grpc().to_string(),
-                "--monitoring-addr".into(),
-                controller_monitoring().to_string(),
-                "--trust-domain".into(),
-                self.options.trust_domain.clone(),
-                "--ca-dir".into(),
-                run.join("ca").display().to_string(),
-                "--manifests".into(),
-                self.manifests.display().to_string(),
-                "--token-dir".into(),
-                run.join("tokens").display().to_string(),
-                "--nodes".into(),
-                node_names.join(","),
-                "--debounce-quiet-ms".into(),
-                self.options.debounce_quiet.as_millis().to_string(),
-            ],
-            &run.join("logs").join("controller.log"),
-            &env,
-        )?;
+        self.controller = spawn_controller(&self.lab, &self.options, &self.manifests)?;
         self.wait_controller().await
     }
 
@@ -395,6 +342,17 @@ impl Mesh {
         )
         .await
         .map_err(|e| self.with_logs(e))
+    }
+
+    /// Stops every component: SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(z) = n.ztunnel.as_mut() {
+                z.terminate(Duration::from_secs(2));
+            }
+            n.agent.terminate(Duration::from_secs(2));
+        }
+        self.controller.terminate(Duration::from_secs(3));
     }
 
     /// Kills the controller with SIGKILL: the control plane goes away.
@@ -563,6 +521,47 @@ impl Mesh {
         std::fs::read_to_string(self.lab.run_dir.join("logs").join(format!("{name}.log")))
             .unwrap_or_default()
     }
+}
+
+/// Starts the controller on the underlay, reading `manifests` (and the runtime's
+/// allocations file next to them).
+fn spawn_controller(lab: &Lab, options: &MeshOptions, manifests: &Path) -> std::io::Result<Proc> {
+    let run = &lab.run_dir;
+    let node_names: Vec<String> = lab.nodes.keys().cloned().collect();
+    Proc::spawn(
+        "controller",
+        &lab.underlay,
+        &options.exe,
+        &[
+            "component".into(),
+            "controller".into(),
+            "--grpc-addr".into(),
+            controller_grpc().to_string(),
+            "--monitoring-addr".into(),
+            controller_monitoring().to_string(),
+            "--trust-domain".into(),
+            options.trust_domain.clone(),
+            "--ca-dir".into(),
+            run.join("ca").display().to_string(),
+            "--manifests".into(),
+            manifests.display().to_string(),
+            "--allocations".into(),
+            allocations_path(lab).display().to_string(),
+            "--token-dir".into(),
+            run.join("tokens").display().to_string(),
+            "--nodes".into(),
+            node_names.join(","),
+            "--debounce-quiet-ms".into(),
+            options.debounce_quiet.as_millis().to_string(),
+        ],
+        &run.join("logs").join("controller.log"),
+        &[("RUST_LOG", options.log_filter.as_str())],
+    )
+}
+
+/// Where the local runtime records pod placements and service addresses for the controller.
+pub fn allocations_path(lab: &Lab) -> PathBuf {
+    lab.run_dir.join("allocations.json")
 }
 
 fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -48,6 +48,23 @@ pub fn create(path: &Path) -> Result<Netns, NetnsError> {
     Ok(netns)
 }
 
+/// Unmounts and deletes a namespace's mount point made by [`create`].
+pub fn remove(path: &Path) -> Result<(), NetnsError> {
+    let err = |source| NetnsError::Create {
+        path: path.display().to_string(),
+        source,
+    };
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Turns IPv4 forwarding on in `netns` (it routes for its pods).
 pub fn enable_forwarding(netns: &Netns) -> std::io::Result<()> {
     // /proc/sys/net is per namespace: the file opened inside is that namespace's.

@@ -21,6 +21,22 @@ pub enum Entry {
     NewSandbox,
     /// Join this network namespace (a duplicate of its fd, closed again on exec).
     JoinNetns(OwnedFd),
+    /// A pod's container: join the pod's network namespace, then get a mount namespace of
+    /// its own with each `(source, target)` file bind-mounted (the pod's `/etc/resolv.conf`
+    /// and `/etc/hosts`). A bind that fails (no such target) is skipped.
+    Pod {
+        netns: OwnedFd,
+        binds: Vec<(CString, CString)>,
+    },
+}
+
+/// Whether the child stays tied to its parent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Killed when the thread that started it exits (a crashed parent leaves nothing).
+    WithParent,
+    /// Its own session, outliving the parent (`ambientctl up --detach`).
+    Detached,
 }
 
 struct Prepared {
@@ -41,8 +57,13 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
 
 /// Arranges for `cmd` to start inside `entry`, and to be killed if its parent dies (so a
 /// failed test or a crashed runtime leaves nothing behind).
-#[allow(unsafe_code)]
 pub fn configure(cmd: &mut Command, entry: Entry) {
+    configure_with(cmd, entry, Lifetime::WithParent)
+}
+
+/// [`configure`], choosing the child's [`Lifetime`].
+#[allow(unsafe_code)]
+pub fn configure_with(cmd: &mut Command, entry: Entry, lifetime: Lifetime) {
     let prepared = Prepared {
         uid_map: format!("0 {} 1\n", nix::unistd::getuid()).into_bytes(),
         gid_map: format!("0 {} 1\n", nix::unistd::getgid()).into_bytes(),
@@ -50,7 +71,14 @@ pub fn configure(cmd: &mut Command, entry: Entry) {
     // Path literals as C strings, made before fork.
     let root = CString::new("/").expect("no NUL");
     let hook = move || -> std::io::Result<()> {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail)?;
+        match lifetime {
+            Lifetime::WithParent => {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail)?
+            }
+            Lifetime::Detached => {
+                nix::unistd::setsid().map_err(fail)?;
+            }
+        }
         match &entry {
             Entry::NewSandbox => {
                 nix::sched::unshare(
@@ -72,6 +100,27 @@ pub fn configure(cmd: &mut Command, entry: Entry) {
             }
             Entry::JoinNetns(fd) => {
                 nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(fail)?;
+            }
+            Entry::Pod { netns, binds } => {
+                nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(fail)?;
+                nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(fail)?;
+                nix::mount::mount(
+                    None::<&str>,
+                    root.as_c_str(),
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(fail)?;
+                for (source, target) in binds {
+                    let _ = nix::mount::mount(
+                        Some(source.as_c_str()),
+                        target.as_c_str(),
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    );
+                }
             }
         }
         Ok(())

@@ -51,6 +51,8 @@ pub struct Node {
     /// Pods get addresses from 10.244.<index+1>.0/24.
     pub pod_subnet: Ipv4Addr,
     next_pod: u8,
+    /// Host numbers of removed pods, reused first.
+    free: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -61,6 +63,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub netns: Arc<Netns>,
     pub netns_path: PathBuf,
+    /// The node's end of the pod's veth pair.
+    veth: String,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,8 @@ pub struct Lab {
     pub pods: BTreeMap<String, Pod>,
     pub externals: BTreeMap<String, External>,
     veths: u32,
+    /// First two octets of the pods' /16 (each node gets a /24 of it).
+    pod_prefix: [u8; 2],
 }
 
 impl Lab {
@@ -118,7 +124,20 @@ impl Lab {
             pods: BTreeMap::new(),
             externals: BTreeMap::new(),
             veths: 0,
+            pod_prefix: [10, 244],
         })
+    }
+
+    /// Pods' addresses come from `a.b.0.0/16` (default 10.244.0.0/16); set before adding
+    /// nodes.
+    pub fn set_pod_prefix(&mut self, a: u8, b: u8) -> Result<(), TopologyError> {
+        if !self.nodes.is_empty() {
+            return Err(TopologyError::Invalid(
+                "the pod range must be set before nodes are added".into(),
+            ));
+        }
+        self.pod_prefix = [a, b];
+        Ok(())
     }
 
     fn next_veth(&mut self, prefix: &str) -> String {
@@ -157,8 +176,9 @@ impl Lab {
         let ns = Arc::new(netns::create(&path)?);
         let ip = Ipv4Addr::new(172, 30, 0, 10 + index);
         self.attach_to_underlay(&ns, ip, "vn")?;
-        let pod_subnet = Ipv4Addr::new(10, 244, index + 1, 0);
-        let gateway = Ipv4Addr::new(10, 244, index + 1, 1);
+        let [a, b] = self.pod_prefix;
+        let pod_subnet = Ipv4Addr::new(a, b, index + 1, 0);
+        let gateway = Ipv4Addr::new(a, b, index + 1, 1);
         let mut rtnl = Rtnl::open_in(&ns)?;
         rtnl.add_bridge("cni0")?;
         rtnl.add_address("cni0", IpAddr::V4(gateway), 24)?;
@@ -182,6 +202,7 @@ impl Lab {
                 ip,
                 pod_subnet,
                 next_pod: 2,
+                free: Vec::new(),
             },
         );
         Ok(&self.nodes[name])
@@ -204,13 +225,19 @@ impl Lab {
             .nodes
             .get_mut(node)
             .ok_or_else(|| TopologyError::Invalid(format!("no node {node}")))?;
-        if n.next_pod == 255 {
-            return Err(TopologyError::Invalid(format!("node {node} is full")));
-        }
+        let host = match n.free.pop() {
+            Some(h) => h,
+            None if n.next_pod == 255 => {
+                return Err(TopologyError::Invalid(format!("node {node} is full")));
+            }
+            None => {
+                n.next_pod += 1;
+                n.next_pod - 1
+            }
+        };
         let octets = n.pod_subnet.octets();
-        let ip = Ipv4Addr::new(octets[0], octets[1], octets[2], n.next_pod);
+        let ip = Ipv4Addr::new(octets[0], octets[1], octets[2], host);
         let gateway = Ipv4Addr::new(octets[0], octets[1], octets[2], 1);
-        n.next_pod += 1;
         let path = self.netns_dir.join(format!("pod-{namespace}-{name}"));
         let ns = Arc::new(netns::create(&path)?);
         let mut on_node = Rtnl::open_in(&n.netns)?;
@@ -229,9 +256,29 @@ impl Lab {
                 ip,
                 netns: ns,
                 netns_path: path,
+                veth: host_side,
             },
         );
         Ok(&self.pods[&key])
+    }
+
+    /// Removes a pod: its link, its namespace's mount point, and frees its address. The
+    /// namespace itself goes once nothing else holds it.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<(), TopologyError> {
+        let key = format!("{namespace}/{name}");
+        let pod = self
+            .pods
+            .remove(&key)
+            .ok_or_else(|| TopologyError::Invalid(format!("no pod {key}")))?;
+        if let Some(node) = self.nodes.get_mut(&pod.node) {
+            match Rtnl::open_in(&node.netns)?.delete_link(&pod.veth) {
+                Ok(()) | Err(RtnlError::NoLink(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            node.free.push(pod.ip.octets()[3]);
+        }
+        netns::remove(&pod.netns_path)?;
+        Ok(())
     }
 
     /// Adds a host on the underlay that is not part of the mesh.

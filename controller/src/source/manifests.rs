@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::allocations::Allocations;
 use super::{Diagnostic, Severity};
 use crate::model::{Change, Kind, Object, ObjectKey};
 
@@ -37,11 +38,43 @@ pub struct Scan {
     pub changed: bool,
 }
 
+/// The local runtime's decisions file, as last read.
+#[derive(Debug)]
+struct AllocationsFile {
+    path: PathBuf,
+    stamp: Option<(Option<SystemTime>, u64)>,
+    current: Allocations,
+    error: Option<Diagnostic>,
+}
+
+impl AllocationsFile {
+    /// Re-reads the file if it changed; returns whether it did. A bad file keeps the last
+    /// good decisions and is reported.
+    fn refresh(&mut self) -> bool {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()));
+        if stamp == self.stamp && stamp.is_some_and(|(m, _)| m.is_some()) {
+            return false;
+        }
+        self.stamp = stamp;
+        match Allocations::load(&self.path) {
+            Ok(a) => {
+                self.current = a;
+                self.error = None;
+            }
+            Err(e) => self.error = Some(error(&self.path, None, None, e.to_string())),
+        }
+        true
+    }
+}
+
 /// Watches a manifest directory.
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
     published: Arc<Mutex<Vec<Diagnostic>>>,
+    allocations: Option<AllocationsFile>,
 }
 
 impl ManifestDir {
@@ -50,7 +83,19 @@ impl ManifestDir {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             published: Arc::default(),
+            allocations: None,
         }
+    }
+
+    /// Fills in the local runtime's decisions from `path` (see [`super::allocations`]).
+    pub fn with_allocations(mut self, path: &Path) -> Self {
+        self.allocations = Some(AllocationsFile {
+            path: path.to_path_buf(),
+            stamp: None,
+            current: Allocations::default(),
+            error: None,
+        });
+        self
     }
 
     /// Keeps the current findings in `published` (for the monitoring port).
@@ -126,8 +171,14 @@ impl ManifestDir {
                 by_key.insert(o.key(), (path.clone(), o.clone()));
             }
         }
+        let mut objects: Vec<Object> = by_key.into_values().map(|(_, o)| o).collect();
+        if let Some(a) = self.allocations.as_mut() {
+            changed |= a.refresh();
+            diagnostics.extend(a.error.clone());
+            a.current.apply(&mut objects);
+        }
         Scan {
-            objects: by_key.into_values().map(|(_, o)| o).collect(),
+            objects,
             diagnostics,
             changed,
         }
@@ -414,7 +465,13 @@ fn typed<T: DeserializeOwned>(
 ) -> Result<(Object, Vec<String>), String> {
     let mut unknown = Vec::new();
     let t: T = serde_ignored::deserialize(value, |p| {
-        let p = p.to_string();
+        // serde_ignored writes `?` for each Option on the way; users think in YAML keys.
+        let p = p
+            .to_string()
+            .split('.')
+            .filter(|segment| *segment != "?")
+            .collect::<Vec<_>>()
+            .join(".");
         // Server-populated or informational parts a manifest may carry verbatim.
         let envelope = p == "apiVersion" || p == "kind";
         if !envelope && !p.starts_with("status.") && !p.starts_with("metadata.managedFields") {

@@ -3,7 +3,9 @@
 //!
 //! - [`manifests`]: a directory of YAML manifests, re-scanned on change.
 //! - [`kubernetes`]: the Kubernetes API, through kube-rs watchers.
+//! - [`allocations`]: the local runtime's placements and addresses for manifest objects.
 
+pub mod allocations;
 pub mod kubernetes;
 pub mod manifests;
 

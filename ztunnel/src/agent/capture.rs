@@ -6,6 +6,8 @@
 //! table inet ambient {
 //!   chain output {            # type nat hook output priority -100
 //!     meta mark 0x539 accept          # the tunnel's own sockets
+//!     udp dport 53 redirect to :15053 # DNS, to any nameserver (loopback ones too)
+//!     tcp dport 53 redirect to :15053
 //!     oifname "lo" accept             # loopback, including the pod's own address
 //!     meta l4proto tcp redirect to :15001
 //!   }
@@ -29,7 +31,7 @@
 
 use crate::inpod::netns::Netns;
 use crate::proxy::socket::{TRANSPARENT_MARK, TUNNEL_MARK};
-use crate::proxy::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::proxy::{DNS_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 use super::nftables::{
     Batch, ChainType, CtKey, Expr, Hook, MetaKey, NFPROTO_INET, NfSocket, NftError, PayloadBase,
@@ -48,6 +50,9 @@ const MARK_MASK: u32 = 0xfff;
 const NAT_DST_PRIORITY: i32 = -100;
 const MANGLE_PRIORITY: i32 = -150;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// Where pods send DNS queries.
+const DNS_SERVER_PORT: u16 = 53;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -94,6 +99,40 @@ fn tcp_redirect(port: u16) -> Vec<Expr> {
         },
         Expr::Redirect { port_reg: REG_1 },
     ]
+}
+
+/// "if the packet is `protocol` (TCP or UDP) to destination port `port`".
+fn dport_is(protocol: u8, port: u16) -> Vec<Expr> {
+    vec![
+        meta(MetaKey::L4Proto),
+        Expr::CmpEq {
+            sreg: REG_1,
+            data: vec![protocol],
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG_1,
+        },
+        Expr::CmpEq {
+            sreg: REG_1,
+            data: port.to_be_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `<protocol> dport <port> redirect to :<to>`.
+fn dport_redirect(protocol: u8, port: u16, to: u16) -> Vec<Expr> {
+    let mut exprs = dport_is(protocol, port);
+    exprs.extend([
+        Expr::Immediate {
+            dreg: REG_1,
+            data: to.to_be_bytes().to_vec(),
+        },
+        Expr::Redirect { port_reg: REG_1 },
+    ]);
+    exprs
 }
 
 /// "if `load` equals the transparent mark, store the mark with `store`".
@@ -154,6 +193,15 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
         "output",
         &accept_if(meta(MetaKey::Mark), mark.clone()),
     );
+    // Before the loopback exemption, so that a stub resolver on 127.0.0.53 is captured too.
+    for protocol in [IPPROTO_UDP, IPPROTO_TCP] {
+        b.add_rule(
+            family,
+            t,
+            "output",
+            &dport_redirect(protocol, DNS_SERVER_PORT, DNS_PORT),
+        );
+    }
     b.add_rule(
         family,
         t,
@@ -179,23 +227,10 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
         t,
         "prerouting",
         &[
-            meta(MetaKey::L4Proto),
-            Expr::CmpEq {
-                sreg: REG_1,
-                data: vec![IPPROTO_TCP],
-            },
-            Expr::Payload {
-                base: PayloadBase::Transport,
-                offset: 2,
-                len: 2,
-                dreg: REG_1,
-            },
-            Expr::CmpEq {
-                sreg: REG_1,
-                data: HBONE_PORT.to_be_bytes().to_vec(),
-            },
-            Expr::Verdict(Verdict::Accept),
-        ],
+            dport_is(IPPROTO_TCP, HBONE_PORT),
+            vec![Expr::Verdict(Verdict::Accept)],
+        ]
+        .concat(),
     );
     b.add_rule(
         family,

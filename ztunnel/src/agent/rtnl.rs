@@ -197,6 +197,17 @@ impl Rtnl {
         )
     }
 
+    /// Deletes a link (a veth's peer goes with it).
+    pub fn delete_link(&mut self, name: &str) -> Result<(), RtnlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = self.index(name)?;
+        self.change(
+            &format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+    }
+
     pub fn add_bridge(&mut self, name: &str) -> Result<(), RtnlError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));

@@ -1,9 +1,10 @@
-//! The per-pod proxies. For each enrolled pod, three listeners live inside the pod's network
+//! The per-pod proxies. For each enrolled pod, these listeners live inside the pod's network
 //! namespace:
 //!
 //! - [`outbound`] on 15001: everything the pod dials, redirected by capture rules;
 //! - [`inbound_passthrough`] on 15006: plaintext arriving at the pod;
-//! - [`inbound`] on 15008: HBONE arriving at the pod.
+//! - [`inbound`] on 15008: HBONE arriving at the pod;
+//! - [`crate::dns`] on 15053 (UDP and TCP, loopback): the pod's DNS queries, redirected.
 //!
 //! A [`PodContext`] carries what they share: the pod, its namespace, its connection pool.
 
@@ -21,9 +22,11 @@ use std::time::Duration;
 use ambient_proto::hbone::{H2Settings, Pool, PoolSettings};
 use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::dns;
 use crate::identity::CertificateManager;
 use crate::inpod::netns::Netns;
 use crate::state::{StateStore, Workload};
@@ -116,7 +119,7 @@ impl PodContext {
             .cloned()
     }
 
-    /// Binds the three listeners in the pod's namespace and starts serving.
+    /// Binds the listeners in the pod's namespace and starts serving.
     pub fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let bind = |port| {
@@ -126,10 +129,48 @@ impl PodContext {
         let outbound = bind(OUTBOUND_PORT)?;
         let plaintext = bind(INBOUND_PLAINTEXT_PORT)?;
         let hbone = bind(HBONE_PORT)?;
+        let dns = self.bind_dns()?;
         tokio::spawn(outbound::serve(self.clone(), outbound));
         tokio::spawn(inbound_passthrough::serve(self.clone(), plaintext));
         tokio::spawn(inbound::serve(self.clone(), hbone));
+        let resolver = Arc::new(dns::server::Resolver::new(
+            self.shared.state.clone(),
+            self.namespace.clone(),
+            self.name.clone(),
+        ));
+        for (udp, tcp) in dns {
+            let cancel = self.cancel.clone();
+            tokio::spawn(dns::server::serve_udp(
+                udp,
+                resolver.clone(),
+                cancel.clone(),
+            ));
+            tokio::spawn(dns::server::serve_tcp(tcp, resolver.clone(), cancel));
+        }
         Ok(())
+    }
+
+    /// The DNS sockets, UDP and TCP, on IPv4 loopback and (when the pod has it) IPv6's.
+    fn bind_dns(&self) -> Result<Vec<(UdpSocket, TcpListener)>, StartError> {
+        let pair = |addr| -> std::io::Result<(UdpSocket, TcpListener)> {
+            Ok((
+                socket::udp_in(&self.netns, addr)?,
+                socket::listen_in(&self.netns, addr)?,
+            ))
+        };
+        let [v4, v6] = dns::server::bind_addresses(DNS_PORT);
+        let mut sockets = vec![pair(v4).map_err(|source| StartError::Bind {
+            port: DNS_PORT,
+            source,
+        })?];
+        match pair(v6) {
+            Ok(p) => sockets.push(p),
+            // IPv6 is off in this pod: nothing can send it IPv6 queries either.
+            Err(e) => {
+                tracing::debug!(pod = %self.name, error = %e, "DNS: no IPv6 loopback listener")
+            }
+        }
+        Ok(sockets)
     }
 
     pub fn stop(&self) {

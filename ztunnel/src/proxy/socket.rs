@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 use crate::inpod::netns::Netns;
 
@@ -19,13 +19,21 @@ pub const TRANSPARENT_MARK: u32 = 0x111;
 const BACKLOG: i32 = 1024;
 
 fn new_socket(netns: &Netns, addr: &SocketAddr) -> std::io::Result<Socket> {
+    new_socket_of(netns, addr, Type::STREAM, Protocol::TCP)
+}
+
+fn new_socket_of(
+    netns: &Netns,
+    addr: &SocketAddr,
+    ty: Type,
+    protocol: Protocol,
+) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
-    let socket =
-        netns.run(|| Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP)))??;
+    let socket = netns.run(|| Socket::new(domain, ty.nonblocking(), Some(protocol)))??;
     socket.set_mark(TUNNEL_MARK)?;
     Ok(socket)
 }
@@ -40,6 +48,16 @@ pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// A UDP socket bound to `addr` inside `netns`.
+pub fn udp_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = new_socket_of(netns, &addr, Type::DGRAM, Protocol::UDP)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Connects to `dst` from inside `netns`, with the tunnel mark so capture lets it through.

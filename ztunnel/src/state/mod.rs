@@ -52,6 +52,8 @@ pub struct Snapshot {
     namespace_policies: HashMap<String, Vec<Arc<Policy>>>,
     workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
     service_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Lowercased hostname → the services with it (one per namespace that defines it).
+    service_by_hostname: HashMap<String, Vec<Arc<Service>>>,
     /// Service key → its endpoints.
     endpoints: HashMap<String, Vec<Arc<Workload>>>,
 }
@@ -86,6 +88,15 @@ impl Snapshot {
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
         self.service_by_vip.get(&ip)
+    }
+
+    /// The services whose hostname is `hostname` (which must be lowercase, without a
+    /// trailing dot), in namespace order.
+    pub fn services_by_hostname(&self, hostname: &str) -> &[Arc<Service>] {
+        self.service_by_hostname
+            .get(hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// A pod's workload, by WDS uid or (as Istio's node agent sends a Kubernetes pod UID
@@ -264,6 +275,15 @@ impl Snapshot {
             .values()
             .flat_map(|s| s.vips.iter().map(move |ip| (*ip, s.clone())))
             .collect();
+        let mut by_hostname: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
+        for s in self.services.values() {
+            let name = s.hostname.trim_end_matches('.').to_ascii_lowercase();
+            by_hostname.entry(name).or_default().push(s.clone());
+        }
+        for list in by_hostname.values_mut() {
+            list.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        }
+        self.service_by_hostname = by_hostname;
         let mut endpoints: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
         for w in self.workloads.values() {
             for key in w.services.keys() {

@@ -1,0 +1,9 @@
+//! The `ambientctl` subcommands, one module per group.
+//!
+//! - [`mesh`]: `up`, `down`, `status`, `logs`, `exec` (the local runtime).
+//! - [`proxy_config`]: `ztunnel-config`, `proxy-status`.
+//! - [`output`]: tables, JSON and YAML.
+
+pub mod mesh;
+pub mod output;
+pub mod proxy_config;

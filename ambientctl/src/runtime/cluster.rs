@@ -1,0 +1,370 @@
+//! The local runtime's "kubelet, scheduler and allocators": keeps the pods of a manifest
+//! directory running as network namespaces with their containers, enrols the ones in the
+//! ambient mesh, and records placements and addresses for the controller
+//! ([`ambient_controller::source::allocations`]).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambient_controller::index::labels;
+use ambient_controller::model::Object;
+use ambient_controller::source::allocations::{Allocations, PodAllocation, ServiceAllocation};
+use ambient_controller::source::{Diagnostic, Severity};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::pod::{ContainerStatus, PodIdentity, PodProcesses};
+use crate::lab::mesh::{MeshError, allocations_path};
+use crate::lab::{Mesh, TopologyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error(transparent)]
+    Allocations(#[from] ambient_controller::source::allocations::AllocationsError),
+}
+
+/// Service VIPs from a /16, skipping the cluster DNS address.
+struct ServiceAddresses {
+    prefix: [u8; 2],
+    next: u16,
+    free: Vec<Ipv4Addr>,
+}
+
+impl ServiceAddresses {
+    fn allocate(&mut self) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.free.pop() {
+            return Some(ip);
+        }
+        // .0.0-.0.10 are reserved (network, cluster DNS at .0.10).
+        if self.next == u16::MAX {
+            return None;
+        }
+        let n = self.next.max(11);
+        self.next = n + 1;
+        let [a, b] = self.prefix;
+        Some(Ipv4Addr::new(a, b, (n >> 8) as u8, n as u8))
+    }
+}
+
+struct RunningPod {
+    processes: PodProcesses,
+    /// Handed to the node agent (captured, served by ztunnel).
+    captured: bool,
+    service_account: String,
+}
+
+/// A pod as `ambientctl status` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodReport {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub service_account: String,
+    /// `ambient` (captured, HBONE) or `none`.
+    pub dataplane: &'static str,
+    pub phase: &'static str,
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// The pods of a manifest directory, kept running on a [`Mesh`].
+pub struct Cluster {
+    pub mesh: Mesh,
+    allocations: Allocations,
+    pods: BTreeMap<String, RunningPod>,
+    services: ServiceAddresses,
+    logs: PathBuf,
+}
+
+fn pod_key(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn service_account(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+impl Cluster {
+    pub fn new(mesh: Mesh, service_prefix: [u8; 2]) -> Self {
+        let logs = mesh.lab.run_dir.join("logs").join("pods");
+        Cluster {
+            mesh,
+            allocations: Allocations::default(),
+            pods: BTreeMap::new(),
+            services: ServiceAddresses {
+                prefix: service_prefix,
+                next: 11,
+                free: Vec::new(),
+            },
+            logs,
+        }
+    }
+
+    /// Places the pods and addresses the services of `objects` (before the mesh starts,
+    /// so the controller's first view already has them). Returns what could not be placed.
+    pub async fn allocate(&mut self, objects: &[Object]) -> Result<Vec<String>, ClusterError> {
+        let mut problems = Vec::new();
+        let wanted: BTreeMap<String, &Pod> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => {
+                    let (ns, name) = pod_key(p);
+                    Some((format!("{ns}/{name}"), p))
+                }
+                _ => None,
+            })
+            .collect();
+        // Pods that are gone.
+        let gone: Vec<String> = self
+            .allocations
+            .pods
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.allocations.pods.remove(&key);
+            let (ns, name) = key.split_once('/').expect("ns/name");
+            if let Some(mut p) = self.pods.remove(&key) {
+                p.processes.stop(Duration::from_secs(2));
+                if p.captured
+                    && let Err(e) = self.mesh.release(ns, name).await
+                {
+                    warn!(pod = %key, error = %e, "releasing the pod");
+                }
+            }
+            if self.mesh.lab.pods.contains_key(&key) {
+                self.mesh.lab.remove_pod(ns, name)?;
+            }
+            info!(pod = %key, "pod removed");
+        }
+        // New pods.
+        for (key, pod) in &wanted {
+            if self.allocations.pods.contains_key(key) {
+                continue;
+            }
+            let (ns, name) = pod_key(pod);
+            let node = self.schedule(pod);
+            match self.mesh.lab.add_pod(&ns, &name, &node) {
+                Ok(p) => {
+                    self.allocations.pods.insert(
+                        key.clone(),
+                        PodAllocation {
+                            node_name: node.clone(),
+                            pod_ip: p.ip.to_string(),
+                            phase: "Running".into(),
+                        },
+                    );
+                    info!(pod = %key, node = %node, ip = %p.ip, "pod placed");
+                }
+                Err(e) => problems.push(format!("pod {key}: {e}")),
+            }
+        }
+        // Services.
+        let services: BTreeMap<String, bool> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => {
+                    let k = o.key();
+                    let has_ip = s
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.cluster_ip.as_deref())
+                        .is_some_and(|ip| !ip.is_empty());
+                    Some((format!("{}/{}", k.namespace, k.name), has_ip))
+                }
+                _ => None,
+            })
+            .collect();
+        let stale: Vec<String> = self
+            .allocations
+            .services
+            .keys()
+            .filter(|k| services.get(*k) != Some(&false))
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(a) = self.allocations.services.remove(&key)
+                && let Ok(ip) = a.cluster_ip.parse()
+            {
+                self.services.free.push(ip);
+            }
+        }
+        for (key, has_ip) in services {
+            if has_ip || self.allocations.services.contains_key(&key) {
+                continue;
+            }
+            match self.services.allocate() {
+                Some(ip) => {
+                    self.allocations.services.insert(
+                        key,
+                        ServiceAllocation {
+                            cluster_ip: ip.to_string(),
+                        },
+                    );
+                }
+                None => problems.push(format!("service {key}: no service address left")),
+            }
+        }
+        self.allocations.save(&allocations_path(&self.mesh.lab))?;
+        Ok(problems)
+    }
+
+    /// The node for a new pod: its `nodeName` if that node exists, else the least loaded.
+    fn schedule(&self, pod: &Pod) -> String {
+        let lab = &self.mesh.lab;
+        if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref())
+            && lab.nodes.contains_key(n)
+        {
+            return n.clone();
+        }
+        lab.nodes
+            .keys()
+            .min_by_key(|n| lab.pods.values().filter(|p| &p.node == *n).count())
+            .cloned()
+            .expect("the mesh has nodes")
+    }
+
+    /// Brings every placed pod in line with `objects`: enrols or releases it as its labels
+    /// and its namespace's say, then starts, restarts or stops its containers.
+    pub async fn converge(&mut self, objects: &[Object]) {
+        let namespaces: BTreeMap<String, &Namespace> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Namespace(n) => Some((n.metadata.name.clone().unwrap_or_default(), n)),
+                _ => None,
+            })
+            .collect();
+        for o in objects {
+            let Object::Pod(pod) = o else { continue };
+            let (ns, name) = pod_key(pod);
+            let key = format!("{ns}/{name}");
+            let Some(placed) = self.mesh.lab.pods.get(&key) else {
+                continue;
+            };
+            let sa = service_account(pod);
+            if !self.pods.contains_key(&key) {
+                let identity = PodIdentity {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    ip: placed.ip,
+                    node: placed.node.clone(),
+                    service_account: sa.clone(),
+                };
+                let dir = self
+                    .mesh
+                    .lab
+                    .run_dir
+                    .join("pods")
+                    .join(format!("{ns}_{name}"));
+                if let Err(e) = std::fs::create_dir_all(&self.logs) {
+                    warn!(error = %e, "creating the pod log directory");
+                }
+                self.pods.insert(
+                    key.clone(),
+                    RunningPod {
+                        processes: PodProcesses::new(
+                            identity,
+                            placed.netns.clone(),
+                            dir,
+                            self.logs.clone(),
+                        ),
+                        captured: false,
+                        service_account: sa.clone(),
+                    },
+                );
+            }
+            let ambient = labels::enrolled(pod, namespaces.get(&ns).copied());
+            let running = self.pods.get_mut(&key).expect("inserted above");
+            let recapture = running.captured && running.service_account != sa;
+            if ambient && (!running.captured || recapture) {
+                match self.mesh.enrol(&ns, &name, &sa).await {
+                    Ok(()) => {
+                        running.captured = true;
+                        running.service_account = sa.clone();
+                        info!(pod = %key, "pod enrolled in the ambient mesh");
+                    }
+                    Err(e) => warn!(pod = %key, error = %e, "enrolling the pod"),
+                }
+            } else if !ambient && running.captured {
+                match self.mesh.release(&ns, &name).await {
+                    Ok(()) => {
+                        running.captured = false;
+                        info!(pod = %key, "pod released from the mesh");
+                    }
+                    Err(e) => warn!(pod = %key, error = %e, "releasing the pod"),
+                }
+            }
+            running.processes.apply(pod);
+        }
+    }
+
+    /// Restarts containers that exited, as their restart policy says.
+    pub fn tick(&mut self) {
+        for p in self.pods.values_mut() {
+            p.processes.tick();
+        }
+    }
+
+    pub fn report(&self) -> Vec<PodReport> {
+        self.pods
+            .values()
+            .map(|p| {
+                let id = p.processes.identity();
+                PodReport {
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                    node: id.node.clone(),
+                    ip: id.ip,
+                    service_account: p.service_account.clone(),
+                    dataplane: if p.captured { "ambient" } else { "none" },
+                    phase: p.processes.phase(),
+                    containers: p.processes.statuses(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn service_addresses(&self) -> BTreeMap<String, String> {
+        self.allocations
+            .services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.cluster_ip.clone()))
+            .collect()
+    }
+
+    /// Stops every pod's containers.
+    pub fn stop_pods(&mut self) {
+        for p in self.pods.values_mut() {
+            p.processes.stop(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Diagnostics worth showing a user (the runtime reads the directory with the controller's
+/// own parser, so they are the same findings the controller reports).
+pub fn describe(diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics
+        .iter()
+        .filter(|d| d.severity != Severity::Info)
+        .map(|d| d.to_string())
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! The local runtime behind `ambientctl up`: a whole mesh on one Linux machine, no
+//! Kubernetes and no root. Pods from a manifest directory run as network namespaces with
+//! their containers' commands; the controller, a node agent and a ztunnel per node run as
+//! processes; everything lives inside user, mount and network namespaces of its own.
+//!
+//! - [`home`]: the state directory that lets every command find the running mesh.
+//! - [`supervisor`]: the process at the root of the mesh's namespaces.
+//! - [`cluster`]: scheduling, addresses, enrolment and pod lifecycles.
+//! - [`pod`]: a pod's containers as processes.
+//! - [`control`]: the supervisor's API on a Unix socket.
+//! - [`enter`]: joining a pod's namespaces from outside (`ambientctl exec`).
+
+pub mod cluster;
+pub mod control;
+pub mod enter;
+pub mod home;
+pub mod pod;
+pub mod supervisor;

@@ -1,0 +1,15 @@
+//! The demo application of `examples/bookinfo`: the productpage, reviews and ratings roles of
+//! Istio's bookinfo over HTTP/1.1, and `get`, a small curl to call them with.
+
+pub mod access_log;
+pub mod cli;
+pub mod client;
+pub mod get;
+pub mod model;
+pub mod pod;
+pub mod productpage;
+pub mod ratings;
+pub mod reviews;
+pub mod route;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,66 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use demo_app::cli::{Cli, Command, ListenArgs};
+use demo_app::get;
+use demo_app::pod::PodInfo;
+use demo_app::productpage::Productpage;
+use demo_app::ratings::Ratings;
+use demo_app::reviews::Reviews;
+use demo_app::server::{Role, Server};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let pod = PodInfo::from_env();
+        match cli.command {
+            Command::Get(args) => {
+                let code = get::run(&args).await;
+                std::process::exit(code);
+            }
+            Command::Ratings(listen) => serve(&listen, Ratings::new(pod)).await,
+            Command::Reviews(args) => {
+                serve(&args.listen, Reviews::new(pod, args.version, args.ratings)).await
+            }
+            Command::Productpage(args) => {
+                serve(&args.listen, Productpage::new(pod, args.reviews)).await
+            }
+        }
+    })
+}
+
+async fn serve<R: Role>(listen: &ListenArgs, role: R) -> anyhow::Result<()> {
+    let server = Server::bind(SocketAddr::new(listen.address, listen.port)).await?;
+    println!(
+        "demo-app {} listening on {} pod={}",
+        role.name(),
+        server.local_addr(),
+        role.pod().qualified_name()
+    );
+    tokio::select! {
+        () = server.run(Arc::new(role)) => Ok(()),
+        signal = shutdown_signal() => {
+            let signal = signal?;
+            println!("demo-app: {signal}, exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for SIGTERM (what the runtime sends to stop a pod) or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
