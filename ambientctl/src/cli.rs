@@ -74,6 +74,11 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Validate a directory of manifests (default: the running mesh's): stable codes, the
+    /// object concerned, file and line; exit 1 on errors.
+    Analyze(crate::cmd::analyze::AnalyzeArgs),
+    /// Render (or apply to a cluster) the Kubernetes manifests that run ambient-rs.
+    Install(crate::cmd::install::InstallArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completion { shell: clap_complete::Shell },
     /// Print the version.

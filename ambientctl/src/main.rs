@@ -60,6 +60,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             proxy_config::ztunnel_config(view, node.as_deref(), output)
         }
         Command::ProxyStatus { output } => proxy_config::proxy_status(output),
+        Command::Analyze(args) => ambientctl::cmd::analyze::run(args),
+        Command::Install(args) => ambientctl::cmd::install::run(args),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

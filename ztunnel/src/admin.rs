@@ -17,6 +17,8 @@ use tracing::debug;
 
 use crate::identity::{CertificateDump, CertificateManager};
 use crate::inpod::{PodDump, WorkloadManager};
+use crate::proxy::connection_manager::{ConnectionDump, ConnectionManager};
+use crate::rbac::Policy;
 use crate::readiness::Readiness;
 use crate::state::{Service, StateStore, Workload};
 
@@ -66,6 +68,9 @@ pub struct ConfigDump {
     pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Arc<Service>>,
     pub pods: Vec<PodDump>,
+    pub policies: Vec<Arc<Policy>>,
+    /// Live inbound connections (the ones policy changes are checked against).
+    pub connections: Vec<ConnectionDump>,
     pub certificates: Vec<CertificateDump>,
 }
 
@@ -75,6 +80,7 @@ pub fn admin_routes(
     state: Arc<StateStore>,
     pods: Arc<WorkloadManager>,
     certs: Arc<CertificateManager>,
+    connections: Arc<ConnectionManager>,
     shutdown: CancellationToken,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match (req.method(), req.uri().path()) {
@@ -84,11 +90,15 @@ pub fn admin_routes(
             workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
             let mut services: Vec<_> = snapshot.services().cloned().collect();
             services.sort_by_key(|s| s.key());
+            let mut policies: Vec<_> = snapshot.policies().cloned().collect();
+            policies.sort_by_key(|p| p.key());
             let dump = ConfigDump {
                 node: node.clone(),
                 workloads,
                 services,
                 pods: pods.dump(),
+                policies,
+                connections: connections.dump(&snapshot),
                 certificates: certs.dump(),
             };
             match serde_json::to_vec_pretty(&dump) {

@@ -139,6 +139,7 @@ pub async fn run(
             }
         }
     });
+    let connections = shared.connections.clone();
     let pods = Arc::new(WorkloadManager::new(shared, config.trust_domain.clone()));
 
     let admin = bind(config.admin_addr).await?;
@@ -152,6 +153,7 @@ pub async fn run(
             state.clone(),
             pods.clone(),
             certs.clone(),
+            connections,
             shutdown.clone(),
         ),
     ));

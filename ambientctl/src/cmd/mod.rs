@@ -4,6 +4,8 @@
 //! - [`proxy_config`]: `ztunnel-config`, `proxy-status`.
 //! - [`output`]: tables, JSON and YAML.
 
+pub mod analyze;
+pub mod install;
 pub mod mesh;
 pub mod output;
 pub mod proxy_config;

@@ -30,6 +30,16 @@ pub struct Tracked {
     pub cancel: CancellationToken,
 }
 
+/// A live inbound connection as `/config_dump` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnectionDump {
+    pub pod: String,
+    pub source: String,
+    pub destination: String,
+    pub source_identity: Option<String>,
+    pub destination_identity: Option<String>,
+}
+
 #[derive(Default)]
 pub struct ConnectionManager {
     conns: Mutex<HashMap<u64, Tracked>>,
@@ -64,6 +74,28 @@ impl ConnectionManager {
             manager: self.clone(),
             id,
         }
+    }
+
+    /// The live connections, for `/config_dump`.
+    pub fn dump(&self, snapshot: &Snapshot) -> Vec<ConnectionDump> {
+        let mut out: Vec<ConnectionDump> = self
+            .conns
+            .lock()
+            .expect("poisoned")
+            .values()
+            .filter(|t| !t.cancel.is_cancelled())
+            .map(|t| ConnectionDump {
+                pod: format!("{}/{}", t.pod_namespace, t.pod_name),
+                source: t.src_ip.to_string(),
+                destination: t.dst.to_string(),
+                source_identity: t.src_identity.as_ref().map(|i| i.to_string()),
+                destination_identity: snapshot
+                    .find_pod(&t.pod_uid, &t.pod_namespace, &t.pod_name)
+                    .map(|w| w.identity.to_string()),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.pod, &a.source, &a.destination).cmp(&(&b.pod, &b.source, &b.destination)));
+        out
     }
 
     pub fn len(&self) -> usize {
