@@ -8,6 +8,9 @@ use kube::{Api, Client};
 
 use super::auth::{AuthError, Authenticator, Caller};
 
+/// The audience ztunnels' service account tokens are projected for.
+pub const CA_AUDIENCE: &str = "ambient-ca";
+
 /// Extra info key bound tokens carry with the node name.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
@@ -32,7 +35,8 @@ impl TokenReviewAuthenticator {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
-                ..Default::default()
+                // ztunnels present a projected token minted for the CA (`ambientctl install`).
+                audiences: Some(vec![CA_AUDIENCE.to_string()]),
             },
             ..Default::default()
         };

@@ -94,7 +94,9 @@ impl ConnectionManager {
                     .map(|w| w.identity.to_string()),
             })
             .collect();
-        out.sort_by(|a, b| (&a.pod, &a.source, &a.destination).cmp(&(&b.pod, &b.source, &b.destination)));
+        out.sort_by(|a, b| {
+            (&a.pod, &a.source, &a.destination).cmp(&(&b.pod, &b.source, &b.destination))
+        });
         out
     }
 
