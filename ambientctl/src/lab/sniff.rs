@@ -49,6 +49,9 @@ impl Sniffer {
             )
         })??;
         setsockopt(&fd, ReceiveTimeout, &TimeVal::new(0, 100_000))?;
+        // A large buffer, so a busy machine drops fewer frames (forcing past rmem_max works
+        // as root of the sandbox; otherwise the default size stays).
+        let _ = setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(32 << 20));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
