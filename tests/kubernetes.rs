@@ -215,14 +215,21 @@ fn kubernetes_source_through_xds_to_ztunnel() {
                     .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
                 "{requests:?}"
             );
-            let lists = requests
-                .iter()
-                .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
-                .count();
-            assert!(
-                lists >= 2,
-                "the pod watcher relisted after 410 ({lists} lists)"
-            );
+            // The relist may land after web-2 is visible (the 410 and the relist race the
+            // delivery of the new pod through other streams): wait for it.
+            common::eventually(Duration::from_secs(10), || async {
+                let lists = api
+                    .requests()
+                    .iter()
+                    .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+                    .count();
+                if lists >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("the pod watcher did not relist after 410 ({lists} lists)").into())
+                }
+            })
+            .await?;
 
             // The CA, authenticated by TokenReview: node-a may have web's identity, not db's.
             let ca = CaClient::new(control_plane.clone(), Duration::from_secs(600))?;
