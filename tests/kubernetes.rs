@@ -226,7 +226,9 @@ fn kubernetes_source_through_xds_to_ztunnel() {
                 if lists >= 2 {
                     Ok(())
                 } else {
-                    Err(format!("the pod watcher did not relist after 410 ({lists} lists)").into())
+                    Err(format!(
+                        "the pod watcher did not relist after 410 ({lists} lists)"
+                    ))
                 }
             })
             .await?;
