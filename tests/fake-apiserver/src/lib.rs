@@ -460,8 +460,10 @@ impl FakeApiServer {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return,
+                    // A closed watch delivers nothing more, even an event already queued.
+                    biased;
                     _ = ended.recv() => return,
+                    _ = tokio::time::sleep_until(deadline) => return,
                     e = live.recv() => match e {
                         Ok(e) if e.rv > last && matches(&e) => {
                             last = e.rv;
