@@ -1,7 +1,6 @@
 //! The `ambientctl` command-line grammar.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -117,9 +116,4 @@ pub enum Demo {
         #[arg(long)]
         keep: bool,
     },
-}
-
-/// Where the manifests of `path` live (for commands that take an optional directory).
-pub fn dir_or_cwd(path: Option<PathBuf>) -> PathBuf {
-    path.unwrap_or_else(|| PathBuf::from("."))
 }

@@ -32,6 +32,7 @@
 //! Messages are sorted errors first, then by object. The exit code is 1 when there is an
 //! error (warnings and infos do not fail), and when `DIR` is not a directory.
 
+use ambient_controller::index::authorization::L4_CONDITION_KEYS;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -438,15 +439,6 @@ fn from_diagnostic(d: &Diagnostic, at: &Locations) -> Message {
         message,
     }
 }
-
-/// Attributes ztunnel can match on in a `when` condition; others are HTTP-level.
-const L4_CONDITION_KEYS: &[&str] = &[
-    "source.ip",
-    "source.namespace",
-    "source.principal",
-    "destination.ip",
-    "destination.port",
-];
 
 /// The HTTP-level fields a rule uses, by their YAML names.
 fn l7_fields(rule: &Rule) -> Vec<String> {

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ambient_controller::ca::authority::CertificateAuthority;
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -124,39 +125,13 @@ pub struct CaMaterial {
 }
 
 impl CaMaterial {
-    /// A fresh self-signed root (valid ten years) for `trust_domain`.
+    /// A fresh self-signed root for `trust_domain` (the controller's own kind of root).
     pub fn generate(trust_domain: &str) -> anyhow::Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let key = KeyPair::generate().context("generating the CA key")?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, trust_domain);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ambient-rs root CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        // Whole years are enough here: start at the beginning of last year, so that peers
-        // with clocks behind accept it too.
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let year = 1970 + (secs / 31_556_952) as i32;
-        params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-        params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-        let cert = params
-            .self_signed(&key)
-            .context("self-signing the CA certificate")?;
-        let pem = cert.pem();
+        let (pem, key) =
+            CertificateAuthority::generate_root_pem(trust_domain).context("generating the CA")?;
         Ok(CaMaterial {
             root_pem: pem.clone(),
-            signing: Some((pem, key.serialize_pem())),
+            signing: Some((pem, key)),
         })
     }
 }

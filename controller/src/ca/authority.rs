@@ -109,6 +109,30 @@ fn split_pem_certs(pem: &str) -> Vec<String> {
     out
 }
 
+/// What every root we make looks like: the trust domain as organization, a CA that may sign
+/// certificates and CRLs, backdated for peers whose clocks are behind.
+fn root_params(trust_domain: &str) -> Result<(CertificateParams, KeyPair), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, trust_domain);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ambient-rs root CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + ROOT_TTL;
+    params.serial_number = Some(random_serial());
+    Ok((params, key))
+}
+
 impl CertificateAuthority {
     /// Loads the CA from `dir`, generating a self-signed root there on first use.
     pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
@@ -126,24 +150,7 @@ impl CertificateAuthority {
     }
 
     fn generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, trust_domain);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ambient-rs root CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + ROOT_TTL;
-        params.serial_number = Some(random_serial());
+        let (params, key) = root_params(trust_domain)?;
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         write_private(&dir.join("ca-key.pem"), &key.serialize_pem())?;
@@ -157,6 +164,14 @@ impl CertificateAuthority {
             trust_domain: trust_domain.to_string(),
             default_ttl: DEFAULT_WORKLOAD_TTL,
         })
+    }
+
+    /// A new self-signed root for `trust_domain`: (certificate PEM, key PEM), as written
+    /// into a CA directory or a `cacerts` Secret.
+    pub fn generate_root_pem(trust_domain: &str) -> Result<(String, String), CaError> {
+        let (params, key) = root_params(trust_domain)?;
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     fn load(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {

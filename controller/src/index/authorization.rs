@@ -185,7 +185,8 @@ fn source_l7(s: &Source) -> Vec<&'static str> {
     v
 }
 
-const L4_CONDITION_KEYS: &[&str] = &[
+/// `when` keys ztunnel can evaluate; any other key is an HTTP attribute.
+pub const L4_CONDITION_KEYS: &[&str] = &[
     "source.namespace",
     "source.principal",
     "source.ip",
