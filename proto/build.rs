@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/security/authorization.proto",
         "proto/istio/zds/zds.proto",
         "proto/istio/ca/ca.proto",
+        "proto/ambient/waypoint/v1/waypoint.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
     ];
     for f in &files {

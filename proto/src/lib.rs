@@ -32,6 +32,16 @@ pub mod istio {
     }
 }
 
+/// Generated from `proto/ambient/**`: our own types.
+#[allow(clippy::all, missing_docs)]
+pub mod ambient {
+    pub mod waypoint {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ambient.waypoint.v1.rs"));
+        }
+    }
+}
+
 /// Generated from `proto/envoy/**`.
 #[allow(clippy::all, missing_docs)]
 pub mod envoy {
@@ -66,3 +76,5 @@ pub mod google {
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// xDS type URL of L4 authorization policies.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// xDS type URL of waypoint L7 configuration (our own type).
+pub const L7_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.L7Resource";

@@ -1,0 +1,63 @@
+//! Command-line flags (the same spellings as ztunnel's where they mean the same thing).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The waypoint for one Gateway.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "waypoint", version, about = "ambient-rs waypoint (L7 proxy)")]
+pub struct Args {
+    /// The Gateway this waypoint serves, as `<namespace>/<name>`.
+    #[arg(long, env = "GATEWAY")]
+    pub gateway: String,
+    /// Service account the waypoint runs as (its identity); defaults to the Gateway's name.
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    #[arg(long, default_value = ambient_proto::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Node the waypoint runs on (for the controller's proxy status).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+    /// The waypoint pod's own address.
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub instance_ip: String,
+    /// Controller xDS + CA address (`https://host:15012`).
+    #[arg(long, alias = "ca-address")]
+    pub controller_address: String,
+    #[arg(long)]
+    pub ca_root: PathBuf,
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    pub controller_server_name: String,
+    #[arg(long, alias = "ca-token-file")]
+    pub token_file: PathBuf,
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub workload_cert_ttl_secs: u64,
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Access log and diagnostics format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
+}
+
+/// Runs the waypoint with command-line `args` (program name first).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let args = Args::parse_from(args);
+    ztunnel::cli::init_logging(&args.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if args.worker_threads > 0 {
+        rt.worker_threads(args.worker_threads);
+    }
+    rt.build()?.block_on(crate::app::run(args))
+}

@@ -1,0 +1,17 @@
+//! The waypoint: an optional L7 proxy for the services (or workloads) that ask for one.
+//!
+//! ztunnel sends a service's traffic here over HBONE when the service carries
+//! `istio.io/use-waypoint`. The waypoint terminates HBONE, speaks the application protocol
+//! (HTTP/1.1, HTTP/2, gRPC; plain TCP passes through), applies the service's routes, faults,
+//! retries, traffic policy and L7 authorization, and re-originates HBONE to the chosen
+//! endpoint's ztunnel.
+//!
+//! - [`l7`]: the decisions, free of I/O: route matching, filters, faults, retries, load
+//!   balancing, outlier detection, connection-pool limits, authorization.
+//! - [`cli`]: command-line flags and the entry point.
+
+#![forbid(unsafe_code)]
+
+mod app;
+pub mod cli;
+pub mod l7;
