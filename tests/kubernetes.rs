@@ -110,6 +110,7 @@ fn kubernetes_source_through_xds_to_ztunnel() {
                 ztunnel::xds::NodeInfo {
                     node_name: "node-a".into(),
                     instance_ip: "127.0.0.1".into(),
+                    id: String::new(),
                 },
                 state.clone(),
                 readiness.clone(),

@@ -78,6 +78,11 @@ pub enum Command {
     Analyze(crate::cmd::analyze::AnalyzeArgs),
     /// Render (or apply to a cluster) the Kubernetes manifests that run ambient-rs.
     Install(crate::cmd::install::InstallArgs),
+    /// Waypoints (L7 proxies): generate, apply, list, status, delete (as istioctl's).
+    Waypoint {
+        #[command(subcommand)]
+        command: crate::cmd::waypoint::WaypointCommand,
+    },
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completion { shell: clap_complete::Shell },
     /// Print the version.

@@ -1,5 +1,7 @@
 //! `cargo run --release -p bench -- <benchmark>`: runs a benchmark and prints its figures.
 
+mod mesh;
+mod server;
 mod xds_scale;
 
 // The same allocator as the shipped binaries, so measured memory is what they would use.
@@ -24,6 +26,20 @@ struct Cli {
 enum Command {
     /// Control plane at scale: a simulated cluster on a fake API server, many xDS clients.
     Xds(xds_scale::Options),
+    /// Mesh overhead against direct TCP: throughput, latency, request and connection rates,
+    /// ztunnel CPU and memory, on a two-node cluster in namespaces the benchmark creates.
+    Mesh(mesh::Options),
+    /// The servers the mesh benchmark drives (run inside the server pod).
+    #[command(hide = true)]
+    MeshServer(server::ServerArgs),
+    /// Runs a mesh component (controller, ztunnel, node-agent), as `ambientctl component`
+    /// does: the lab starts them from this binary.
+    #[command(hide = true)]
+    Component {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Runs the controller (the benchmark starts it as a separate process to measure it).
     #[command(hide = true)]
     Controller {
@@ -35,6 +51,14 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Xds(opts) => xds_scale::run(opts),
+        Command::Mesh(opts) => mesh::run(opts),
+        Command::MeshServer(args) => server::run(args),
+        Command::Component { name, mut args } => {
+            if name == "ztunnel" {
+                args.extend(mesh::extra_ztunnel_args());
+            }
+            ambientctl::component::run(&name, args)
+        }
         Command::Controller { args } => {
             ambient_controller::cli::main(std::iter::once(OsString::from("controller")).chain(args))
         }

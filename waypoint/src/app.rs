@@ -1,8 +1,184 @@
 //! Wiring: certificates, xDS, the HBONE listener, admin, metrics and readiness.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambient_proto::hbone::{H2Settings, PoolSettings};
+use ambient_proto::identity::Identity;
+use ambient_proto::tls::TrustBundle;
+use anyhow::Context as _;
+use metrics_exporter_prometheus::Matcher;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use ztunnel::control_plane::ControlPlane;
+use ztunnel::identity::ca_client::CaClient;
+use ztunnel::identity::{Backoff, CertificateManager};
+use ztunnel::readiness::Readiness;
+use ztunnel::state::StateStore;
+use ztunnel::xds::{self, NodeInfo};
+
 use crate::cli::Args;
+use crate::config::{L7Store, L7Subscription};
+use crate::context::Ctx;
+use crate::routing::Routing;
+use crate::upstream::Upstreams;
+use crate::{admin, inbound, telemetry};
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
 
 /// Runs until SIGTERM / SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("waypoint for {} is not wired yet", args.gateway)
+    let (gw_ns, gw_name) = args
+        .gateway
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .with_context(|| format!("--gateway {}: expected <namespace>/<name>", args.gateway))?;
+    let sa = args.service_account.clone().unwrap_or_else(|| gw_name.to_string());
+    let identity = Identity::new(&args.trust_domain, gw_ns, &sa)
+        .with_context(|| format!("identity for {}/{sa}", gw_ns))?;
+    let roots = std::fs::read(&args.ca_root)
+        .with_context(|| format!("reading {}", args.ca_root.display()))?;
+    let control_plane = ControlPlane {
+        address: args.controller_address.clone(),
+        root_pem: roots.clone(),
+        server_name: args.controller_server_name.clone(),
+        token_file: args.token_file.clone(),
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::REQUEST_DURATION.into()),
+            telemetry::DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_bytes".into()),
+            telemetry::SIZE_BUCKETS,
+        )?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    telemetry::describe();
+
+    let state = Arc::new(StateStore::new());
+    let l7 = Arc::new(L7Store::default());
+    let readiness = Readiness::new(&["xds:address", "xds:authorization", "xds:l7", "certificate"]);
+    let pod_name = std::env::var("POD_NAME").unwrap_or_else(|_| gw_name.to_string());
+    let node = NodeInfo {
+        node_name: args.node_name.clone(),
+        instance_ip: args.instance_ip.clone(),
+        id: format!(
+            "router~{}~{pod_name}.{gw_ns}~{gw_ns}.svc.cluster.local",
+            args.instance_ip
+        ),
+    };
+    tokio::spawn(xds::run_with(
+        control_plane.clone(),
+        node,
+        state.clone(),
+        readiness.clone(),
+        vec![Arc::new(L7Subscription(l7.clone()))],
+    ));
+
+    let bundle = TrustBundle::from_pem(args.trust_domain.clone(), &roots)?;
+    let ca = CaClient::new(
+        control_plane,
+        Duration::from_secs(args.workload_cert_ttl_secs),
+    )?;
+    let certs = Arc::new(CertificateManager::new(Arc::new(ca), Backoff::default()));
+    let server = ambient_proto::tls::server_config(certs.slot(&identity), &bundle)?;
+    tokio::spawn({
+        let certs = certs.clone();
+        let identity = identity.clone();
+        let readiness = readiness.clone();
+        async move {
+            loop {
+                match certs.get(&identity, Duration::from_secs(30)).await {
+                    Ok(_) => return readiness.mark("certificate"),
+                    Err(e) => warn!(%identity, error = %e, "still no certificate"),
+                }
+            }
+        }
+    });
+    let ctx = Arc::new(Ctx {
+        gateway_namespace: gw_ns.to_string(),
+        gateway_name: gw_name.to_string(),
+        identity: identity.clone(),
+        instance_ip: args.instance_ip.parse::<IpAddr>().ok(),
+        state: state.clone(),
+        l7: l7.clone(),
+        certs,
+        bundle,
+        h2: H2Settings::default(),
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        upstreams: Upstreams::new(PoolSettings::default()),
+        routing: Routing::default(),
+        connect_timeout: Duration::from_secs(10),
+        cert_wait: Duration::from_secs(10),
+    });
+    // Recompile routes whenever the L7 configuration or the endpoints change.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut l7_versions = ctx.l7.subscribe();
+            let mut state_versions = ctx.state.subscribe();
+            loop {
+                let state = ctx.state.load();
+                ctx.routing
+                    .rebuild(&ctx.gateway_key(), &ctx.l7.load(), &state);
+                ctx.upstreams
+                    .retain_endpoints(|a| state.workload_by_ip(a.ip()).is_some());
+                tokio::select! {
+                    r = l7_versions.changed() => if r.is_err() { return },
+                    r = state_versions.changed() => if r.is_err() { return },
+                }
+            }
+        }
+    });
+
+    let shutdown = CancellationToken::new();
+    shutdown_on_signal(shutdown.clone());
+    let hbone = bind(args.hbone_addr).await?;
+    let admin_listener = bind(args.admin_addr).await?;
+    let metrics_listener = bind(args.metrics_addr).await?;
+    let ready_listener = bind(args.readiness_addr).await?;
+    tokio::spawn(ztunnel::admin::serve(
+        admin_listener,
+        shutdown.clone(),
+        admin::routes(ctx.clone(), shutdown.clone()),
+    ));
+    tokio::spawn(ztunnel::admin::serve(
+        metrics_listener,
+        shutdown.clone(),
+        ztunnel::admin::metrics_routes(metrics),
+    ));
+    tokio::spawn(ztunnel::admin::serve(
+        ready_listener,
+        shutdown.clone(),
+        ztunnel::admin::readiness_routes(readiness),
+    ));
+    tokio::spawn(inbound::serve(ctx, hbone, shutdown.clone()));
+    info!(gateway = %args.gateway, %identity, hbone = %args.hbone_addr, "waypoint running");
+    shutdown.cancelled().await;
+    info!("shutting down");
+    Ok(())
+}
+
+fn shutdown_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
 }

@@ -12,6 +12,19 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod app;
 pub mod cli;
+mod config;
+mod context;
+mod forward;
+pub mod http_server;
+mod inbound;
 pub mod l7;
+mod rewind;
+mod routing;
+mod stream;
+mod tcp;
+mod telemetry;
+mod trace;
+mod upstream;

@@ -104,6 +104,7 @@ pub async fn run(
             let node = NodeInfo {
                 node_name: config.node_name.clone(),
                 instance_ip: config.instance_ip.clone(),
+                id: String::new(),
             };
             tokio::spawn(xds::run(
                 config.control_plane.clone(),

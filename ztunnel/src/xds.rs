@@ -39,20 +39,27 @@ pub enum XdsError {
     Closed,
 }
 
-/// Who this ztunnel is, for the controller's proxy status.
+/// Who this proxy is, for the controller's proxy status.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
     pub node_name: String,
     pub instance_ip: String,
+    /// The xDS node id; ztunnel's form (`ztunnel~<ip>~ztunnel-<node>.istio-system~...`) when
+    /// empty. Waypoints use Istio's router form.
+    pub id: String,
 }
 
 impl NodeInfo {
     fn node(&self) -> Node {
         Node {
-            id: format!(
-                "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
-                self.instance_ip, self.node_name
-            ),
+            id: if self.id.is_empty() {
+                format!(
+                    "ztunnel~{}~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
+                    self.instance_ip, self.node_name
+                )
+            } else {
+                self.id.clone()
+            },
             metadata: Some(ambient_proto::google::protobuf::Struct {
                 fields: [("NODE_NAME".to_string(), string_value(&self.node_name))].into(),
             }),
@@ -73,6 +80,17 @@ fn string_value(s: &str) -> ambient_proto::google::protobuf::Value {
 /// Resources held, by type, with their versions.
 type Known = HashMap<String, HashMap<String, String>>;
 
+/// A resource type the [`StateStore`] does not hold, applied by whoever subscribed to it (the
+/// waypoint's L7 configuration rides on the same stream as workloads).
+pub trait ExtraType: Send + Sync {
+    fn type_url(&self) -> &'static str;
+    /// The readiness task marked once the first response of this type is applied.
+    fn readiness_task(&self) -> &'static str;
+    /// Applies upserted `(name, body)` pairs and removed names; returns rejections as
+    /// `name: reason` (those are NACKed, the rest is used).
+    fn apply(&self, upserts: Vec<(String, bytes::Bytes)>, removes: &[String]) -> Vec<String>;
+}
+
 /// Runs xDS sessions forever.
 pub async fn run(
     control_plane: ControlPlane,
@@ -80,11 +98,22 @@ pub async fn run(
     state: Arc<StateStore>,
     readiness: Readiness,
 ) {
+    run_with(control_plane, node, state, readiness, Vec::new()).await
+}
+
+/// [`run`], also subscribing to `extra` types.
+pub async fn run_with(
+    control_plane: ControlPlane,
+    node: NodeInfo,
+    state: Arc<StateStore>,
+    readiness: Readiness,
+    extra: Vec<Arc<dyn ExtraType>>,
+) {
     let mut known: Known = HashMap::new();
     let mut delay = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
-        match session(&control_plane, &node, &state, &mut known, &readiness).await {
+        match session(&control_plane, &node, &state, &extra, &mut known, &readiness).await {
             Ok(()) => {}
             Err(e) => {
                 warn!(controller = %control_plane.address, error = %e, retry_in = ?delay, "xDS stream ended; keeping the last good configuration")
@@ -103,6 +132,7 @@ async fn session(
     control_plane: &ControlPlane,
     node: &NodeInfo,
     state: &StateStore,
+    extra: &[Arc<dyn ExtraType>],
     known: &mut Known,
     readiness: &Readiness,
 ) -> Result<(), XdsError> {
@@ -110,7 +140,11 @@ async fn session(
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(8);
-    for t in TYPES {
+    let types = TYPES
+        .iter()
+        .copied()
+        .chain(extra.iter().map(|e| e.type_url()));
+    for t in types {
         let initial = DeltaDiscoveryRequest {
             node: Some(node.node()),
             type_url: t.to_string(),
@@ -135,7 +169,11 @@ async fn session(
     info!(controller = %control_plane.address, "xDS stream open");
     while let Some(response) = responses.message().await? {
         let type_url = response.type_url.clone();
-        let errors = apply(state, known.entry(type_url.clone()).or_default(), &response);
+        let held = known.entry(type_url.clone()).or_default();
+        let errors = match extra.iter().find(|e| e.type_url() == type_url) {
+            Some(e) => apply_extra(e.as_ref(), held, &response),
+            None => apply(state, held, &response),
+        };
         let error_detail = (!errors.is_empty()).then(|| {
             warn!(type_url, errors = %errors.join("; "), "rejecting part of the configuration (NACK)");
             rpc::Status {
@@ -155,9 +193,42 @@ async fn session(
             readiness.mark("xds:address");
         } else if type_url == AUTHORIZATION_TYPE_URL {
             readiness.mark("xds:authorization");
+        } else if let Some(e) = extra.iter().find(|e| e.type_url() == type_url) {
+            readiness.mark(e.readiness_task());
         }
     }
     Err(XdsError::Closed)
+}
+
+/// Applies one response of an extra type, remembering the versions it accepted.
+fn apply_extra(
+    extra: &dyn ExtraType,
+    known: &mut HashMap<String, String>,
+    response: &DeltaDiscoveryResponse,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut upserts = Vec::new();
+    let mut versions = Vec::new();
+    for r in &response.resources {
+        match &r.resource {
+            Some(body) => {
+                upserts.push((r.name.clone(), body.value.clone()));
+                versions.push((r.name.clone(), r.version.clone()));
+            }
+            None => errors.push(format!("{}: no body", r.name)),
+        }
+    }
+    let rejected = extra.apply(upserts, &response.removed_resources);
+    for (name, version) in versions {
+        if !rejected.iter().any(|r| r.starts_with(&format!("{name}: "))) {
+            known.insert(name, version);
+        }
+    }
+    for name in &response.removed_resources {
+        known.remove(name);
+    }
+    errors.extend(rejected);
+    errors
 }
 
 /// Applies one response; valid resources are used even when others are rejected (as Istio

@@ -299,7 +299,12 @@ fn render_status(s: &StatusReport) -> String {
                 p["name"].as_str().unwrap_or_default().to_string(),
                 p["node"].as_str().unwrap_or_default().to_string(),
                 p["ip"].as_str().unwrap_or_default().to_string(),
-                p["dataplane"].as_str().unwrap_or_default().to_string(),
+                // Waypoints are out of ztunnel's capture; they speak HBONE themselves.
+                if p["waypoint"].is_string() {
+                    "waypoint".to_string()
+                } else {
+                    p["dataplane"].as_str().unwrap_or_default().to_string()
+                },
                 p["phase"].as_str().unwrap_or_default().to_string(),
                 restarts.to_string(),
                 waiting.join("; "),

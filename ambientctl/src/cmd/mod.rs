@@ -2,6 +2,7 @@
 //!
 //! - [`mesh`]: `up`, `down`, `status`, `logs`, `exec` (the local runtime).
 //! - [`proxy_config`]: `ztunnel-config`, `proxy-status`.
+//! - [`waypoint`]: `waypoint generate|apply|list|status|delete`.
 //! - [`output`]: tables, JSON and YAML.
 
 pub mod analyze;
@@ -9,3 +10,4 @@ pub mod install;
 pub mod mesh;
 pub mod output;
 pub mod proxy_config;
+pub mod waypoint;

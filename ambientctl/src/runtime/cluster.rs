@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_controller::index::labels;
@@ -15,7 +16,9 @@ use ambient_controller::source::{Diagnostic, Severity};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde::Serialize;
 use tracing::{info, warn};
+use ztunnel::inpod::netns::Netns;
 
+use super::generated::{LabelOverlay, View};
 use super::pod::{ContainerStatus, PodIdentity, PodProcesses};
 use crate::lab::mesh::{MeshError, allocations_path};
 use crate::lab::{Mesh, TopologyError};
@@ -71,9 +74,29 @@ pub struct PodReport {
     pub service_account: String,
     /// `ambient` (captured, HBONE) or `none`.
     pub dataplane: &'static str,
-    pub phase: &'static str,
+    pub phase: String,
     pub containers: Vec<ContainerStatus>,
+    /// The Gateway (`namespace/name`) this pod is the waypoint of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
 }
+
+/// `allocations.json` as the runtime writes it: the controller's [`Allocations`] plus the
+/// objects the runtime made (`generated`) and label overlays (`labels`), both left out when
+/// empty.
+#[derive(Serialize)]
+struct AllocationsFile<'a> {
+    pods: &'a BTreeMap<String, PodAllocation>,
+    services: &'a BTreeMap<String, ServiceAllocation>,
+    #[serde(skip_serializing_if = "<[serde_json::Value]>::is_empty")]
+    generated: &'a [serde_json::Value],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a LabelOverlay,
+}
+
+/// Pod phases as the controller reads them.
+const RUNNING: &str = "Running";
+const PENDING: &str = "Pending";
 
 /// The pods of a manifest directory, kept running on a [`Mesh`].
 pub struct Cluster {
@@ -82,6 +105,10 @@ pub struct Cluster {
     pods: BTreeMap<String, RunningPod>,
     services: ServiceAddresses,
     logs: PathBuf,
+    generated: Vec<serde_json::Value>,
+    labels: LabelOverlay,
+    /// Waypoint pods (`namespace/name`) → their Gateway.
+    waypoints: BTreeMap<String, String>,
 }
 
 fn pod_key(pod: &Pod) -> (String, String) {
@@ -115,7 +142,72 @@ impl Cluster {
                 free: Vec::new(),
             },
             logs,
+            generated: Vec::new(),
+            labels: LabelOverlay::new(),
+            waypoints: BTreeMap::new(),
         }
+    }
+
+    /// Takes what the runtime generated and the label overlays from `view` (published with
+    /// the next save), and which pods are waypoints.
+    pub fn publish(&mut self, view: &View, labels: &LabelOverlay) {
+        self.generated = view.generated.clone();
+        self.labels = labels.clone();
+        self.waypoints = view.waypoint_pods.clone();
+    }
+
+    /// Writes `allocations.json` so that a reader never sees half of it.
+    pub fn save(&self) -> Result<(), ClusterError> {
+        save_allocations(
+            &allocations_path(&self.mesh.lab),
+            &AllocationsFile {
+                pods: &self.allocations.pods,
+                services: &self.allocations.services,
+                generated: &self.generated,
+                labels: &self.labels,
+            },
+        )
+    }
+
+    /// The waypoint pods that run, with where to probe their readiness.
+    pub fn waypoint_probes(&self) -> Vec<(String, Arc<Netns>, Ipv4Addr)> {
+        self.waypoints
+            .keys()
+            .filter(|k| self.pods.contains_key(*k))
+            .filter_map(|k| {
+                let p = self.mesh.lab.pods.get(k)?;
+                Some((k.clone(), p.netns.clone(), p.ip))
+            })
+            .collect()
+    }
+
+    /// Records a waypoint pod's readiness as its phase (`Running` once ready); returns
+    /// whether the phase changed.
+    pub fn set_ready(&mut self, key: &str, ready: bool) -> bool {
+        let Some(a) = self.allocations.pods.get_mut(key) else {
+            return false;
+        };
+        let phase = if ready { RUNNING } else { PENDING };
+        if a.phase == phase {
+            return false;
+        }
+        info!(pod = %key, phase, "waypoint readiness changed");
+        a.phase = phase.to_string();
+        true
+    }
+
+    /// Waypoint pods whose phase is not `Running` yet.
+    pub fn waypoints_not_ready(&self) -> Vec<String> {
+        self.waypoints
+            .keys()
+            .filter(|k| {
+                self.allocations
+                    .pods
+                    .get(*k)
+                    .is_none_or(|a| a.phase != RUNNING)
+            })
+            .cloned()
+            .collect()
     }
 
     /// Places the pods and addresses the services of `objects` (before the mesh starts,
@@ -165,12 +257,18 @@ impl Cluster {
             let node = self.schedule(pod);
             match self.mesh.lab.add_pod(&ns, &name, &node) {
                 Ok(p) => {
+                    // A waypoint is Running once its readiness answers.
+                    let phase = if self.waypoints.contains_key(key) {
+                        PENDING
+                    } else {
+                        RUNNING
+                    };
                     self.allocations.pods.insert(
                         key.clone(),
                         PodAllocation {
                             node_name: node.clone(),
                             pod_ip: p.ip.to_string(),
-                            phase: "Running".into(),
+                            phase: phase.into(),
                         },
                     );
                     info!(pod = %key, node = %node, ip = %p.ip, "pod placed");
@@ -224,7 +322,7 @@ impl Cluster {
                 None => problems.push(format!("service {key}: no service address left")),
             }
         }
-        self.allocations.save(&allocations_path(&self.mesh.lab))?;
+        self.save()?;
         Ok(problems)
     }
 
@@ -326,9 +424,14 @@ impl Cluster {
 
     pub fn report(&self) -> Vec<PodReport> {
         self.pods
-            .values()
-            .map(|p| {
+            .iter()
+            .map(|(key, p)| {
                 let id = p.processes.identity();
+                let waypoint = self.waypoints.get(key).cloned();
+                let phase = match (&waypoint, self.allocations.pods.get(key)) {
+                    (Some(_), Some(a)) if p.processes.phase() == RUNNING => a.phase.clone(),
+                    _ => p.processes.phase().to_string(),
+                };
                 PodReport {
                     namespace: id.namespace.clone(),
                     name: id.name.clone(),
@@ -336,8 +439,9 @@ impl Cluster {
                     ip: id.ip,
                     service_account: p.service_account.clone(),
                     dataplane: if p.captured { "ambient" } else { "none" },
-                    phase: p.processes.phase(),
+                    phase,
                     containers: p.processes.statuses(),
+                    waypoint,
                 }
             })
             .collect()
@@ -357,6 +461,21 @@ impl Cluster {
             p.processes.stop(Duration::from_secs(2));
         }
     }
+}
+
+fn save_allocations(path: &Path, file: &AllocationsFile<'_>) -> Result<(), ClusterError> {
+    let err = |source| {
+        ClusterError::Allocations(
+            ambient_controller::source::allocations::AllocationsError::Write {
+                path: path.display().to_string(),
+                source,
+            },
+        )
+    };
+    let text = serde_json::to_string_pretty(file).expect("plain data serializes");
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// Diagnostics worth showing a user (the runtime reads the directory with the controller's

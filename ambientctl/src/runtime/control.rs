@@ -4,7 +4,13 @@
 //! - `GET /status`: nodes, pods, services and manifest findings ([`StatusReport`]);
 //! - `GET /ztunnel/<node>/<port>/<path>`: a GET on that node's ztunnel (admin 15000,
 //!   metrics 15020, readiness 15021);
-//! - `GET /controller/<path>`: a GET on the controller's monitoring port (15014).
+//! - `GET /controller/<path>`: a GET on the controller's monitoring port (15014);
+//! - `POST /apply` ([`ApplyRequest`]): adds objects to the mesh (kept in the run directory,
+//!   published to the controller with the runtime's own objects) and label overlays;
+//! - `POST /delete` ([`DeleteRequest`]): removes objects added with `/apply`.
+//!
+//! Errors are plain text with a status: 400 bad request, 409 conflict with the manifest
+//! directory.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,9 +54,131 @@ pub struct StatusReport {
     pub diagnostics: Vec<String>,
 }
 
-/// What the API reads: a fresh status on demand, and where the proxies are.
+/// `POST /apply`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// Kubernetes objects (kinds the controller reads).
+    #[serde(default)]
+    pub objects: Vec<serde_json::Value>,
+    /// `Kind/namespace/name` → label → value (`null` removes the label).
+    #[serde(default)]
+    pub labels: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+/// What `/apply` did to one object.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    /// `Kind/namespace/name`.
+    pub object: String,
+    /// `created`, `configured` or `unchanged`.
+    pub action: String,
+    /// The manifest that already defines it, identically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// `POST /apply`'s answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub objects: Vec<Applied>,
+    /// The objects whose labels were set.
+    pub labels: Vec<String>,
+}
+
+/// `POST /delete`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub kind: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Every waypoint Gateway of the namespace (with `kind: Gateway`).
+    #[serde(default)]
+    pub all_waypoints: bool,
+    /// Remove this label overlay from the namespace when its value names a deleted object.
+    #[serde(default)]
+    pub namespace_label: Option<String>,
+}
+
+/// An object `/delete` would not remove: a manifest defines it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refused {
+    pub object: String,
+    pub file: String,
+}
+
+/// `POST /delete`'s answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeleteResult {
+    pub deleted: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub missing: Vec<String>,
+    /// Namespaces whose label was removed.
+    pub unlabeled: Vec<String>,
+}
+
+/// A refused API request.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 409,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the API reads and changes: a fresh status on demand, and the mesh's added objects.
 pub trait StatusSource: Send + Sync + 'static {
     fn status(&self) -> impl std::future::Future<Output = StatusReport> + Send;
+    fn apply(
+        &self,
+        request: ApplyRequest,
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ApiError>> + Send;
+    fn delete(
+        &self,
+        request: DeleteRequest,
+    ) -> impl std::future::Future<Output = Result<DeleteResult, ApiError>> + Send;
+}
+
+/// The largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}
+
+fn answer<T: Serialize>(result: Result<T, ApiError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(v) => reply(
+            StatusCode::OK,
+            serde_json::to_vec(&v).expect("plain data"),
+            true,
+        ),
+        Err(e) => reply(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message + "\n",
+            false,
+        ),
+    }
 }
 
 /// Where to reach the mesh's processes.
@@ -103,8 +231,25 @@ async fn route<S: StatusSource>(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    if req.method() == hyper::Method::POST {
+        return match path.as_str() {
+            "/apply" => match read_json(req).await {
+                Ok(r) => answer(source.apply(r).await),
+                Err(e) => answer::<()>(Err(e)),
+            },
+            "/delete" => match read_json(req).await {
+                Ok(r) => answer(source.delete(r).await),
+                Err(e) => answer::<()>(Err(e)),
+            },
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                format!("no route POST {path}\n"),
+                false,
+            ),
+        };
+    }
     if req.method() != hyper::Method::GET {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", false);
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n", false);
     }
     if path == "/status" {
         let body = serde_json::to_vec(&source.status().await).expect("plain data");
@@ -166,8 +311,9 @@ pub enum ControlError {
     },
     #[error("talking to the mesh: {0}")]
     Io(#[from] std::io::Error),
-    #[error("GET {path}: {status} {body}")]
+    #[error("{method} {path}: {status} {body}")]
     Status {
+        method: &'static str,
         path: String,
         status: u16,
         body: String,
@@ -178,6 +324,30 @@ pub enum ControlError {
 
 /// A blocking `GET path` on the control socket; the body when the status is 200.
 pub fn get(socket: &Path, path: &str) -> Result<String, ControlError> {
+    request(socket, "GET", path, None)
+}
+
+/// A blocking `POST path` of `body` as JSON, its answer parsed as JSON. A refusal is
+/// [`ControlError::Status`] with the server's message as `body`.
+pub fn post_json<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<T, ControlError> {
+    let body = serde_json::to_vec(body).expect("plain data");
+    let text = request(socket, "POST", path, Some(&body))?;
+    serde_json::from_str(&text).map_err(|e| ControlError::Json {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn request(
+    socket: &Path,
+    method: &'static str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<String, ControlError> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
         ControlError::Connect {
             path: socket.display().to_string(),
@@ -185,7 +355,17 @@ pub fn get(socket: &Path, path: &str) -> Result<String, ControlError> {
         }
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: ambient\r\n\r\n").as_bytes())?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: ambient\r\n");
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    let mut raw_request = head.into_bytes();
+    raw_request.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&raw_request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -197,6 +377,7 @@ pub fn get(socket: &Path, path: &str) -> Result<String, ControlError> {
         .unwrap_or(0);
     if status != 200 {
         return Err(ControlError::Status {
+            method,
             path: path.to_string(),
             status,
             body: body.trim().to_string(),

@@ -9,10 +9,14 @@
 //! - [`pod`]: a pod's containers as processes.
 //! - [`control`]: the supervisor's API on a Unix socket.
 //! - [`enter`]: joining a pod's namespaces from outside (`ambientctl exec`).
+//! - [`generated`]: objects applied with the CLI, label overlays, and the runtime's view.
+//! - [`waypoints`]: the ServiceAccount, Service and Pod deployed for each waypoint Gateway.
 
 pub mod cluster;
 pub mod control;
 pub mod enter;
+pub mod generated;
 pub mod home;
 pub mod pod;
 pub mod supervisor;
+pub mod waypoints;

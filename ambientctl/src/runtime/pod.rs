@@ -2,8 +2,10 @@
 //! pod's network namespace, in a mount namespace of its own that shows the pod's
 //! `/etc/resolv.conf` and `/etc/hosts` (as the kubelet arranges). The image is ignored: the
 //! command must exist on this machine. Containers restart as `restartPolicy` says, with
-//! Kubernetes-like exponential backoff.
+//! Kubernetes-like exponential backoff. `$(VAR)` in the command and arguments expands from
+//! the container's environment, as the kubelet does.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -18,6 +20,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use ztunnel::inpod::netns::Netns;
 
+use super::waypoints::expand;
 use crate::lab::spawn::{self, Entry};
 
 /// Cluster DNS as pods see it (the address is never dialled for real: ztunnel captures
@@ -376,21 +379,28 @@ fn spawn_container(env: &PodEnv, spec: &ContainerSpec, log: &Path) -> Result<Chi
         .open(log)
         .map_err(|e| format!("log {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
+    let id = &env.identity;
+    let mut vars: BTreeMap<String, String> = [
+        ("POD_NAME", id.name.clone()),
+        ("POD_NAMESPACE", id.namespace.clone()),
+        ("POD_IP", id.ip.to_string()),
+        ("NODE_NAME", id.node.clone()),
+        ("SERVICE_ACCOUNT", id.service_account.clone()),
+        ("HOSTNAME", id.name.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in &spec.env {
+        vars.insert(k.clone(), v.clone());
+    }
     let mut cmd = Command::new(&exe);
     cmd.arg0(OsString::from(program))
-        .args(&spec.argv[1..])
+        .args(spec.argv[1..].iter().map(|a| expand(a, &vars)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .env("POD_NAME", &env.identity.name)
-        .env("POD_NAMESPACE", &env.identity.namespace)
-        .env("POD_IP", env.identity.ip.to_string())
-        .env("NODE_NAME", &env.identity.node)
-        .env("SERVICE_ACCOUNT", &env.identity.service_account)
-        .env("HOSTNAME", &env.identity.name);
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
+        .envs(&vars);
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }

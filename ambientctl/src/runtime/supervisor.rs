@@ -1,22 +1,32 @@
 //! The process at the root of a local mesh's namespaces (`ambientctl up` starts it inside
 //! the sandbox): builds the network, runs the mesh, keeps the manifest directory's pods
-//! running, serves the control API, and stops everything on SIGTERM or Ctrl-C.
+//! running (plus the waypoints its Gateways ask for and what the CLI applied), serves the
+//! control API, and stops everything on SIGTERM or Ctrl-C.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ambient_controller::model::gateway::WAYPOINT_CLASS;
+use ambient_controller::model::{Kind, Object, ObjectKey};
 use ambient_controller::source::manifests::ManifestDir;
 use anyhow::Context;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
 use super::cluster::{self, Cluster};
-use super::control::{self, Endpoints, NodeReport, StatusReport, StatusSource};
+use super::control::{
+    self, ApiError, Applied, ApplyRequest, ApplyResult, DeleteRequest, DeleteResult, Endpoints,
+    NodeReport, Refused, StatusReport, StatusSource,
+};
+use super::generated::{self, Store, key_string};
 use super::home::{Home, MeshInfo, Phase, now_secs};
+use super::waypoints::{READINESS_PATH, READINESS_PORT, WaypointEnv};
 use crate::lab::http;
-use crate::lab::mesh::controller_monitoring;
+use crate::lab::mesh::{controller_grpc, controller_monitoring};
 use crate::lab::{Lab, Mesh, MeshOptions};
 
 /// How `ambientctl up` runs the mesh.
@@ -38,8 +48,36 @@ struct Shared {
     cluster: Mutex<Cluster>,
     manifests: PathBuf,
     diagnostics: std::sync::Mutex<Vec<String>>,
+    /// What the runtime could not generate (shown with the diagnostics).
+    problems: std::sync::Mutex<Vec<String>>,
     phase: std::sync::Mutex<Phase>,
     nodes: Vec<(String, Arc<ztunnel::inpod::netns::Netns>, String, String)>,
+    /// The directory's objects at the last scan.
+    dir_objects: std::sync::Mutex<Vec<Object>>,
+    /// Objects and labels applied through the control API.
+    store: std::sync::Mutex<Store>,
+    store_path: PathBuf,
+    /// The store changed: the view must be rebuilt (`wake` says so at once).
+    dirty: AtomicBool,
+    wake: Notify,
+    waypoint_env: WaypointEnv,
+}
+
+impl Shared {
+    fn changed(&self, store: &Store) {
+        if let Err(e) = store.save(&self.store_path) {
+            warn!(error = %e, path = %self.store_path.display(), "saving the applied objects");
+        }
+        self.dirty.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn file_of(&self, key: &ObjectKey) -> String {
+        generated::defining_file(&self.manifests, key)
+            .unwrap_or_else(|| self.manifests.clone())
+            .display()
+            .to_string()
+    }
 }
 
 impl StatusSource for Shared {
@@ -75,8 +113,198 @@ impl StatusSource for Shared {
                 .map(|p| serde_json::to_value(p).expect("plain data"))
                 .collect(),
             services,
-            diagnostics: self.diagnostics.lock().expect("poisoned").clone(),
+            diagnostics: {
+                let mut d = self.diagnostics.lock().expect("poisoned").clone();
+                d.extend(self.problems.lock().expect("poisoned").iter().cloned());
+                d
+            },
         }
+    }
+
+    async fn apply(&self, request: ApplyRequest) -> Result<ApplyResult, ApiError> {
+        let mut parsed = Vec::new();
+        for value in &request.objects {
+            let objects = generated::parse_value("request", value)
+                .map_err(|e| ApiError::bad_request(e.join("; ")))?;
+            let [object] = objects.as_slice() else {
+                return Err(ApiError::bad_request(format!(
+                    "{} {}: not a kind the mesh reads",
+                    value["apiVersion"].as_str().unwrap_or("?"),
+                    value["kind"].as_str().unwrap_or("?")
+                )));
+            };
+            parsed.push((value.clone(), object.clone()));
+        }
+        for key in request.labels.keys() {
+            let parts: Vec<&str> = key.split('/').collect();
+            if parts.len() != 3 || parts[0].is_empty() || parts[2].is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "{key:?}: expected Kind/namespace/name"
+                )));
+            }
+        }
+        let dir = self.dir_objects.lock().expect("poisoned").clone();
+        let mut result = ApplyResult::default();
+        let mut fresh = Vec::new();
+        for (value, object) in parsed {
+            let key = object.key();
+            if let Some(existing) = dir.iter().find(|o| o.key() == key) {
+                let file = self.file_of(&key);
+                if *existing != object {
+                    return Err(ApiError::conflict(format!(
+                        "{key} is defined in {file}; edit that file instead"
+                    )));
+                }
+                result.objects.push(Applied {
+                    object: key_string(&key),
+                    action: "unchanged".into(),
+                    file: Some(file),
+                });
+            } else {
+                fresh.push((key_string(&key), value));
+            }
+        }
+        let mut store = self.store.lock().expect("poisoned");
+        for (key, value) in fresh {
+            let action = match store.objects.get(&key) {
+                None => "created",
+                Some(old) if *old == value => "unchanged",
+                Some(_) => "configured",
+            };
+            info!(object = %key, action, "applied");
+            store.objects.insert(key.clone(), value);
+            result.objects.push(Applied {
+                object: key,
+                action: action.into(),
+                file: None,
+            });
+        }
+        for (key, labels) in request.labels {
+            let entry = store.labels.entry(key.clone()).or_default();
+            entry.extend(labels);
+            info!(object = %key, labels = ?entry, "labels set");
+            result.labels.push(key);
+        }
+        self.changed(&store);
+        Ok(result)
+    }
+
+    async fn delete(&self, request: DeleteRequest) -> Result<DeleteResult, ApiError> {
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == request.kind)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown kind {:?}", request.kind)))?;
+        let ns = request.namespace.clone();
+        let dir = self.dir_objects.lock().expect("poisoned").clone();
+        let mut store = self.store.lock().expect("poisoned");
+        let mut names = request.names.clone();
+        if request.all_waypoints && kind == Kind::Gateway {
+            let waypoint = |o: &Object| {
+                matches!(o, Object::Gateway(g) if g.spec.gateway_class_name == WAYPOINT_CLASS)
+                    && o.key().namespace == ns
+            };
+            for o in dir.iter().filter(|o| waypoint(o)) {
+                names.push(o.key().name);
+            }
+            for value in store.objects.values() {
+                if let Ok(objects) = generated::parse_value("store", value) {
+                    names.extend(objects.iter().filter(|o| waypoint(o)).map(|o| o.key().name));
+                }
+            }
+            names.sort();
+            names.dedup();
+        }
+        let mut result = DeleteResult::default();
+        for name in names {
+            let key = ObjectKey {
+                kind,
+                namespace: if kind == Kind::Namespace {
+                    String::new()
+                } else {
+                    ns.clone()
+                },
+                name: name.clone(),
+            };
+            let shown = key_string(&key);
+            if store.objects.remove(&shown).is_some() {
+                info!(object = %shown, "deleted");
+                result.deleted.push(shown);
+                if let Some(label) = &request.namespace_label {
+                    let ns_key = format!("Namespace//{ns}");
+                    if let Some(labels) = store.labels.get_mut(&ns_key)
+                        && labels.get(label) == Some(&Some(name.clone()))
+                    {
+                        labels.remove(label);
+                        if labels.is_empty() {
+                            store.labels.remove(&ns_key);
+                        }
+                        result.unlabeled.push(ns.clone());
+                    }
+                }
+            } else if dir.iter().any(|o| o.key() == key) {
+                result.refused.push(Refused {
+                    object: shown,
+                    file: self.file_of(&key),
+                });
+            } else {
+                result.missing.push(shown);
+            }
+        }
+        if !result.deleted.is_empty() {
+            self.changed(&store);
+        }
+        Ok(result)
+    }
+}
+
+/// Rebuilds the runtime's view (directory + applied + generated objects) and brings the
+/// pods in line with it.
+async fn rebuild(shared: &Shared) {
+    let dir = shared.dir_objects.lock().expect("poisoned").clone();
+    let store = shared.store.lock().expect("poisoned").clone();
+    let view = generated::compose(&dir, &store, &shared.waypoint_env);
+    {
+        let mut known = shared.problems.lock().expect("poisoned");
+        for p in view.problems.iter().filter(|p| !known.contains(p)) {
+            warn!("{p}");
+        }
+        *known = view.problems.clone();
+    }
+    let mut cluster = shared.cluster.lock().await;
+    cluster.publish(&view, &store.labels);
+    match cluster.allocate(&view.objects).await {
+        Ok(problems) => problems.iter().for_each(|p| warn!("{p}")),
+        Err(e) => warn!(error = %e, "applying the manifests"),
+    }
+    cluster.converge(&view.objects).await;
+}
+
+/// Probes every waypoint pod's readiness; a ready one is `Running` for the controller.
+async fn probe_waypoints(shared: &Shared) {
+    let probes = shared.cluster.lock().await.waypoint_probes();
+    if probes.is_empty() {
+        return;
+    }
+    let mut results = Vec::new();
+    for (key, netns, ip) in probes {
+        let probe = http::get(
+            &netns,
+            SocketAddr::new(ip.into(), READINESS_PORT),
+            READINESS_PATH,
+        );
+        let ready = matches!(
+            tokio::time::timeout(Duration::from_secs(1), probe).await,
+            Ok(Ok((200, _)))
+        );
+        results.push((key, ready));
+    }
+    let mut cluster = shared.cluster.lock().await;
+    let mut changed = false;
+    for (key, ready) in results {
+        changed |= cluster.set_ready(&key, ready);
+    }
+    if changed && let Err(e) = cluster.save() {
+        warn!(error = %e, "saving the allocations");
     }
 }
 
@@ -99,6 +327,15 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
     lab.set_pod_prefix(options.pod_prefix[0], options.pod_prefix[1])?;
     for n in &node_names {
         lab.add_node(n).with_context(|| format!("adding {n}"))?;
+    }
+    // Routes back to the pods, so that pods reach the controller (waypoints do, as
+    // ztunnels do from the nodes).
+    {
+        let mut rtnl = ztunnel::agent::rtnl::Rtnl::open().context("opening rtnetlink")?;
+        for n in lab.nodes.values() {
+            rtnl.add_route(n.pod_subnet, 24, Some(n.ip), None)
+                .with_context(|| format!("routing {}/24 via {}", n.pod_subnet, n.ip))?;
+        }
     }
     let nodes: Vec<_> = lab
         .nodes
@@ -124,28 +361,41 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
     let mut mesh_options = MeshOptions::new(exe);
     mesh_options.log_filter = options.log_filter.clone();
     mesh_options.debounce_quiet = Duration::from_millis(100);
+    let waypoint_env = WaypointEnv {
+        exe: mesh_options.exe.clone(),
+        run_dir: run_dir.clone(),
+        trust_domain: mesh_options.trust_domain.clone(),
+        controller_address: format!("https://{}", controller_grpc()),
+        workload_cert_ttl_secs: mesh_options.workload_cert_ttl.as_secs(),
+        log_filter: options.log_filter.clone(),
+    };
     let mesh = Mesh::start_on(lab, options.manifests.clone(), mesh_options)
         .await
         .context("starting the mesh")?;
 
     let mut source = ManifestDir::new(&options.manifests);
     let scan = source.scan();
-    let mut cluster = Cluster::new(mesh, options.service_prefix);
-    for p in cluster.allocate(&scan.objects).await? {
-        warn!("{p}");
-    }
-    cluster.converge(&scan.objects).await;
+    let cluster = Cluster::new(mesh, options.service_prefix);
     let findings = cluster::describe(&scan.diagnostics);
     for f in &findings {
         warn!("{f}");
     }
+    let store_path = run_dir.join("applied.json");
     let shared = Arc::new(Shared {
         cluster: Mutex::new(cluster),
         manifests: options.manifests.clone(),
         diagnostics: std::sync::Mutex::new(findings),
+        problems: std::sync::Mutex::new(Vec::new()),
         phase: std::sync::Mutex::new(Phase::Starting),
         nodes,
+        dir_objects: std::sync::Mutex::new(scan.objects),
+        store: std::sync::Mutex::new(Store::load(&store_path)),
+        store_path,
+        dirty: AtomicBool::new(false),
+        wake: Notify::new(),
+        waypoint_env,
     });
+    rebuild(&shared).await;
 
     let socket = home.control_socket();
     let _ = std::fs::remove_file(&socket);
@@ -175,9 +425,9 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
             _ = term.recv() => break,
             _ = hangup.recv() => break,
             _ = tokio::time::sleep(POLL) => {}
+            _ = shared.wake.notified() => {}
         }
         let scan = source.scan();
-        let mut cluster = shared.cluster.lock().await;
         if scan.changed {
             let findings = cluster::describe(&scan.diagnostics);
             {
@@ -187,13 +437,13 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
                 }
                 *known = findings;
             }
-            match cluster.allocate(&scan.objects).await {
-                Ok(problems) => problems.iter().for_each(|p| warn!("{p}")),
-                Err(e) => warn!(error = %e, "applying the manifests"),
-            }
-            cluster.converge(&scan.objects).await;
+            *shared.dir_objects.lock().expect("poisoned") = scan.objects;
         }
-        cluster.tick();
+        if shared.dirty.swap(false, Ordering::SeqCst) || scan.changed {
+            rebuild(&shared).await;
+        }
+        shared.cluster.lock().await.tick();
+        probe_waypoints(&shared).await;
     }
 
     info!("stopping the mesh");
@@ -211,12 +461,50 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
 }
 
 /// Waits (a bounded time) until every node's ztunnel holds the workloads of the pods it
-/// serves, so that `up --detach` returns a mesh that already carries traffic.
+/// serves and every waypoint is ready, so that `up --detach` returns a mesh that already
+/// carries traffic.
 async fn wait_until_served(shared: &Shared) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let pods = shared.cluster.lock().await.report();
-        let mut missing = Vec::new();
+        shared.cluster.lock().await.tick();
+        probe_waypoints(shared).await;
+        let (pods, mut missing) = {
+            let cluster = shared.cluster.lock().await;
+            let not_ready = cluster
+                .waypoints_not_ready()
+                .into_iter()
+                .map(|w| format!("waypoint {w} not ready"))
+                .collect::<Vec<_>>();
+            (cluster.report(), not_ready)
+        };
+        // The controller must have seen them ready too (Programmed), so that `waypoint
+        // list` right after `up --detach` agrees.
+        let gateways: Vec<&str> = pods.iter().filter_map(|p| p.waypoint.as_deref()).collect();
+        if missing.is_empty() && !gateways.is_empty() {
+            let listed = shared
+                .cluster
+                .lock()
+                .await
+                .mesh
+                .controller_get("/debug/gateways")
+                .await;
+            if let Ok(body) = listed {
+                let views: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+                for gw in &gateways {
+                    let programmed = views.iter().any(|v| {
+                        format!(
+                            "{}/{}",
+                            v["namespace"].as_str().unwrap_or_default(),
+                            v["name"].as_str().unwrap_or_default()
+                        ) == *gw
+                            && v["programmed"] == true
+                    });
+                    if !programmed {
+                        missing.push(format!("waypoint {gw} not programmed"));
+                    }
+                }
+            }
+        }
         for (node, netns, _, _) in &shared.nodes {
             let dump = match http::get(
                 netns,
@@ -238,11 +526,17 @@ async fn wait_until_served(shared: &Shared) {
                 .as_array()
                 .map(|a| a.iter().filter_map(|w| w["uid"].as_str()).collect())
                 .unwrap_or_default();
-            for p in pods.iter().filter(|p| p.dataplane == "ambient") {
+            for p in pods
+                .iter()
+                .filter(|p| p.dataplane == "ambient" || p.waypoint.is_some())
+            {
                 let uid = format!("Kubernetes//Pod/{}/{}", p.namespace, p.name);
-                // Every node must know every pod; the pod's own node must serve it.
+                // Every node must know every pod (waypoints included); the pod's own node
+                // must serve it if it is captured.
                 if !known.contains(&uid.as_str())
-                    || (&p.node == node && !served.contains(&uid.as_str()))
+                    || (p.dataplane == "ambient"
+                        && &p.node == node
+                        && !served.contains(&uid.as_str()))
                 {
                     missing.push(format!("{uid} on {node}"));
                 }

@@ -9,6 +9,8 @@ pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// On a waypoint's pods (and Service): the Gateway they implement.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Set by istio-cni once it has captured a pod; honoured so Istio's node agent works too.
 pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
 

@@ -1,12 +1,13 @@
 //! The index: cluster state → what proxies need.
 //!
 //! [`build`] computes, from a [`ClusterState`], every WDS `Address` (workloads by uid, services
-//! by `namespace/hostname`), every L4 `Authorization` (by `namespace/name`), and which
-//! identities run on which node (what the CA may grant each ztunnel). It is a pure function;
+//! by `namespace/hostname`), every L4 `Authorization` (by `namespace/name`), the waypoints'
+//! L7 configuration ([`l7`]) and their status, and which identities run on which node (what the CA may grant each ztunnel). It is a pure function;
 //! the push loop calls it after each debounced burst of changes and sends only resources
 //! whose content changed.
 
 pub mod authorization;
+pub mod l7;
 pub mod labels;
 pub mod peer_auth;
 pub mod service;
@@ -17,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
+use ambient_proto::ambient::waypoint::v1 as l7proto;
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::security as sec;
 use ambient_proto::istio::workload as wds;
@@ -78,8 +80,13 @@ pub struct Index {
     /// WDS resources by xDS name.
     pub addresses: BTreeMap<String, wds::Address>,
     pub authorizations: BTreeMap<String, sec::Authorization>,
-    /// Identities of enrolled pods, by node.
+    /// Waypoint L7 configuration by xDS name (`service/<ns>/<hostname>`,
+    /// `gateway/<ns>/<name>`).
+    pub l7: BTreeMap<String, l7proto::L7Resource>,
+    /// Identities of enrolled pods (and waypoint instances), by node.
     pub identities_by_node: BTreeMap<String, BTreeSet<Identity>>,
+    /// Status of every waypoint Gateway.
+    pub gateways: Vec<l7::status::GatewayStatus>,
     pub warnings: Vec<Warning>,
 }
 
@@ -326,6 +333,8 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
                 .insert(authorization::resource_name(&c.namespace, &c.name), c);
         }
     }
+    index.l7 = l7::build(&ctx, &mut warnings);
+    index.gateways = l7::gateway_statuses(&ctx);
     warnings.sort();
     warnings.dedup();
     index.warnings = warnings;

@@ -3,11 +3,13 @@
 use std::net::IpAddr;
 
 use ambient_proto::istio::workload as wds;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use super::labels::GATEWAY_NAME_LABEL;
 use super::labels::{self, WAYPOINT_FOR, use_waypoint};
 use super::{Context, Warning};
-use crate::model::gateway::WAYPOINT_CLASS;
+use crate::model::gateway::{Gateway, WAYPOINT_CLASS};
 use crate::model::{Kind, Object, ObjectKey};
 
 /// Port of a waypoint's HBONE listener.
@@ -20,15 +22,58 @@ pub enum Traffic {
     Workload,
 }
 
-/// The waypoint for an object with `meta` in `namespace`: the object's own
-/// `istio.io/use-waypoint` label, else its namespace's.
-pub fn resolve(
+/// Whether `pod` is an instance of a waypoint: labelled with the name of a waypoint Gateway
+/// (class `istio-waypoint`) of its namespace. It terminates HBONE itself.
+pub fn is_instance(ctx: &Context<'_>, pod: &Pod) -> bool {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    labels::labels(&pod.metadata)
+        .get(GATEWAY_NAME_LABEL)
+        .is_some_and(|gw| waypoint_gateway(ctx, namespace, gw).is_some())
+}
+
+/// The waypoint Gateway `namespace/name`, if there is one.
+fn waypoint_gateway<'a>(ctx: &Context<'a>, namespace: &str, name: &str) -> Option<&'a Gateway> {
+    match ctx.state.get(&ObjectKey {
+        kind: Kind::Gateway,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }) {
+        Some(Object::Gateway(g)) if g.spec.gateway_class_name == WAYPOINT_CLASS => Some(g),
+        _ => None,
+    }
+}
+
+/// Whether the object is part of a waypoint (its pods, or its Service: labelled with the
+/// Gateway's name or, for a Service, named after it). A waypoint never uses a waypoint.
+fn part_of_waypoint(
     ctx: &Context<'_>,
     meta: &ObjectMeta,
     namespace: &str,
     traffic: Traffic,
+) -> bool {
+    let labelled = labels::labels(meta)
+        .get(GATEWAY_NAME_LABEL)
+        .is_some_and(|gw| waypoint_gateway(ctx, namespace, gw).is_some());
+    let own_service = traffic == Traffic::Service
+        && meta
+            .name
+            .as_deref()
+            .is_some_and(|n| waypoint_gateway(ctx, namespace, n).is_some());
+    labelled || own_service
+}
+
+/// The waypoint Gateway (namespace, name) that serves an object with `meta` in `namespace`
+/// for `traffic`: the object's own `istio.io/use-waypoint` label, else its namespace's.
+pub fn choose<'a>(
+    ctx: &Context<'a>,
+    meta: &ObjectMeta,
+    namespace: &str,
+    traffic: Traffic,
     warnings: &mut Vec<Warning>,
-) -> Option<wds::GatewayAddress> {
+) -> Option<(String, String, &'a Gateway)> {
+    if part_of_waypoint(ctx, meta, namespace, traffic) {
+        return None;
+    }
     let choice = use_waypoint(meta, namespace).or_else(|| {
         ctx.state
             .namespace(namespace)
@@ -66,6 +111,19 @@ pub fn resolve(
     if !allowed {
         return None;
     }
+    Some((gw_ns, gw_name, gateway))
+}
+
+/// The address of the waypoint that serves an object with `meta` in `namespace` (see
+/// [`choose`]).
+pub fn resolve(
+    ctx: &Context<'_>,
+    meta: &ObjectMeta,
+    namespace: &str,
+    traffic: Traffic,
+    warnings: &mut Vec<Warning>,
+) -> Option<wds::GatewayAddress> {
+    let (gw_ns, gw_name, gateway) = choose(ctx, meta, namespace, traffic, warnings)?;
     let hostname = |host: String| wds::GatewayAddress {
         destination: Some(wds::gateway_address::Destination::Hostname(
             wds::NamespacedHostname {

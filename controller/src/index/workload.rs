@@ -129,7 +129,8 @@ pub fn from_pod(
     let spec = pod.spec.as_ref();
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     let ns_object = ctx.state.namespace(&namespace);
-    let in_mesh = !host_network && enrolled(pod, ns_object);
+    // A waypoint instance terminates HBONE itself, enrolled or not.
+    let in_mesh = waypoint::is_instance(ctx, pod) || (!host_network && enrolled(pod, ns_object));
     let workload = workload_name(pod);
     let pod_labels = labels::labels(&pod.metadata);
 

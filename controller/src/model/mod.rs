@@ -6,6 +6,8 @@
 
 pub mod gateway;
 pub mod istio;
+pub mod networking;
+pub mod route;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -17,6 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use gateway::Gateway;
 pub use istio::{AuthorizationPolicy, PeerAuthentication};
+pub use networking::{DestinationRule, VirtualService};
+pub use route::{GrpcRoute, HttpRoute};
 
 /// The kinds the controller reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,10 +32,14 @@ pub enum Kind {
     Gateway,
     AuthorizationPolicy,
     PeerAuthentication,
+    HttpRoute,
+    GrpcRoute,
+    VirtualService,
+    DestinationRule,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -39,6 +47,10 @@ impl Kind {
         Kind::Gateway,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::VirtualService,
+        Kind::DestinationRule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,13 +62,33 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         }
     }
 
     /// The kind named by a manifest's `apiVersion` and `kind`, if we read it.
     pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
-        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         match (group, kind) {
+            ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
+                Some(Kind::HttpRoute)
+            }
+            ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
+                Some(Kind::GrpcRoute)
+            }
+            ("networking.istio.io", "VirtualService")
+                if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
+            {
+                Some(Kind::VirtualService)
+            }
+            ("networking.istio.io", "DestinationRule")
+                if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
+            {
+                Some(Kind::DestinationRule)
+            }
             ("", "Namespace") => Some(Kind::Namespace),
             ("", "Pod") => Some(Kind::Pod),
             ("", "Service") => Some(Kind::Service),
@@ -106,6 +138,10 @@ pub enum Object {
     Gateway(Gateway),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -118,6 +154,10 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
         }
     }
 
@@ -130,6 +170,26 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -288,6 +348,34 @@ impl ClusterState {
                 _ => None,
             })
     }
+
+    pub fn http_routes(&self) -> impl Iterator<Item = &HttpRoute> {
+        self.of_kind(Kind::HttpRoute).filter_map(|o| match o {
+            Object::HttpRoute(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub fn grpc_routes(&self) -> impl Iterator<Item = &GrpcRoute> {
+        self.of_kind(Kind::GrpcRoute).filter_map(|o| match o {
+            Object::GrpcRoute(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub fn virtual_services(&self) -> impl Iterator<Item = &VirtualService> {
+        self.of_kind(Kind::VirtualService).filter_map(|o| match o {
+            Object::VirtualService(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub fn destination_rules(&self) -> impl Iterator<Item = &DestinationRule> {
+        self.of_kind(Kind::DestinationRule).filter_map(|o| match o {
+            Object::DestinationRule(d) => Some(d),
+            _ => None,
+        })
+    }
 }
 
 /// Implements `kube::Resource` for our own namespaced kinds, so kube-rs can watch them.
@@ -339,4 +427,32 @@ namespaced_resource!(
     "gateway.networking.k8s.io",
     "v1",
     "gateways"
+);
+namespaced_resource!(
+    HttpRoute,
+    "HTTPRoute",
+    "gateway.networking.k8s.io",
+    "v1",
+    "httproutes"
+);
+namespaced_resource!(
+    GrpcRoute,
+    "GRPCRoute",
+    "gateway.networking.k8s.io",
+    "v1",
+    "grpcroutes"
+);
+namespaced_resource!(
+    VirtualService,
+    "VirtualService",
+    "networking.istio.io",
+    "v1",
+    "virtualservices"
+);
+namespaced_resource!(
+    DestinationRule,
+    "DestinationRule",
+    "networking.istio.io",
+    "v1",
+    "destinationrules"
 );

@@ -6,6 +6,15 @@
 //! `clusterIP`); the runtime records its decisions in one JSON file, and the manifest source
 //! fills them into the objects it read. A value the user did write wins. Keeping them apart
 //! leaves the user's files untouched, so every diagnostic still points at the user's line.
+//!
+//! Two more parts, both optional (older files load unchanged):
+//! - `generated`: whole Kubernetes objects the runtime created itself (a waypoint's Pod,
+//!   Service and ServiceAccount, Gateways applied with the CLI). The manifest source reads
+//!   them exactly as if from a manifest file (reported as coming from `runtime`), and the
+//!   decisions above apply to them too.
+//! - `labels`: label overlays by `<Kind>/<namespace>/<name>` (namespace empty for
+//!   cluster-scoped kinds: `Namespace//bookinfo`), applied on top of the object's own labels;
+//!   `null` removes a label. `ambientctl waypoint apply --enroll-namespace` uses them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +49,19 @@ pub struct Allocations {
     pub pods: BTreeMap<String, PodAllocation>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceAllocation>,
+    /// Objects the runtime created (full Kubernetes objects, as JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<serde_json::Value>,
+    /// Label overlays by `<Kind>/<namespace>/<name>`; `None` removes the label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+/// `<Kind>/<namespace>/<name>` (namespace empty for cluster-scoped kinds): how `labels` names
+/// an object.
+pub fn overlay_key(object: &Object) -> String {
+    let k = object.key();
+    format!("{}/{}/{}", k.kind, k.namespace, k.name)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +117,31 @@ impl Allocations {
         let tmp = path.with_extension("tmp~");
         std::fs::write(&tmp, text).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Applies the label overlays to `objects`; returns the overlay keys that matched no
+    /// object.
+    pub fn apply_labels(&self, objects: &mut [Object]) -> Vec<String> {
+        let mut unused: Vec<&String> = self.labels.keys().collect();
+        for object in objects.iter_mut() {
+            let key = overlay_key(object);
+            let Some(overlay) = self.labels.get(&key) else {
+                continue;
+            };
+            unused.retain(|k| **k != key);
+            let labels = object.meta_mut().labels.get_or_insert_with(BTreeMap::new);
+            for (label, value) in overlay {
+                match value {
+                    Some(v) => {
+                        labels.insert(label.clone(), v.clone());
+                    }
+                    None => {
+                        labels.remove(label);
+                    }
+                }
+            }
+        }
+        unused.into_iter().cloned().collect()
     }
 
     /// Fills the decisions into `objects`, leaving every field the user set alone.
@@ -206,6 +253,53 @@ mod tests {
             svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
             Some("10.96.5.5")
         );
+    }
+
+    #[test]
+    fn old_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allocations.json");
+        std::fs::write(
+            &path,
+            r#"{"pods": {"ns/a": {"nodeName": "n", "podIp": "10.244.1.2", "phase": "Running"}}, "services": {}}"#,
+        )
+        .unwrap();
+        let a = Allocations::load(&path).unwrap();
+        assert_eq!(a.pods.len(), 1);
+        assert!(a.generated.is_empty() && a.labels.is_empty());
+        // Saved without the new parts when they are empty, so older readers load it too.
+        a.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("generated") && !text.contains("labels"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_overlays() {
+        let mut objs = objects(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo, labels: {a: '1', b: '2'}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec: {ports: [{port: 80}]}\n",
+        );
+        let a: Allocations = serde_json::from_str(
+            r#"{"labels": {
+                "Namespace//bookinfo": {"istio.io/use-waypoint": "waypoint", "a": null, "b": "3"},
+                "Service/ns/s": {"x": "y"},
+                "Pod/ns/gone": {"x": "y"}
+            }}"#,
+        )
+        .unwrap();
+        let unused = a.apply_labels(&mut objs);
+        assert_eq!(unused, vec!["Pod/ns/gone".to_string()]);
+        let ns = objs[0].meta().labels.clone().unwrap();
+        assert_eq!(
+            ns,
+            [("b", "3"), ("istio.io/use-waypoint", "waypoint")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        );
+        assert_eq!(objs[1].meta().labels.as_ref().unwrap()["x"], "y");
     }
 
     #[test]

@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::model::{AuthorizationPolicy, Change, Gateway, Kind, Object, PeerAuthentication};
+use crate::model::{
+    AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind, Object,
+    PeerAuthentication, VirtualService,
+};
 
 /// Watches every kind the controller reads until `tx` closes.
 pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
@@ -55,9 +58,33 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             tx.clone(),
         )),
         tokio::spawn(watch::<PeerAuthentication>(
-            client,
+            client.clone(),
             Kind::PeerAuthentication,
             Object::PeerAuthentication,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<HttpRoute>(
+            client.clone(),
+            Kind::HttpRoute,
+            Object::HttpRoute,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<GrpcRoute>(
+            client.clone(),
+            Kind::GrpcRoute,
+            Object::GrpcRoute,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<VirtualService>(
+            client.clone(),
+            Kind::VirtualService,
+            Object::VirtualService,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<DestinationRule>(
+            client,
+            Kind::DestinationRule,
+            Object::DestinationRule,
             tx,
         )),
     ];
@@ -72,6 +99,8 @@ where
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut listing: Option<Vec<Object>> = None;
+    // Whether this kind has been reported to the controller once (listed, or found absent).
+    let mut reported = false;
     while let Some(event) = stream.next().await {
         let change = match event {
             Ok(Event::Init) => {
@@ -87,6 +116,7 @@ where
             Ok(Event::InitDone) => {
                 let objects = listing.take().unwrap_or_default();
                 info!(%kind, count = objects.len(), "listed");
+                reported = true;
                 Some(Change::Replace {
                     kinds: vec![kind],
                     objects,
@@ -94,6 +124,17 @@ where
             }
             Ok(Event::Apply(o)) => Some(Change::Apply(wrap(o))),
             Ok(Event::Delete(o)) => Some(Change::Delete(wrap(o).key())),
+            Err(e) if !reported && resource_missing(&e) => {
+                // The API server does not serve this kind (its CRD is not installed): there
+                // are none, which must not hold up the rest of the configuration. The watcher
+                // keeps retrying and lists them if the CRD appears later.
+                warn!(%kind, error = %e, "kind not served by the API server; treated as empty until it is");
+                reported = true;
+                Some(Change::Replace {
+                    kinds: vec![kind],
+                    objects: Vec::new(),
+                })
+            }
             Err(e) => {
                 // The watcher retries with backoff (and relists after 410 Gone) by itself.
                 warn!(%kind, error = %e, "watch error");
@@ -106,5 +147,32 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Whether a watch error says the collection does not exist (404 on the initial list).
+fn resource_missing(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    #[test]
+    fn only_a_missing_collection_counts_as_empty() {
+        let api = |code| {
+            watcher::Error::InitialListFailed(kube::Error::Api(
+                Status::failure("x", "NotFound").with_code(code).boxed(),
+            ))
+        };
+        assert!(resource_missing(&api(404)));
+        assert!(
+            !resource_missing(&api(403)),
+            "forbidden is an error, not 'none'"
+        );
+        assert!(!resource_missing(&api(500)));
+        assert!(!resource_missing(&watcher::Error::NoResourceVersion));
     }
 }

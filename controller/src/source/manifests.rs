@@ -6,6 +6,10 @@
 //! file, line and reason and ignored: the last good version of that object (or, for a YAML
 //! syntax error, of the whole file) stays in force, and the rest of the configuration is
 //! untouched.
+//!
+//! With the local runtime's allocations file, the objects it generated are read the same way
+//! (reported as coming from `runtime`; a file's definition of the same object wins), its
+//! placements and addresses are filled in, and its label overlays applied last.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,9 @@ pub struct Scan {
     pub changed: bool,
 }
 
+/// Where objects the local runtime generated are reported to come from.
+pub const RUNTIME_SOURCE: &str = "runtime";
+
 /// The local runtime's decisions file, as last read.
 #[derive(Debug)]
 struct AllocationsFile {
@@ -45,6 +52,9 @@ struct AllocationsFile {
     stamp: Option<(Option<SystemTime>, u64)>,
     current: Allocations,
     error: Option<Diagnostic>,
+    /// `current.generated`, parsed (a malformed object keeps its last good version).
+    generated: Vec<Object>,
+    generated_diagnostics: Vec<Diagnostic>,
 }
 
 impl AllocationsFile {
@@ -60,12 +70,44 @@ impl AllocationsFile {
         self.stamp = stamp;
         match Allocations::load(&self.path) {
             Ok(a) => {
+                let parsed = parse_generated(&a.generated, Some(&self.generated));
+                self.generated = parsed.objects;
+                self.generated_diagnostics = parsed.diagnostics;
                 self.current = a;
                 self.error = None;
             }
             Err(e) => self.error = Some(error(&self.path, None, None, e.to_string())),
         }
         true
+    }
+}
+
+/// Parses the objects the local runtime generated as manifest documents (reported as
+/// [`RUNTIME_SOURCE`], without lines; a document without a name is called `generated[i]`).
+pub fn parse_generated(values: &[serde_json::Value], previous: Option<&[Object]>) -> ParsedFile {
+    let path = Path::new(RUNTIME_SOURCE);
+    let mut objects = Vec::new();
+    let mut diagnostics = Vec::new();
+    let keep_previous = |key: &ObjectKey, objects: &mut Vec<Object>| {
+        if let Some(old) = previous.and_then(|p| p.iter().find(|o| &o.key() == key)) {
+            objects.push(old.clone());
+        }
+    };
+    for (i, value) in values.iter().enumerate() {
+        let mut found = Vec::new();
+        match serde_yaml::to_value(value) {
+            Ok(v) => parse_value(path, 1, "", v, &mut objects, &mut found, &keep_previous),
+            Err(e) => found.push(error(path, None, None, format!("not an object: {e}"))),
+        }
+        for mut d in found {
+            d.line = None;
+            d.object = d.object.or_else(|| Some(format!("generated[{i}]")));
+            diagnostics.push(d);
+        }
+    }
+    ParsedFile {
+        objects,
+        diagnostics,
     }
 }
 
@@ -94,6 +136,8 @@ impl ManifestDir {
             stamp: None,
             current: Allocations::default(),
             error: None,
+            generated: Vec::new(),
+            generated_diagnostics: Vec::new(),
         });
         self
     }
@@ -171,11 +215,39 @@ impl ManifestDir {
                 by_key.insert(o.key(), (path.clone(), o.clone()));
             }
         }
-        let mut objects: Vec<Object> = by_key.into_values().map(|(_, o)| o).collect();
         if let Some(a) = self.allocations.as_mut() {
             changed |= a.refresh();
             diagnostics.extend(a.error.clone());
+            diagnostics.extend(a.generated_diagnostics.iter().cloned());
+            for o in &a.generated {
+                if let Some((first, _)) = by_key.get(&o.key()) {
+                    diagnostics.push(Diagnostic {
+                        severity: Severity::Warning,
+                        file: PathBuf::from(RUNTIME_SOURCE),
+                        line: None,
+                        object: Some(o.key().to_string()),
+                        message: format!(
+                            "also defined in {}; that definition is used",
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                by_key.insert(o.key(), (PathBuf::from(RUNTIME_SOURCE), o.clone()));
+            }
+        }
+        let mut objects: Vec<Object> = by_key.into_values().map(|(_, o)| o).collect();
+        if let Some(a) = self.allocations.as_ref() {
             a.current.apply(&mut objects);
+            for key in a.current.apply_labels(&mut objects) {
+                diagnostics.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: a.path.clone(),
+                    line: None,
+                    object: Some(key),
+                    message: "label overlay names no object; ignored".into(),
+                });
+            }
         }
         Scan {
             objects,
@@ -425,6 +497,10 @@ fn parse_value(
         Kind::Gateway => typed(value, Object::Gateway),
         Kind::AuthorizationPolicy => typed(value, Object::AuthorizationPolicy),
         Kind::PeerAuthentication => typed(value, Object::PeerAuthentication),
+        Kind::HttpRoute => typed(value, Object::HttpRoute),
+        Kind::GrpcRoute => typed(value, Object::GrpcRoute),
+        Kind::VirtualService => typed(value, Object::VirtualService),
+        Kind::DestinationRule => typed(value, Object::DestinationRule),
     };
     match typed {
         Err(e) => {
@@ -632,6 +708,175 @@ metadata:
             "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: b}\n",
         );
         assert_eq!(p.objects.len(), 2);
+    }
+
+    #[test]
+    fn reads_l7_kinds_in_every_version_and_reports_typos() {
+        let p = parse(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: shop}
+spec: {parentRefs: [{group: "", kind: Service, name: web}]}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: v, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web}}]
+    corsPolicy: {allowOrigins: [{exact: x}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: d, namespace: shop}
+spec:
+  host: web
+  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1, interval: 1s}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typo, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web}}]
+    retires: {attempts: 3}
+---
+apiVersion: networking.istio.io/v2
+kind: VirtualService
+metadata: {name: future, namespace: shop}
+"#,
+        );
+        let keys: Vec<String> = p.objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "HTTPRoute/shop/r",
+                "GRPCRoute/shop/g",
+                "VirtualService/shop/v",
+                "DestinationRule/shop/d"
+            ]
+        );
+        let typo = p
+            .diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error)
+            .expect("typo reported");
+        assert!(typo.message.contains("retires"), "{typo}");
+        assert_eq!(typo.object.as_deref(), Some("VirtualService/shop/typo"));
+        assert!(
+            p.diagnostics
+                .iter()
+                .any(|d| d.severity == Severity::Info
+                    && d.message.contains("networking.istio.io/v2"))
+        );
+    }
+
+    #[test]
+    fn runtime_generated_objects_and_label_overlays() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("m");
+        std::fs::create_dir(&manifests).unwrap();
+        std::fs::write(manifests.join("a.yaml"), GOOD).unwrap();
+        let alloc = dir.path().join("allocations.json");
+        let generated = serde_json::json!({
+            "pods": {"shop/waypoint-0": {"nodeName": "node-a", "podIp": "10.244.1.9", "phase": "Running"}},
+            "services": {"shop/waypoint": {"clusterIp": "10.96.0.99"}},
+            "generated": [
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "waypoint-0", "namespace": "shop",
+                              "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                 "spec": {"containers": [{"name": "w", "image": "w"}]}},
+                {"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "waypoint", "namespace": "shop"},
+                 "spec": {"ports": [{"name": "mesh", "port": 15008}]}},
+                {"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "broken", "namespace": "shop"},
+                 "spec": {"ports": 7}},
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+            ],
+            "labels": {"Namespace//shop": {"istio.io/use-waypoint": "waypoint", "istio.io/dataplane-mode": null}}
+        });
+        std::fs::write(&alloc, generated.to_string()).unwrap();
+        let mut m = ManifestDir::new(&manifests).with_allocations(&alloc);
+        let s = m.scan();
+        let keys: Vec<String> = s.objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "Namespace/shop",
+                "Pod/shop/waypoint-0",
+                "Service/shop/waypoint",
+                "Service/shop/web"
+            ],
+            "the malformed object is left out, nothing else is lost"
+        );
+        let broken = s
+            .diagnostics
+            .iter()
+            .find(|d| d.object.as_deref() == Some("Service/shop/broken"))
+            .expect("reported");
+        assert_eq!(broken.file, PathBuf::from(RUNTIME_SOURCE));
+        assert_eq!(broken.severity, Severity::Error);
+        assert!(broken.message.starts_with("invalid Service"), "{broken}");
+        let dup = s
+            .diagnostics
+            .iter()
+            .find(|d| d.object.as_deref() == Some("Namespace/shop"))
+            .expect("duplicate reported");
+        assert!(dup.message.contains("a.yaml"), "{dup}");
+        let Object::Pod(pod) = &s.objects[1] else {
+            panic!()
+        };
+        assert_eq!(
+            pod.status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("10.244.1.9"),
+            "allocations apply to generated objects"
+        );
+        let Object::Service(svc) = &s.objects[2] else {
+            panic!()
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("10.96.0.99")
+        );
+        let ns_labels = s.objects[0].meta().labels.clone().unwrap();
+        assert_eq!(
+            ns_labels.get("istio.io/use-waypoint").map(String::as_str),
+            Some("waypoint")
+        );
+        assert!(
+            !ns_labels.contains_key("istio.io/dataplane-mode"),
+            "null removes"
+        );
+
+        // A later edit that breaks a generated object keeps its last good version.
+        let mut edited = generated.clone();
+        edited["generated"][1]["spec"]["ports"] = serde_json::json!("nope");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&alloc, format!("{edited} ")).unwrap();
+        let s = m.scan();
+        assert!(s.changed);
+        assert!(
+            s.objects
+                .iter()
+                .any(|o| o.key().to_string() == "Service/shop/waypoint"),
+            "last good version kept"
+        );
+        assert!(
+            s.diagnostics
+                .iter()
+                .any(|d| d.object.as_deref() == Some("Service/shop/waypoint"))
+        );
     }
 
     #[test]

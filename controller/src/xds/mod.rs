@@ -6,13 +6,15 @@ pub mod server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL};
 use prost::Message;
 
 use crate::index::Index;
+use crate::index::l7::status::GatewayStatus;
 
-/// The resource types served.
-pub const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// The resource types served. A client is sent only the types it subscribes to: ztunnel
+/// (addresses and authorizations) never sees the waypoints' L7 configuration.
+pub const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL];
 
 /// One resource as sent: name, version and encoded body.
 #[derive(Debug, PartialEq)]
@@ -32,6 +34,10 @@ pub struct Snapshot {
     pub sets: BTreeMap<&'static str, Arc<ResourceSet>>,
     /// Per type, names added, changed or removed since generation - 1.
     pub changed: BTreeMap<&'static str, BTreeSet<String>>,
+    /// The waypoint Gateways' status (for the monitoring port; not sent over xDS).
+    pub gateways: Arc<Vec<GatewayStatus>>,
+    /// Whether `gateways` differs from generation - 1.
+    pub gateways_changed: bool,
 }
 
 /// A stable 64-bit FNV-1a hash: versions must survive controller restarts, so a
@@ -92,11 +98,17 @@ impl Snapshot {
                 )
             })
             .collect();
+        let l7: ResourceSet = index
+            .l7
+            .iter()
+            .map(|(n, r)| (n.clone(), encode(L7_TYPE_URL, n, r, prev(L7_TYPE_URL))))
+            .collect();
         let mut sets = BTreeMap::new();
         let mut changed = BTreeMap::new();
         for (t, set) in [
             (ADDRESS_TYPE_URL, addresses),
             (AUTHORIZATION_TYPE_URL, authorizations),
+            (L7_TYPE_URL, l7),
         ] {
             let empty = ResourceSet::new();
             let old = prev(t).unwrap_or(&empty);
@@ -109,16 +121,25 @@ impl Snapshot {
             changed.insert(t, names);
             sets.insert(t, Arc::new(set));
         }
+        let gateways_changed = *previous.gateways != index.gateways;
+        let gateways = if gateways_changed {
+            Arc::new(index.gateways.clone())
+        } else {
+            previous.gateways.clone()
+        };
         Snapshot {
             generation: previous.generation + 1,
             sets,
             changed,
+            gateways,
+            gateways_changed,
         }
     }
 
-    /// Whether anything differs from the snapshot it was computed after.
+    /// Whether anything differs from the snapshot it was computed after (a status change
+    /// counts: it is published even when no proxy is sent anything).
     pub fn has_changes(&self) -> bool {
-        self.changed.values().any(|c| !c.is_empty())
+        self.gateways_changed || self.changed.values().any(|c| !c.is_empty())
     }
 }
 
@@ -170,6 +191,54 @@ mod tests {
         );
         let s4 = Snapshot::next(&s3, &index_with(&[("b", "n2")]));
         assert!(!s4.has_changes());
+    }
+
+    #[test]
+    fn l7_resources_and_gateway_status() {
+        use crate::index::l7::status::GatewayStatus;
+        use ambient_proto::ambient::waypoint::v1 as l7;
+        let mut idx = Index::default();
+        idx.l7.insert(
+            "gateway/ns/waypoint".into(),
+            l7::L7Resource {
+                kind: Some(l7::l7_resource::Kind::Gateway(l7::GatewayConfig {
+                    namespace: "ns".into(),
+                    name: "waypoint".into(),
+                    traffic_type: "service".into(),
+                    policies: vec![],
+                })),
+            },
+        );
+        let s1 = Snapshot::next(&Snapshot::default(), &idx);
+        let v = &s1.sets[L7_TYPE_URL]["gateway/ns/waypoint"];
+        assert_eq!(v.body.type_url, L7_TYPE_URL);
+        assert_eq!(
+            l7::L7Resource::decode(v.body.value.as_ref()).unwrap(),
+            idx.l7["gateway/ns/waypoint"]
+        );
+        assert_eq!(s1.changed[L7_TYPE_URL].len(), 1);
+        assert!(s1.changed[ADDRESS_TYPE_URL].is_empty());
+        let s2 = Snapshot::next(&s1, &idx);
+        assert!(!s2.has_changes());
+        // A status change alone is published (for the monitoring port), sending nothing.
+        idx.gateways.push(GatewayStatus {
+            namespace: "ns".into(),
+            name: "waypoint".into(),
+            class: "istio-waypoint".into(),
+            traffic_type: "service".into(),
+            address: None,
+            programmed: false,
+            reason: "NoAddress".into(),
+            message: String::new(),
+            conditions: vec![],
+        });
+        let s3 = Snapshot::next(&s2, &idx);
+        assert!(s3.has_changes() && s3.gateways_changed);
+        assert!(s3.changed.values().all(|c| c.is_empty()));
+        assert_eq!(s3.gateways.len(), 1);
+        let s4 = Snapshot::next(&s3, &idx);
+        assert!(!s4.has_changes());
+        assert!(Arc::ptr_eq(&s3.gateways, &s4.gateways));
     }
 
     #[test]

@@ -51,14 +51,29 @@ pub struct ProxyStatus {
     pub last_nack: Option<String>,
 }
 
-/// Connected proxies.
+/// Connected proxies, and the configuration they are served.
 #[derive(Default)]
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     next: Mutex<u64>,
+    served: Mutex<Option<watch::Receiver<Arc<Snapshot>>>>,
 }
 
 impl ProxyRegistry {
+    /// The snapshot being served, once the ADS service exists.
+    pub fn served(&self) -> Option<Arc<Snapshot>> {
+        self.served
+            .lock()
+            .expect("poisoned")
+            .as_ref()
+            .map(|rx| rx.borrow().clone())
+    }
+
+    /// Remembers where snapshots come from (the ADS service does this when created).
+    pub fn serve_from(&self, snapshots: watch::Receiver<Arc<Snapshot>>) {
+        *self.served.lock().expect("poisoned") = Some(snapshots);
+    }
+
     fn add(&self, status: ProxyStatus) -> u64 {
         let mut n = self.next.lock().expect("poisoned");
         *n += 1;
@@ -102,6 +117,7 @@ impl AdsService {
         auth: Arc<dyn Authenticator>,
         registry: Arc<ProxyRegistry>,
     ) -> Self {
+        registry.serve_from(snapshots.clone());
         AdsService {
             snapshots,
             auth,
@@ -512,5 +528,144 @@ impl Session {
                 .map_err(|_| Status::cancelled("client went away"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ambient_proto::ambient::waypoint::v1 as l7;
+    use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use ambient_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+    use ambient_proto::istio::workload as wds;
+    use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL};
+    use prost::Message;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::ca::NodeTokens;
+    use crate::index::Index;
+
+    fn index(l7_port: u32) -> Index {
+        let mut i = Index::default();
+        i.addresses.insert(
+            "w".into(),
+            wds::Address {
+                r#type: Some(wds::address::Type::Workload(wds::Workload {
+                    uid: "w".into(),
+                    ..Default::default()
+                })),
+            },
+        );
+        i.l7.insert(
+            "service/ns/s.ns.svc.cluster.local".into(),
+            l7::L7Resource {
+                kind: Some(l7::l7_resource::Kind::Service(l7::ServiceConfig {
+                    namespace: "ns".into(),
+                    name: "s".into(),
+                    ports: vec![l7::PortConfig {
+                        port: l7_port,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            },
+        );
+        i
+    }
+
+    async fn recv(
+        stream: &mut Streaming<DeltaDiscoveryResponse>,
+    ) -> Option<DeltaDiscoveryResponse> {
+        tokio::time::timeout(Duration::from_millis(500), stream.message())
+            .await
+            .ok()
+            .map(|r| r.unwrap().expect("stream open"))
+    }
+
+    /// Opens a stream subscribing to `types` (wildcard).
+    async fn subscribe(
+        addr: std::net::SocketAddr,
+        token: &str,
+        types: &[&str],
+    ) -> (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        Streaming<DeltaDiscoveryResponse>,
+    ) {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        for t in types {
+            tx.send(DeltaDiscoveryRequest {
+                type_url: t.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut req = Request::new(ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let stream = client
+            .delta_aggregated_resources(req)
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, stream)
+    }
+
+    #[tokio::test]
+    async fn clients_get_only_the_types_they_subscribe_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Arc::new(NodeTokens::open(dir.path()).unwrap());
+        let token = tokens.issue("node-a").unwrap();
+        let (snapshots, rx) =
+            watch::channel(Arc::new(Snapshot::next(&Snapshot::default(), &index(80))));
+        let registry = Arc::new(ProxyRegistry::default());
+        let ads = AdsService::new(rx, tokens, registry.clone());
+        assert_eq!(
+            registry.served().unwrap().generation,
+            1,
+            "the registry sees what is served"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(ads))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+
+        // ztunnel: addresses and authorizations.
+        let (_zt_tx, mut ztunnel) =
+            subscribe(addr, &token, &[ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL]).await;
+        let mut seen = Vec::new();
+        while let Some(r) = recv(&mut ztunnel).await {
+            seen.push(r.type_url.clone());
+        }
+        seen.sort();
+        assert_eq!(seen, vec![AUTHORIZATION_TYPE_URL, ADDRESS_TYPE_URL]);
+
+        // A waypoint: L7 configuration.
+        let (_wp_tx, mut waypoint) = subscribe(addr, &token, &[L7_TYPE_URL]).await;
+        let first = recv(&mut waypoint).await.expect("L7 resources");
+        assert_eq!(first.type_url, L7_TYPE_URL);
+        assert_eq!(first.resources[0].name, "service/ns/s.ns.svc.cluster.local");
+        let body = first.resources[0].resource.as_ref().unwrap();
+        assert_eq!(body.type_url, L7_TYPE_URL);
+        let decoded = l7::L7Resource::decode(body.value.as_ref()).unwrap();
+        assert_eq!(decoded, index(80).l7["service/ns/s.ns.svc.cluster.local"]);
+
+        // An L7-only change reaches the waypoint, not ztunnel.
+        let next = Snapshot::next(&snapshots.borrow(), &index(81));
+        snapshots.send_replace(Arc::new(next));
+        let update = recv(&mut waypoint).await.expect("L7 update");
+        assert_eq!(update.resources.len(), 1);
+        assert!(
+            recv(&mut ztunnel).await.is_none(),
+            "ztunnel is sent nothing"
+        );
     }
 }

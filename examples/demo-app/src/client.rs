@@ -1,14 +1,15 @@
-//! A minimal HTTP/1.1 client: one connection per request, names resolved with the system
-//! resolver, one deadline covering resolution, connect and the whole exchange.
+//! A minimal HTTP client (HTTP/1.1, or HTTP/2 with prior knowledge): one connection per
+//! request, names resolved with the system resolver, one deadline covering resolution,
+//! connect and the whole exchange.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 /// The deadline of one request (resolve + connect + request + response body).
@@ -65,6 +66,10 @@ pub struct RequestSpec {
     pub url: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeout: Duration,
+    /// The request body (none when empty).
+    pub body: Bytes,
+    /// HTTP/2 with prior knowledge (h2c) rather than HTTP/1.1.
+    pub http2: bool,
 }
 
 impl RequestSpec {
@@ -75,6 +80,8 @@ impl RequestSpec {
             url: url.into(),
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            body: Bytes::new(),
+            http2: false,
         }
     }
 }
@@ -86,6 +93,11 @@ pub fn parse_header(raw: &str) -> Result<(HeaderName, HeaderValue), Error> {
     let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid())?;
     let value = HeaderValue::from_str(value.trim()).map_err(|_| invalid())?;
     Ok((name, value))
+}
+
+/// Checks that `url` is one [`send`] can use, without sending anything.
+pub fn check_url(url: &str) -> Result<(), Error> {
+    parse_target(url).map(drop)
 }
 
 struct Target {
@@ -182,21 +194,26 @@ async fn exchange(spec: &RequestSpec, target: &Target) -> Result<Response, Error
         url: spec.url.clone(),
         source,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(hyper_err)?;
-    let conn = tokio::spawn(conn);
 
+    // HTTP/1.1 wants origin-form and a Host header; HTTP/2 carries the authority in the
+    // request's absolute URI (`:authority`) instead.
+    let uri = if spec.http2 {
+        format!("http://{}{}", target.authority, target.path_and_query)
+    } else {
+        target.path_and_query.clone()
+    };
     let mut request = Request::builder()
         .method(spec.method.clone())
-        .uri(target.path_and_query.as_str())
-        .body(Empty::<Bytes>::new())
+        .uri(uri)
+        .body(Full::new(spec.body.clone()))
         .map_err(|e| Error::InvalidUrl {
             url: spec.url.clone(),
             reason: e.to_string(),
         })?;
     let headers = request.headers_mut();
-    if let Ok(host) = HeaderValue::from_str(&target.authority) {
+    if !spec.http2
+        && let Ok(host) = HeaderValue::from_str(&target.authority)
+    {
         headers.insert(HOST, host);
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
@@ -204,12 +221,42 @@ async fn exchange(spec: &RequestSpec, target: &Target) -> Result<Response, Error
         headers.insert(name.clone(), value.clone());
     }
 
-    let response = sender.send_request(request).await.map_err(hyper_err)?;
-    let (head, body) = response.into_parts();
-    let body = body.collect().await.map_err(hyper_err)?.to_bytes();
-    drop(sender);
-    // The connection ends once the sender is gone; its outcome no longer matters.
-    conn.abort();
+    let response = if spec.http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(hyper_err)?;
+        let mut conn = tokio::spawn(conn);
+        let response = read_response(sender.send_request(request).await).await;
+        // Without a sender the connection says GOAWAY and closes; give it a moment to, so
+        // that the server sees a clean end rather than a reset.
+        drop(sender);
+        if tokio::time::timeout(Duration::from_millis(500), &mut conn)
+            .await
+            .is_err()
+        {
+            conn.abort();
+        }
+        response
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(hyper_err)?;
+        let conn = tokio::spawn(conn);
+        let response = read_response(sender.send_request(request).await).await;
+        drop(sender);
+        // The connection ends once the sender is gone; its outcome no longer matters.
+        conn.abort();
+        response
+    };
+    response.map_err(hyper_err)
+}
+
+async fn read_response(
+    response: hyper::Result<hyper::Response<hyper::body::Incoming>>,
+) -> hyper::Result<Response> {
+    let (head, body) = response?.into_parts();
+    let body = body.collect().await?.to_bytes();
     Ok(Response {
         version: head.version,
         status: head.status,

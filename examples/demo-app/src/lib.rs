@@ -1,9 +1,11 @@
 //! The demo application of `examples/bookinfo`: the productpage, reviews and ratings roles of
-//! Istio's bookinfo over HTTP/1.1, and `get`, a small curl to call them with.
+//! Istio's bookinfo over HTTP/1.1, `echo`, which describes any request it gets (HTTP/1.1 or
+//! HTTP/2), and `get`, a small curl to call them with.
 
 pub mod access_log;
 pub mod cli;
 pub mod client;
+pub mod echo;
 pub mod get;
 pub mod model;
 pub mod pod;

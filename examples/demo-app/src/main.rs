@@ -4,7 +4,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use demo_app::cli::{Cli, Command, ListenArgs};
+use demo_app::cli::{Cli, Command, EchoArgs, ListenArgs};
+use demo_app::echo::Echo;
 use demo_app::get;
 use demo_app::pod::PodInfo;
 use demo_app::productpage::Productpage;
@@ -32,6 +33,7 @@ fn main() -> anyhow::Result<()> {
             Command::Productpage(args) => {
                 serve(&args.listen, Productpage::new(pod, args.reviews)).await
             }
+            Command::Echo(args) => serve_echo(args).await,
         }
     })
 }
@@ -46,6 +48,25 @@ async fn serve<R: Role>(listen: &ListenArgs, role: R) -> anyhow::Result<()> {
     );
     tokio::select! {
         () = server.run(Arc::new(role)) => Ok(()),
+        signal = shutdown_signal() => {
+            let signal = signal?;
+            println!("demo-app: {signal}, exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
+    let echo = Echo::new(args.name, args.version, args.fail_every, args.fail_status)?;
+    let server = Server::bind(SocketAddr::new(args.address, args.port)).await?;
+    println!(
+        "demo-app echo listening on {} name={} version={}",
+        server.local_addr(),
+        echo.name(),
+        echo.version()
+    );
+    tokio::select! {
+        () = Arc::new(echo).run(server.into_listener()) => Ok(()),
         signal = shutdown_signal() => {
             let signal = signal?;
             println!("demo-app: {signal}, exiting");

@@ -48,3 +48,33 @@ pub struct ErrorResponse {
     pub error: String,
     pub pod: String,
 }
+
+/// The answer of the echo role: the request as it arrived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EchoResponse {
+    /// `--name`.
+    pub name: String,
+    /// `--version`.
+    pub version: String,
+    pub method: String,
+    pub path: String,
+    /// The query string without the `?` (empty when there is none).
+    pub query: String,
+    /// The request's authority (`:authority` in HTTP/2), else its `Host` header.
+    pub host: Option<String>,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    /// The request headers by lowercased name; repeated headers joined with `, `.
+    pub headers: BTreeMap<String, String>,
+    /// The length of the request body.
+    pub body_bytes: u64,
+    /// Whether `--fail-every` failed this request.
+    pub failed: bool,
+    /// The request's number since the server started (the first is 1).
+    pub request: u64,
+    /// The address the request came from.
+    pub peer: String,
+    /// Why the request could not be served as asked (a bad `/status/` or `/delay/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -159,6 +159,11 @@ impl Server {
         self.local_addr
     }
 
+    /// The listener, for servers that are not a [`Role`] (such as `echo`).
+    pub fn into_listener(self) -> TcpListener {
+        self.listener
+    }
+
     /// Serves `role` until the task is dropped.
     pub async fn run<R: Role>(self, role: Arc<R>) {
         loop {

@@ -142,7 +142,10 @@ where
             match self.checkout(&slot) {
                 Some(p) => p,
                 None => {
-                    let conn = dial().await?;
+                    // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and
+                    // inline it would stay part of every pooled stream's task for the
+                    // stream's whole life, idle or not.
+                    let conn = Box::pin(dial()).await?;
                     let pooled = Arc::new(Pooled {
                         conn,
                         active: AtomicUsize::new(1),

@@ -1,18 +1,28 @@
 //! Copies bytes between a plain socket and an HBONE stream.
 //!
-//! Reads land in one reusable buffer whose filled part is handed to h2 without copying; the
-//! allocation is reclaimed once h2 has written it, so steady-state relaying allocates nothing.
+//! Plain → tunnel: a read buffer exists only while data is waiting. The relay first waits for
+//! the socket to become readable with an empty read (no buffer), then reads into a buffer of
+//! [`READ_BUFFER`] bytes and hands the filled part to h2 without copying; the rest of that
+//! buffer takes the following reads while data keeps coming, and is let go as soon as the
+//! socket has nothing more. So an idle connection holds no buffer at all, and a busy one
+//! allocates one medium-sized buffer per [`READ_BUFFER`] bytes, a size the allocator keeps
+//! warm (larger ones came back as fresh pages, each a page fault, on every refill).
 //! Each direction half-closes independently, as TCP does.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::H2Stream;
 
-/// Size of one read from the plain side.
-const READ_BUFFER: usize = 256 * 1024;
+/// Size of each read buffer from the plain side.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// A buffer with less room than this left is not read into again: a fresh one is taken.
+const MIN_READ: usize = 16 * 1024;
 
 /// Told about bytes as they move, so counters advance during long-lived connections.
 pub trait RelayObserver {
@@ -84,13 +94,10 @@ where
     R: AsyncRead + Unpin,
     O: RelayObserver + ?Sized,
 {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut buf = BytesMut::new();
     let mut total = 0u64;
     loop {
-        if buf.capacity() < READ_BUFFER / 4 {
-            buf.reserve(READ_BUFFER);
-        }
-        let n = reader.read_buf(&mut buf).await?;
+        let n = poll_fn(|cx| poll_read_lean(&mut reader, &mut buf, cx)).await?;
         if n == 0 {
             send.send_data(Bytes::new(), true)?;
             return Ok(total);
@@ -111,6 +118,34 @@ where
         }
         observer.entered_tunnel(n);
         total += n as u64;
+    }
+}
+
+/// Reads into `buf` (taking a fresh [`READ_BUFFER`] when it has too little room), holding
+/// no buffer while the socket has nothing to read: `buf` is emptied whenever this returns
+/// `Pending`. Returns the bytes read, 0 at end of stream.
+pub fn poll_read_lean<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    // An empty read completes once the socket is readable (or closed), without consuming
+    // anything; for a tokio socket it waits on readiness.
+    let mut nothing = ReadBuf::new(&mut []);
+    if let Poll::Pending = Pin::new(&mut *reader).poll_read(cx, &mut nothing) {
+        *buf = BytesMut::new();
+        return Poll::Pending;
+    }
+    if buf.capacity() - buf.len() < MIN_READ {
+        *buf = BytesMut::with_capacity(READ_BUFFER);
+    }
+    match pin!(reader.read_buf(buf)).poll(cx) {
+        Poll::Pending => {
+            // Readiness was stale; the read registered for the next wake-up.
+            *buf = BytesMut::new();
+            Poll::Pending
+        }
+        done => done,
     }
 }
 

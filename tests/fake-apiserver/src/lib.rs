@@ -99,6 +99,34 @@ pub const TYPES: &[ResourceType] = &[
         kind: "PeerAuthentication",
         namespaced: true,
     },
+    ResourceType {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "httproutes",
+        kind: "HTTPRoute",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "networking.istio.io",
+        version: "v1",
+        plural: "virtualservices",
+        kind: "VirtualService",
+        namespaced: true,
+    },
+    ResourceType {
+        group: "networking.istio.io",
+        version: "v1",
+        plural: "destinationrules",
+        kind: "DestinationRule",
+        namespaced: true,
+    },
 ];
 
 #[derive(Clone, Debug)]

@@ -42,7 +42,7 @@ async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
             let mut record = ConnectionRecord::open(info(&ctx, me, peer, dst, None, "NR"));
             record.set_error(e);
         }
-        Ok(Some(up)) if up.workload.protocol == Protocol::Hbone => {
+        Ok(Some(up)) if up.waypoint.is_some() || up.workload.protocol == Protocol::Hbone => {
             hbone(&ctx, downstream, peer, dst, me, up).await
         }
         Ok(Some(up)) => {
@@ -61,14 +61,14 @@ fn info(
     up: Option<&Upstream>,
     flags: &'static str,
 ) -> ConnectionInfo {
-    let hbone = up.is_some_and(|u| u.workload.protocol == Protocol::Hbone);
+    let hbone = up.is_some_and(|u| u.waypoint.is_some() || u.workload.protocol == Protocol::Hbone);
     ConnectionInfo {
         reporter: Reporter::Source,
         src_addr: peer,
         src_workload: me,
         src_identity: Some(ctx.identity.clone()),
         dst_addr: dst,
-        dst_hbone_addr: up.filter(|_| hbone).map(|u| u.addr),
+        dst_hbone_addr: up.filter(|_| hbone).map(|u| u.waypoint.unwrap_or(u.addr)),
         dst_workload: up.map(|u| u.workload.clone()),
         dst_identity: up.filter(|_| hbone).map(|u| u.workload.identity.clone()),
         dst_service: up.and_then(|u| u.service.clone()),
@@ -115,7 +115,8 @@ async fn direct(
     }
 }
 
-/// HBONE to the endpoint's ztunnel, on a pooled connection when one is free.
+/// HBONE to the endpoint's ztunnel (or to the waypoint in front of it, asking for the original
+/// destination), on a pooled connection when one is free.
 async fn hbone(
     ctx: &PodContext,
     downstream: TcpStream,
@@ -125,7 +126,9 @@ async fn hbone(
     up: Upstream,
 ) {
     let dst_identity = up.workload.identity.clone();
-    let hbone_addr = SocketAddr::new(up.addr.ip(), HBONE_PORT);
+    let hbone_addr = up
+        .waypoint
+        .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT));
     let key = (ctx.identity.clone(), dst_identity.clone(), hbone_addr);
     let request = ConnectRequest {
         authority: up.addr,

@@ -1,12 +1,13 @@
 //! Plain TCP ↔ TCP copying (passthrough and plaintext inbound), counted as it goes.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::future::poll_fn;
+
+use ambient_proto::hbone::relay::poll_read_lean;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::metrics::ConnectionRecord;
-
-/// One buffer per direction per connection; reused for every read.
-const BUFFER: usize = 64 * 1024;
 
 /// Copies both ways until both sides have closed; each direction half-closes on its own.
 /// `downstream` is the client side: its bytes count as the request.
@@ -17,31 +18,29 @@ pub async fn relay_tcp(
 ) -> std::io::Result<()> {
     let (mut dr, mut dw) = downstream.split();
     let (mut ur, mut uw) = upstream.split();
-    let request = async {
-        let mut buf = vec![0u8; BUFFER];
-        loop {
-            let n = dr.read(&mut buf).await?;
-            if n == 0 {
-                let _ = uw.shutdown().await;
-                return Ok::<_, std::io::Error>(());
-            }
-            uw.write_all(&buf[..n]).await?;
-            record.request_bytes(n);
-        }
-    };
-    let response = async {
-        let mut buf = vec![0u8; BUFFER];
-        loop {
-            let n = ur.read(&mut buf).await?;
-            if n == 0 {
-                let _ = dw.shutdown().await;
-                return Ok::<_, std::io::Error>(());
-            }
-            dw.write_all(&buf[..n]).await?;
-            record.response_bytes(n);
-        }
-    };
+    let request = copy(&mut dr, &mut uw, |n| record.request_bytes(n));
+    let response = copy(&mut ur, &mut dw, |n| record.response_bytes(n));
     futures::future::try_join(request, response)
         .await
         .map(|_| ())
+}
+
+/// Copies until end of stream, then half-closes `w`. A buffer is held only while data is
+/// moving (see [`poll_read_lean`]), so idle connections cost no buffer memory.
+async fn copy<R, W>(r: &mut R, w: &mut W, counted: impl Fn(usize)) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        let n = poll_fn(|cx| poll_read_lean(r, &mut buf, cx)).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        w.write_all(&buf).await?;
+        buf.clear();
+        counted(n);
+    }
 }

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::sync::watch;
 
-pub use types::{Protocol, Service, ServicePort, Workload};
+pub use types::{Protocol, Service, ServicePort, Waypoint, WaypointTarget, Workload};
 
 use crate::rbac::{self, Connection, Denial, Policy, Scope};
 
@@ -66,6 +66,10 @@ pub struct Upstream {
     pub workload: Arc<Workload>,
     /// The service the app dialed, when it dialed a VIP.
     pub service: Option<Arc<Service>>,
+    /// Set when the connection must go through a waypoint: that waypoint instance's HBONE
+    /// address. `workload` is then the waypoint instance and `addr` the original destination
+    /// (the waypoint routes on it).
+    pub waypoint: Option<SocketAddr>,
 }
 
 /// Why an outbound destination could not be resolved.
@@ -75,6 +79,9 @@ pub enum ResolveError {
     NoServicePort { service: String, port: u16 },
     #[error("service {0} has no healthy endpoints")]
     NoEndpoints(String),
+    /// Traffic that must go through a waypoint never bypasses it: policies live there.
+    #[error("waypoint {0} has no ready instance")]
+    NoWaypoint(String),
 }
 
 impl Snapshot {
@@ -166,6 +173,11 @@ impl Snapshot {
                 .iter()
                 .filter(|w| w.healthy && !w.addresses.is_empty())
                 .collect();
+            if let Some(waypoint) = &service.waypoint {
+                return self
+                    .via_waypoint(waypoint, dst, Some(service.clone()))
+                    .map(Some);
+            }
             if candidates.is_empty() {
                 return Err(ResolveError::NoEndpoints(service.key()));
             }
@@ -175,13 +187,68 @@ impl Snapshot {
                 addr: SocketAddr::new(pick.addresses[0], target_port),
                 workload: pick.clone(),
                 service: Some(service.clone()),
+                waypoint: None,
             }));
         }
-        Ok(self.workload_by_ip.get(&dst.ip()).map(|w| Upstream {
+        match self.workload_by_ip.get(&dst.ip()) {
+            Some(w) => match &w.waypoint {
+                Some(waypoint) => self.via_waypoint(waypoint, dst, None).map(Some),
+                None => Ok(Some(Upstream {
+                    addr: dst,
+                    workload: w.clone(),
+                    service: None,
+                    waypoint: None,
+                })),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// One ready instance of `waypoint`, carrying traffic for `dst`.
+    fn via_waypoint(
+        &self,
+        waypoint: &Waypoint,
+        dst: SocketAddr,
+        service: Option<Arc<Service>>,
+    ) -> Result<Upstream, ResolveError> {
+        let (instances, name): (Vec<&Arc<Workload>>, String) = match &waypoint.target {
+            WaypointTarget::Address(ip) => match self.service_by_vip.get(ip) {
+                Some(svc) => (self.endpoints(svc).iter().collect(), svc.key()),
+                None => (
+                    self.workload_by_ip.get(ip).into_iter().collect(),
+                    ip.to_string(),
+                ),
+            },
+            WaypointTarget::Hostname {
+                namespace,
+                hostname,
+            } => {
+                let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+                let svc = self
+                    .services_by_hostname(&host)
+                    .iter()
+                    .find(|s| &s.namespace == namespace);
+                (
+                    svc.map(|s| self.endpoints(s).iter().collect())
+                        .unwrap_or_default(),
+                    format!("{namespace}/{host}"),
+                )
+            }
+        };
+        let ready: Vec<&Arc<Workload>> = instances
+            .into_iter()
+            .filter(|w| w.healthy && !w.addresses.is_empty())
+            .collect();
+        if ready.is_empty() {
+            return Err(ResolveError::NoWaypoint(name));
+        }
+        let pick = ready[rand::rng().random_range(0..ready.len())];
+        Ok(Upstream {
             addr: dst,
-            workload: w.clone(),
-            service: None,
-        }))
+            workload: pick.clone(),
+            service,
+            waypoint: Some(SocketAddr::new(pick.addresses[0], waypoint.port)),
+        })
     }
 
     fn apply(&mut self, update: Update) -> Vec<Rejected> {
@@ -422,6 +489,85 @@ services:
                 service: "default/echo.default.svc.cluster.local".into(),
                 port: 81
             }
+        );
+    }
+
+    #[test]
+    fn waypoint_traffic_never_bypasses_the_waypoint() {
+        const WAYPOINT: &str = r#"
+workloads:
+  - name: wp
+    namespace: default
+    addresses: [10.244.3.9]
+    tunnelProtocol: HBONE
+    services: {"default/wp.default.svc.cluster.local": []}
+services:
+  - name: wp
+    namespace: default
+    hostname: wp.default.svc.cluster.local
+    addresses: [10.96.0.20]
+    ports: [{servicePort: 15008, targetPort: 15008}]
+"#;
+        let mut addresses = LocalConfig::parse(MESH).unwrap().to_addresses();
+        addresses.extend(LocalConfig::parse(WAYPOINT).unwrap().to_addresses());
+        for a in &mut addresses {
+            if let Some(wds::address::Type::Service(s)) = &mut a.r#type
+                && s.name == "echo"
+            {
+                s.waypoint = Some(wds::GatewayAddress {
+                    destination: Some(wds::gateway_address::Destination::Hostname(
+                        wds::NamespacedHostname {
+                            namespace: "default".into(),
+                            hostname: "wp.default.svc.cluster.local".into(),
+                        },
+                    )),
+                    hbone_mtls_port: 15008,
+                });
+            }
+        }
+        let store = StateStore::new();
+        assert!(
+            store
+                .apply(Update {
+                    upserts: addresses,
+                    replace_all: true,
+                    ..Default::default()
+                })
+                .is_empty()
+        );
+        let up = store
+            .load()
+            .resolve("10.96.0.10:80".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.workload.name, "wp");
+        assert_eq!(up.addr, "10.96.0.10:80".parse().unwrap(), "authority is the VIP");
+        assert_eq!(up.waypoint, Some("10.244.3.9:15008".parse().unwrap()));
+        // A pod address of the same service is not service traffic: straight to it.
+        let direct = store
+            .load()
+            .resolve("10.244.1.2:8080".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!((direct.workload.name.as_str(), direct.waypoint), ("a", None));
+        // No waypoint instance: refused, never sent around the waypoint.
+        let wp_uid = store
+            .load()
+            .workloads()
+            .find(|w| w.name == "wp")
+            .unwrap()
+            .uid
+            .clone();
+        store.apply(Update {
+            removes: vec![wp_uid],
+            ..Default::default()
+        });
+        assert_eq!(
+            store
+                .load()
+                .resolve("10.96.0.10:80".parse().unwrap())
+                .unwrap_err(),
+            ResolveError::NoWaypoint("default/wp.default.svc.cluster.local".into())
         );
     }
 

@@ -26,6 +26,23 @@ pub struct ServicePort {
     pub target_port: u16,
 }
 
+/// Where a waypoint is reached: the controller names it by its Service's hostname or gives an
+/// address (a waypoint Service VIP or one waypoint pod).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WaypointTarget {
+    Hostname { namespace: String, hostname: String },
+    Address(IpAddr),
+}
+
+/// The waypoint a workload's or service's traffic must go through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Waypoint {
+    pub target: WaypointTarget,
+    /// Its HBONE port (15008).
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Workload {
     pub uid: String,
@@ -44,6 +61,8 @@ pub struct Workload {
     pub services: BTreeMap<String, Vec<ServicePort>>,
     /// Selector-based policies (`namespace/name`) that apply to it.
     pub authorization_policies: Vec<String>,
+    /// Traffic addressed to this workload goes through this waypoint.
+    pub waypoint: Option<Waypoint>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,6 +72,8 @@ pub struct Service {
     pub hostname: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// Traffic addressed to this service goes through this waypoint.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -105,6 +126,25 @@ fn port(p: &wds::Port) -> Result<ServicePort, String> {
     })
 }
 
+fn waypoint(g: Option<&wds::GatewayAddress>) -> Result<Option<Waypoint>, String> {
+    let Some(g) = g else { return Ok(None) };
+    let target = match &g.destination {
+        Some(wds::gateway_address::Destination::Hostname(h)) => WaypointTarget::Hostname {
+            namespace: h.namespace.clone(),
+            hostname: h.hostname.clone(),
+        },
+        Some(wds::gateway_address::Destination::Address(a)) => {
+            WaypointTarget::Address(ip_from_bytes(&a.address)?)
+        }
+        None => return Err("waypoint without a destination".into()),
+    };
+    let port = match g.hbone_mtls_port {
+        0 => 15008,
+        p => u16::try_from(p).map_err(|_| format!("waypoint port {p} out of range"))?,
+    };
+    Ok(Some(Waypoint { target, port }))
+}
+
 impl TryFrom<wds::Workload> for Workload {
     type Error = String;
 
@@ -142,7 +182,9 @@ impl TryFrom<wds::Workload> for Workload {
             })
             .collect::<Result<BTreeMap<_, _>, _>>()
             .map_err(ctx)?;
+        let waypoint = waypoint(w.waypoint.as_ref()).map_err(ctx)?;
         Ok(Workload {
+            waypoint,
             protocol: if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32 {
                 Protocol::Hbone
             } else {
@@ -188,7 +230,9 @@ impl TryFrom<wds::Service> for Service {
             .map(port)
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
+        let waypoint = waypoint(s.waypoint.as_ref()).map_err(ctx)?;
         Ok(Service {
+            waypoint,
             name: s.name,
             namespace: s.namespace,
             hostname: s.hostname,

@@ -1,0 +1,816 @@
+//! Mesh overhead against direct TCP, measured in one run on the same simulated cluster.
+//!
+//! The benchmark builds a lab (the test harness: a sandbox of user, mount and network
+//! namespaces, two nodes, pods as network namespaces) and starts the mesh on it (controller,
+//! node agents, ztunnels as real processes). Two pairs of pods, a client on `node-a` and a
+//! server on `node-b`, carry every figure:
+//!
+//! - **direct**: namespace `direct`, not enrolled: plain TCP pod → node → node → pod;
+//! - **mesh**: namespace `mesh`, enrolled: captured by ztunnel in the client pod, HBONE
+//!   (mutual TLS, HTTP/2 CONNECT) to the server node's ztunnel, then to the server.
+//!
+//! Both pairs cross the same veths, bridges and underlay, so the ratio isolates what the mesh
+//! adds. Each server pod runs `bench mesh-server` (HTTP/1.1 with 1 kB bodies, a bulk sink, an
+//! echo); the load generator ([`loadgen`]) runs in this process, its sockets opened inside the
+//! client pod's namespace.
+//!
+//! Extension point: a path is a [`Path`]. The waypoint path (client → ztunnel → waypoint →
+//! ztunnel → server) is one more variant: its own namespace with a waypoint attached, its pods
+//! made in [`Bench::start`]; every figure, the table, the JSON and the plots then carry it.
+
+mod plot;
+mod procfs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambientctl::lab::process::Proc;
+use ambientctl::lab::{Lab, Mesh, MeshOptions, manifest, sandbox};
+use anyhow::Context;
+use loadgen::{ClosedLoop, ConnectionRate, Dial, OpenLoop, Percentiles};
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use ztunnel::inpod::netns::Netns;
+
+use report::{Figure, Machine, Target};
+
+const HTTP_PORT: u16 = 8080;
+const SINK_PORT: u16 = 5001;
+const ECHO_PORT: u16 = 5002;
+const NODES: [&str; 2] = ["node-a", "node-b"];
+
+/// Extra flags for `bench component ztunnel` (see `--ztunnel-args`), in the sandbox
+/// directory.
+const ZTUNNEL_ARGS_FILE: &str = "ztunnel-args";
+
+/// The extra ztunnel flags of the benchmark running in this sandbox, if any.
+pub fn extra_ztunnel_args() -> Vec<OsString> {
+    sandbox::inside()
+        .and_then(|dir| std::fs::read_to_string(dir.join(ZTUNNEL_ARGS_FILE)).ok())
+        .map(|s| s.split_whitespace().map(OsString::from).collect())
+        .unwrap_or_default()
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Seconds measured for each throughput, maximum-rate and connection-rate figure.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds measured at the fixed request rate (p99.9 wants ≥ 10,000 samples).
+    #[arg(long, default_value_t = 10.0)]
+    latency_duration: f64,
+    /// Seconds of load before each measurement, not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Fixed request rate of the latency figures (requests/s over 4 connections).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Open connections at which ztunnel memory is measured.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000])]
+    idle_connections: Vec<usize>,
+    /// Only these groups of figures: throughput, latency, rps, conns, memory (default all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Tiny durations and counts: proves the benchmark runs (CI); the figures mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the SVG plots into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Keep the sandbox directory (every component's log) and print where it is.
+    #[arg(long)]
+    keep: bool,
+    /// Extra command-line flags for both ztunnels (e.g. `--worker-threads 1`), to compare
+    /// settings.
+    #[arg(long, allow_hyphen_values = true)]
+    ztunnel_args: Option<String>,
+    /// RUST_LOG of the mesh components (`info` logs one access line per connection, as
+    /// deployed).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+impl Options {
+    fn effective(mut self) -> Self {
+        if self.quick {
+            self.duration = self.duration.min(0.3);
+            self.latency_duration = self.latency_duration.min(0.5);
+            self.warmup = self.warmup.min(0.1);
+            self.idle_connections = vec![50, 100];
+        }
+        self
+    }
+
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup)
+    }
+}
+
+/// A way from the client pod to the server pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    /// Not enrolled: plain TCP.
+    Direct,
+    /// Enrolled: ztunnel → HBONE → ztunnel.
+    Mesh,
+}
+
+impl Path {
+    pub const ALL: [Path; 2] = [Path::Direct, Path::Mesh];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Mesh => "mesh",
+        }
+    }
+
+    /// The Kubernetes namespace of this path's pods.
+    fn namespace(self) -> &'static str {
+        self.name()
+    }
+
+    fn enrolled(self) -> bool {
+        self != Path::Direct
+    }
+}
+
+/// Entry: outside the sandbox, re-run inside one; inside, run the benchmark.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let nofile = procfs::raise_nofile();
+    let Some(run_dir) = sandbox::inside() else {
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let status =
+            sandbox::reexec(&args, "bench-mesh", opts.keep).context("entering the sandbox")?;
+        anyhow::ensure!(status.success(), "the benchmark failed ({status})");
+        return Ok(());
+    };
+    if let Some(extra) = &opts.ztunnel_args {
+        std::fs::write(run_dir.join(ZTUNNEL_ARGS_FILE), extra)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(measure(run_dir, opts.effective(), nofile))
+}
+
+/// The running cluster and how to reach each path's server.
+struct Bench {
+    mesh: Mesh,
+    clients: BTreeMap<Path, Arc<Netns>>,
+    servers: BTreeMap<Path, Ipv4Addr>,
+    /// One `bench mesh-server` per path (killed on drop).
+    _server_procs: Vec<Proc>,
+    /// (node, pid) of each ztunnel.
+    ztunnels: Vec<(&'static str, u32)>,
+}
+
+impl Bench {
+    async fn start(run_dir: PathBuf, log: &str) -> anyhow::Result<Bench> {
+        let exe = std::env::current_exe()?;
+        let mut lab = Lab::new(&run_dir)?;
+        for node in NODES {
+            lab.add_node(node)?;
+        }
+        let mut manifests = Vec::new();
+        for path in Path::ALL {
+            let ns = path.namespace();
+            manifests.push((
+                format!("namespace-{ns}.yaml"),
+                manifest::namespace(ns, path.enrolled()),
+            ));
+            for (name, node) in [("client", NODES[0]), ("server", NODES[1])] {
+                let pod = lab.add_pod(ns, name, node)?;
+                manifests.push((
+                    format!("pod-{ns}-{name}.yaml"),
+                    manifest::pod(pod, name, &[("app", name)], &[("http", HTTP_PORT)]),
+                ));
+            }
+        }
+        let clients = Path::ALL
+            .iter()
+            .map(|p| (*p, lab.pod(p.namespace(), "client").netns.clone()))
+            .collect();
+        let servers = Path::ALL
+            .iter()
+            .map(|p| (*p, lab.pod(p.namespace(), "server").ip))
+            .collect();
+        let mut server_procs = Vec::new();
+        for path in Path::ALL {
+            let pod = lab.pod(path.namespace(), "server");
+            let log_file = run_dir.join(format!("server-{}.log", path.name()));
+            let args: Vec<String> = [
+                "mesh-server",
+                "--http",
+                &HTTP_PORT.to_string(),
+                "--sink",
+                &SINK_PORT.to_string(),
+                "--echo",
+                &ECHO_PORT.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            server_procs.push(Proc::spawn(
+                &format!("server-{}", path.name()),
+                &pod.netns,
+                &exe,
+                &args,
+                &log_file,
+                &[],
+            )?);
+        }
+        let refs: Vec<(&str, String)> = manifests
+            .iter()
+            .map(|(n, y)| (n.as_str(), y.clone()))
+            .collect();
+        let mut options = MeshOptions::new(exe);
+        options.log_filter = log.to_string();
+        let mesh = Mesh::start(lab, &refs, options).await?;
+        for path in Path::ALL.into_iter().filter(|p| p.enrolled()) {
+            for name in ["client", "server"] {
+                mesh.enrol(path.namespace(), name, name).await?;
+            }
+        }
+        let ztunnels = NODES
+            .iter()
+            .map(|node| {
+                let zds = run_dir.join(format!("node-{node}")).join("ztunnel.sock");
+                let zds = zds.display().to_string();
+                procfs::find_process(&["component", "ztunnel", "--node-name", node, &zds])
+                    .map(|pid| (*node, pid))
+                    .with_context(|| format!("finding the ztunnel of {node}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Bench {
+            mesh,
+            clients,
+            servers,
+            _server_procs: server_procs,
+            ztunnels,
+        })
+    }
+
+    /// Opens connections from `path`'s client pod to its server on `port`.
+    fn dial(&self, path: Path, port: u16) -> Dial {
+        let netns = self.clients[&path].clone();
+        let addr = SocketAddr::new(IpAddr::V4(self.servers[&path]), port);
+        Arc::new(move || {
+            let socket =
+                netns.run(|| Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)))??;
+            socket.set_tcp_nodelay(true)?;
+            // A broken path fails the run instead of hanging it.
+            socket.set_read_timeout(Some(Duration::from_secs(20)))?;
+            socket.set_write_timeout(Some(Duration::from_secs(20)))?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+            Ok(socket.into())
+        })
+    }
+
+    /// Both ztunnels' CPU seconds so far.
+    fn ztunnel_cpu(&self) -> f64 {
+        self.ztunnels
+            .iter()
+            .map(|(_, pid)| procfs::cpu_seconds(*pid))
+            .sum()
+    }
+
+    fn ztunnel_rss(&self) -> Vec<u64> {
+        self.ztunnels
+            .iter()
+            .map(|(_, pid)| procfs::rss_bytes(*pid))
+            .collect()
+    }
+
+    /// Connections node-a's ztunnel has opened to `path`'s server over mutual TLS.
+    async fn mtls_connections(&self, path: Path) -> anyhow::Result<f64> {
+        let text = self.mesh.metrics(NODES[0]).await?;
+        let want = [
+            ("reporter", "source".to_string()),
+            ("destination_workload", "server".to_string()),
+            (
+                "destination_workload_namespace",
+                path.namespace().to_string(),
+            ),
+            ("connection_security_policy", "mutual_tls".to_string()),
+        ];
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .filter(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b))
+    }
+}
+
+/// Runs blocking load-generator work off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Waits until one HTTP request on `dial` succeeds.
+async fn reachable(dial: Dial, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let d = dial.clone();
+        let attempt = blocking(move || loadgen::http::HttpClient::new(d()?).get_and_close()).await;
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                return Err(e.context(format!("{what} not reachable after 30 s")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Results {
+    benchmark: &'static str,
+    date: String,
+    commit: Option<String>,
+    command: String,
+    machine: Machine,
+    settings: Settings,
+    figures: Vec<Figure>,
+    /// Path → percentiles (ms) at the fixed rate, from the intended send time.
+    latency_ms: BTreeMap<&'static str, Percentiles>,
+    /// Path → percentiles (ms) at the fixed rate, from the actual send time.
+    service_time_ms: BTreeMap<&'static str, Percentiles>,
+    /// Path → connection-rate failures.
+    connection_errors: BTreeMap<&'static str, u64>,
+    /// mTLS connections node-a's ztunnel reported to the mesh server (proves the mesh path
+    /// was taken), and to the direct server (must be 0).
+    mtls_connections: BTreeMap<&'static str, f64>,
+}
+
+#[derive(Serialize)]
+struct Settings {
+    duration_s: f64,
+    latency_duration_s: f64,
+    warmup_s: f64,
+    rate: f64,
+    latency_connections: usize,
+    max_rate_connections: usize,
+    connection_rate_concurrency: usize,
+    response_bytes: usize,
+    idle_connections: Vec<usize>,
+    nofile_limit: u64,
+    quick: bool,
+}
+
+const LATENCY_CONNECTIONS: usize = 4;
+const MAX_RATE_CONNECTIONS: usize = 8;
+const CONNECTION_RATE_CONCURRENCY: usize = 8;
+
+fn progress(what: &str, path: Path, value: String) {
+    eprintln!("  {what:<58} {:<7} {value}", path.name());
+}
+
+async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result<()> {
+    let setup = Instant::now();
+    let bench = Bench::start(run_dir, &opts.log).await?;
+    for path in Path::ALL {
+        reachable(bench.dial(path, HTTP_PORT), path.name()).await?;
+    }
+    eprintln!(
+        "mesh up and both paths reachable in {:.1} s; ztunnel pids {:?}",
+        setup.elapsed().as_secs_f64(),
+        bench.ztunnels
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = bench.ztunnel_rss();
+
+    let mut figures: Vec<Figure> = Vec::new();
+    let (duration, warmup) = (opts.duration(), opts.warmup());
+
+    // L4 throughput.
+    let mut cpu_bulk = 0.0;
+    let mut bytes_bulk = 0u64;
+    for streams in [1usize, 8].into_iter().filter(|_| opts.runs("throughput")) {
+        let mut f = Figure::new(
+            format!("throughput_{streams}"),
+            format!(
+                "L4 throughput, {streams} stream{}",
+                if streams == 1 { "" } else { "s" }
+            ),
+            "Gbit/s",
+        );
+        for path in Path::ALL {
+            let dial = bench.dial(path, SINK_PORT);
+            let d = dial.clone();
+            blocking(move || loadgen::bulk::upload(&d, streams, warmup)).await?;
+            let cpu = bench.ztunnel_cpu();
+            let t = blocking(move || loadgen::bulk::upload(&dial, streams, duration)).await?;
+            if path == Path::Mesh {
+                cpu_bulk += bench.ztunnel_cpu() - cpu;
+                bytes_bulk += t.bytes;
+            }
+            progress(&f.label, path, format!("{:.2} Gbit/s", t.gbit_per_s()));
+            f.set(path, t.gbit_per_s());
+        }
+        f.target(Target::RatioAtLeast(if streams == 1 { 0.5 } else { 0.35 }));
+        figures.push(f);
+    }
+
+    // Latency at a fixed rate.
+    let mut latency = BTreeMap::new();
+    let mut service = BTreeMap::new();
+    let open = OpenLoop {
+        rate: opts.rate,
+        connections: LATENCY_CONNECTIONS,
+        duration: Duration::from_secs_f64(opts.latency_duration),
+        warmup,
+    };
+    for path in Path::ALL.into_iter().filter(|_| opts.runs("latency")) {
+        let dial = bench.dial(path, HTTP_PORT);
+        let r = blocking(move || loadgen::open_loop(&dial, &open)).await?;
+        let p = r.latency.percentiles();
+        progress(
+            "HTTP latency at fixed rate",
+            path,
+            format!(
+                "p50 {:.3} p99 {:.3} p99.9 {:.3} ms ({} requests)",
+                p.p50, p.p99, p.p999, r.requests
+            ),
+        );
+        latency.insert(path.name(), p);
+        service.insert(path.name(), r.service_time.percentiles());
+    }
+    let rate_label = report_rate(opts.rate);
+    let quantiles: [(&str, &str, fn(&Percentiles) -> f64); 4] = [
+        ("p50", "p50", |p| p.p50),
+        ("p90", "p90", |p| p.p90),
+        ("p99", "p99", |p| p.p99),
+        ("p999", "p99.9", |p| p.p999),
+    ];
+    for (key, name, get) in quantiles.into_iter().filter(|_| opts.runs("latency")) {
+        let mut f = Figure::new(
+            format!("latency_{key}"),
+            format!("HTTP/1.1 latency {name} at {rate_label} req/s, 4 conns, 1 kB"),
+            "ms",
+        );
+        for path in Path::ALL {
+            f.set(path, get(&latency[path.name()]));
+        }
+        if key == "p99" {
+            f.target(Target::AddedAtMost(0.3));
+        }
+        figures.push(f);
+    }
+    for (key, name, get) in quantiles.into_iter().filter(|_| opts.runs("latency")) {
+        let mut f = Figure::new(
+            format!("latency_added_{key}"),
+            format!("latency added by the mesh, {name}"),
+            "ms",
+        );
+        for path in Path::ALL.into_iter().filter(|p| *p != Path::Direct) {
+            f.values.insert(
+                path.name(),
+                get(&latency[path.name()]) - get(&latency[Path::Direct.name()]),
+            );
+        }
+        if key == "p99" {
+            f.target(Target::AtMost(0.3));
+        }
+        figures.push(f);
+    }
+
+    // Maximum request rate.
+    let mut cpu_requests = (0.0, 0u64);
+    let mut f = Figure::new(
+        "max_rps",
+        "HTTP/1.1 max requests/s, closed loop, 8 conns",
+        "req/s",
+    );
+    let closed = ClosedLoop {
+        connections: MAX_RATE_CONNECTIONS,
+        duration,
+        warmup,
+    };
+    for path in Path::ALL.into_iter().filter(|_| opts.runs("rps")) {
+        let dial = bench.dial(path, HTTP_PORT);
+        let cpu = bench.ztunnel_cpu();
+        let r = blocking(move || loadgen::closed_loop(&dial, &closed)).await?;
+        if path == Path::Mesh {
+            // The warm-up's requests are not counted, so neither is its CPU: scale to the
+            // measured window.
+            let total = warmup.as_secs_f64() + duration.as_secs_f64();
+            cpu_requests = (
+                (bench.ztunnel_cpu() - cpu) * duration.as_secs_f64() / total,
+                r.requests,
+            );
+        }
+        progress(&f.label, path, format!("{:.0} req/s", r.rate()));
+        f.set(path, r.rate());
+    }
+    f.target(Target::RatioAtLeast(0.25));
+    if opts.runs("rps") {
+        figures.push(f);
+    }
+
+    // New connections per second.
+    let mut connection_errors = BTreeMap::new();
+    let mut f = Figure::new(
+        "connections_per_s",
+        "new connections/s (connect, 1 request, close), 8 at once",
+        "conn/s",
+    );
+    let churn = ConnectionRate {
+        concurrency: CONNECTION_RATE_CONCURRENCY,
+        duration,
+        warmup,
+    };
+    for path in Path::ALL.into_iter().filter(|_| opts.runs("conns")) {
+        let dial = bench.dial(path, HTTP_PORT);
+        let r = blocking(move || loadgen::connection_rate(&dial, &churn)).await?;
+        progress(
+            &f.label,
+            path,
+            format!("{:.0} conn/s ({} errors)", r.rate(), r.errors),
+        );
+        connection_errors.insert(path.name(), r.errors);
+        f.set(path, r.rate());
+    }
+    f.target(Target::RatioAtLeast(0.35));
+    if opts.runs("conns") {
+        figures.push(f);
+    }
+
+    // ztunnel CPU.
+    let gb = bytes_bulk as f64 / 1e9;
+    let mut f = Figure::new(
+        "ztunnel_cpu_per_gb",
+        "ztunnel CPU per GB moved (both nodes)",
+        "s/GB",
+    );
+    f.values.insert(Path::Mesh.name(), cpu_bulk / gb.max(1e-9));
+    if opts.runs("throughput") {
+        figures.push(f);
+    }
+    let mut f = Figure::new(
+        "ztunnel_cpu_per_10k_requests",
+        "ztunnel CPU per 10,000 requests (both nodes)",
+        "s",
+    );
+    f.values.insert(
+        Path::Mesh.name(),
+        cpu_requests.0 / (cpu_requests.1.max(1) as f64) * 10_000.0,
+    );
+    if opts.runs("rps") {
+        figures.push(f);
+    }
+
+    // ztunnel memory: idle, then with connections held open (through the mesh only).
+    let sides = ["client node", "server node"];
+    for (i, side) in sides.iter().enumerate() {
+        let mut f = Figure::new(
+            format!("ztunnel_rss_idle_{i}"),
+            format!("ztunnel memory idle, {side}"),
+            "MB",
+        );
+        f.values.insert(Path::Mesh.name(), idle_rss[i] as f64 / 1e6);
+        f.target(Target::AtMost(8.0));
+        figures.push(f);
+    }
+    let limit = usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX);
+    let counts = if opts.runs("memory") {
+        opts.idle_connections.clone()
+    } else {
+        Vec::new()
+    };
+    for wanted in counts {
+        let n = wanted.min(limit);
+        if n < wanted {
+            eprintln!(
+                "  only {n} connections instead of {wanted}: the open-file limit is {nofile}"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let baseline = bench.ztunnel_rss();
+        let dial = bench.dial(Path::Mesh, ECHO_PORT);
+        let held = blocking(move || loadgen::bulk::hold_open(&dial, n, 8)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = bench.ztunnel_rss();
+        for (i, side) in sides.iter().enumerate() {
+            let mut f = Figure::new(
+                format!("ztunnel_rss_{n}_{i}"),
+                format!(
+                    "ztunnel memory, {} open connections, {side}",
+                    report_rate(n as f64)
+                ),
+                "MB",
+            );
+            f.values.insert(Path::Mesh.name(), rss[i] as f64 / 1e6);
+            figures.push(f);
+            let per = (rss[i] as f64 - baseline[i] as f64) / n as f64;
+            let mut f = Figure::new(
+                format!("ztunnel_bytes_per_connection_{n}_{i}"),
+                format!(
+                    "ztunnel memory per open connection at {}, {side}",
+                    report_rate(n as f64)
+                ),
+                "kB",
+            );
+            f.values.insert(Path::Mesh.name(), per / 1e3);
+            f.target(Target::AtMost(4.0));
+            figures.push(f);
+            progress(
+                &format!("ztunnel memory, {n} conns, {side}"),
+                Path::Mesh,
+                format!("{:.1} MB ({:.2} kB/conn)", rss[i] as f64 / 1e6, per / 1e3),
+            );
+        }
+        drop(held);
+    }
+
+    let mut mtls = BTreeMap::new();
+    for path in Path::ALL {
+        mtls.insert(path.name(), bench.mtls_connections(path).await?);
+    }
+    anyhow::ensure!(
+        mtls[Path::Mesh.name()] > 0.0 && mtls[Path::Direct.name()] == 0.0,
+        "the mesh path must go through ztunnel over mutual TLS and the direct path must not: {mtls:?}"
+    );
+
+    let results = Results {
+        benchmark: "mesh",
+        date: report::today(),
+        commit: report::commit(),
+        command: format!(
+            "cargo run --release -p bench -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
+        machine: Machine::here(),
+        settings: Settings {
+            duration_s: opts.duration,
+            latency_duration_s: opts.latency_duration,
+            warmup_s: opts.warmup,
+            rate: opts.rate,
+            latency_connections: LATENCY_CONNECTIONS,
+            max_rate_connections: MAX_RATE_CONNECTIONS,
+            connection_rate_concurrency: CONNECTION_RATE_CONCURRENCY,
+            response_bytes: loadgen::http::DEFAULT_BODY,
+            idle_connections: opts.idle_connections.clone(),
+            nofile_limit: nofile,
+            quick: opts.quick,
+        },
+        figures,
+        latency_ms: latency,
+        service_time_ms: service,
+        connection_errors,
+        mtls_connections: mtls,
+    };
+    println!(
+        "\nMesh vs direct TCP — {} ({} cores), Linux {}, {}{}\n",
+        results.machine.cpu,
+        results.machine.cores,
+        results.machine.kernel,
+        results.date,
+        results
+            .commit
+            .as_deref()
+            .map(|c| format!(", commit {}", &c[..c.len().min(12)]))
+            .unwrap_or_default()
+    );
+    println!("{}", report::table(&results.figures));
+    println!(
+        "mTLS connections seen by the client node's ztunnel: mesh {}, direct {}",
+        results.mtls_connections["mesh"], results.mtls_connections["direct"]
+    );
+    if let Some(path) = &opts.json {
+        report::write_json(path, &results)?;
+        println!("figures written to {}", path.display());
+    }
+    if let Some(dir) = &opts.plots {
+        plots(dir, &results)?;
+        println!("plots written to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// 1000 → "1,000".
+fn report_rate(v: f64) -> String {
+    let s = format!("{:.0}", v);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn plots(dir: &std::path::Path, r: &Results) -> anyhow::Result<()> {
+    let colors = |p: Path| match p {
+        Path::Direct => plot::DIRECT,
+        Path::Mesh => plot::MESH,
+    };
+    let value = |key: &str, p: Path| {
+        r.figures
+            .iter()
+            .find(|f| f.key == key)
+            .and_then(|f| f.get(p))
+            .unwrap_or(0.0)
+    };
+    let latency: Vec<plot::Series<'_>> = Path::ALL
+        .iter()
+        .map(|p| {
+            let l = r.latency_ms.get(p.name()).copied().unwrap_or_default();
+            plot::Series {
+                name: p.name(),
+                color: colors(*p),
+                values: vec![l.p50, l.p90, l.p99, l.p999],
+            }
+        })
+        .collect();
+    plot::grouped_bars(
+        &dir.join("mesh-latency.svg"),
+        &format!(
+            "HTTP/1.1 latency at {} req/s (4 connections, 1 kB responses)",
+            report_rate(r.settings.rate)
+        ),
+        "milliseconds",
+        &["p50", "p90", "p99", "p99.9"].map(String::from),
+        &latency,
+        None,
+    )?;
+    let throughput: Vec<plot::Series<'_>> = Path::ALL
+        .iter()
+        .map(|p| plot::Series {
+            name: p.name(),
+            color: colors(*p),
+            values: vec![value("throughput_1", *p), value("throughput_8", *p)],
+        })
+        .collect();
+    plot::grouped_bars(
+        &dir.join("mesh-throughput.svg"),
+        "L4 throughput between two nodes",
+        "Gbit/s",
+        &["1 stream", "8 streams"].map(String::from),
+        &throughput,
+        None,
+    )?;
+    // Every compared figure as a fraction of direct, with its target.
+    let compared: Vec<&Figure> = r
+        .figures
+        .iter()
+        .filter(|f| {
+            [
+                "throughput_1",
+                "throughput_8",
+                "max_rps",
+                "connections_per_s",
+            ]
+            .contains(&f.key.as_str())
+        })
+        .collect();
+    let groups: Vec<String> = ["1 stream", "8 streams", "max req/s", "new conn/s"]
+        .map(String::from)
+        .to_vec();
+    let ratios: Vec<plot::Series<'_>> = Path::ALL
+        .iter()
+        .filter(|p| **p != Path::Direct)
+        .map(|p| plot::Series {
+            name: p.name(),
+            color: colors(*p),
+            values: compared
+                .iter()
+                .map(|f| f.ratio_to_direct.get(p.name()).copied().unwrap_or(0.0))
+                .collect(),
+        })
+        .collect();
+    let targets = [Some(0.5), Some(0.35), Some(0.25), Some(0.35)];
+    plot::grouped_bars(
+        &dir.join("mesh-ratios.svg"),
+        "Mesh as a fraction of direct TCP (red: target)",
+        "mesh ÷ direct",
+        &groups,
+        &ratios,
+        Some(&targets),
+    )?;
+    Ok(())
+}

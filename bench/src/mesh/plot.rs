@@ -1,0 +1,115 @@
+//! SVG plots of a run (plotters, SVG backend only: no fonts or images needed to draw).
+
+use std::path::Path as FsPath;
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+/// One bar series: name, colour, one value per group.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub color: RGBColor,
+    pub values: Vec<f64>,
+}
+
+pub const DIRECT: RGBColor = RGBColor(120, 120, 120);
+pub const MESH: RGBColor = RGBColor(33, 102, 172);
+
+/// Bars grouped by `groups` (one bar per series in each), labelled with their values.
+/// Where `marks` is given, a horizontal line per group is drawn at that value (a target).
+pub fn grouped_bars(
+    file: &FsPath,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[Series<'_>],
+    marks: Option<&[Option<f64>]>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = SVGBackend::new(file, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .chain(marks.into_iter().flatten().flatten().copied())
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.18;
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(34)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..n, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| format!("{v}"))
+        .draw()?;
+
+    let below = ("sans-serif", 15)
+        .into_font()
+        .into_text_style(&root)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    let above = ("sans-serif", 12)
+        .into_font()
+        .into_text_style(&root)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (i, g) in groups.iter().enumerate() {
+        chart.plotting_area().draw(
+            &(EmptyElement::at((i as f64 + 0.5, 0.0))
+                + Text::new(g.clone(), (0, 6), below.clone())),
+        )?;
+    }
+    let width = 0.8 / series.len().max(1) as f64;
+    for (k, s) in series.iter().enumerate() {
+        let color = s.color;
+        let bars = s.values.iter().enumerate().map(move |(i, v)| {
+            let x0 = i as f64 + 0.1 + k as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width * 0.92, *v)], color.filled())
+        });
+        chart
+            .draw_series(bars)?
+            .label(s.name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        for (i, v) in s.values.iter().enumerate() {
+            let x = i as f64 + 0.1 + (k as f64 + 0.46) * width;
+            chart.plotting_area().draw(
+                &(EmptyElement::at((x, *v)) + Text::new(short(*v), (0, -3), above.clone())),
+            )?;
+        }
+    }
+    if let Some(marks) = marks {
+        for (i, m) in marks.iter().enumerate() {
+            if let Some(m) = m {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(i as f64 + 0.05, *m), (i as f64 + 0.95, *m)],
+                    ShapeStyle::from(&RED).stroke_width(2),
+                )))?;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}

@@ -1,0 +1,436 @@
+//! Waypoint L7 configuration: cluster state → `ambient.waypoint.v1.L7Resource`s.
+//!
+//! - `gateway/<ns>/<name>`: a [`l7::GatewayConfig`] per waypoint Gateway (class
+//!   `istio-waypoint`), with the AuthorizationPolicies whose `targetRefs` name it.
+//! - `service/<ns>/<hostname>`: a [`l7::ServiceConfig`] per Service that uses a waypoint, or
+//!   that a route (as parent or backend), a VirtualService, a DestinationRule or a policy
+//!   concerns: its ports and how each is spoken, the routes of each port (Gateway API routes
+//!   first, by [`routes`] precedence, then VirtualService rules in order), the DestinationRule's
+//!   traffic policy and the policies that target it.
+//!
+//! What cannot be translated is reported as a [`Warning`] naming the object; nothing is
+//! dropped silently.
+
+pub mod destination_rule;
+pub mod policy;
+pub mod routes;
+pub mod status;
+pub mod virtual_service;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ambient_proto::ambient::waypoint::v1 as l7;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+
+use super::labels::{self, WAYPOINT_FOR};
+use super::waypoint::{self, Traffic};
+use super::{Context, Warning};
+use crate::model::gateway::WAYPOINT_CLASS;
+
+/// `service/<namespace>/<hostname>`.
+pub fn service_resource_name(namespace: &str, hostname: &str) -> String {
+    format!("service/{namespace}/{hostname}")
+}
+
+/// `gateway/<namespace>/<name>`.
+pub fn gateway_resource_name(namespace: &str, name: &str) -> String {
+    format!("gateway/{namespace}/{name}")
+}
+
+/// A Service (or a Gateway) by (namespace, name).
+pub type ServiceKey = (String, String);
+
+/// What the translation collects besides resources.
+#[derive(Default)]
+pub struct Out {
+    pub warnings: Vec<Warning>,
+    /// Services that routes, rules and policies refer to (their configuration is emitted).
+    pub referenced: BTreeSet<ServiceKey>,
+}
+
+impl Out {
+    pub fn warn(&mut self, object: &str, message: impl Into<String>) {
+        self.warnings.push(Warning::new(object, message));
+    }
+}
+
+/// `<namespace>/<hostname>` of a Service: how backends name it.
+pub fn backend_name(ctx: &Context<'_>, namespace: &str, name: &str) -> String {
+    format!(
+        "{namespace}/{name}.{namespace}.svc.{}",
+        ctx.config.domain_suffix
+    )
+}
+
+/// A backend on Service `namespace/name`; a Service that does not exist is reported (the
+/// backend is kept, so its share of requests fails as Gateway API and Istio require).
+/// `port` 0 is filled in per service port later (see [`default_ports`]).
+pub fn service_backend(
+    ctx: &Context<'_>,
+    out: &mut Out,
+    object: &str,
+    namespace: &str,
+    name: &str,
+    port: u32,
+    weight: u32,
+) -> l7::Backend {
+    if ctx.service(namespace, name).is_some() {
+        out.referenced
+            .insert((namespace.to_string(), name.to_string()));
+    } else {
+        out.warn(
+            object,
+            format!(
+                "backend Service {namespace}/{name} does not exist; its share of requests fails"
+            ),
+        );
+    }
+    l7::Backend {
+        service: backend_name(ctx, namespace, name),
+        port,
+        weight,
+        filters: Vec::new(),
+    }
+}
+
+/// The (namespace, name) of the Service an Istio `host` names, relative to `namespace`: a
+/// short name, `name.ns`, `name.ns.svc` or the FQDN. `Err` explains why it names none (the
+/// Service itself may not exist: see [`resolve_host`]).
+pub fn parse_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<ServiceKey, String> {
+    if host.contains('*') {
+        return Err(format!(
+            "host {host:?}: wildcard hosts are not supported (name one Service)"
+        ));
+    }
+    let suffix = format!(".svc.{}", ctx.config.domain_suffix);
+    let trimmed = host
+        .strip_suffix(&suffix)
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
+    match trimmed.split_once('.') {
+        None if !trimmed.is_empty() => Ok((namespace.to_string(), trimmed.to_string())),
+        Some((name, ns)) if !ns.contains('.') && !name.is_empty() && !ns.is_empty() => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!(
+            "host {host:?} is not a Service of this cluster (ServiceEntry hosts are not supported)"
+        )),
+    }
+}
+
+/// Like [`parse_host`], and the Service must exist.
+pub fn resolve_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<ServiceKey, String> {
+    let (ns, name) = parse_host(ctx, host, namespace)?;
+    if ctx.service(&ns, &name).is_none() {
+        return Err(format!(
+            "host {host:?} names Service {ns}/{name}, which does not exist"
+        ));
+    }
+    Ok((ns, name))
+}
+
+/// How a Service port is spoken: its `appProtocol`, else Istio's port-name convention
+/// (`<protocol>` or `<protocol>-<suffix>`), else detected by the waypoint.
+pub fn port_protocol(port: &ServicePort) -> l7::AppProtocol {
+    fn parse(p: &str) -> Option<l7::AppProtocol> {
+        use l7::AppProtocol::*;
+        Some(match p.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "kubernetes.io/ws" | "grpc-web" => Http1,
+            "http2" | "h2c" | "kubernetes.io/h2c" => Http2,
+            "grpc" => Grpc,
+            "tcp" | "https" | "tls" | "kubernetes.io/wss" | "mongo" | "mysql" | "redis" => Tcp,
+            _ => return None,
+        })
+    }
+    if let Some(p) = port.app_protocol.as_deref().and_then(parse) {
+        return p;
+    }
+    let name = port.name.as_deref().unwrap_or("");
+    let prefix = name.split_once('-').map(|(p, _)| p).unwrap_or(name);
+    // `grpc-web-foo` is gRPC-Web, not gRPC.
+    if name.to_ascii_lowercase().starts_with("grpc-web") {
+        return l7::AppProtocol::Http1;
+    }
+    parse(prefix).unwrap_or(l7::AppProtocol::Detect)
+}
+
+/// Parses a duration as Gateway API (`10s`, `500ms`, `1h30m`) and Istio (`0.5s`, `3m`) write
+/// them, to milliseconds (a non-zero duration under 1 ms counts as 1 ms).
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 10s, 1m, 1h)");
+    let text = s.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total_ns: f64 = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            _ => return Err(bad()),
+        };
+        total_ns += value * scale;
+        rest = &rest[unit_len..];
+    }
+    let ms = total_ns / 1e6;
+    if ms > 0.0 && ms < 1.0 {
+        return Ok(1);
+    }
+    Ok(ms.round() as u64)
+}
+
+/// A duration field, reported and treated as unset when it does not parse.
+pub fn duration_field(out: &mut Out, object: &str, field: &str, value: Option<&str>) -> u64 {
+    match value.map(parse_duration_ms) {
+        None => 0,
+        Some(Ok(ms)) => ms,
+        Some(Err(e)) => {
+            out.warn(object, format!("{field}: {e}; ignored"));
+            0
+        }
+    }
+}
+
+/// Whether `re` compiles; the waypoint would reject it otherwise.
+pub fn check_regex(out: &mut Out, object: &str, re: &str) -> bool {
+    match regex::Regex::new(re) {
+        Ok(_) => true,
+        Err(e) => {
+            out.warn(object, format!("regular expression {re:?} is invalid: {e}"));
+            false
+        }
+    }
+}
+
+/// Fills backends without a port (0): the backend Service's only port, else the port the
+/// route serves.
+fn default_ports(ctx: &Context<'_>, route: &mut l7::Route, port: u32) {
+    fn fill(ctx: &Context<'_>, backend: &mut l7::Backend, port: u32) {
+        if backend.port == 0 {
+            let single = backend
+                .service
+                .split_once('/')
+                .and_then(|(ns, host)| ctx.service(ns, host.split('.').next().unwrap_or("")))
+                .map(tcp_ports)
+                .filter(|ports| ports.len() == 1)
+                .map(|ports| ports[0].port as u32);
+            backend.port = single.unwrap_or(port);
+        }
+        for f in &mut backend.filters {
+            fill_filter(ctx, f, port);
+        }
+    }
+    fn fill_filter(ctx: &Context<'_>, f: &mut l7::Filter, port: u32) {
+        if let Some(l7::filter::Kind::Mirror(m)) = &mut f.kind
+            && let Some(b) = &mut m.backend
+        {
+            fill(ctx, b, port);
+        }
+    }
+    for b in &mut route.backends {
+        fill(ctx, b, port);
+    }
+    for f in &mut route.filters {
+        fill_filter(ctx, f, port);
+    }
+}
+
+/// TCP ports of a Service (the only ones the mesh carries).
+pub fn tcp_ports(svc: &Service) -> Vec<&ServicePort> {
+    svc.spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .collect()
+}
+
+/// Computes every L7 resource.
+pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String, l7::L7Resource> {
+    let mut out = Out::default();
+    let mut gateways: BTreeMap<ServiceKey, l7::GatewayConfig> = BTreeMap::new();
+    for g in ctx.state.gateways() {
+        if g.spec.gateway_class_name != WAYPOINT_CLASS {
+            continue;
+        }
+        let namespace = g
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = g.metadata.name.clone().unwrap_or_default();
+        let traffic_type = labels::labels(&g.metadata)
+            .get(WAYPOINT_FOR)
+            .cloned()
+            .unwrap_or_else(|| "service".into());
+        gateways.insert(
+            (namespace.clone(), name.clone()),
+            l7::GatewayConfig {
+                namespace,
+                name,
+                traffic_type,
+                policies: Vec::new(),
+            },
+        );
+    }
+    let service_policies = policy::attach(ctx, &mut out, &mut gateways);
+    let gateway_routes = routes::collect(ctx, &mut out);
+    let vs_rules = virtual_service::collect(ctx, &mut out);
+    let traffic = destination_rule::collect(ctx, &mut out);
+
+    let mut resources = BTreeMap::new();
+    for g in gateways.into_values() {
+        resources.insert(
+            gateway_resource_name(&g.namespace, &g.name),
+            l7::L7Resource {
+                kind: Some(l7::l7_resource::Kind::Gateway(g)),
+            },
+        );
+    }
+    for svc in ctx.state.services() {
+        let namespace = super::service::namespace(svc);
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let key = (namespace.clone(), name.clone());
+        // Warnings about the waypoint label are the WDS service's to give.
+        let waypoint = waypoint::choose(
+            ctx,
+            &svc.metadata,
+            &namespace,
+            Traffic::Service,
+            &mut Vec::new(),
+        )
+        .map(|(ns, name, _)| format!("{ns}/{name}"));
+        let entries = gateway_routes.get(&key);
+        let rules = vs_rules.get(&key);
+        let policies = service_policies.get(&key);
+        let included = waypoint.is_some()
+            || out.referenced.contains(&key)
+            || entries.is_some()
+            || rules.is_some()
+            || policies.is_some()
+            || traffic.contains_key(&key);
+        if !included {
+            continue;
+        }
+        let object = format!("Service/{namespace}/{name}");
+        if waypoint.is_none() && (entries.is_some() || rules.is_some() || policies.is_some()) {
+            out.warn(
+                &object,
+                "has routes or policies but uses no waypoint (istio.io/use-waypoint); they apply only where a waypoint carries its traffic",
+            );
+        }
+        let hostname = super::service::hostname(ctx, svc);
+        let ports = service_ports(ctx, &mut out, &object, svc, entries, rules);
+        let config = l7::ServiceConfig {
+            namespace: namespace.clone(),
+            name,
+            hostname: hostname.clone(),
+            waypoint: waypoint.unwrap_or_default(),
+            ports,
+            traffic_policy: traffic.get(&key).cloned(),
+            policies: policies.cloned().unwrap_or_default(),
+        };
+        resources.insert(
+            service_resource_name(&namespace, &hostname),
+            l7::L7Resource {
+                kind: Some(l7::l7_resource::Kind::Service(config)),
+            },
+        );
+    }
+    warnings.extend(out.warnings);
+    resources
+}
+
+/// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it.
+fn service_ports(
+    ctx: &Context<'_>,
+    out: &mut Out,
+    object: &str,
+    svc: &Service,
+    entries: Option<&Vec<routes::Entry>>,
+    rules: Option<&Vec<virtual_service::Rule>>,
+) -> Vec<l7::PortConfig> {
+    let ports = tcp_ports(svc);
+    let mut configs = Vec::new();
+    for p in &ports {
+        let number = p.port as u32;
+        let mut protocol = port_protocol(p);
+        let mut routes: Vec<l7::Route> = Vec::new();
+        let mut grpc = false;
+        let mut previous: Option<&routes::Entry> = None;
+        for e in entries.into_iter().flatten() {
+            if !e.applies_to(number) {
+                continue;
+            }
+            grpc |= e.grpc;
+            match (previous, routes.last_mut()) {
+                (Some(prev), Some(last)) if prev.same_rule(e) => {
+                    last.matches.extend(e.route.matches.iter().cloned());
+                }
+                _ => {
+                    let mut r = e.route.clone();
+                    default_ports(ctx, &mut r, number);
+                    routes.push(r);
+                }
+            }
+            previous = Some(e);
+        }
+        for r in rules.into_iter().flatten() {
+            if let Some(mut route) = r.for_port(number) {
+                default_ports(ctx, &mut route, number);
+                routes.push(route);
+            }
+        }
+        if grpc {
+            match protocol {
+                l7::AppProtocol::Detect => protocol = l7::AppProtocol::Grpc,
+                l7::AppProtocol::Http1 => out.warn(
+                    object,
+                    format!("port {number} is declared HTTP/1.1 but a GRPCRoute routes it; gRPC needs HTTP/2"),
+                ),
+                _ => {}
+            }
+        }
+        if protocol == l7::AppProtocol::Tcp {
+            let explicit = entries.into_iter().flatten().any(|e| e.names_port(number))
+                || rules.into_iter().flatten().any(|r| r.names_port(number));
+            if explicit {
+                out.warn(
+                    object,
+                    format!("port {number} is TCP (by its appProtocol or name); HTTP routes do not apply to it"),
+                );
+            }
+            routes.clear();
+        }
+        configs.push(l7::PortConfig {
+            port: number,
+            protocol: protocol as i32,
+            routes,
+        });
+    }
+    configs
+}
+
+/// The waypoint Gateways' statuses (see [`status`]).
+pub use status::gateway_statuses;
+
+#[cfg(test)]
+mod tests;

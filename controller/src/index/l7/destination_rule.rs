@@ -1,0 +1,316 @@
+//! Istio `DestinationRule` `trafficPolicy` → [`l7::TrafficPolicy`] of the Service its `host`
+//! names.
+//!
+//! Defaults are Istio's (Envoy's) where a field is absent: outlier detection ejects after 5
+//! consecutive 5xx, sweeps every 10 s, ejects for 30 s × times ejected, at most 10 % of
+//! endpoints; the load balancer is LEAST_REQUEST. When several DestinationRules name one
+//! host, the one in the Service's namespace wins, then one in the root namespace, then the
+//! oldest; the others are reported.
+
+use std::collections::BTreeMap;
+
+use ambient_proto::ambient::waypoint::v1 as l7;
+
+use super::{Out, ServiceKey, duration_field, resolve_host};
+use crate::index::Context;
+use crate::model::networking::{
+    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
+};
+
+/// Istio's defaults for fields of `outlierDetection` left out.
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+
+/// The traffic policy of every Service a DestinationRule names.
+pub fn collect(ctx: &Context<'_>, out: &mut Out) -> BTreeMap<ServiceKey, l7::TrafficPolicy> {
+    // Service → candidate rules with their rank.
+    let mut candidates: BTreeMap<ServiceKey, Vec<(u8, &DestinationRule)>> = BTreeMap::new();
+    for dr in ctx.state.destination_rules() {
+        let ns = namespace(dr);
+        let object = object(dr);
+        if dr.spec.host.is_empty() {
+            out.warn(&object, "has no host; ignored");
+            continue;
+        }
+        match resolve_host(ctx, &dr.spec.host, &ns) {
+            Ok(key) => {
+                let rank = if key.0 == ns {
+                    0
+                } else if ns == ctx.config.root_namespace {
+                    1
+                } else {
+                    2
+                };
+                candidates.entry(key).or_default().push((rank, dr));
+            }
+            Err(e) => out.warn(&object, format!("{e}; ignored")),
+        }
+    }
+    let mut policies = BTreeMap::new();
+    for (key, mut list) in candidates {
+        list.sort_by_key(|(rank, dr)| {
+            let m = &dr.metadata;
+            (
+                *rank,
+                m.creation_timestamp.is_none(),
+                m.creation_timestamp.clone(),
+                m.namespace.clone(),
+                m.name.clone(),
+            )
+        });
+        let (_, chosen) = list[0];
+        for (_, other) in &list[1..] {
+            out.warn(
+                &object(other),
+                format!(
+                    "{} also configures Service {}/{}, and takes precedence; ignored",
+                    object(chosen),
+                    key.0,
+                    key.1
+                ),
+            );
+        }
+        out.referenced.insert(key.clone());
+        policies.insert(key, convert(out, chosen));
+    }
+    policies
+}
+
+fn namespace(dr: &DestinationRule) -> String {
+    dr.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn object(dr: &DestinationRule) -> String {
+    format!(
+        "DestinationRule/{}/{}",
+        namespace(dr),
+        dr.metadata.name.clone().unwrap_or_default()
+    )
+}
+
+/// One DestinationRule's traffic policy.
+pub fn convert(out: &mut Out, dr: &DestinationRule) -> l7::TrafficPolicy {
+    let object = object(dr);
+    let spec = &dr.spec;
+    if !spec.subsets.is_empty() {
+        out.warn(
+            &object,
+            "subsets are not supported (routes to a subset go to the whole service); ignored",
+        );
+    }
+    if !spec.export_to.is_empty() && spec.export_to.iter().any(|e| e != "*") {
+        out.warn(&object, "exportTo is not supported; applied mesh-wide");
+    }
+    if spec.workload_selector.is_some() {
+        out.warn(
+            &object,
+            "workloadSelector is not supported; applied to every client",
+        );
+    }
+    match &spec.traffic_policy {
+        Some(tp) => traffic_policy(out, &object, tp),
+        None => l7::TrafficPolicy::default(),
+    }
+}
+
+fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::TrafficPolicy {
+    if let Some(tls) = &tp.tls {
+        let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+        if mode != "ISTIO_MUTUAL" {
+            out.warn(
+                object,
+                "trafficPolicy.tls is not supported (mesh traffic is always mutual TLS between proxies); ignored",
+            );
+        }
+    }
+    for (set, name) in [
+        (!tp.port_level_settings.is_empty(), "portLevelSettings"),
+        (tp.tunnel.is_some(), "tunnel"),
+        (tp.proxy_protocol.is_some(), "proxyProtocol"),
+        (tp.retry_budget.is_some(), "retryBudget"),
+    ] {
+        if set {
+            out.warn(
+                object,
+                format!("trafficPolicy.{name} is not supported; ignored"),
+            );
+        }
+    }
+    l7::TrafficPolicy {
+        load_balancer: tp
+            .load_balancer
+            .as_ref()
+            .map(|lb| load_balancer(out, object, lb)),
+        outlier_detection: tp
+            .outlier_detection
+            .as_ref()
+            .map(|od| outlier_detection(out, object, od)),
+        connection_pool: tp
+            .connection_pool
+            .as_ref()
+            .map(|cp| connection_pool(out, object, cp)),
+    }
+}
+
+fn load_balancer(out: &mut Out, object: &str, lb: &LoadBalancerSettings) -> l7::LoadBalancer {
+    use l7::load_balancer::Kind;
+    let mut result = l7::LoadBalancer::default();
+    match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED") => {}
+        Some("LEAST_REQUEST" | "LEAST_CONN") => result.kind = Kind::LeastRequest as i32,
+        Some("ROUND_ROBIN") => result.kind = Kind::RoundRobin as i32,
+        Some("RANDOM") => result.kind = Kind::Random as i32,
+        Some("PASSTHROUGH") => out.warn(
+            object,
+            "loadBalancer.simple PASSTHROUGH is not supported; LEAST_REQUEST is used",
+        ),
+        Some(other) => out.warn(
+            object,
+            format!("loadBalancer.simple {other:?} is not supported; LEAST_REQUEST is used"),
+        ),
+    }
+    if let Some(ch) = &lb.consistent_hash {
+        match &ch.http_header_name {
+            Some(h) => {
+                result.kind = Kind::ConsistentHash as i32;
+                result.hash_header = h.to_ascii_lowercase();
+            }
+            None => out.warn(
+                object,
+                "loadBalancer.consistentHash: only httpHeaderName is supported (not httpCookie, useSourceIp or httpQueryParameterName); ignored",
+            ),
+        }
+    }
+    for (set, name) in [
+        (lb.locality_lb_setting.is_some(), "localityLbSetting"),
+        (lb.warmup_duration_secs.is_some(), "warmupDurationSecs"),
+        (lb.warmup.is_some(), "warmup"),
+    ] {
+        if set {
+            out.warn(
+                object,
+                format!("loadBalancer.{name} is not supported; ignored"),
+            );
+        }
+    }
+    result
+}
+
+fn outlier_detection(out: &mut Out, object: &str, od: &OutlierDetection) -> l7::OutlierDetection {
+    // The deprecated `consecutiveErrors` counted gateway errors only (and turned 5xx off).
+    let (consecutive_5xx, consecutive_gateway) = match od.consecutive_errors {
+        Some(n) if od.consecutive_gateway_errors.is_none() => {
+            (od.consecutive_5xx_errors.unwrap_or(0), n)
+        }
+        _ => (
+            od.consecutive_5xx_errors.unwrap_or(DEFAULT_CONSECUTIVE_5XX),
+            od.consecutive_gateway_errors.unwrap_or(0),
+        ),
+    };
+    for (set, name) in [
+        (od.min_health_percent.is_some(), "minHealthPercent"),
+        (
+            od.split_external_local_origin_errors.is_some(),
+            "splitExternalLocalOriginErrors",
+        ),
+        (
+            od.consecutive_local_origin_failures.is_some(),
+            "consecutiveLocalOriginFailures",
+        ),
+    ] {
+        if set {
+            out.warn(
+                object,
+                format!("outlierDetection.{name} is not supported; ignored"),
+            );
+        }
+    }
+    let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    l7::OutlierDetection {
+        consecutive_5xx,
+        consecutive_gateway_errors: consecutive_gateway,
+        interval_ms: or(
+            duration_field(
+                out,
+                object,
+                "outlierDetection.interval",
+                od.interval.as_deref(),
+            ),
+            DEFAULT_INTERVAL_MS,
+        ),
+        base_ejection_time_ms: or(
+            duration_field(
+                out,
+                object,
+                "outlierDetection.baseEjectionTime",
+                od.base_ejection_time.as_deref(),
+            ),
+            DEFAULT_BASE_EJECTION_MS,
+        ),
+        max_ejection_percent: od
+            .max_ejection_percent
+            .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT)
+            .min(100),
+    }
+}
+
+fn connection_pool(out: &mut Out, object: &str, cp: &ConnectionPoolSettings) -> l7::ConnectionPool {
+    let mut pool = l7::ConnectionPool::default();
+    if let Some(tcp) = &cp.tcp {
+        pool.max_connections = tcp.max_connections.unwrap_or(0);
+        pool.connect_timeout_ms = duration_field(
+            out,
+            object,
+            "connectionPool.tcp.connectTimeout",
+            tcp.connect_timeout.as_deref(),
+        );
+        for (set, name) in [
+            (tcp.tcp_keepalive.is_some(), "tcp.tcpKeepalive"),
+            (
+                tcp.max_connection_duration.is_some(),
+                "tcp.maxConnectionDuration",
+            ),
+            (tcp.idle_timeout.is_some(), "tcp.idleTimeout"),
+        ] {
+            if set {
+                out.warn(
+                    object,
+                    format!("connectionPool.{name} is not supported; ignored"),
+                );
+            }
+        }
+    }
+    if let Some(http) = &cp.http {
+        pool.max_pending_requests = http.http1_max_pending_requests.unwrap_or(0);
+        pool.max_requests = http.http2_max_requests.unwrap_or(0);
+        pool.max_requests_per_connection = http.max_requests_per_connection.unwrap_or(0);
+        pool.idle_timeout_ms = duration_field(
+            out,
+            object,
+            "connectionPool.http.idleTimeout",
+            http.idle_timeout.as_deref(),
+        );
+        for (set, name) in [
+            (http.max_retries.is_some(), "http.maxRetries"),
+            (http.h2_upgrade_policy.is_some(), "http.h2UpgradePolicy"),
+            (http.use_client_protocol.is_some(), "http.useClientProtocol"),
+            (
+                http.max_concurrent_streams.is_some(),
+                "http.maxConcurrentStreams",
+            ),
+        ] {
+            if set {
+                out.warn(
+                    object,
+                    format!("connectionPool.{name} is not supported; ignored"),
+                );
+            }
+        }
+    }
+    pool
+}

@@ -1,0 +1,258 @@
+//! The waypoint end to end in the local runtime, driven as a user would: `ambientctl up` on
+//! tests/fixtures/waypoint-e2e, requests from a mesh pod with `demo-app get`, and the
+//! waypoint's own metrics read from a pod outside the mesh.
+//!
+//! Statistical checks use five standard deviations of the binomial, so a correct proxy fails
+//! them about once in two million runs while a wrong split (say 60/40) fails every time.
+
+#[path = "support/ctl.rs"]
+mod ctl;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
+use serde_json::Value;
+
+/// `demo-app get URL --summary ...` from the `client` pod; the summary's JSON.
+fn summary(ctl: &Ctl, url: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", url, "--summary",
+    ];
+    args.extend_from_slice(extra);
+    let out = ctl.ok(&args);
+    let line = out.lines().last().expect("a summary line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+}
+
+fn count(v: &Value, field: &str, key: &str) -> u64 {
+    v[field][key].as_u64().unwrap_or(0)
+}
+
+/// Whether `lo <= n <= hi`, with a message naming the figure.
+fn within(what: &str, n: u64, lo: u64, hi: u64) {
+    assert!(
+        (lo..=hi).contains(&n),
+        "{what}: {n} is outside [{lo}, {hi}]"
+    );
+}
+
+/// The waypoint pod's address, from ztunnel's view of workloads.
+fn waypoint_ip(ctl: &Ctl) -> String {
+    let out = ctl.ok(&["ztunnel-config", "workloads", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let list = v.as_array().cloned().unwrap_or_default();
+    list.iter()
+        .find(|w| {
+            w["namespace"] == "shop"
+                && w["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("waypoint"))
+        })
+        .and_then(|w| w["addresses"][0].as_str())
+        .unwrap_or_else(|| panic!("no waypoint pod among {out}"))
+        .to_string()
+}
+
+/// `/metrics` of the waypoint, read from the `scraper` pod (outside the mesh).
+fn waypoint_metrics(ctl: &Ctl, ip: &str) -> String {
+    ctl.ok(&[
+        "exec",
+        "-n",
+        "shop",
+        "scraper",
+        "--",
+        "demo-app",
+        "get",
+        &format!("http://{ip}:15020/metrics"),
+    ])
+}
+
+#[test]
+fn l7_features_through_the_waypoint() {
+    ensure_demo_app();
+    let scratch = tempfile::tempdir().unwrap();
+    let ctl = Ctl {
+        home: scratch.path().join("home"),
+    };
+    let dir = scratch.path().join("shop");
+    copy_dir(&workspace().join("tests/fixtures/waypoint-e2e"), &dir);
+    ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
+
+    // Ready once a request through the waypoint is answered by an endpoint.
+    ctl.until(
+        &[
+            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://echo/", "--summary",
+            "--by-header", "x-echo-version",
+        ],
+        Duration::from_secs(60),
+        |out| {
+            String::from_utf8_lossy(&out.stdout).contains("\"ok\":1")
+                && !String::from_utf8_lossy(&out.stdout).contains("\"-\"")
+        },
+    );
+
+    // Weighted split 70/30 over 1000 requests: sd = sqrt(1000 × 0.7 × 0.3) ≈ 14.5.
+    let split = summary(
+        &ctl,
+        "http://echo/",
+        &["--count", "1000", "--concurrency", "8", "--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&split, "status", "200"), 1000, "{split}");
+    within("requests to v1 (of 1000, weight 70)", count(&split, "by", "v1"), 628, 772);
+    assert_eq!(count(&split, "by", "v1") + count(&split, "by", "v2"), 1000);
+
+    // A header match picks v2; a zero weight gets nothing.
+    let header = summary(
+        &ctl,
+        "http://echo/",
+        &["--count", "30", "-H", "x-version: v2", "--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&header, "by", "v2"), 30, "{header}");
+    let zero = summary(
+        &ctl,
+        "http://echo/zero",
+        &["--count", "100", "--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&zero, "by", "v1"), 100, "{zero}");
+
+    // URL rewrite (ReplacePrefixMatch), request and response header modifiers.
+    let rewritten = ctl.ok(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-i", "http://echo/old/thing?q=1",
+    ]);
+    let lower = rewritten.to_ascii_lowercase();
+    assert!(lower.contains("x-route: rewrite"), "{rewritten}");
+    let body: Value = serde_json::from_str(rewritten.lines().last().unwrap()).expect("echo json");
+    assert_eq!(body["path"], "/new/thing", "{body}");
+    assert_eq!(body["query"], "q=1", "{body}");
+    assert_eq!(body["headers"]["x-added"], "yes", "{body}");
+    assert_eq!(body["version"], "v1");
+
+    // Redirect: 301 to the configured host, path and query kept.
+    let redirect = ctl.ok(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-i", "http://echo/redirect/x?y=2",
+    ]);
+    assert!(redirect.contains(" 301 "), "{redirect}");
+    assert!(
+        redirect
+            .to_ascii_lowercase()
+            .contains("location: http://example.com/redirect/x?y=2"),
+        "{redirect}"
+    );
+
+    // L7 authorization: GET passes (above), POST is refused by the waypoint.
+    let post = summary(&ctl, "http://echo/", &["-X", "POST", "-d", "hello"]);
+    assert_eq!(count(&post, "status", "403"), 1, "{post}");
+    let refused = ctl.run(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-X", "POST", "http://echo/",
+    ]);
+    assert_eq!(refused.status.code(), Some(22));
+    // The same rule attached by selector is enforced by ztunnel at L4: fail closed.
+    let locked = ctl.run(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://locked/",
+        "--timeout-ms", "3000",
+    ]);
+    assert_ne!(locked.status.code(), Some(0), "an L7 rule at L4 must deny");
+
+    // Faults: 50 % abort with 503 (sd ≈ 10 over 400), 20 % delayed by 100 ms.
+    let faults = summary(
+        &ctl,
+        "http://faulty/",
+        &["--count", "400", "--concurrency", "8"],
+    );
+    within("aborted (of 400, 50 %)", count(&faults, "status", "503"), 150, 250);
+    assert_eq!(
+        count(&faults, "status", "503") + count(&faults, "status", "200"),
+        400,
+        "{faults}"
+    );
+    let p50 = faults["latency_ms"]["p50"].as_f64().unwrap();
+    let p90 = faults["latency_ms"]["p90"].as_f64().unwrap();
+    assert!(p50 < 100.0, "most requests are not delayed: p50 {p50} ms");
+    assert!(p90 >= 100.0, "a fifth is delayed by 100 ms: p90 {p90} ms");
+
+    // Retries hide an endpoint failing every other request.
+    let retried = summary(&ctl, "http://flaky/", &["--count", "100"]);
+    assert_eq!(count(&retried, "status", "200"), 100, "{retried}");
+
+    // Outlier detection: two consecutive 5xx eject the bad endpoint for 3 s...
+    let first = summary(
+        &ctl,
+        "http://backend/",
+        &["--count", "20", "--by-header", "x-echo-version"],
+    );
+    assert!(count(&first, "status", "503") <= 2, "{first}");
+    let ejected = summary(
+        &ctl,
+        "http://backend/",
+        &["--count", "20", "--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&ejected, "by", "good"), 20, "{ejected}");
+    // ...and it is brought back after the ejection time.
+    std::thread::sleep(Duration::from_millis(3500));
+    let back = summary(
+        &ctl,
+        "http://backend/",
+        &["--count", "20", "--by-header", "x-echo-version"],
+    );
+    assert!(count(&back, "by", "bad") >= 1, "{back}");
+
+    // Only `echo` (and its L7 neighbours) go through the waypoint; `plain` stays L4.
+    let plain = summary(&ctl, "http://plain/", &["--count", "10"]);
+    assert_eq!(count(&plain, "status", "200"), 10, "{plain}");
+    let ip = waypoint_ip(&ctl);
+    let metrics = waypoint_metrics(&ctl, &ip);
+    let requests: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("reporter=\"waypoint\"")
+                && l.contains("destination_service_name=\"echo\"")),
+        "{metrics}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|l| l.contains("destination_service_name=\"plain\"")),
+        "plain must not go through the waypoint:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("istio_request_duration_milliseconds_bucket{"),
+        "{metrics}"
+    );
+
+    // Removing the label returns `flaky` to L4 (no retries: every other request fails),
+    // live, while a slow request to `echo` through the waypoint keeps going.
+    let slow = Command::new(EXE)
+        .args([
+            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://echo/delay/3000",
+            "--timeout-ms", "10000",
+        ])
+        .env("AMBIENT_HOME", &ctl.home)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let services = std::fs::read_to_string(dir.join("services.yaml")).unwrap();
+    let unlabelled = services.replace(
+        "metadata: {name: flaky, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}",
+        "metadata: {name: flaky, namespace: shop}",
+    );
+    assert_ne!(services, unlabelled);
+    std::fs::write(dir.join("services.yaml"), unlabelled).unwrap();
+    ctl.until(
+        &[
+            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://flaky/", "--summary",
+            "--count", "10",
+        ],
+        Duration::from_secs(30),
+        |out| String::from_utf8_lossy(&out.stdout).contains("\"503\":5"),
+    );
+    let slow = slow.wait_with_output().unwrap();
+    assert!(slow.status.success(), "the slow request through the waypoint survived");
+
+    ctl.ok(&["down"]);
+}

@@ -1,0 +1,248 @@
+//! The compiled form of the L7 configuration, rebuilt when the controller changes it, and the
+//! per-service state that must outlive rebuilds (request limits, outlier detection).
+//!
+//! The request path loads one [`RoutingSnapshot`] (lock-free) and finds everything there:
+//! route tables per service port, policies, limits, and endpoints per backend.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ambient_proto::ambient::waypoint::v1 as pb;
+use arc_swap::ArcSwap;
+use ztunnel::state::{Service, ServicePort, Snapshot, Workload};
+
+use crate::config::L7Snapshot;
+use crate::l7::authz::{self, Policies};
+use crate::l7::backend::BackendRef;
+use crate::l7::balance::{Balancer, BalancerPolicy, Pick};
+use crate::l7::limits::ConnectionLimits;
+use crate::l7::route::RouteTable;
+use crate::upstream::Endpoint;
+
+/// An endpoint as the balancer knows it: the workload (same uid, identity and addresses is
+/// the same endpoint, so its in-flight count and ejection survive rebuilds).
+#[derive(Clone, Debug)]
+pub struct EndpointKey(pub Arc<Workload>);
+
+impl PartialEq for EndpointKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uid == other.0.uid
+            && self.0.identity == other.0.identity
+            && self.0.addresses == other.0.addresses
+    }
+}
+
+impl Eq for EndpointKey {}
+
+impl Hash for EndpointKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.uid.hash(state);
+    }
+}
+
+/// How traffic to one service is routed and guarded.
+pub struct ServiceRouting {
+    pub service: Arc<Service>,
+    pub config: Option<Arc<pb::ServiceConfig>>,
+    /// By service port.
+    pub ports: HashMap<u16, RouteTable>,
+    /// Policies targeting the service.
+    pub policies: Policies,
+    pub limits: ConnectionLimits,
+    /// Endpoints and the choice among them.
+    pub balancer: Balancer<EndpointKey>,
+}
+
+/// Everything the request path needs, at one moment.
+#[derive(Default)]
+pub struct RoutingSnapshot {
+    /// By `namespace/hostname`.
+    pub services: HashMap<String, Arc<ServiceRouting>>,
+    /// Policies targeting this waypoint's Gateway.
+    pub gateway_policies: Policies,
+    /// Configuration problems found while compiling (shown in `/config_dump`).
+    pub errors: Vec<String>,
+}
+
+/// The current snapshot; rebuilt by [`Routing::rebuild`].
+#[derive(Default)]
+pub struct Routing {
+    current: ArcSwap<RoutingSnapshot>,
+}
+
+impl Routing {
+    pub fn load(&self) -> Arc<RoutingSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Recompiles from the latest L7 configuration and WDS state, carrying over the state of
+    /// services that still exist.
+    pub fn rebuild(&self, gateway_key: &str, l7: &L7Snapshot, state: &Snapshot) {
+        let previous = self.current.load_full();
+        let mut errors = Vec::new();
+        let gateway_policies = match l7.gateways.get(gateway_key) {
+            Some(g) => {
+                let (p, errs) = Policies::compile(&g.policies);
+                errors.extend(errs.iter().map(|e| e.to_string()));
+                p
+            }
+            None => Policies::default(),
+        };
+        let mut services = HashMap::new();
+        for service in state.services() {
+            let key = service.key();
+            let config = l7.services.get(&key).cloned();
+            let old = previous.services.get(&key);
+            let mut ports = HashMap::new();
+            for port in &service.ports {
+                let port_config = config
+                    .as_ref()
+                    .and_then(|c| {
+                        c.ports
+                            .iter()
+                            .find(|p| p.port == u32::from(port.service_port))
+                    })
+                    .cloned()
+                    .unwrap_or(pb::PortConfig {
+                        port: u32::from(port.service_port),
+                        ..Default::default()
+                    });
+                let default = BackendRef {
+                    service: key.as_str().into(),
+                    port: port.service_port,
+                };
+                let (table, errs) = RouteTable::compile(&port_config, default);
+                errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
+                ports.insert(port.service_port, table);
+            }
+            let (policies, errs) = match &config {
+                Some(c) => Policies::compile(&c.policies),
+                None => (Policies::default(), Vec::new()),
+            };
+            errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
+            let traffic = config.as_ref().and_then(|c| c.traffic_policy.as_ref());
+            let limits = ConnectionLimits::new(
+                traffic.and_then(|t| t.connection_pool.as_ref()),
+                old.map(|o| &o.limits),
+            );
+            let (policy, problems) = BalancerPolicy::compile(traffic);
+            errors.extend(problems.iter().map(|p| format!("{key}: {p}")));
+            let balancer = Balancer::new(
+                policy,
+                endpoints(state, service),
+                old.map(|o| &o.balancer),
+                Instant::now(),
+            );
+            services.insert(
+                key,
+                Arc::new(ServiceRouting {
+                    service: service.clone(),
+                    config,
+                    ports,
+                    policies,
+                    limits,
+                    balancer,
+                }),
+            );
+        }
+        self.current.store(Arc::new(RoutingSnapshot {
+            services,
+            gateway_policies,
+            errors,
+        }));
+    }
+}
+
+/// A service's healthy endpoints with an address.
+fn endpoints(state: &Snapshot, service: &Service) -> Vec<EndpointKey> {
+    state
+        .endpoints(service)
+        .iter()
+        .filter(|w| w.healthy && !w.addresses.is_empty())
+        .map(|w| EndpointKey(w.clone()))
+        .collect()
+}
+
+impl ServiceRouting {
+    /// The endpoint a pick names, serving `service_port`.
+    pub fn endpoint(&self, pick: &Pick<EndpointKey>, service_port: u16) -> Endpoint {
+        let workload = pick.key().0.clone();
+        Endpoint {
+            addr: self.endpoint_addr(&workload, service_port),
+            workload,
+        }
+    }
+
+    /// The address a workload serves `service_port` on.
+    fn endpoint_addr(&self, workload: &Workload, service_port: u16) -> SocketAddr {
+        let port = self
+            .service
+            .ports
+            .iter()
+            .find(|p| p.service_port == service_port)
+            .copied()
+            .unwrap_or(ServicePort {
+                service_port,
+                target_port: service_port,
+            });
+        SocketAddr::new(
+            workload.addresses[0],
+            workload.target_port(&self.service.key(), &port),
+        )
+    }
+}
+
+impl RoutingSnapshot {
+    pub fn service(&self, key: &str) -> Option<&Arc<ServiceRouting>> {
+        self.services.get(key)
+    }
+
+    /// L4 authorization of a passed-through TCP connection: the gateway's and the service's
+    /// policies, judged on what TCP can show (HTTP-only rules fail closed).
+    pub fn authorize_tcp(
+        &self,
+        ctx: &crate::context::Ctx,
+        target: &crate::inbound::Target,
+        downstream: &crate::inbound::Downstream,
+    ) -> Result<(), String> {
+        let service_policies = match target {
+            crate::inbound::Target::Service { service, .. } => {
+                self.services.get(&service.key()).map(|s| &s.policies)
+            }
+            crate::inbound::Target::Workload { .. } => None,
+        };
+        let attrs = authz::RequestAttributes::tcp(
+            &downstream.identity,
+            downstream.addr.ip(),
+            downstream.dst,
+        );
+        let _ = ctx;
+        let none = Policies::default();
+        let verdict = authz::evaluate(
+            &self.gateway_policies,
+            service_policies.unwrap_or(&none),
+            &attrs,
+        );
+        if verdict.allowed {
+            Ok(())
+        } else {
+            Err(verdict.policy.unwrap_or("no ALLOW policy matched").to_string())
+        }
+    }
+
+    /// One endpoint of `service` for a connection to `port` (TCP passthrough: no hashing);
+    /// the pick counts it in flight while held.
+    pub fn endpoint(&self, service: &Service, port: u16) -> Option<(Endpoint, Pick<EndpointKey>)> {
+        let s = self.services.get(&service.key())?;
+        let pick = s.balancer.pick(
+            &http::HeaderMap::new(),
+            None,
+            Instant::now(),
+            &mut rand::rng(),
+        )?;
+        Some((s.endpoint(&pick, port), pick))
+    }
+}

@@ -1,0 +1,74 @@
+//! Plain TCP through the waypoint: L4 authorization, one endpoint, bytes relayed between the
+//! two tunnels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use crate::context::Ctx;
+use crate::inbound::{Downstream, Target};
+use crate::rewind::Rewind;
+use crate::stream::StreamIo;
+use crate::telemetry::{self, TcpRecord};
+use crate::upstream::{Endpoint, TunnelContext};
+
+pub async fn passthrough(
+    ctx: Arc<Ctx>,
+    target: Target,
+    downstream: Downstream,
+    mut stream: Rewind<StreamIo>,
+) {
+    let started = Instant::now();
+    let routing = ctx.routing.load();
+    let service = match &target {
+        Target::Service { service, .. } => Some(service.clone()),
+        Target::Workload { .. } => None,
+    };
+    let mut record = TcpRecord::new(&ctx, &downstream, service.clone());
+    if let Err(denied) = routing.authorize_tcp(&ctx, &target, &downstream) {
+        info!(src = %downstream.identity, dst = %downstream.dst, policy = %denied, "connection denied by policy");
+        record.finish("DENY", None, 0, 0, started);
+        return;
+    }
+    let (endpoint, _pick) = match &target {
+        Target::Service { service, port } => match routing.endpoint(service, *port) {
+            Some((e, pick)) => (Some(e), Some(pick)),
+            None => (None, None),
+        },
+        Target::Workload { workload, port } => (
+            workload.addresses.first().map(|ip| Endpoint {
+                workload: workload.clone(),
+                addr: SocketAddr::new(*ip, *port),
+            }),
+            None,
+        ),
+    };
+    let Some(endpoint) = endpoint else {
+        debug!(dst = %downstream.dst, "no healthy endpoint");
+        record.finish("UH", None, 0, 0, started);
+        return;
+    };
+    let tunnel = TunnelContext {
+        client_ip: Some(downstream.addr.ip()),
+        traceparent: None,
+    };
+    let (up, _guard) = match ctx.upstreams.tunnel(&ctx, &endpoint, &tunnel).await {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "upstream tunnel failed");
+            record.finish("UF", Some(&endpoint), 0, 0, started);
+            return;
+        }
+    };
+    let mut up = StreamIo::new(up);
+    match tokio::io::copy_bidirectional(&mut stream, &mut up).await {
+        Ok((sent, received)) => record.finish("-", Some(&endpoint), sent, received, started),
+        Err(e) => {
+            debug!(error = %e, "relay ended with an error");
+            record.finish("-", Some(&endpoint), 0, 0, started);
+        }
+    }
+    telemetry::tcp_closed();
+}

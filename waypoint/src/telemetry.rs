@@ -1,0 +1,337 @@
+//! Istio's standard request and TCP metrics with `reporter="waypoint"`, and the access log.
+//!
+//! A request's record is completed when its response body ends (or is dropped), so durations
+//! and byte counts cover the whole exchange. Label values come only from workloads and
+//! services the control plane described (or `unknown`), response codes and flags: cardinality
+//! is bounded by the pairs that actually talk.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use metrics::{Label, counter, histogram};
+use tracing::info;
+use ztunnel::state::{Service, Workload};
+
+use crate::context::Ctx;
+use crate::inbound::Downstream;
+use crate::upstream::{BoxError, Endpoint};
+
+pub const REQUESTS: &str = "istio_requests_total";
+pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
+pub const REQUEST_BYTES: &str = "istio_request_bytes";
+pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
+pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub const HBONE_REJECTED: &str = "ambient_hbone_rejected_total";
+
+/// Histogram buckets: Istio's for durations (ms), powers of ten for sizes.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0,
+];
+
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS, "Requests through the waypoint");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Milliseconds,
+        "Request duration, first byte in to last byte out"
+    );
+    metrics::describe_histogram!(REQUEST_BYTES, metrics::Unit::Bytes, "Request body sizes");
+    metrics::describe_histogram!(RESPONSE_BYTES, metrics::Unit::Bytes, "Response body sizes");
+    metrics::describe_counter!(TCP_OPENED, "TCP connections passed through");
+    metrics::describe_counter!(TCP_CLOSED, "TCP connections passed through and closed");
+    metrics::describe_counter!(TCP_SENT, metrics::Unit::Bytes, "Bytes sent to the client");
+    metrics::describe_counter!(
+        TCP_RECEIVED,
+        metrics::Unit::Bytes,
+        "Bytes received from the client"
+    );
+    metrics::describe_counter!(HBONE_REJECTED, "HBONE peers refused, by reason");
+}
+
+pub fn hbone_rejected(reason: &'static str) {
+    counter!(HBONE_REJECTED, "direction" => "inbound", "reason" => reason).increment(1);
+}
+
+/// Nothing to count per close beyond what [`TcpRecord::finish`] did; kept for symmetry with
+/// ztunnel's connection lifecycle.
+pub fn tcp_closed() {}
+
+fn or_unknown(v: Option<&str>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+fn canonical(w: Option<&Workload>) -> String {
+    or_unknown(w.map(|w| {
+        if w.canonical_name.is_empty() {
+            w.telemetry_name()
+        } else {
+            &w.canonical_name
+        }
+    }))
+}
+
+/// The labels every waypoint metric carries.
+fn peer_labels(
+    downstream: &Downstream,
+    upstream: Option<&Workload>,
+    service: Option<&Service>,
+) -> Vec<Label> {
+    let src = downstream.workload.as_deref();
+    vec![
+        Label::new("reporter", "waypoint"),
+        Label::new("source_workload", or_unknown(src.map(|w| w.telemetry_name()))),
+        Label::new(
+            "source_workload_namespace",
+            or_unknown(src.map(|w| w.namespace.as_str())),
+        ),
+        Label::new("source_principal", downstream.identity.to_string()),
+        Label::new("source_app", canonical(src)),
+        Label::new(
+            "source_version",
+            or_unknown(src.map(|w| w.canonical_revision.as_str())),
+        ),
+        Label::new("source_canonical_service", canonical(src)),
+        Label::new(
+            "source_canonical_revision",
+            or_unknown(src.map(|w| w.canonical_revision.as_str())),
+        ),
+        Label::new(
+            "destination_workload",
+            or_unknown(upstream.map(|w| w.telemetry_name())),
+        ),
+        Label::new(
+            "destination_workload_namespace",
+            or_unknown(upstream.map(|w| w.namespace.as_str())),
+        ),
+        Label::new(
+            "destination_principal",
+            upstream
+                .map(|w| w.identity.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+        Label::new("destination_app", canonical(upstream)),
+        Label::new(
+            "destination_version",
+            or_unknown(upstream.map(|w| w.canonical_revision.as_str())),
+        ),
+        Label::new("destination_canonical_service", canonical(upstream)),
+        Label::new(
+            "destination_canonical_revision",
+            or_unknown(upstream.map(|w| w.canonical_revision.as_str())),
+        ),
+        Label::new(
+            "destination_service",
+            or_unknown(service.map(|s| s.hostname.as_str())),
+        ),
+        Label::new(
+            "destination_service_name",
+            or_unknown(service.map(|s| s.name.as_str())),
+        ),
+        Label::new(
+            "destination_service_namespace",
+            or_unknown(service.map(|s| s.namespace.as_str())),
+        ),
+        Label::new("connection_security_policy", "mutual_tls"),
+    ]
+}
+
+/// One HTTP request's facts, filled in along the request path.
+pub struct RequestLog {
+    pub started: Instant,
+    pub downstream: Arc<Downstream>,
+    pub service: Option<Arc<Service>>,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub protocol: &'static str,
+    pub route: String,
+    pub upstream: Option<Endpoint>,
+    pub status: u16,
+    pub grpc_status: Option<String>,
+    pub flags: &'static str,
+    pub request_bytes: u64,
+    pub attempts: u32,
+    pub trace_id: String,
+}
+
+impl RequestLog {
+    /// Records the request: metrics and one access-log line.
+    pub fn finish(&self, response_bytes: u64) {
+        let upstream = self.upstream.as_ref().map(|e| e.workload.as_ref());
+        let mut labels = peer_labels(&self.downstream, upstream, self.service.as_deref());
+        labels.push(Label::new("request_protocol", self.protocol));
+        labels.push(Label::new("response_code", self.status.to_string()));
+        labels.push(Label::new(
+            "grpc_response_status",
+            self.grpc_status.clone().unwrap_or_default(),
+        ));
+        labels.push(Label::new("response_flags", self.flags));
+        let elapsed = self.started.elapsed().as_secs_f64() * 1000.0;
+        counter!(REQUESTS, labels.clone()).increment(1);
+        histogram!(REQUEST_DURATION, labels.clone()).record(elapsed);
+        histogram!(REQUEST_BYTES, labels.clone()).record(self.request_bytes as f64);
+        histogram!(RESPONSE_BYTES, labels).record(response_bytes as f64);
+        info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            authority = %self.authority,
+            protocol = self.protocol,
+            status = self.status,
+            flags = self.flags,
+            route = %self.route,
+            src = %self.downstream.addr,
+            src_principal = %self.downstream.identity,
+            dst = %self.downstream.dst,
+            upstream = %self.upstream.as_ref().map(|e| e.addr.to_string()).unwrap_or_else(|| "-".into()),
+            dst_principal = %self.upstream.as_ref().map(|e| e.workload.identity.to_string()).unwrap_or_else(|| "-".into()),
+            attempts = self.attempts,
+            bytes_received = self.request_bytes,
+            bytes_sent = response_bytes,
+            duration_ms = format_args!("{elapsed:.2}"),
+            trace_id = %self.trace_id,
+            "request"
+        );
+    }
+}
+
+/// A response body that completes its request's record when it ends or is dropped.
+pub struct MeteredBody<B> {
+    inner: B,
+    bytes: u64,
+    log: Option<RequestLog>,
+}
+
+impl<B> MeteredBody<B> {
+    pub fn new(inner: B, log: RequestLog) -> Self {
+        MeteredBody {
+            inner,
+            bytes: 0,
+            log: Some(log),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.finish(self.bytes);
+        }
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> HttpBody for MeteredBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+                if let Some(t) = f.trailers_ref()
+                    && let Some(log) = self.log.as_mut()
+                    && let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok())
+                {
+                    log.grpc_status = Some(s.to_string());
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(log) = self.log.as_mut() {
+                    log.flags = "UPE";
+                }
+                self.finish();
+            }
+            None => self.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One passed-through TCP connection's metrics and access log.
+pub struct TcpRecord {
+    labels: Vec<Label>,
+    downstream: Downstream,
+    service: Option<Arc<Service>>,
+}
+
+impl TcpRecord {
+    pub fn new(_ctx: &Ctx, downstream: &Downstream, service: Option<Arc<Service>>) -> Self {
+        TcpRecord {
+            labels: Vec::new(),
+            downstream: downstream.clone(),
+            service,
+        }
+    }
+
+    /// Records the connection once it is over.
+    pub fn finish(
+        &mut self,
+        flags: &'static str,
+        upstream: Option<&Endpoint>,
+        received: u64,
+        sent: u64,
+        started: Instant,
+    ) {
+        self.labels = peer_labels(
+            &self.downstream,
+            upstream.map(|e| e.workload.as_ref()),
+            self.service.as_deref(),
+        );
+        self.labels.push(Label::new("request_protocol", "tcp"));
+        self.labels.push(Label::new("response_flags", flags));
+        counter!(TCP_OPENED, self.labels.clone()).increment(1);
+        counter!(TCP_RECEIVED, self.labels.clone()).increment(received);
+        counter!(TCP_SENT, self.labels.clone()).increment(sent);
+        counter!(TCP_CLOSED, self.labels.clone()).increment(1);
+        let upstream_addr: Option<SocketAddr> = upstream.map(|e| e.addr);
+        info!(
+            target: "access",
+            protocol = "tcp",
+            flags,
+            src = %self.downstream.addr,
+            src_principal = %self.downstream.identity,
+            dst = %self.downstream.dst,
+            upstream = %upstream_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            bytes_received = received,
+            bytes_sent = sent,
+            duration_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+            "connection"
+        );
+    }
+}
