@@ -128,6 +128,38 @@ fn l7_features_through_the_waypoint() {
     assert_eq!(body["headers"]["x-added"], "yes", "{body}");
     assert_eq!(body["version"], "v1");
 
+    assert!(
+        body["headers"]["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-") && t.len() == 55),
+        "the waypoint starts a trace: {body}"
+    );
+
+    // HTTP/2 (prior knowledge) from the client is proxied as HTTP/2.
+    let h2 = ctl.ok(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "--http2", "http://echo/zero",
+    ]);
+    let h2: Value = serde_json::from_str(h2.lines().last().unwrap()).expect("echo json");
+    assert_eq!(h2["protocol"], "HTTP/2", "{h2}");
+
+    // Route timeout: a 2 s answer on a route with a 500 ms timeout is a 504.
+    let slow = summary(&ctl, "http://echo/delay/2000", &[]);
+    assert_eq!(count(&slow, "status", "504"), 1, "{slow}");
+    assert!(slow["latency_ms"]["max"].as_f64().unwrap() < 1500.0, "{slow}");
+
+    // Mirroring: v1 answers, v2 gets a copy.
+    let mirrored = summary(
+        &ctl,
+        "http://echo/mirror/probe-7731",
+        &["--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&mirrored, "by", "v1"), 1, "{mirrored}");
+    ctl.until(
+        &["logs", "-n", "shop", "echo-v2"],
+        Duration::from_secs(10),
+        |out| String::from_utf8_lossy(&out.stdout).contains("/mirror/probe-7731"),
+    );
+
     // Redirect: 301 to the configured host, path and query kept.
     let redirect = ctl.ok(&[
         "exec", "-n", "shop", "client", "--", "demo-app", "get", "-i", "http://echo/redirect/x?y=2",
