@@ -30,6 +30,19 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A waypoint as istioctl shows it: the Gateway's name when the controller named it by its
+/// Service hostname, else the address; `None` without one.
+fn waypoint(v: &Value) -> String {
+    let target = &v["target"];
+    if let Some(host) = target["hostname"]["hostname"].as_str() {
+        return host.split('.').next().unwrap_or(host).to_string();
+    }
+    match target["address"].as_str() {
+        Some(a) => a.to_string(),
+        None => "None".into(),
+    }
+}
+
 fn list(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().map(s).collect())
@@ -126,17 +139,13 @@ fn render(view: ZtunnelView, rows: &[Value]) -> String {
             &rows
                 .iter()
                 .map(|w| {
-                    let waypoint = s(&w["waypoint"]);
+                    let waypoint = waypoint(&w["waypoint"]);
                     vec![
                         s(&w["namespace"]),
                         s(&w["name"]),
                         list(&w["addresses"]).join(","),
                         s(&w["node"]),
-                        if waypoint.is_empty() {
-                            "None".into()
-                        } else {
-                            waypoint
-                        },
+                        waypoint,
                         s(&w["protocol"]),
                     ]
                 })
@@ -159,17 +168,13 @@ fn render(view: ZtunnelView, rows: &[Value]) -> String {
                         .flatten()
                         .map(|p| format!("{}->{}", s(&p["service_port"]), s(&p["target_port"])))
                         .collect();
-                    let waypoint = s(&v["waypoint"]);
+                    let waypoint = waypoint(&v["waypoint"]);
                     vec![
                         s(&v["namespace"]),
                         s(&v["name"]),
                         list(&v["vips"]).join(","),
                         ports.join(","),
-                        if waypoint.is_empty() {
-                            "None".into()
-                        } else {
-                            waypoint
-                        },
+                        waypoint,
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -326,6 +331,15 @@ mod tests {
         assert_eq!(time_fmt(0), "1970-01-01T00:00:00Z");
         assert_eq!(time_fmt(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(time_fmt(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn waypoints_show_as_istioctl_shows_them() {
+        let by_name = serde_json::json!({"target": {"hostname": {"namespace": "shop", "hostname": "waypoint.shop.svc.cluster.local"}}, "port": 15008});
+        assert_eq!(waypoint(&by_name), "waypoint");
+        let by_address = serde_json::json!({"target": {"address": "10.96.0.14"}, "port": 15008});
+        assert_eq!(waypoint(&by_address), "10.96.0.14");
+        assert_eq!(waypoint(&Value::Null), "None");
     }
 
     #[test]

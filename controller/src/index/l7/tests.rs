@@ -1323,24 +1323,3 @@ fn gateway_status() {
     );
     assert_eq!(bad.traffic_type, "all");
 }
-
-#[test]
-#[ignore]
-fn tmp_scan_dirs() {
-    for dir in std::env::var("SCAN_DIRS").unwrap().split(',') {
-        let mut m = crate::source::manifests::ManifestDir::new(std::path::Path::new(dir));
-        let s = m.scan();
-        for d in &s.diagnostics {
-            if d.severity != crate::source::Severity::Info {
-                println!("DIAG {d}");
-            }
-        }
-        let mut state = ClusterState::default();
-        state.apply(Change::Replace { kinds: Kind::ALL.to_vec(), objects: s.objects });
-        let idx = build_index(&state, &IndexConfig::default());
-        for w in &idx.warnings {
-            println!("WARN {dir}: {w}");
-        }
-        println!("{dir}: l7 {:?}", idx.l7.keys().collect::<Vec<_>>());
-    }
-}
