@@ -204,7 +204,6 @@ impl RoutingSnapshot {
     /// policies, judged on what TCP can show (HTTP-only rules fail closed).
     pub fn authorize_tcp(
         &self,
-        ctx: &crate::context::Ctx,
         target: &crate::inbound::Target,
         downstream: &crate::inbound::Downstream,
     ) -> Result<(), String> {
@@ -219,7 +218,6 @@ impl RoutingSnapshot {
             downstream.addr.ip(),
             downstream.dst,
         );
-        let _ = ctx;
         let none = Policies::default();
         let verdict = authz::evaluate(
             &self.gateway_policies,

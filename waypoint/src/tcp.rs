@@ -11,7 +11,7 @@ use crate::context::Ctx;
 use crate::inbound::{Downstream, Target};
 use crate::rewind::Rewind;
 use crate::stream::StreamIo;
-use crate::telemetry::{self, TcpRecord};
+use crate::telemetry::TcpRecord;
 use crate::upstream::{Endpoint, TunnelContext};
 
 pub async fn passthrough(
@@ -26,8 +26,8 @@ pub async fn passthrough(
         Target::Service { service, .. } => Some(service.clone()),
         Target::Workload { .. } => None,
     };
-    let mut record = TcpRecord::new(&ctx, &downstream, service.clone());
-    if let Err(denied) = routing.authorize_tcp(&ctx, &target, &downstream) {
+    let mut record = TcpRecord::new(&downstream, service.clone());
+    if let Err(denied) = routing.authorize_tcp(&target, &downstream) {
         info!(src = %downstream.identity, dst = %downstream.dst, policy = %denied, "connection denied by policy");
         record.finish("DENY", None, 0, 0, started);
         return;
@@ -70,5 +70,4 @@ pub async fn passthrough(
             record.finish("-", Some(&endpoint), 0, 0, started);
         }
     }
-    telemetry::tcp_closed();
 }

@@ -17,7 +17,6 @@ use metrics::{Label, counter, histogram};
 use tracing::info;
 use ztunnel::state::{Service, Workload};
 
-use crate::context::Ctx;
 use crate::inbound::Downstream;
 use crate::upstream::{BoxError, Endpoint};
 
@@ -63,10 +62,6 @@ pub fn describe() {
 pub fn hbone_rejected(reason: &'static str) {
     counter!(HBONE_REJECTED, "direction" => "inbound", "reason" => reason).increment(1);
 }
-
-/// Nothing to count per close beyond what [`TcpRecord::finish`] did; kept for symmetry with
-/// ztunnel's connection lifecycle.
-pub fn tcp_closed() {}
 
 fn or_unknown(v: Option<&str>) -> String {
     match v {
@@ -291,7 +286,7 @@ pub struct TcpRecord {
 }
 
 impl TcpRecord {
-    pub fn new(_ctx: &Ctx, downstream: &Downstream, service: Option<Arc<Service>>) -> Self {
+    pub fn new(downstream: &Downstream, service: Option<Arc<Service>>) -> Self {
         TcpRecord {
             labels: Vec::new(),
             downstream: downstream.clone(),

@@ -1136,7 +1136,11 @@ spec:
         assert_eq!(w[1].object.as_deref(), Some("AuthorizationPolicy shop/p"));
         assert!(w[1].message.contains("methods, paths"), "{}", w[1].message);
         assert!(w[1].message.contains("fails closed"));
-        assert!(with_code(&m, CONTROLLER_WARNING).is_empty(), "{m:#?}");
+        // The targetRefs policy is fine at L4 but needs a waypoint to apply at all.
+        let c = with_code(&m, CONTROLLER_WARNING);
+        assert_eq!(c.len(), 1, "{m:#?}");
+        assert_eq!(c[0].object.as_deref(), Some("Service shop/web"));
+        assert!(c[0].message.contains("uses no waypoint"));
     }
 
     #[test]
