@@ -54,8 +54,8 @@ fn waypoint_ip(ctl: &Ctl) -> String {
         .to_string()
 }
 
-/// `/metrics` of the waypoint, read from the `scraper` pod (outside the mesh).
-fn waypoint_metrics(ctl: &Ctl, ip: &str) -> String {
+/// `/metrics` of a proxy at `ip`, read from the `scraper` pod (outside the mesh).
+fn metrics_at(ctl: &Ctl, ip: &str) -> String {
     ctl.ok(&[
         "exec",
         "-n",
@@ -67,6 +67,55 @@ fn waypoint_metrics(ctl: &Ctl, ip: &str) -> String {
         &format!("http://{ip}:15020/metrics"),
     ])
 }
+
+fn waypoint_metrics(ctl: &Ctl, ip: &str) -> String {
+    metrics_at(ctl, ip)
+}
+
+/// The nodes' addresses (where each ztunnel serves its metrics).
+fn node_ips(ctl: &Ctl) -> Vec<String> {
+    let v: Value = serde_json::from_str(&ctl.ok(&["status", "-o", "json"])).expect("json");
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["ip"].as_str().expect("node ip").to_string())
+        .collect()
+}
+
+/// Sum of the samples of `family` whose labels include every `want` pair.
+fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Istio's standard labels, every one of which a dashboard may group by.
+const STANDARD_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_canonical_service",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
 
 #[test]
 fn l7_features_through_the_waypoint() {
@@ -255,6 +304,60 @@ fn l7_features_through_the_waypoint() {
         metrics.contains("istio_request_duration_milliseconds_bucket{"),
         "{metrics}"
     );
+
+    // Counters are exact: 23 requests through the waypoint to v1, 17 plain connections.
+    let nodes = node_ips(&ctl);
+    let ztunnels = |ctl: &Ctl| -> String {
+        nodes.iter().map(|ip| metrics_at(ctl, ip)).collect::<Vec<_>>().join("\n")
+    };
+    let echo_v1 = [
+        ("reporter", "waypoint"),
+        ("source_workload", "client"),
+        ("source_principal", "spiffe://cluster.local/ns/shop/sa/default"),
+        ("destination_workload", "echo-v1"),
+        ("destination_service_name", "echo"),
+        ("destination_principal", "spiffe://cluster.local/ns/shop/sa/default"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let plain_opened = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service_name", "plain"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let before_wp = sum(&waypoint_metrics(&ctl, &ip), "istio_requests_total", &echo_v1);
+    let before_zt = sum(&ztunnels(&ctl), "istio_tcp_connections_opened_total", &plain_opened);
+    summary(&ctl, "http://echo/zero", &["--count", "23"]);
+    summary(&ctl, "http://plain/", &["--count", "17"]);
+    let after = ctl.until(
+        &["exec", "-n", "shop", "scraper", "--", "demo-app", "get", &format!("http://{ip}:15020/metrics")],
+        Duration::from_secs(10),
+        |out| sum(&String::from_utf8_lossy(&out.stdout), "istio_requests_total", &echo_v1) >= before_wp + 23,
+    );
+    let wp_after = String::from_utf8_lossy(&after.stdout).to_string();
+    assert_eq!(sum(&wp_after, "istio_requests_total", &echo_v1), before_wp + 23);
+    let zt_after = ztunnels(&ctl);
+    assert_eq!(
+        sum(&zt_after, "istio_tcp_connections_opened_total", &plain_opened),
+        before_zt + 17,
+        "one connection per request, counted once by the client's ztunnel"
+    );
+    for (family, text) in [
+        ("istio_requests_total", &wp_after),
+        ("istio_tcp_connections_opened_total", &zt_after),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}{{")))
+            .unwrap_or_else(|| panic!("no {family}"));
+        for label in STANDARD_LABELS {
+            assert!(line.contains(&format!("{label}=\"")), "{family} lacks {label}: {line}");
+        }
+    }
+    assert!(wp_after.contains("grpc_response_status=\""), "waypoint carries grpc_response_status");
 
     // Removing the label returns `flaky` to L4 (no retries: every other request fails),
     // live, while a slow request to `echo` through the waypoint keeps going.

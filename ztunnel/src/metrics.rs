@@ -137,6 +137,11 @@ impl ConnectionInfo {
                 or_unknown(src.map(|w| w.namespace.as_str())),
             ),
             Label::new("source_principal", principal(&self.src_identity)),
+            Label::new("source_app", canonical(src)),
+            Label::new(
+                "source_version",
+                or_unknown(src.map(|w| w.canonical_revision.as_str())),
+            ),
             Label::new("source_canonical_service", canonical(src)),
             Label::new(
                 "source_canonical_revision",
@@ -151,6 +156,11 @@ impl ConnectionInfo {
                 or_unknown(dst.map(|w| w.namespace.as_str())),
             ),
             Label::new("destination_principal", principal(&self.dst_identity)),
+            Label::new("destination_app", canonical(dst)),
+            Label::new(
+                "destination_version",
+                or_unknown(dst.map(|w| w.canonical_revision.as_str())),
+            ),
             Label::new("destination_canonical_service", canonical(dst)),
             Label::new(
                 "destination_canonical_revision",
