@@ -191,6 +191,16 @@ fn l7_features_through_the_waypoint() {
     let h2: Value = serde_json::from_str(h2.lines().last().unwrap()).expect("echo json");
     assert_eq!(h2["protocol"], "HTTP/2", "{h2}");
 
+    // gRPC: a GRPCRoute method match, over HTTP/2 end to end.
+    let grpc = ctl.ok(&[
+        "exec", "-n", "shop", "client", "--", "demo-app", "get", "--http2", "-X", "POST",
+        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", "x",
+        "http://echo/demo.Echo/Get",
+    ]);
+    let grpc: Value = serde_json::from_str(grpc.lines().last().unwrap()).expect("echo json");
+    assert_eq!((grpc["version"].as_str(), grpc["protocol"].as_str()), (Some("v2"), Some("HTTP/2")), "{grpc}");
+    assert_eq!(grpc["headers"]["te"], "trailers", "te: trailers reaches gRPC servers");
+
     // Route timeout: a 2 s answer on a route with a 500 ms timeout is a 504.
     let slow = summary(&ctl, "http://echo/delay/2000", &[]);
     assert_eq!(count(&slow, "status", "504"), 1, "{slow}");
