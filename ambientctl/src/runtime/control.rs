@@ -5,6 +5,8 @@
 //! - `GET /ztunnel/<node>/<port>/<path>`: a GET on that node's ztunnel (admin 15000,
 //!   metrics 15020, readiness 15021);
 //! - `GET /controller/<path>`: a GET on the controller's monitoring port (15014);
+//! - `GET /pod/<namespace>/<name>/<port>/<path>`: a GET on a pod's port, made from its
+//!   node's network namespace (how `dashboard` reads waypoints' metrics, `:15020/metrics`);
 //! - `POST /apply` ([`ApplyRequest`]): adds objects to the mesh (kept in the run directory,
 //!   published to the controller with the runtime's own objects) and label overlays;
 //! - `POST /delete` ([`DeleteRequest`]): removes objects added with `/apply`.
@@ -259,6 +261,9 @@ async fn route<S: StatusSource>(
         let rest = if rest.is_empty() { "/" } else { rest };
         return forward(&endpoints.underlay, endpoints.controller_monitoring, rest).await;
     }
+    if let Some(rest) = path.strip_prefix("/pod/") {
+        return pod_get(rest, source.as_ref(), &endpoints).await;
+    }
     if let Some(rest) = path.strip_prefix("/ztunnel/") {
         let mut parts = rest.splitn(3, '/');
         let node = parts.next().unwrap_or_default();
@@ -277,6 +282,57 @@ async fn route<S: StatusSource>(
         return forward(netns, SocketAddr::from(([127, 0, 0, 1], port)), &tail).await;
     }
     reply(StatusCode::NOT_FOUND, format!("no route {path}\n"), false)
+}
+
+/// `GET /pod/<namespace>/<name>/<port>/<path>`: the pod's address and node come from the
+/// current status; the request is made from the node's network namespace, which reaches its
+/// pods over the node's bridge (a pod outside the mesh is not captured, so this is a plain
+/// connection to its port).
+async fn pod_get<S: StatusSource>(
+    rest: &str,
+    source: &S,
+    endpoints: &Endpoints,
+) -> Response<Full<Bytes>> {
+    let mut parts = rest.splitn(4, '/');
+    let (Some(ns), Some(name), Some(port)) = (parts.next(), parts.next(), parts.next()) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "expected /pod/<namespace>/<name>/<port>/<path>\n",
+            false,
+        );
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            format!("bad port {port:?}\n"),
+            false,
+        );
+    };
+    let tail = format!("/{}", parts.next().unwrap_or_default());
+    let status = source.status().await;
+    let Some(pod) = status
+        .pods
+        .iter()
+        .find(|p| p["namespace"] == ns && p["name"] == name)
+    else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            format!("no pod {ns}/{name}\n"),
+            false,
+        );
+    };
+    let ip = pod["ip"]
+        .as_str()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let netns = pod["node"].as_str().and_then(|n| endpoints.nodes.get(n));
+    match (ip, netns) {
+        (Some(ip), Some(netns)) => forward(netns, SocketAddr::new(ip, port), &tail).await,
+        _ => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("pod {ns}/{name} has no address or node yet\n"),
+            false,
+        ),
+    }
 }
 
 /// Serves the API on `socket` until the task is dropped.
