@@ -1,8 +1,7 @@
 //! `ambientctl install`: the rendered manifests are valid Kubernetes objects (parsed back into
 //! k8s-openapi types), `-o json` is a `List`, and without a cluster nothing is attempted.
 //!
-//! The apply path (server-side apply) is not exercised here: the fake API server serves
-//! only GET/watch of a fixed set of kinds, not PATCH.
+//! The apply path (server-side apply against the fake API server) is in tests/install_apply.rs.
 
 use std::process::{Command, Output};
 

@@ -17,7 +17,15 @@ use serde_json::Value;
 /// `demo-app get URL --summary ...` from the `client` pod; the summary's JSON.
 fn summary(ctl: &Ctl, url: &str, extra: &[&str]) -> Value {
     let mut args = vec![
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", url, "--summary",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        url,
+        "--summary",
     ];
     args.extend_from_slice(extra);
     let out = ctl.ok(&args);
@@ -88,7 +96,10 @@ fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -131,8 +142,17 @@ fn l7_features_through_the_waypoint() {
     // Ready once a request through the waypoint is answered by an endpoint.
     ctl.until(
         &[
-            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://echo/", "--summary",
-            "--by-header", "x-echo-version",
+            "exec",
+            "-n",
+            "shop",
+            "client",
+            "--",
+            "demo-app",
+            "get",
+            "http://echo/",
+            "--summary",
+            "--by-header",
+            "x-echo-version",
         ],
         Duration::from_secs(60),
         |out| {
@@ -145,17 +165,36 @@ fn l7_features_through_the_waypoint() {
     let split = summary(
         &ctl,
         "http://echo/",
-        &["--count", "1000", "--concurrency", "8", "--by-header", "x-echo-version"],
+        &[
+            "--count",
+            "1000",
+            "--concurrency",
+            "8",
+            "--by-header",
+            "x-echo-version",
+        ],
     );
     assert_eq!(count(&split, "status", "200"), 1000, "{split}");
-    within("requests to v1 (of 1000, weight 70)", count(&split, "by", "v1"), 628, 772);
+    within(
+        "requests to v1 (of 1000, weight 70)",
+        count(&split, "by", "v1"),
+        628,
+        772,
+    );
     assert_eq!(count(&split, "by", "v1") + count(&split, "by", "v2"), 1000);
 
     // A header match picks v2; a zero weight gets nothing.
     let header = summary(
         &ctl,
         "http://echo/",
-        &["--count", "30", "-H", "x-version: v2", "--by-header", "x-echo-version"],
+        &[
+            "--count",
+            "30",
+            "-H",
+            "x-version: v2",
+            "--by-header",
+            "x-echo-version",
+        ],
     );
     assert_eq!(count(&header, "by", "v2"), 30, "{header}");
     let zero = summary(
@@ -167,7 +206,15 @@ fn l7_features_through_the_waypoint() {
 
     // URL rewrite (ReplacePrefixMatch), request and response header modifiers.
     let rewritten = ctl.ok(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-i", "http://echo/old/thing?q=1",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "-i",
+        "http://echo/old/thing?q=1",
     ]);
     let lower = rewritten.to_ascii_lowercase();
     assert!(lower.contains("x-route: rewrite"), "{rewritten}");
@@ -186,25 +233,57 @@ fn l7_features_through_the_waypoint() {
 
     // HTTP/2 (prior knowledge) from the client is proxied as HTTP/2.
     let h2 = ctl.ok(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "--http2", "http://echo/zero",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "--http2",
+        "http://echo/zero",
     ]);
     let h2: Value = serde_json::from_str(h2.lines().last().unwrap()).expect("echo json");
     assert_eq!(h2["protocol"], "HTTP/2", "{h2}");
 
     // gRPC: a GRPCRoute method match, over HTTP/2 end to end.
     let grpc = ctl.ok(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "--http2", "-X", "POST",
-        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", "x",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "--http2",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-d",
+        "x",
         "http://echo/demo.Echo/Get",
     ]);
     let grpc: Value = serde_json::from_str(grpc.lines().last().unwrap()).expect("echo json");
-    assert_eq!((grpc["version"].as_str(), grpc["protocol"].as_str()), (Some("v2"), Some("HTTP/2")), "{grpc}");
-    assert_eq!(grpc["headers"]["te"], "trailers", "te: trailers reaches gRPC servers");
+    assert_eq!(
+        (grpc["version"].as_str(), grpc["protocol"].as_str()),
+        (Some("v2"), Some("HTTP/2")),
+        "{grpc}"
+    );
+    assert_eq!(
+        grpc["headers"]["te"], "trailers",
+        "te: trailers reaches gRPC servers"
+    );
 
     // Route timeout: a 2 s answer on a route with a 500 ms timeout is a 504.
     let slow = summary(&ctl, "http://echo/delay/2000", &[]);
     assert_eq!(count(&slow, "status", "504"), 1, "{slow}");
-    assert!(slow["latency_ms"]["max"].as_f64().unwrap() < 1500.0, "{slow}");
+    assert!(
+        slow["latency_ms"]["max"].as_f64().unwrap() < 1500.0,
+        "{slow}"
+    );
 
     // Mirroring: v1 answers, v2 gets a copy.
     let mirrored = summary(
@@ -221,7 +300,15 @@ fn l7_features_through_the_waypoint() {
 
     // Redirect: 301 to the configured host, path and query kept.
     let redirect = ctl.ok(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-i", "http://echo/redirect/x?y=2",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "-i",
+        "http://echo/redirect/x?y=2",
     ]);
     assert!(redirect.contains(" 301 "), "{redirect}");
     assert!(
@@ -235,13 +322,30 @@ fn l7_features_through_the_waypoint() {
     let post = summary(&ctl, "http://echo/", &["-X", "POST", "-d", "hello"]);
     assert_eq!(count(&post, "status", "403"), 1, "{post}");
     let refused = ctl.run(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "-X", "POST", "http://echo/",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "-X",
+        "POST",
+        "http://echo/",
     ]);
     assert_eq!(refused.status.code(), Some(22));
     // The same rule attached by selector is enforced by ztunnel at L4: fail closed.
     let locked = ctl.run(&[
-        "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://locked/",
-        "--timeout-ms", "3000",
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "http://locked/",
+        "--timeout-ms",
+        "3000",
     ]);
     assert_ne!(locked.status.code(), Some(0), "an L7 rule at L4 must deny");
 
@@ -251,7 +355,12 @@ fn l7_features_through_the_waypoint() {
         "http://faulty/",
         &["--count", "400", "--concurrency", "8"],
     );
-    within("aborted (of 400, 50 %)", count(&faults, "status", "503"), 150, 250);
+    within(
+        "aborted (of 400, 50 %)",
+        count(&faults, "status", "503"),
+        150,
+        250,
+    );
     assert_eq!(
         count(&faults, "status", "503") + count(&faults, "status", "200"),
         400,
@@ -298,10 +407,8 @@ fn l7_features_through_the_waypoint() {
         .filter(|l| l.starts_with("istio_requests_total{"))
         .collect();
     assert!(
-        requests
-            .iter()
-            .any(|l| l.contains("reporter=\"waypoint\"")
-                && l.contains("destination_service_name=\"echo\"")),
+        requests.iter().any(|l| l.contains("reporter=\"waypoint\"")
+            && l.contains("destination_service_name=\"echo\"")),
         "{metrics}"
     );
     assert!(
@@ -318,15 +425,25 @@ fn l7_features_through_the_waypoint() {
     // Counters are exact: 23 requests through the waypoint to v1, 17 plain connections.
     let nodes = node_ips(&ctl);
     let ztunnels = |ctl: &Ctl| -> String {
-        nodes.iter().map(|ip| metrics_at(ctl, ip)).collect::<Vec<_>>().join("\n")
+        nodes
+            .iter()
+            .map(|ip| metrics_at(ctl, ip))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let echo_v1 = [
         ("reporter", "waypoint"),
         ("source_workload", "client"),
-        ("source_principal", "spiffe://cluster.local/ns/shop/sa/default"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/shop/sa/default",
+        ),
         ("destination_workload", "echo-v1"),
         ("destination_service_name", "echo"),
-        ("destination_principal", "spiffe://cluster.local/ns/shop/sa/default"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/shop/sa/default",
+        ),
         ("request_protocol", "http"),
         ("response_code", "200"),
         ("response_flags", "-"),
@@ -338,20 +455,50 @@ fn l7_features_through_the_waypoint() {
         ("destination_service_name", "plain"),
         ("connection_security_policy", "mutual_tls"),
     ];
-    let before_wp = sum(&waypoint_metrics(&ctl, &ip), "istio_requests_total", &echo_v1);
-    let before_zt = sum(&ztunnels(&ctl), "istio_tcp_connections_opened_total", &plain_opened);
+    let before_wp = sum(
+        &waypoint_metrics(&ctl, &ip),
+        "istio_requests_total",
+        &echo_v1,
+    );
+    let before_zt = sum(
+        &ztunnels(&ctl),
+        "istio_tcp_connections_opened_total",
+        &plain_opened,
+    );
     summary(&ctl, "http://echo/zero", &["--count", "23"]);
     summary(&ctl, "http://plain/", &["--count", "17"]);
     let after = ctl.until(
-        &["exec", "-n", "shop", "scraper", "--", "demo-app", "get", &format!("http://{ip}:15020/metrics")],
+        &[
+            "exec",
+            "-n",
+            "shop",
+            "scraper",
+            "--",
+            "demo-app",
+            "get",
+            &format!("http://{ip}:15020/metrics"),
+        ],
         Duration::from_secs(10),
-        |out| sum(&String::from_utf8_lossy(&out.stdout), "istio_requests_total", &echo_v1) >= before_wp + 23,
+        |out| {
+            sum(
+                &String::from_utf8_lossy(&out.stdout),
+                "istio_requests_total",
+                &echo_v1,
+            ) >= before_wp + 23
+        },
     );
     let wp_after = String::from_utf8_lossy(&after.stdout).to_string();
-    assert_eq!(sum(&wp_after, "istio_requests_total", &echo_v1), before_wp + 23);
+    assert_eq!(
+        sum(&wp_after, "istio_requests_total", &echo_v1),
+        before_wp + 23
+    );
     let zt_after = ztunnels(&ctl);
     assert_eq!(
-        sum(&zt_after, "istio_tcp_connections_opened_total", &plain_opened),
+        sum(
+            &zt_after,
+            "istio_tcp_connections_opened_total",
+            &plain_opened
+        ),
         before_zt + 17,
         "one connection per request, counted once by the client's ztunnel"
     );
@@ -364,17 +511,31 @@ fn l7_features_through_the_waypoint() {
             .find(|l| l.starts_with(&format!("{family}{{")))
             .unwrap_or_else(|| panic!("no {family}"));
         for label in STANDARD_LABELS {
-            assert!(line.contains(&format!("{label}=\"")), "{family} lacks {label}: {line}");
+            assert!(
+                line.contains(&format!("{label}=\"")),
+                "{family} lacks {label}: {line}"
+            );
         }
     }
-    assert!(wp_after.contains("grpc_response_status=\""), "waypoint carries grpc_response_status");
+    assert!(
+        wp_after.contains("grpc_response_status=\""),
+        "waypoint carries grpc_response_status"
+    );
 
     // Removing the label returns `flaky` to L4 (no retries: every other request fails),
     // live, while a slow request to `echo` through the waypoint keeps going.
     let slow = Command::new(EXE)
         .args([
-            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://echo/delay/3000",
-            "--timeout-ms", "10000",
+            "exec",
+            "-n",
+            "shop",
+            "client",
+            "--",
+            "demo-app",
+            "get",
+            "http://echo/delay/3000",
+            "--timeout-ms",
+            "10000",
         ])
         .env("AMBIENT_HOME", &ctl.home)
         .stdout(Stdio::null())
@@ -390,14 +551,26 @@ fn l7_features_through_the_waypoint() {
     std::fs::write(dir.join("services.yaml"), unlabelled).unwrap();
     ctl.until(
         &[
-            "exec", "-n", "shop", "client", "--", "demo-app", "get", "http://flaky/", "--summary",
-            "--count", "10",
+            "exec",
+            "-n",
+            "shop",
+            "client",
+            "--",
+            "demo-app",
+            "get",
+            "http://flaky/",
+            "--summary",
+            "--count",
+            "10",
         ],
         Duration::from_secs(30),
         |out| String::from_utf8_lossy(&out.stdout).contains("\"503\":5"),
     );
     let slow = slow.wait_with_output().unwrap();
-    assert!(slow.status.success(), "the slow request through the waypoint survived");
+    assert!(
+        slow.status.success(),
+        "the slow request through the waypoint survived"
+    );
 
     ctl.ok(&["down"]);
 }

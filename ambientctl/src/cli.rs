@@ -83,6 +83,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cmd::waypoint::WaypointCommand,
     },
+    /// A local web page with the live service graph: requests/s or bytes/s, errors, p99
+    /// and mTLS per edge, golden signals per workload, certificate expiry.
+    Dashboard(crate::cmd::dashboard::DashboardArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completion { shell: clap_complete::Shell },
     /// Print the version.

@@ -63,6 +63,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => ambientctl::cmd::analyze::run(args),
         Command::Install(args) => ambientctl::cmd::install::run(args),
         Command::Waypoint { command } => ambientctl::cmd::waypoint::run(command),
+        Command::Dashboard(args) => ambientctl::cmd::dashboard::run(args),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use crate::index::IndexConfig;
 use crate::push::Debounce;
-use crate::server::{ControllerConfig, SourceConfig, run};
+use crate::server::{ControllerConfig, SourceConfig, WaypointDeployment, run_with};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +61,17 @@ pub struct Args {
     /// ...or this many after the first change of a burst.
     #[arg(long, default_value_t = 1000)]
     pub debounce_max_ms: u64,
+    /// Deploy a ServiceAccount, Service and Deployment for each Gateway of class
+    /// istio-waypoint, and write the Gateways' status (Kubernetes mode).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub deploy_waypoints: bool,
+    /// Image of the waypoint pods (it runs `waypoint`).
+    #[arg(long, default_value = crate::server::DEFAULT_WAYPOINT_IMAGE)]
+    pub waypoint_image: String,
+    /// Controller address given to waypoint pods (default:
+    /// https://ambient-controller.<root namespace>.svc:15012).
+    #[arg(long)]
+    pub waypoint_controller_address: Option<String>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -99,6 +110,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         },
         workload_ttl: Duration::from_secs(args.workload_ttl_secs),
     };
+    let waypoints = WaypointDeployment {
+        enabled: args.deploy_waypoints,
+        image: args.waypoint_image,
+        controller_address: args.waypoint_controller_address,
+    };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
@@ -121,7 +137,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
                 std::process::exit(0);
             });
         };
-        run(config, metrics, shutdown).await
+        run_with(config, waypoints, metrics, shutdown).await
     })?;
     Ok(())
 }

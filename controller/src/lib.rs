@@ -5,10 +5,13 @@
 //! [`model::Change`]s; they update the [`model::ClusterState`]; the [`index`] turns that into
 //! WDS workloads, services and authorizations; [`xds`] pushes the difference to every
 //! connected proxy over delta ADS. The [`ca`] signs workload certificates for ztunnels, for
-//! pods on their own node (the index knows which).
+//! pods on their own node (the index knows which), and for waypoints, their own identity. In
+//! Kubernetes, the [`deployer`] deploys waypoints for waypoint Gateways and writes their
+//! status.
 
 pub mod ca;
 pub mod cli;
+pub mod deployer;
 pub mod index;
 pub mod model;
 pub mod monitoring;

@@ -89,10 +89,48 @@ pub enum ControllerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
+/// How the controller deploys waypoints in Kubernetes (see [`crate::deployer`]).
+#[derive(Clone, Debug)]
+pub struct WaypointDeployment {
+    /// Deploy waypoints for waypoint Gateways and write their status.
+    pub enabled: bool,
+    /// The image with the `waypoint` binary.
+    pub image: String,
+    /// The xDS + CA address waypoints are given; by default the controller's Service in the
+    /// root namespace (`https://ambient-controller.<root namespace>.svc:15012`, as
+    /// `ambientctl install` names it).
+    pub controller_address: Option<String>,
+}
+
+/// The waypoint image matching this build (`ambientctl install`'s default hub and tag).
+pub const DEFAULT_WAYPOINT_IMAGE: &str =
+    concat!("ghcr.io/ambient-rs/waypoint:", env!("CARGO_PKG_VERSION"));
+
+impl Default for WaypointDeployment {
+    fn default() -> Self {
+        WaypointDeployment {
+            enabled: true,
+            image: DEFAULT_WAYPOINT_IMAGE.to_string(),
+            controller_address: None,
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves. `metrics` renders whatever recorder the
-/// binary installed.
+/// binary installed. In Kubernetes, waypoints are deployed with the defaults of
+/// [`WaypointDeployment`].
 pub async fn run(
     config: ControllerConfig,
+    metrics: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    run_with(config, WaypointDeployment::default(), metrics, shutdown).await
+}
+
+/// [`run`], with how waypoints are deployed in Kubernetes.
+pub async fn run_with(
+    config: ControllerConfig,
+    waypoints: WaypointDeployment,
     metrics: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
@@ -102,6 +140,8 @@ pub async fn run(
     let published = Arc::new(Published::default());
     let diagnostics: Arc<Mutex<Vec<Diagnostic>>> = Arc::default();
     let (changes_tx, changes_rx) = mpsc::channel(1024);
+    // The Kubernetes client, in Kubernetes mode.
+    let mut kube_client = None;
 
     let auth: Arc<dyn Authenticator> = match &config.source {
         SourceConfig::Manifests {
@@ -150,6 +190,7 @@ pub async fn run(
                 None => kube::Client::try_default().await?,
             };
             tokio::spawn(kubernetes::run(client.clone(), changes_tx));
+            kube_client = Some(client.clone());
             Arc::new(TokenReviewAuthenticator::new(
                 client,
                 ztunnel_accounts.clone(),
@@ -165,6 +206,23 @@ pub async fn run(
         snapshot_tx,
         published.clone(),
     ));
+
+    if let Some(client) = kube_client.filter(|_| waypoints.enabled) {
+        let deployer = crate::deployer::DeployerConfig {
+            trust_domain: config.index.trust_domain.clone(),
+            image: waypoints.image.clone(),
+            controller_address: waypoints.controller_address.clone().unwrap_or_else(|| {
+                format!(
+                    "https://ambient-controller.{}.svc:15012",
+                    config.index.root_namespace
+                )
+            }),
+            workload_cert_ttl_secs: config.workload_ttl.as_secs(),
+            ca_root_pem: ca.root_pem().to_string(),
+        };
+        info!(image = %deployer.image, "deploying waypoints for waypoint Gateways");
+        tokio::spawn(crate::deployer::run(client, deployer, snapshot_rx.clone()));
+    }
 
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn({

@@ -2,6 +2,7 @@
 //!
 //! - [`istio`], [`envoy`], [`google`]: generated protobuf types and gRPC stubs, with Istio's
 //!   package names and field numbers so Istio's own components can talk to ours.
+//! - [`opentelemetry`]: OTLP trace export (the waypoint's spans), with OTLP's names.
 //! - [`identity`]: SPIFFE identities as the mesh uses them (`ns/<ns>/sa/<sa>`).
 //! - [`tls`]: X.509-SVIDs and the rustls configurations for mutual TLS 1.3 between them.
 //! - [`hbone`]: HTTP/2 CONNECT over that TLS: client, connection pool, server, byte relay.
@@ -56,6 +57,45 @@ pub mod envoy {
         pub mod discovery {
             pub mod v3 {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+    }
+}
+
+/// Generated from `proto/opentelemetry/**`: OTLP trace export (the waypoint's spans), with
+/// OTLP's package names and field numbers so any OpenTelemetry receiver accepts them.
+#[allow(clippy::all, missing_docs)]
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.common.v1.rs"
+                ));
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.resource.v1.rs"
+                ));
+            }
+        }
+        pub mod trace {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.trace.v1.rs"));
+            }
+        }
+        pub mod collector {
+            pub mod trace {
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/opentelemetry.proto.collector.trace.v1.rs"
+                    ));
+                }
             }
         }
     }

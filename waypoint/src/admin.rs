@@ -36,7 +36,11 @@ struct Dump {
     errors: Vec<String>,
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -69,7 +73,11 @@ pub fn routes(
                     ports.sort_by_key(|p| p.port);
                     ServiceDump {
                         key: key.clone(),
-                        waypoint: s.config.as_ref().map(|c| c.waypoint.clone()).unwrap_or_default(),
+                        waypoint: s
+                            .config
+                            .as_ref()
+                            .map(|c| c.waypoint.clone())
+                            .unwrap_or_default(),
                         ports,
                         policies: s
                             .config
@@ -103,7 +111,11 @@ pub fn routes(
             };
             match serde_json::to_vec_pretty(&dump) {
                 Ok(b) => respond(StatusCode::OK, "application/json", b),
-                Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         "/quitquitquit" if req.method() == http::Method::POST => {

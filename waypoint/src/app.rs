@@ -25,7 +25,7 @@ use crate::config::{L7Store, L7Subscription};
 use crate::context::Ctx;
 use crate::routing::Routing;
 use crate::upstream::Upstreams;
-use crate::{admin, inbound, telemetry};
+use crate::{admin, inbound, otlp, telemetry};
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -40,7 +40,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .split_once('/')
         .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
         .with_context(|| format!("--gateway {}: expected <namespace>/<name>", args.gateway))?;
-    let sa = args.service_account.clone().unwrap_or_else(|| gw_name.to_string());
+    let sa = args
+        .service_account
+        .clone()
+        .unwrap_or_else(|| gw_name.to_string());
     let identity = Identity::new(&args.trust_domain, gw_ns, &sa)
         .with_context(|| format!("identity for {}/{sa}", gw_ns))?;
     let roots = std::fs::read(&args.ca_root)
@@ -56,13 +59,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Matcher::Full(telemetry::REQUEST_DURATION.into()),
             telemetry::DURATION_BUCKETS,
         )?
-        .set_buckets_for_metric(
-            Matcher::Suffix("_bytes".into()),
-            telemetry::SIZE_BUCKETS,
-        )?
+        .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), telemetry::SIZE_BUCKETS)?
         .install_recorder()
         .context("installing the metrics recorder")?;
     telemetry::describe();
+    otlp::describe();
+    otlp::set_sampling(args.trace_sampling);
+    let otlp_target = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+        .map(otlp::Target::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--otlp-endpoint")?;
 
     let state = Arc::new(StateStore::new());
     let l7 = Arc::new(L7Store::default());
@@ -142,6 +152,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     shutdown_on_signal(shutdown.clone());
+    let otlp_task = otlp_target.map(|target| {
+        let (exporter, task) = otlp::Exporter::start(
+            target,
+            gw_ns,
+            otlp::resource(gw_name, gw_ns, &pod_name),
+            otlp::Settings::default(),
+            Some(otlp::mesh_resolver(state.clone())),
+            shutdown.clone(),
+        );
+        otlp::install(exporter);
+        task
+    });
     let hbone = bind(args.hbone_addr).await?;
     let admin_listener = bind(args.admin_addr).await?;
     let metrics_listener = bind(args.metrics_addr).await?;
@@ -165,6 +187,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(gateway = %args.gateway, %identity, hbone = %args.hbone_addr, "waypoint running");
     shutdown.cancelled().await;
     info!("shutting down");
+    if let Some(task) = otlp_task {
+        // The last spans, within a bound.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        if let Some(stats) = otlp::exporter().map(|e| e.stats()) {
+            info!(
+                exported = stats.exported.load(std::sync::atomic::Ordering::Relaxed),
+                dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                "request spans"
+            );
+        }
+    }
     Ok(())
 }
 

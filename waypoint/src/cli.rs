@@ -48,6 +48,27 @@ pub struct Args {
     pub log_format: String,
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
+    /// Export one span per request over OTLP/gRPC to this receiver (`http://HOST[:PORT]`,
+    /// port 4317 by default). A mesh Service's name (`<svc>.<ns>[.svc.cluster.local]`) is
+    /// resolved from the waypoint's xDS view. Unset: no spans are exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of the traces this waypoint starts that are sampled (requests without a
+    /// valid `traceparent`); a caller's `traceparent` keeps its own sampled flag.
+    #[arg(long, value_name = "PERCENT", default_value_t = 100.0, value_parser = percent)]
+    pub trace_sampling: f64,
+}
+
+/// Checks an OTLP endpoint as `--otlp-endpoint` takes it (for tools that pass one on).
+pub fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    crate::otlp::Target::parse(s).map(|_| s.trim().to_string())
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?}: expected a percentage from 0 to 100")),
+    }
 }
 
 /// Runs the waypoint with command-line `args` (program name first).

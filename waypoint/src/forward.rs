@@ -100,10 +100,8 @@ impl Local {
         let mut r = Response::new(full(self.body));
         *r.status_mut() = self.status;
         if !self.body.is_empty() {
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         r
     }
@@ -127,7 +125,12 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    let span = Span::for_request(&parts.headers);
+    let mut span = Span::for_request(&parts.headers);
+    if span.parent_id.is_none() {
+        // A trace this waypoint starts: `--trace-sampling` decides (a caller's traceparent
+        // decides for itself).
+        span.sampled = crate::otlp::sample_new_trace();
+    }
     parts.headers.insert("traceparent", span.traceparent());
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", rand::random::<u128>());
@@ -167,6 +170,7 @@ pub async fn handle(
         request_bytes: 0,
         attempts: 0,
         trace_id: span.trace_id_hex(),
+        span: span.clone(),
     };
     let result = route_and_send(
         &ctx,
@@ -190,7 +194,11 @@ pub async fn handle(
     };
     let (mut rparts, rbody) = response.into_parts();
     log.status = rparts.status.as_u16();
-    if let Some(s) = rparts.headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+    if let Some(s) = rparts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
         log.grpc_status = Some(s.to_string());
     }
     strip_hop_by_hop(&mut rparts.headers);
@@ -307,7 +315,10 @@ async fn route_and_send(
     if let Some(abort) = injection.abort {
         log.flags = "FI";
         let (rparts, ()) = abort.response().into_parts();
-        return Ok(Response::from_parts(rparts, full(Bytes::from_static(b"fault filter abort"))));
+        return Ok(Response::from_parts(
+            rparts,
+            full(Bytes::from_static(b"fault filter abort")),
+        ));
     }
 
     if let Some(redirect) = route.filters.redirect(parts, selected.capture, port) {
@@ -433,10 +444,12 @@ async fn route_and_send(
             } else {
                 HttpVersion::Http1
             };
-            let send = ctx.upstreams.send(ctx, &endpoint, version, request, &tunnel);
-            let per_try = retry.as_ref().and_then(|_| {
-                route.retry.as_ref().and_then(|r| r.per_try_timeout())
-            });
+            let send = ctx
+                .upstreams
+                .send(ctx, &endpoint, version, request, &tunnel);
+            let per_try = retry
+                .as_ref()
+                .and_then(|_| route.retry.as_ref().and_then(|r| r.per_try_timeout()));
             let sent = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.ok(),
                 None => Some(send.await),
@@ -524,7 +537,10 @@ fn body_fits(parts: &http::request::Parts) -> bool {
 }
 
 /// HTTP/2 upstream for HTTP/2 downstream requests and gRPC / HTTP2 ports.
-fn is_h2(parts: &http::request::Parts, declared: ambient_proto::ambient::waypoint::v1::AppProtocol) -> bool {
+fn is_h2(
+    parts: &http::request::Parts,
+    declared: ambient_proto::ambient::waypoint::v1::AppProtocol,
+) -> bool {
     use ambient_proto::ambient::waypoint::v1::AppProtocol;
     parts.version == Version::HTTP_2 || matches!(declared, AppProtocol::Http2 | AppProtocol::Grpc)
 }
@@ -569,7 +585,11 @@ fn upstream_request(parts: &http::request::Parts, body: Body, h2: bool) -> Reque
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *req.headers_mut() = headers;
     req
 }
@@ -587,17 +607,21 @@ async fn send_once(
     log.attempts = 1;
     log.upstream = Some(endpoint.clone());
     let h2 = parts.version == Version::HTTP_2;
-    let request = upstream_request(
-        parts,
-        body.map_err(|e| Box::new(e) as BoxError).boxed(),
-        h2,
-    );
+    let request = upstream_request(parts, body.map_err(|e| Box::new(e) as BoxError).boxed(), h2);
     let tunnel = TunnelContext {
         client_ip: Some(downstream.addr.ip()),
         traceparent: Some(span.traceparent().to_str().unwrap_or_default().to_string()),
     };
-    let version = if h2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
-    match ctx.upstreams.send(ctx, &endpoint, version, request, &tunnel).await {
+    let version = if h2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    };
+    match ctx
+        .upstreams
+        .send(ctx, &endpoint, version, request, &tunnel)
+        .await
+    {
         Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
         Err(e) => Err(Local {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -619,12 +643,11 @@ fn spawn_mirror(
     let Some(service) = routing.service(&target.service).cloned() else {
         return;
     };
-    let Some(picked) = service.balancer.pick(
-        &parts.headers,
-        None,
-        Instant::now(),
-        &mut rand::rng(),
-    ) else {
+    let Some(picked) =
+        service
+            .balancer
+            .pick(&parts.headers, None, Instant::now(), &mut rand::rng())
+    else {
         return;
     };
     let endpoint = service.endpoint(&picked, target.port);
@@ -643,11 +666,17 @@ fn spawn_mirror(
         client_ip: Some(downstream.addr.ip()),
         traceparent: None,
     };
-    let version = if h2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
+    let version = if h2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    };
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let _picked = picked;
-        let send = ctx.upstreams.send(&ctx, &endpoint, version, request, &tunnel);
+        let send = ctx
+            .upstreams
+            .send(&ctx, &endpoint, version, request, &tunnel);
         match tokio::time::timeout(Duration::from_secs(30), send).await {
             Ok(Ok(r)) => {
                 // Drain so the connection can be reused.

@@ -67,8 +67,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, cancel: CancellationTok
                 let ctx = handler_ctx.clone();
                 async move { connect(ctx, inbound).await }
             };
-            if let Err(e) =
-                serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.h2, handler).await
+            if let Err(e) = serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.h2, handler).await
             {
                 telemetry::hbone_rejected(e.reason.as_str());
                 debug!(peer = %e.peer, reason = e.reason.as_str(), detail = %e.detail, "HBONE connection refused");
@@ -151,7 +150,9 @@ async fn connect(ctx: Arc<Ctx>, inbound: InboundConnect) {
         }
     };
     match declared {
-        pb::AppProtocol::Tcp => tcp::passthrough(ctx, target, downstream, Rewind::new(stream)).await,
+        pb::AppProtocol::Tcp => {
+            tcp::passthrough(ctx, target, downstream, Rewind::new(stream)).await
+        }
         pb::AppProtocol::Http1 | pb::AppProtocol::Http2 | pb::AppProtocol::Grpc => {
             http_server::serve(ctx, target, downstream, Rewind::new(stream)).await
         }

@@ -21,6 +21,7 @@ mod forward;
 pub mod http_server;
 mod inbound;
 pub mod l7;
+mod otlp;
 mod rewind;
 mod routing;
 mod stream;

@@ -227,7 +227,10 @@ impl RoutingSnapshot {
         if verdict.allowed {
             Ok(())
         } else {
-            Err(verdict.policy.unwrap_or("no ALLOW policy matched").to_string())
+            Err(verdict
+                .policy
+                .unwrap_or("no ALLOW policy matched")
+                .to_string())
         }
     }
 

@@ -36,7 +36,8 @@ impl StreamIo {
 
 fn to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
-        e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else {
         io::Error::new(io::ErrorKind::ConnectionReset, e)
     }
@@ -109,9 +110,7 @@ impl AsyncWrite for StreamIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.send_done {
             self.send_done = true;
-            self.send
-                .send_data(Bytes::new(), true)
-                .map_err(to_io)?;
+            self.send.send_data(Bytes::new(), true).map_err(to_io)?;
         }
         Poll::Ready(Ok(()))
     }

@@ -18,6 +18,7 @@ use tracing::info;
 use ztunnel::state::{Service, Workload};
 
 use crate::inbound::Downstream;
+use crate::trace::Span;
 use crate::upstream::{BoxError, Endpoint};
 
 pub const REQUESTS: &str = "istio_requests_total";
@@ -32,11 +33,19 @@ pub const HBONE_REJECTED: &str = "ambient_hbone_rejected_total";
 
 /// Histogram buckets: Istio's for durations (ms), powers of ten for sizes.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 pub const SIZE_BUCKETS: &[f64] = &[
-    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0,
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
 ];
 
 pub fn describe() {
@@ -89,7 +98,10 @@ fn peer_labels(
     let src = downstream.workload.as_deref();
     vec![
         Label::new("reporter", "waypoint"),
-        Label::new("source_workload", or_unknown(src.map(|w| w.telemetry_name()))),
+        Label::new(
+            "source_workload",
+            or_unknown(src.map(|w| w.telemetry_name())),
+        ),
         Label::new(
             "source_workload_namespace",
             or_unknown(src.map(|w| w.namespace.as_str())),
@@ -162,11 +174,18 @@ pub struct RequestLog {
     pub request_bytes: u64,
     pub attempts: u32,
     pub trace_id: String,
+    /// This request's span (exported over OTLP when sampled and an endpoint is set).
+    pub span: Span,
 }
 
 impl RequestLog {
-    /// Records the request: metrics and one access-log line.
+    /// Records the request: metrics, one access-log line and, when tracing, its span.
     pub fn finish(&self, response_bytes: u64) {
+        if self.span.sampled
+            && let Some(exporter) = crate::otlp::exporter()
+        {
+            exporter.record_request(self);
+        }
         let upstream = self.upstream.as_ref().map(|e| e.workload.as_ref());
         let mut labels = peer_labels(&self.downstream, upstream, self.service.as_deref());
         labels.push(Label::new("request_protocol", self.protocol));

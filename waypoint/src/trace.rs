@@ -56,14 +56,23 @@ impl Span {
 /// ids, wrong lengths, non-hex) are ignored as the W3C spec says.
 fn parse(v: &str) -> Option<(u128, u64, u8)> {
     let mut parts = v.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
         return None;
     }
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     if !(hex(version) && hex(trace) && hex(span) && hex(flags)) {
         return None;
     }

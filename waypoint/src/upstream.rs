@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use ambient_proto::hbone::pool::StreamGuard;
 use ambient_proto::hbone::{
     ConnectRequest, H2Stream, HBONE_PORT, HboneConnection, HboneError, Pool, PoolSettings,
 };
-use ambient_proto::hbone::pool::StreamGuard;
 use ambient_proto::identity::Identity;
 use ambient_proto::tls;
 use bytes::Bytes;
@@ -142,10 +142,9 @@ impl Upstreams {
                     Some(s) => s,
                     None => {
                         let (stream, guard) = self.tunnel(ctx, endpoint, tunnel).await?;
-                        let (sender, conn) =
-                            http1::handshake(TokioIo::new(StreamIo::new(stream)))
-                                .await
-                                .map_err(exchange)?;
+                        let (sender, conn) = http1::handshake(TokioIo::new(StreamIo::new(stream)))
+                            .await
+                            .map_err(exchange)?;
                         tokio::spawn(async move {
                             let _guard = guard;
                             if let Err(e) = conn.await {

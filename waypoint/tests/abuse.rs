@@ -32,7 +32,11 @@ async fn server() -> (SocketAddr, Arc<AtomicU64>) {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    async { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok")))) }
+                    async {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    }
                 });
                 let _ = waypoint::http_server::builder()
                     .serve_connection(TokioIo::new(tcp), service)
@@ -105,7 +109,12 @@ fn resident_kb() -> u64 {
 
 /// Writes `frames` until the server closes the connection or `budget` bytes went out;
 /// returns the bytes written before the server stopped taking them.
-async fn flood(addr: SocketAddr, opening: Vec<u8>, next: impl Fn(u64) -> Vec<u8>, budget: u64) -> u64 {
+async fn flood(
+    addr: SocketAddr,
+    opening: Vec<u8>,
+    next: impl Fn(u64) -> Vec<u8>,
+    budget: u64,
+) -> u64 {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();
     // Drain what the server says (SETTINGS, ACKs, GOAWAY) so only its own limits stop us.
@@ -231,7 +240,9 @@ async fn abusive_clients_do_not_hurt_others() {
     let mut slow = Vec::new();
     for _ in 0..100 {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
         slow.push(tokio::spawn(async move {
             for _ in 0..60 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -241,8 +252,7 @@ async fn abusive_clients_do_not_hurt_others() {
             }
             let mut buf = [0u8; 256];
             // Closed (or answered 408) once the deadline passed.
-            matches!(tcp.read(&mut buf).await, Ok(0) | Err(_))
-                || buf.starts_with(b"HTTP/1.1 408")
+            matches!(tcp.read(&mut buf).await, Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408")
         }));
     }
     assert!(good_client(addr).await, "served while 100 clients trickle");
@@ -252,5 +262,8 @@ async fn abusive_clients_do_not_hurt_others() {
 
     let grown_kb = resident_kb().saturating_sub(baseline_kb);
     eprintln!("resident memory grew by {grown_kb} kB over all attacks");
-    assert!(grown_kb < 64 * 1024, "memory must stay bounded: +{grown_kb} kB");
+    assert!(
+        grown_kb < 64 * 1024,
+        "memory must stay bounded: +{grown_kb} kB"
+    );
 }

@@ -113,7 +113,16 @@ pub async fn run_with(
     let mut delay = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
-        match session(&control_plane, &node, &state, &extra, &mut known, &readiness).await {
+        match session(
+            &control_plane,
+            &node,
+            &state,
+            &extra,
+            &mut known,
+            &readiness,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(e) => {
                 warn!(controller = %control_plane.address, error = %e, retry_in = ?delay, "xDS stream ended; keeping the last good configuration")

@@ -381,6 +381,15 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
                 &["gateways/status"],
                 &["update", "patch"],
             ),
+            // The waypoint deployer: each waypoint Gateway's ServiceAccount, Service and
+            // Deployment, and the mesh root ConfigMap in its namespace (server-side apply:
+            // get, then create or patch).
+            rule(
+                "",
+                &["serviceaccounts", "services", "configmaps"],
+                &["get", "create", "patch"],
+            ),
+            rule("apps", &["deployments"], &["get", "create", "patch"]),
             rule(
                 "security.istio.io",
                 &["authorizationpolicies", "peerauthentications"],
@@ -391,7 +400,7 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
                 &["virtualservices", "destinationrules"],
                 READ,
             ),
-            // Authenticating ztunnels by their service account tokens.
+            // Authenticating ztunnels and waypoints by their service account tokens.
             rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
         ]),
         ..Default::default()
@@ -488,6 +497,13 @@ pub fn controller_args(opts: &InstallArgs) -> Vec<String> {
         opts.namespace.clone(),
         "--ztunnel-service-accounts".into(),
         format!("{}/{ZTUNNEL}", opts.namespace),
+        // Waypoints the controller deploys come from the same hub and tag.
+        "--waypoint-image".into(),
+        format!(
+            "{}/waypoint:{}",
+            opts.image_hub.trim_end_matches('/'),
+            opts.tag
+        ),
     ]
 }
 

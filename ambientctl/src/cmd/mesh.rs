@@ -41,6 +41,11 @@ pub struct UpArgs {
     /// Seconds `--detach` waits for the mesh to be ready.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
+    /// Waypoints export one span per request over OTLP/gRPC to this receiver
+    /// (`http://HOST[:PORT]`). A Service of the mesh (`http://otel-sink.observability:4317`)
+    /// is resolved by the waypoints themselves; see docs/observability.md.
+    #[arg(long, value_name = "URL", value_parser = waypoint::cli::parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The first two octets of an `a.b.0.0/16`.
@@ -90,6 +95,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .args(["--pod-cidr", &args.pod_cidr])
         .args(["--service-cidr", &args.service_cidr])
         .args(["--log-level", &args.log_level])
+        .args(
+            args.otlp_endpoint
+                .iter()
+                .flat_map(|e| ["--otlp-endpoint", e.as_str()]),
+        )
         .env(INSIDE_ENV, "up")
         .env(RUN_DIR_ENV, home.run_dir());
     if args.detach {
@@ -181,6 +191,7 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
         pod_prefix: slash16(&args.pod_cidr)?,
         service_prefix: slash16(&args.service_cidr)?,
         log_filter: args.log_level,
+        otlp_endpoint: args.otlp_endpoint,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

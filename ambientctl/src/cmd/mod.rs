@@ -3,9 +3,11 @@
 //! - [`mesh`]: `up`, `down`, `status`, `logs`, `exec` (the local runtime).
 //! - [`proxy_config`]: `ztunnel-config`, `proxy-status`.
 //! - [`waypoint`]: `waypoint generate|apply|list|status|delete`.
+//! - [`dashboard`]: `dashboard` (the live service graph in a browser).
 //! - [`output`]: tables, JSON and YAML.
 
 pub mod analyze;
+pub mod dashboard;
 pub mod install;
 pub mod mesh;
 pub mod output;

@@ -267,6 +267,7 @@ mod tests {
             controller_address: "https://172.30.0.1:15012".into(),
             workload_cert_ttl_secs: 3600,
             log_filter: "info".into(),
+            otlp_endpoint: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct UpOptions {
     /// First two octets of the services' /16.
     pub service_prefix: [u8; 2],
     pub log_filter: String,
+    /// Where waypoints export request spans (OTLP/gRPC), if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How often the manifest directory is re-read and containers are checked.
@@ -368,6 +370,7 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
         controller_address: format!("https://{}", controller_grpc()),
         workload_cert_ttl_secs: mesh_options.workload_cert_ttl.as_secs(),
         log_filter: options.log_filter.clone(),
+        otlp_endpoint: options.otlp_endpoint.clone(),
     };
     let mesh = Mesh::start_on(lab, options.manifests.clone(), mesh_options)
         .await

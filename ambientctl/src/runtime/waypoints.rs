@@ -40,6 +40,8 @@ pub struct WaypointEnv {
     pub workload_cert_ttl_secs: u64,
     /// `RUST_LOG` for the waypoint.
     pub log_filter: String,
+    /// `--otlp-endpoint` for the waypoint (request spans over OTLP/gRPC).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The objects deployed for one waypoint Gateway.
@@ -167,7 +169,7 @@ fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
     let run = &env.run_dir;
     // `$(VAR)` is expanded from the container's environment when it starts (as the kubelet
     // does), so the template does not depend on where the pod lands.
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "component",
         "waypoint",
         "--gateway",
@@ -205,6 +207,9 @@ fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(endpoint) = &env.otlp_endpoint {
+        args.extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
+    }
     let spec = json!({
         "serviceAccountName": name,
         "containers": [{
@@ -291,6 +296,7 @@ mod tests {
             controller_address: "https://172.30.0.1:15012".into(),
             workload_cert_ttl_secs: 3600,
             log_filter: "info".into(),
+            otlp_endpoint: None,
         }
     }
 
@@ -349,6 +355,24 @@ mod tests {
         assert_eq!(flag("--token-file"), "/run/mesh/tokens/$(NODE_NAME).token");
         assert_eq!(flag("--ca-root"), "/run/mesh/ca/root-cert.pem");
         assert_eq!(flag("--controller-address"), "https://172.30.0.1:15012");
+        assert!(!args.iter().any(|a| a == "--otlp-endpoint"));
+    }
+
+    #[test]
+    fn the_mesh_otlp_endpoint_reaches_the_waypoint() {
+        let mut traced = env();
+        traced.otlp_endpoint = Some("http://otel-sink.observability:4317".into());
+        let d = &render(&objects(GATEWAY), &traced)[0];
+        let args: Vec<&str> = d.objects[2]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let at = args.iter().position(|a| *a == "--otlp-endpoint").unwrap();
+        assert_eq!(args[at + 1], "http://otel-sink.observability:4317");
+        // What the pod runs changed: a new pod, as a rollout would make.
+        assert_ne!(d.pod_name, render(&objects(GATEWAY), &env())[0].pod_name);
     }
 
     #[test]

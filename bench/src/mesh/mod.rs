@@ -299,6 +299,13 @@ impl Bench {
             .collect()
     }
 
+    fn ztunnel_rss_anon(&self) -> Vec<u64> {
+        self.ztunnels
+            .iter()
+            .map(|(_, pid)| procfs::rss_anon_bytes(*pid))
+            .collect()
+    }
+
     /// Connections node-a's ztunnel has opened to `path`'s server over mutual TLS.
     async fn mtls_connections(&self, path: Path) -> anyhow::Result<f64> {
         let text = self.mesh.metrics(NODES[0]).await?;
@@ -378,8 +385,13 @@ struct Settings {
     response_bytes: usize,
     idle_connections: Vec<usize>,
     nofile_limit: u64,
+    /// `MIMALLOC_*` variables the ztunnels inherited (they change memory figures).
+    allocator_env: Vec<String>,
     quick: bool,
 }
+
+/// (key, name, how to read it from [`Percentiles`]).
+type Quantile = (&'static str, &'static str, fn(&Percentiles) -> f64);
 
 const LATENCY_CONNECTIONS: usize = 4;
 const MAX_RATE_CONNECTIONS: usize = 8;
@@ -402,6 +414,7 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = bench.ztunnel_rss();
+    let idle_anon = bench.ztunnel_rss_anon();
 
     let mut figures: Vec<Figure> = Vec::new();
     let (duration, warmup) = (opts.duration(), opts.warmup());
@@ -460,7 +473,7 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         service.insert(path.name(), r.service_time.percentiles());
     }
     let rate_label = report_rate(opts.rate);
-    let quantiles: [(&str, &str, fn(&Percentiles) -> f64); 4] = [
+    let quantiles: [Quantile; 4] = [
         ("p50", "p50", |p| p.p50),
         ("p90", "p90", |p| p.p90),
         ("p99", "p99", |p| p.p99),
@@ -594,6 +607,14 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         f.values.insert(Path::Mesh.name(), idle_rss[i] as f64 / 1e6);
         f.target(Target::AtMost(8.0));
         figures.push(f);
+        let mut f = Figure::new(
+            format!("ztunnel_anon_idle_{i}"),
+            format!("ztunnel memory idle, {side}, anonymous (heap) part"),
+            "MB",
+        );
+        f.values
+            .insert(Path::Mesh.name(), idle_anon[i] as f64 / 1e6);
+        figures.push(f);
     }
     let limit = usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX);
     let counts = if opts.runs("memory") {
@@ -675,6 +696,10 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
             response_bytes: loadgen::http::DEFAULT_BODY,
             idle_connections: opts.idle_connections.clone(),
             nofile_limit: nofile,
+            allocator_env: std::env::vars()
+                .filter(|(k, _)| k.starts_with("MIMALLOC_"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
             quick: opts.quick,
         },
         figures,

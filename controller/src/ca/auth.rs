@@ -1,8 +1,9 @@
 //! Who is calling the CA: bearer tokens mapped to callers.
 //!
 //! In the manifest-directory (local) mode the controller issues one random token per node and
-//! writes it where that node's ztunnel can read it. (Kubernetes TokenReview is the other
-//! authenticator, added with the Kubernetes source.)
+//! writes it where that node's ztunnel can read it. In Kubernetes, TokenReview of a pod's
+//! service account token tells a ztunnel (by its service account, acting for its node) from a
+//! waypoint instance (acting for its own identity only); see [`super::tokenreview`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,13 +20,24 @@ use futures::future::BoxFuture;
 pub enum Caller {
     /// The ztunnel of one node; it may obtain identities of pods on that node only.
     Node(String),
+    /// A waypoint instance (a pod of a waypoint Gateway) authenticated by its own service
+    /// account token; it may obtain its own identity, `<namespace>/<service_account>`, only.
+    Waypoint {
+        namespace: String,
+        service_account: String,
+        /// The pod the token was bound to.
+        pod: String,
+        /// The node it runs on (empty when unknown).
+        node: String,
+    },
 }
 
 impl Caller {
-    /// The node the caller speaks for.
+    /// The node the caller runs on (ztunnels speak for it).
     pub fn node(&self) -> &str {
         match self {
             Caller::Node(n) => n,
+            Caller::Waypoint { node, .. } => node,
         }
     }
 }
@@ -38,6 +50,8 @@ pub enum AuthError {
     UnknownToken,
     #[error("the token is valid but {0} is not a ztunnel")]
     NotZtunnel(String),
+    #[error("the token is valid but {account} is not a ztunnel, nor a waypoint instance: {reason}")]
+    NotWaypoint { account: String, reason: String },
     #[error("the token names no node (a bound service account token of a pod is needed)")]
     NoNode,
     #[error("cannot verify the token: {0}")]

@@ -72,6 +72,24 @@ impl CaService {
                 }
                 Ok(id)
             }
+            Caller::Waypoint {
+                namespace,
+                service_account,
+                ..
+            } => {
+                let own = Identity::new(self.ca.trust_domain(), namespace, service_account)
+                    .map_err(|e| {
+                        Status::permission_denied(format!(
+                            "waypoint {namespace}/{service_account} has no valid identity: {e}"
+                        ))
+                    })?;
+                match requested {
+                    Some(id) if id != own => Err(Status::permission_denied(format!(
+                        "waypoint {namespace}/{service_account} may only obtain its own identity {own}, not {id}"
+                    ))),
+                    _ => Ok(own),
+                }
+            }
         }
     }
 }
@@ -121,5 +139,105 @@ impl IstioCertificateService for CaService {
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: chain,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_proto::google::protobuf::{Struct, Value};
+
+    struct NoNodes;
+
+    impl NodeDirectory for NoNodes {
+        fn runs_on(&self, _: &str, _: &Identity) -> bool {
+            false
+        }
+        fn nodes(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    struct Refuse;
+
+    impl Authenticator for Refuse {
+        fn authenticate<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Caller, super::super::auth::AuthError>> {
+            Box::pin(std::future::ready(Err(
+                super::super::auth::AuthError::UnknownToken,
+            )))
+        }
+    }
+
+    fn request(identity: Option<&str>) -> IstioCertificateRequest {
+        IstioCertificateRequest {
+            csr: String::new(),
+            validity_duration: 3600,
+            metadata: identity.map(|id| Struct {
+                fields: [(
+                    IMPERSONATED_IDENTITY.to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(id.to_string())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_waypoint_obtains_its_own_identity_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let service = CaService::new(Arc::new(ca), Arc::new(Refuse), Arc::new(NoNodes));
+        let caller = Caller::Waypoint {
+            namespace: "shop".into(),
+            service_account: "waypoint".into(),
+            pod: "waypoint-7f9c".into(),
+            node: "node-a".into(),
+        };
+        let own = "spiffe://cluster.local/ns/shop/sa/waypoint";
+        assert_eq!(
+            service
+                .authorize(&caller, &request(Some(own)))
+                .unwrap()
+                .to_string(),
+            own
+        );
+        assert_eq!(
+            service
+                .authorize(&caller, &request(None))
+                .unwrap()
+                .to_string(),
+            own,
+            "without ImpersonatedIdentity: its own"
+        );
+        for other in [
+            "spiffe://cluster.local/ns/shop/sa/reviews",
+            "spiffe://cluster.local/ns/other/sa/waypoint",
+            "spiffe://example.org/ns/shop/sa/waypoint",
+        ] {
+            let err = service
+                .authorize(&caller, &request(Some(other)))
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{other}");
+            assert!(
+                err.message().contains("its own identity"),
+                "{}",
+                err.message()
+            );
+        }
+        // A node whose directory lists nothing obtains nothing.
+        let node = Caller::Node("node-a".into());
+        assert_eq!(
+            service
+                .authorize(&node, &request(Some(own)))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
     }
 }

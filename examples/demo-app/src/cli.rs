@@ -32,6 +32,19 @@ pub enum Command {
     Echo(EchoArgs),
     /// Send HTTP requests, like a small curl -f.
     Get(GetArgs),
+    /// Receive traces over OTLP/gRPC (what a waypoint exports with --otlp-endpoint) and
+    /// print one JSON line per span.
+    OtlpSink(OtlpSinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OtlpSinkArgs {
+    /// Port to listen on (0: any free port; the first stdout line says which).
+    #[arg(long, default_value_t = 4317)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: IpAddr,
 }
 
 /// Where a server role listens.
@@ -264,6 +277,15 @@ mod tests {
         for bad in [["--fail-every", "0"], ["--fail-status", "100"]] {
             assert!(Cli::try_parse_from(["demo-app", "echo"].iter().chain(&bad)).is_err());
         }
+    }
+
+    #[test]
+    fn parses_otlp_sink() {
+        let cli = Cli::try_parse_from(["demo-app", "otlp-sink"]).unwrap();
+        let Command::OtlpSink(args) = cli.command else {
+            panic!("not otlp-sink")
+        };
+        assert_eq!(args.port, 4317);
     }
 
     #[test]

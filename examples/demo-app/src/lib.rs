@@ -1,6 +1,7 @@
 //! The demo application of `examples/bookinfo`: the productpage, reviews and ratings roles of
 //! Istio's bookinfo over HTTP/1.1, `echo`, which describes any request it gets (HTTP/1.1 or
-//! HTTP/2), and `get`, a small curl to call them with.
+//! HTTP/2), `get`, a small curl to call them with, and `otlp-sink`, which prints the spans an
+//! OTLP exporter (a waypoint) sends it.
 
 pub mod access_log;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod client;
 pub mod echo;
 pub mod get;
 pub mod model;
+pub mod otlp_sink;
 pub mod pod;
 pub mod productpage;
 pub mod ratings;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use demo_app::cli::{Cli, Command, EchoArgs, ListenArgs};
+use demo_app::cli::{Cli, Command, EchoArgs, ListenArgs, OtlpSinkArgs};
 use demo_app::echo::Echo;
 use demo_app::get;
 use demo_app::pod::PodInfo;
@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
                 serve(&args.listen, Productpage::new(pod, args.reviews)).await
             }
             Command::Echo(args) => serve_echo(args).await,
+            Command::OtlpSink(args) => serve_otlp_sink(args).await,
         }
     })
 }
@@ -67,6 +68,26 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         () = Arc::new(echo).run(server.into_listener()) => Ok(()),
+        signal = shutdown_signal() => {
+            let signal = signal?;
+            println!("demo-app: {signal}, exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_otlp_sink(args: OtlpSinkArgs) -> anyhow::Result<()> {
+    let listener = demo_app::otlp_sink::bind(SocketAddr::new(args.address, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.address, args.port))?;
+    println!(
+        "demo-app otlp-sink listening on {}",
+        listener
+            .local_addr()
+            .context("cannot read the listening address")?
+    );
+    tokio::select! {
+        r = demo_app::otlp_sink::serve(listener) => r.context("serving OTLP"),
         signal = shutdown_signal() => {
             let signal = signal?;
             println!("demo-app: {signal}, exiting");

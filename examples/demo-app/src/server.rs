@@ -27,6 +27,7 @@ const PROPAGATED: &[&str] = &[
     "x-request-id",
     "traceparent",
     "tracestate",
+    "baggage",
     "x-b3-traceid",
     "x-b3-spanid",
     "x-b3-parentspanid",

@@ -19,7 +19,7 @@ use crate::tls::Rejection;
 
 pub use client::HboneConnection;
 pub use pool::{Pool, PoolSettings, PooledStream};
-pub use relay::{RelayObserver, relay};
+pub use relay::{LeanBuffer, RelayObserver, relay};
 pub use server::{InboundConnect, serve_connection};
 
 /// HBONE listens here, on every mesh address.

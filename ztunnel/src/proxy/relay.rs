@@ -2,8 +2,7 @@
 
 use std::future::poll_fn;
 
-use ambient_proto::hbone::relay::poll_read_lean;
-use bytes::BytesMut;
+use ambient_proto::hbone::LeanBuffer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,21 +25,21 @@ pub async fn relay_tcp(
 }
 
 /// Copies until end of stream, then half-closes `w`. A buffer is held only while data is
-/// moving (see [`poll_read_lean`]), so idle connections cost no buffer memory.
+/// moving (see [`LeanBuffer`]), so idle connections cost no buffer memory.
 async fn copy<R, W>(r: &mut R, w: &mut W, counted: impl Fn(usize)) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::new();
+    let mut buf = LeanBuffer::new();
     loop {
-        let n = poll_fn(|cx| poll_read_lean(r, &mut buf, cx)).await?;
+        let n = poll_fn(|cx| buf.poll_read(r, cx)).await?;
         if n == 0 {
             let _ = w.shutdown().await;
             return Ok(());
         }
-        w.write_all(&buf).await?;
-        buf.clear();
+        w.write_all(buf.data()).await?;
+        buf.data().clear();
         counted(n);
     }
 }

@@ -541,7 +541,11 @@ services:
             .unwrap()
             .unwrap();
         assert_eq!(up.workload.name, "wp");
-        assert_eq!(up.addr, "10.96.0.10:80".parse().unwrap(), "authority is the VIP");
+        assert_eq!(
+            up.addr,
+            "10.96.0.10:80".parse().unwrap(),
+            "authority is the VIP"
+        );
         assert_eq!(up.waypoint, Some("10.244.3.9:15008".parse().unwrap()));
         // A pod address of the same service is not service traffic: straight to it.
         let direct = store
@@ -549,7 +553,10 @@ services:
             .resolve("10.244.1.2:8080".parse().unwrap())
             .unwrap()
             .unwrap();
-        assert_eq!((direct.workload.name.as_str(), direct.waypoint), ("a", None));
+        assert_eq!(
+            (direct.workload.name.as_str(), direct.waypoint),
+            ("a", None)
+        );
         // No waypoint instance: refused, never sent around the waypoint.
         let wp_uid = store
             .load()

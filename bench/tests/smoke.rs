@@ -1,0 +1,56 @@
+//! The mesh benchmark still runs end to end and prints every figure (numbers not judged):
+//! tiny durations, in its own sandbox, as `cargo test --workspace` runs it.
+
+use std::process::Command;
+
+#[test]
+fn mesh_benchmark_prints_every_figure() {
+    let out_dir = tempfile::tempdir().expect("temporary directory");
+    let json = out_dir.path().join("mesh-bench.json");
+    let plots = out_dir.path().join("img");
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["mesh", "--quick", "--json"])
+        .arg(&json)
+        .arg("--plots")
+        .arg(&plots)
+        .output()
+        .expect("running the benchmark");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench mesh --quick failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    for figure in [
+        "L4 throughput, 1 stream",
+        "L4 throughput, 8 streams",
+        "HTTP/1.1 latency p50",
+        "HTTP/1.1 latency p90",
+        "HTTP/1.1 latency p99 ",
+        "HTTP/1.1 latency p99.9",
+        "latency added by the mesh, p99",
+        "HTTP/1.1 max requests/s",
+        "new connections/s",
+        "ztunnel CPU per GB moved",
+        "ztunnel CPU per 10,000 requests",
+        "ztunnel memory idle, client node",
+        "ztunnel memory idle, server node",
+        "ztunnel memory per open connection at 100, client node",
+        "ztunnel memory per open connection at 100, server node",
+    ] {
+        assert!(stdout.contains(figure), "no {figure:?} in:\n{stdout}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("JSON");
+    let figures = results["figures"].as_array().expect("figures");
+    let throughput = figures
+        .iter()
+        .find(|f| f["key"] == "throughput_1")
+        .expect("1-stream throughput");
+    assert!(throughput["values"]["mesh"].is_number() && throughput["values"]["direct"].is_number());
+    for svg in ["mesh-latency.svg", "mesh-throughput.svg", "mesh-ratios.svg"] {
+        let text = std::fs::read_to_string(plots.join(svg)).expect("plot written");
+        assert!(text.starts_with("<svg"), "{svg}");
+    }
+}
