@@ -422,6 +422,35 @@ fn l7_features_through_the_waypoint() {
         "{metrics}"
     );
 
+    // A TCP port behind the waypoint is relayed as bytes: no HTTP metrics, TCP ones instead.
+    let tcp = summary(
+        &ctl,
+        "http://tcp-echo/",
+        &["--count", "5", "--by-header", "x-echo-version"],
+    );
+    assert_eq!(count(&tcp, "by", "v1"), 5, "{tcp}");
+    let wp = waypoint_metrics(&ctl, &ip);
+    assert!(
+        sum(
+            &wp,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "waypoint"),
+                ("destination_service_name", "tcp-echo")
+            ]
+        ) >= 5,
+        "{wp}"
+    );
+    assert_eq!(
+        sum(
+            &wp,
+            "istio_requests_total",
+            &[("destination_service_name", "tcp-echo")]
+        ),
+        0,
+        "TCP is not parsed as HTTP"
+    );
+
     // Counters are exact: 23 requests through the waypoint to v1, 17 plain connections.
     let nodes = node_ips(&ctl);
     let ztunnels = |ctl: &Ctl| -> String {
