@@ -49,7 +49,7 @@ pub fn grouped_bars(
         .disable_x_mesh()
         .x_labels(0)
         .y_desc(y_desc)
-        .y_label_formatter(&|v| format!("{v}"))
+        .y_label_formatter(&|v| tick(*v))
         .draw()?;
 
     let below = ("sans-serif", 15)
@@ -102,6 +102,12 @@ pub fn grouped_bars(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// An axis value without binary-fraction noise (0.30000000000000004 → 0.3).
+fn tick(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn short(v: f64) -> String {
