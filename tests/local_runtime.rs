@@ -5,94 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+#[path = "support/ctl.rs"]
+mod ctl;
 
-const EXE: &str = env!("CARGO_BIN_EXE_ambientctl");
+use std::process::Command;
+use std::time::Duration;
 
-/// `demo-app` next to `ambientctl` (where the runtime looks first). `cargo test
-/// --workspace` builds it; a narrower run builds it here.
-fn ensure_demo_app() {
-    let dir = Path::new(EXE).parent().expect("bin dir");
-    if dir.join("demo-app").exists() {
-        return;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "demo-app"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building demo-app");
-    assert!(
-        dir.join("demo-app").exists(),
-        "demo-app not next to ambientctl"
-    );
-}
-
-struct Ctl {
-    home: PathBuf,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(EXE)
-            .args(args)
-            .env("AMBIENT_HOME", &self.home)
-            .output()
-            .expect("running ambientctl");
-        eprintln!(
-            "$ ambientctl {}\n-> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "ambientctl {args:?} failed");
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    /// Runs `args` until `done` accepts the output, for at most `timeout`.
-    fn until(&self, args: &[&str], timeout: Duration, done: impl Fn(&Output) -> bool) -> Output {
-        let start = Instant::now();
-        loop {
-            let out = self.run(args);
-            if done(&out) {
-                return out;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "ambientctl {args:?} did not reach the expected result in {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-/// A failed test must not leave a detached mesh running.
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        if self.home.join("mesh.json").exists() {
-            let _ = Command::new(EXE)
-                .arg("down")
-                .env("AMBIENT_HOME", &self.home)
-                .output();
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
+use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
 
 /// Processes (not zombies) whose user namespace is `userns` (an inode).
 fn processes_in(userns: u64) -> BTreeSet<u32> {
@@ -118,10 +37,6 @@ fn processes_in(userns: u64) -> BTreeSet<u32> {
         }
     }
     out
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 #[test]

@@ -5,110 +5,14 @@
 //! Gateway a file defines, naming the file. Error paths: `status` of an unknown waypoint,
 //! `apply` with neither a local mesh nor a cluster.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+#[path = "support/ctl.rs"]
+mod ctl;
 
+use std::process::Output;
+use std::time::Duration;
+
+use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
 use serde_json::Value;
-
-const EXE: &str = env!("CARGO_BIN_EXE_ambientctl");
-
-/// `demo-app` next to `ambientctl` (where the runtime looks first).
-fn ensure_demo_app() {
-    let dir = Path::new(EXE).parent().expect("bin dir");
-    if dir.join("demo-app").exists() {
-        return;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "demo-app"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building demo-app");
-}
-
-/// Runs the binary with its own mesh home, and no Kubernetes cluster in sight.
-struct Ctl {
-    home: PathBuf,
-}
-
-impl Ctl {
-    fn new(scratch: &Path) -> Ctl {
-        Ctl {
-            home: scratch.join("home"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(EXE)
-            .args(args)
-            .env("AMBIENT_HOME", &self.home)
-            .env("KUBECONFIG", self.home.join("no-such-kubeconfig"))
-            .env("HOME", &self.home)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .output()
-            .expect("running ambientctl");
-        eprintln!(
-            "$ ambientctl {}\n-> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "ambientctl {args:?} failed");
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("JSON output")
-    }
-
-    /// Runs `args` until `done` accepts the output, for at most `timeout`.
-    fn until(&self, args: &[&str], timeout: Duration, done: impl Fn(&Output) -> bool) -> Output {
-        let start = Instant::now();
-        loop {
-            let out = self.run(args);
-            if done(&out) {
-                return out;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "ambientctl {args:?} did not reach the expected result in {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-/// A failed test must not leave a detached mesh running.
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        if self.home.join("mesh.json").exists() {
-            let _ = Command::new(EXE)
-                .arg("down")
-                .env("AMBIENT_HOME", &self.home)
-                .output();
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

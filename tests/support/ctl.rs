@@ -41,10 +41,21 @@ pub struct Ctl {
 }
 
 impl Ctl {
+    pub fn new(scratch: &Path) -> Ctl {
+        Ctl {
+            home: scratch.join("home"),
+        }
+    }
+
+    /// Runs ambientctl on this home, kept away from any real cluster the machine knows.
     pub fn run(&self, args: &[&str]) -> Output {
         let out = Command::new(EXE)
             .args(args)
             .env("AMBIENT_HOME", &self.home)
+            .env("KUBECONFIG", self.home.join("no-such-kubeconfig"))
+            .env("HOME", &self.home)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
             .output()
             .expect("running ambientctl");
         eprintln!(
@@ -61,6 +72,10 @@ impl Ctl {
         let out = self.run(args);
         assert!(out.status.success(), "ambientctl {args:?} failed");
         String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
     }
 
     /// Runs `args` until `done` accepts the output, for at most `timeout`.
