@@ -228,6 +228,17 @@ fn one_trace_across_two_services_reaches_an_otlp_receiver() {
     let sent = headers["traceparent"].as_str().expect("traceparent");
     assert!(sent.starts_with(&format!("00-{trace}-")), "{sent}");
     assert!(!sent.contains(client_span), "a new span id: {sent}");
+    // The waypoint's span for it carries the caller's tracestate.
+    let echo_span = sent.split('-').nth(2).expect("span id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let span = loop {
+        if let Some(s) = spans(&ctl).into_iter().find(|s| s["span_id"] == echo_span) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "span {echo_span} never arrived");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(span["trace_state"], "vendor=abc,other=x:y", "{span}");
 
     // Without a traceparent the waypoint starts the trace: a root span.
     let fresh = client_get(&ctl, "http://echo/", &[]);

@@ -359,7 +359,7 @@ pub fn request_span(log: &RequestLog, namespace: &str, end: SystemTime) -> OtlpS
     OtlpSpan {
         trace_id: log.span.trace_id.to_be_bytes().to_vec(),
         span_id: log.span.span_id.to_be_bytes().to_vec(),
-        trace_state: String::new(),
+        trace_state: log.span.trace_state.clone().unwrap_or_default(),
         parent_span_id: log
             .span
             .parent_id
@@ -688,6 +688,7 @@ mod tests {
                 span_id: 0x1122334455667788,
                 parent_id: Some(0x00f067aa0ba902b7),
                 sampled: true,
+                trace_state: Some("vendor=abc".into()),
             },
         };
         let end = SystemTime::now();
@@ -695,6 +696,7 @@ mod tests {
         assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex(&s.span_id), "1122334455667788");
         assert_eq!(hex(&s.parent_span_id), "00f067aa0ba902b7");
+        assert_eq!(s.trace_state, "vendor=abc");
         assert_eq!(s.name, "reviews.shop.svc.cluster.local:9080/*");
         assert_eq!(s.kind, SpanKind::Server as i32);
         assert!(s.start_time_unix_nano <= s.end_time_unix_nano);

@@ -11,13 +11,15 @@ pub struct Span {
     /// The caller's span, when the request carried a trace context.
     pub parent_id: Option<u64>,
     pub sampled: bool,
+    /// The caller's `tracestate`, kept as-is (forwarded unchanged and exported with the span).
+    pub trace_state: Option<String>,
 }
 
 impl Span {
     /// A child of the request's `traceparent`, or the root of a new trace.
     pub fn for_request(headers: &HeaderMap) -> Span {
         let span_id = rand::random::<u64>().max(1);
-        match headers
+        let mut span = match headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(parse)
@@ -27,14 +29,21 @@ impl Span {
                 span_id,
                 parent_id: Some(parent),
                 sampled: flags & 1 == 1,
+                trace_state: None,
             },
             None => Span {
                 trace_id: rand::random::<u128>().max(1),
                 span_id,
                 parent_id: None,
                 sampled: true,
+                trace_state: None,
             },
+        };
+        // W3C: a `tracestate` only means something alongside a valid `traceparent`.
+        if span.parent_id.is_some() {
+            span.trace_state = trace_state(headers);
         }
+        span
     }
 
     /// The `traceparent` to send upstream: this span is the parent of what follows.
@@ -50,6 +59,23 @@ impl Span {
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+}
+
+/// The request's `tracestate` (several header lines are joined with commas, as W3C allows),
+/// or `None` when absent, empty or not text.
+fn trace_state(headers: &HeaderMap) -> Option<String> {
+    let mut joined = String::new();
+    for v in headers.get_all("tracestate") {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(v);
+    }
+    (!joined.is_empty()).then_some(joined)
 }
 
 /// `(trace id, parent span id, flags)` of a version-00 `traceparent`; invalid ones (all-zero
@@ -100,6 +126,14 @@ mod tests {
         let sent = sent.to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!sent.contains("00f067aa0ba902b7"), "a new span id");
+        assert_eq!(span.trace_state, None);
+
+        h.append("tracestate", HeaderValue::from_static("vendor=abc"));
+        h.append("tracestate", HeaderValue::from_static("other=x:y"));
+        assert_eq!(
+            Span::for_request(&h).trace_state.as_deref(),
+            Some("vendor=abc,other=x:y")
+        );
 
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -110,6 +144,7 @@ mod tests {
             h.insert("traceparent", HeaderValue::from_static(bad));
             let s = Span::for_request(&h);
             assert_eq!(s.parent_id, None, "{bad}");
+            assert_eq!(s.trace_state, None, "no tracestate without a valid parent: {bad}");
         }
     }
 }

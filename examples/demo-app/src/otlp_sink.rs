@@ -3,7 +3,7 @@
 //! per span it receives, to see a mesh's traces without running Jaeger or a collector:
 //!
 //! ```text
-//! {"trace_id":"…","span_id":"…","parent_span_id":"…","name":"…","kind":"server",
+//! {"trace_id":"…","span_id":"…","parent_span_id":"…","trace_state":"…","name":"…","kind":"server",
 //!  "service_name":"waypoint.bookinfo","attributes":{…},"status":"unset",
 //!  "start_unix_nano":…,"end_unix_nano":…}
 //! ```
@@ -121,6 +121,7 @@ fn span_json(span: &Span, service: &str) -> Value {
         "trace_id": hex(&span.trace_id),
         "span_id": hex(&span.span_id),
         "parent_span_id": hex(&span.parent_span_id),
+        "trace_state": span.trace_state,
         "name": span.name,
         "kind": kind,
         "service_name": service,
