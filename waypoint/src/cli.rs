@@ -73,6 +73,7 @@ fn percent(s: &str) -> Result<f64, String> {
 
 /// Runs the waypoint with command-line `args` (program name first).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    ztunnel::memory::avoid_transparent_huge_pages();
     let args = Args::parse_from(args);
     ztunnel::cli::init_logging(&args.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();

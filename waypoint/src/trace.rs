@@ -144,7 +144,10 @@ mod tests {
             h.insert("traceparent", HeaderValue::from_static(bad));
             let s = Span::for_request(&h);
             assert_eq!(s.parent_id, None, "{bad}");
-            assert_eq!(s.trace_state, None, "no tracestate without a valid parent: {bad}");
+            assert_eq!(
+                s.trace_state, None,
+                "no tracestate without a valid parent: {bad}"
+            );
         }
     }
 }

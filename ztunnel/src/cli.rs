@@ -114,6 +114,7 @@ fn shutdown_on_signal(token: CancellationToken) {
 
 /// Runs ztunnel with command-line `args` (program name first).
 pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    crate::memory::avoid_transparent_huge_pages();
     let args = ZtunnelArgs::parse_from(args);
     init_logging(&args.log_format);
     let roots = std::fs::read(&args.ca_root)

@@ -15,6 +15,7 @@ pub mod control_plane;
 pub mod dns;
 pub mod identity;
 pub mod inpod;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;

@@ -305,6 +305,17 @@ impl Lab {
         Ok(&self.externals[name])
     }
 
+    /// Routes every node's pod range from the underlay via its node, so that pods reach the
+    /// controller there (waypoints do, as ztunnels do from the nodes). Call after the last
+    /// [`Lab::add_node`].
+    pub fn route_pods_from_underlay(&self) -> Result<(), TopologyError> {
+        let mut rtnl = Rtnl::open_in(&self.underlay)?;
+        for n in self.nodes.values() {
+            rtnl.add_route(n.pod_subnet, 24, Some(n.ip), None)?;
+        }
+        Ok(())
+    }
+
     pub fn pod(&self, namespace: &str, name: &str) -> &Pod {
         &self.pods[&format!("{namespace}/{name}")]
     }

@@ -330,15 +330,8 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
     for n in &node_names {
         lab.add_node(n).with_context(|| format!("adding {n}"))?;
     }
-    // Routes back to the pods, so that pods reach the controller (waypoints do, as
-    // ztunnels do from the nodes).
-    {
-        let mut rtnl = ztunnel::agent::rtnl::Rtnl::open().context("opening rtnetlink")?;
-        for n in lab.nodes.values() {
-            rtnl.add_route(n.pod_subnet, 24, Some(n.ip), None)
-                .with_context(|| format!("routing {}/24 via {}", n.pod_subnet, n.ip))?;
-        }
-    }
+    lab.route_pods_from_underlay()
+        .context("routing the pods' ranges from the underlay")?;
     let nodes: Vec<_> = lab
         .nodes
         .values()

@@ -9,14 +9,16 @@
 //! - **mesh**: namespace `mesh`, enrolled: captured by ztunnel in the client pod, HBONE
 //!   (mutual TLS, HTTP/2 CONNECT) to the server node's ztunnel, then to the server.
 //!
-//! Both pairs cross the same veths, bridges and underlay, so the ratio isolates what the mesh
+//! - **waypoint**: namespace `waypoint`, enrolled, its `server` Service labelled
+//!   `istio.io/use-waypoint`: the client calls the Service address; its ztunnel sends the
+//!   request over HBONE to the namespace's waypoint (on `node-b`), which parses the HTTP,
+//!   routes it and opens HBONE to the server's ztunnel. Only the request figures (latency,
+//!   rates) are measured on it, as for Istio's published waypoint figures.
+//!
+//! The pairs cross the same veths, bridges and underlay, so the ratio isolates what the mesh
 //! adds. Each server pod runs `bench mesh-server` (HTTP/1.1 with 1 kB bodies, a bulk sink, an
 //! echo); the load generator ([`loadgen`]) runs in this process, its sockets opened inside the
 //! client pod's namespace.
-//!
-//! Extension point: a path is a [`Path`]. The waypoint path (client → ztunnel → waypoint →
-//! ztunnel → server) is one more variant: its own namespace with a waypoint attached, its pods
-//! made in [`Bench::start`]; every figure, the table, the JSON and the plots then carry it.
 
 mod plot;
 mod procfs;
@@ -43,6 +45,11 @@ const HTTP_PORT: u16 = 8080;
 const SINK_PORT: u16 = 5001;
 const ECHO_PORT: u16 = 5002;
 const NODES: [&str; 2] = ["node-a", "node-b"];
+/// The waypoint path's Service addresses (the lab has no Service allocator).
+const WAYPOINT_SERVER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
+/// The waypoint Gateway (and its pod's service account), in the `waypoint` namespace.
+const WAYPOINT_NAME: &str = "waypoint";
 
 /// Extra flags for `bench component ztunnel` (see `--ztunnel-args`), in the sandbox
 /// directory.
@@ -129,15 +136,20 @@ pub enum Path {
     Direct,
     /// Enrolled: ztunnel → HBONE → ztunnel.
     Mesh,
+    /// Enrolled, through the Service's waypoint: ztunnel → HBONE → waypoint → HBONE → ztunnel.
+    Waypoint,
 }
 
 impl Path {
-    pub const ALL: [Path; 2] = [Path::Direct, Path::Mesh];
+    pub const ALL: [Path; 3] = [Path::Direct, Path::Mesh, Path::Waypoint];
+    /// The paths of the L4 figures (throughput, ztunnel memory).
+    pub const L4: [Path; 2] = [Path::Direct, Path::Mesh];
 
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
             Path::Mesh => "mesh",
+            Path::Waypoint => "waypoint",
         }
     }
 
@@ -175,11 +187,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 struct Bench {
     mesh: Mesh,
     clients: BTreeMap<Path, Arc<Netns>>,
+    /// Where each path's client sends: the server pod, or for the waypoint path its Service.
     servers: BTreeMap<Path, Ipv4Addr>,
-    /// One `bench mesh-server` per path (killed on drop).
-    _server_procs: Vec<Proc>,
+    /// One `bench mesh-server` per path (killed on drop), then the waypoint.
+    _procs: Vec<Proc>,
     /// (node, pid) of each ztunnel.
     ztunnels: Vec<(&'static str, u32)>,
+    waypoint_pid: u32,
+    waypoint_netns: Arc<Netns>,
 }
 
 impl Bench {
@@ -189,6 +204,8 @@ impl Bench {
         for node in NODES {
             lab.add_node(node)?;
         }
+        // The waypoint pod talks to the controller on the underlay.
+        lab.route_pods_from_underlay()?;
         let mut manifests = Vec::new();
         for path in Path::ALL {
             let ns = path.namespace();
@@ -204,15 +221,22 @@ impl Bench {
                 ));
             }
         }
+        let ns = Path::Waypoint.namespace();
+        let waypoint_pod = lab.add_pod(ns, WAYPOINT_NAME, NODES[1])?;
+        manifests.push(("waypoint.yaml".into(), waypoint_manifests(waypoint_pod)));
+        let waypoint_netns = waypoint_pod.netns.clone();
         let clients = Path::ALL
             .iter()
             .map(|p| (*p, lab.pod(p.namespace(), "client").netns.clone()))
             .collect();
         let servers = Path::ALL
             .iter()
-            .map(|p| (*p, lab.pod(p.namespace(), "server").ip))
+            .map(|p| match p {
+                Path::Waypoint => (*p, WAYPOINT_SERVER_VIP),
+                _ => (*p, lab.pod(p.namespace(), "server").ip),
+            })
             .collect();
-        let mut server_procs = Vec::new();
+        let mut procs = Vec::new();
         for path in Path::ALL {
             let pod = lab.pod(path.namespace(), "server");
             let log_file = run_dir.join(format!("server-{}.log", path.name()));
@@ -228,7 +252,7 @@ impl Bench {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            server_procs.push(Proc::spawn(
+            procs.push(Proc::spawn(
                 &format!("server-{}", path.name()),
                 &pod.netns,
                 &exe,
@@ -241,9 +265,12 @@ impl Bench {
             .iter()
             .map(|(n, y)| (n.as_str(), y.clone()))
             .collect();
-        let mut options = MeshOptions::new(exe);
+        let mut options = MeshOptions::new(exe.clone());
         options.log_filter = log.to_string();
         let mesh = Mesh::start(lab, &refs, options).await?;
+        let waypoint = start_waypoint(&mesh, &exe, &waypoint_netns, &run_dir, log).await?;
+        let waypoint_pid = waypoint.pid();
+        procs.push(waypoint);
         for path in Path::ALL.into_iter().filter(|p| p.enrolled()) {
             for name in ["client", "server"] {
                 mesh.enrol(path.namespace(), name, name).await?;
@@ -263,9 +290,39 @@ impl Bench {
             mesh,
             clients,
             servers,
-            _server_procs: server_procs,
+            _procs: procs,
             ztunnels,
+            waypoint_pid,
+            waypoint_netns,
         })
+    }
+
+    /// The waypoint's Prometheus text.
+    async fn waypoint_metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = ambientctl::lab::http::get(
+            &self.waypoint_netns,
+            SocketAddr::from(([127, 0, 0, 1], 15020)),
+            "/metrics",
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "waypoint metrics: {status}");
+        Ok(body)
+    }
+
+    /// Requests the waypoint answered for the waypoint path's server, over mutual TLS.
+    async fn waypoint_requests(&self) -> anyhow::Result<f64> {
+        let text = self.waypoint_metrics().await?;
+        let want = [
+            "reporter=\"waypoint\"",
+            "destination_workload=\"server\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ];
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| want.iter().all(|w| l.contains(w)))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
     }
 
     /// Opens connections from `path`'s client pod to its server on `port`.
@@ -282,6 +339,14 @@ impl Bench {
             socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
             Ok(socket.into())
         })
+    }
+
+    fn waypoint_cpu(&self) -> f64 {
+        procfs::cpu_seconds(self.waypoint_pid)
+    }
+
+    fn waypoint_rss(&self) -> u64 {
+        procfs::rss_bytes(self.waypoint_pid)
     }
 
     /// Both ztunnels' CPU seconds so far.
@@ -337,6 +402,137 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
+/// The waypoint path's objects: its Service (using the waypoint), the waypoint Gateway, and
+/// what Istio's deployment controller would make for it (Service, pod labels), as the local
+/// runtime makes them.
+fn waypoint_manifests(pod: &ambientctl::lab::topology::Pod) -> String {
+    let ns = &pod.namespace;
+    let name = WAYPOINT_NAME;
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: server
+  namespace: {ns}
+  labels:
+    istio.io/use-waypoint: {name}
+spec:
+  clusterIP: {WAYPOINT_SERVER_VIP}
+  selector:
+    app: server
+  ports:
+  - name: http
+    port: {HTTP_PORT}
+    targetPort: {HTTP_PORT}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    gateway.networking.k8s.io/gateway-name: {name}
+spec:
+  clusterIP: {WAYPOINT_VIP}
+  selector:
+    gateway.networking.k8s.io/gateway-name: {name}
+  ports:
+  - name: mesh
+    port: 15008
+    targetPort: 15008
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    gateway.networking.k8s.io/gateway-name: {name}
+    istio.io/dataplane-mode: none
+spec:
+  nodeName: {node}
+  serviceAccountName: {name}
+  containers:
+  - name: istio-proxy
+    image: waypoint
+status:
+  phase: Running
+  podIP: {ip}
+",
+        node = pod.node,
+        ip = pod.ip,
+    )
+}
+
+/// Starts the waypoint process in its pod (as the local runtime's pod would) and waits until
+/// it is ready (certificate issued, configuration received).
+async fn start_waypoint(
+    mesh: &Mesh,
+    exe: &std::path::Path,
+    netns: &Arc<Netns>,
+    run_dir: &std::path::Path,
+    log: &str,
+) -> anyhow::Result<Proc> {
+    let pod = mesh.lab.pod(Path::Waypoint.namespace(), WAYPOINT_NAME);
+    let args: Vec<String> = [
+        "component",
+        "waypoint",
+        "--gateway",
+        &format!("{}/{WAYPOINT_NAME}", pod.namespace),
+        "--service-account",
+        WAYPOINT_NAME,
+        "--trust-domain",
+        &mesh.options.trust_domain,
+        "--node-name",
+        &pod.node,
+        "--instance-ip",
+        &pod.ip.to_string(),
+        "--controller-address",
+        &format!("https://{}", ambientctl::lab::mesh::controller_grpc()),
+        "--ca-root",
+        &mesh.ca_dir().join("root-cert.pem").display().to_string(),
+        "--token-file",
+        &mesh.token_path(&pod.node).display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let proc = Proc::spawn(
+        "waypoint",
+        netns,
+        exe,
+        &args,
+        &run_dir.join("logs").join("waypoint.log"),
+        &[("RUST_LOG", log)],
+    )?;
+    let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
+    let start = Instant::now();
+    loop {
+        match ambientctl::lab::http::get(netns, ready, "/healthz/ready").await {
+            Ok((200, _)) => return Ok(proc),
+            other if start.elapsed() > Duration::from_secs(30) => {
+                anyhow::bail!(
+                    "the waypoint is not ready after 30 s ({other:?}):\n{}",
+                    proc.log_tail(20)
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Waits until one HTTP request on `dial` succeeds.
 async fn reachable(dial: Dial, what: &str) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -371,6 +567,9 @@ struct Results {
     /// mTLS connections node-a's ztunnel reported to the mesh server (proves the mesh path
     /// was taken), and to the direct server (must be 0).
     mtls_connections: BTreeMap<&'static str, f64>,
+    /// Requests the waypoint reported for its path's server over mutual TLS (proves the
+    /// waypoint path was taken).
+    waypoint_requests: f64,
 }
 
 #[derive(Serialize)]
@@ -408,13 +607,15 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         reachable(bench.dial(path, HTTP_PORT), path.name()).await?;
     }
     eprintln!(
-        "mesh up and both paths reachable in {:.1} s; ztunnel pids {:?}",
+        "mesh up and every path reachable in {:.1} s; ztunnel pids {:?}, waypoint pid {}",
         setup.elapsed().as_secs_f64(),
-        bench.ztunnels
+        bench.ztunnels,
+        bench.waypoint_pid
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = bench.ztunnel_rss();
     let idle_anon = bench.ztunnel_rss_anon();
+    let waypoint_idle_rss = bench.waypoint_rss();
 
     let mut figures: Vec<Figure> = Vec::new();
     let (duration, warmup) = (opts.duration(), opts.warmup());
@@ -431,7 +632,7 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
             ),
             "Gbit/s",
         );
-        for path in Path::ALL {
+        for path in Path::L4 {
             let dial = bench.dial(path, SINK_PORT);
             let d = dial.clone();
             blocking(move || loadgen::bulk::upload(&d, streams, warmup)).await?;
@@ -457,9 +658,21 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         duration: Duration::from_secs_f64(opts.latency_duration),
         warmup,
     };
+    // vCPU used at the fixed rate: ztunnels (both nodes) on the mesh path, the waypoint on
+    // its path (Istio publishes both per 1,000 requests/s).
+    let mut vcpu_at_rate = BTreeMap::new();
     for path in Path::ALL.into_iter().filter(|_| opts.runs("latency")) {
         let dial = bench.dial(path, HTTP_PORT);
+        let (zt, wp, t) = (bench.ztunnel_cpu(), bench.waypoint_cpu(), Instant::now());
         let r = blocking(move || loadgen::open_loop(&dial, &open)).await?;
+        let seconds = t.elapsed().as_secs_f64();
+        vcpu_at_rate.insert(
+            path,
+            (
+                (bench.ztunnel_cpu() - zt) / seconds,
+                (bench.waypoint_cpu() - wp) / seconds,
+            ),
+        );
         let p = r.latency.percentiles();
         progress(
             "HTTP latency at fixed rate",
@@ -511,8 +724,30 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         figures.push(f);
     }
 
+    if opts.runs("latency") {
+        let mut f = Figure::new(
+            "ztunnel_vcpu_at_rate",
+            format!("ztunnel vCPU at {rate_label} req/s (both nodes)"),
+            "vCPU",
+        );
+        f.values
+            .insert(Path::Mesh.name(), vcpu_at_rate[&Path::Mesh].0);
+        f.values
+            .insert(Path::Waypoint.name(), vcpu_at_rate[&Path::Waypoint].0);
+        figures.push(f);
+        let mut f = Figure::new(
+            "waypoint_vcpu_at_rate",
+            format!("waypoint vCPU at {rate_label} req/s"),
+            "vCPU",
+        );
+        f.values
+            .insert(Path::Waypoint.name(), vcpu_at_rate[&Path::Waypoint].1);
+        figures.push(f);
+    }
+
     // Maximum request rate.
     let mut cpu_requests = (0.0, 0u64);
+    let mut waypoint_cpu_requests = (0.0, 0u64);
     let mut f = Figure::new(
         "max_rps",
         "HTTP/1.1 max requests/s, closed loop, 8 conns",
@@ -525,21 +760,23 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
     };
     for path in Path::ALL.into_iter().filter(|_| opts.runs("rps")) {
         let dial = bench.dial(path, HTTP_PORT);
-        let cpu = bench.ztunnel_cpu();
+        let (cpu, wp_cpu) = (bench.ztunnel_cpu(), bench.waypoint_cpu());
         let r = blocking(move || loadgen::closed_loop(&dial, &closed)).await?;
-        if path == Path::Mesh {
-            // The warm-up's requests are not counted, so neither is its CPU: scale to the
-            // measured window.
-            let total = warmup.as_secs_f64() + duration.as_secs_f64();
-            cpu_requests = (
-                (bench.ztunnel_cpu() - cpu) * duration.as_secs_f64() / total,
-                r.requests,
-            );
+        // The warm-up's requests are not counted, so neither is its CPU: scale to the
+        // measured window.
+        let measured = duration.as_secs_f64() / (warmup.as_secs_f64() + duration.as_secs_f64());
+        match path {
+            Path::Mesh => cpu_requests = ((bench.ztunnel_cpu() - cpu) * measured, r.requests),
+            Path::Waypoint => {
+                waypoint_cpu_requests = ((bench.waypoint_cpu() - wp_cpu) * measured, r.requests)
+            }
+            Path::Direct => {}
         }
         progress(&f.label, path, format!("{:.0} req/s", r.rate()));
         f.set(path, r.rate());
     }
     f.target(Target::RatioAtLeast(0.25));
+    f.target_on(Path::Waypoint, Target::RatioAtLeast(0.5));
     if opts.runs("rps") {
         figures.push(f);
     }
@@ -593,6 +830,36 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         cpu_requests.0 / (cpu_requests.1.max(1) as f64) * 10_000.0,
     );
     if opts.runs("rps") {
+        figures.push(f);
+    }
+    let mut f = Figure::new(
+        "waypoint_cpu_per_10k_requests",
+        "waypoint CPU per 10,000 requests",
+        "s",
+    );
+    f.values.insert(
+        Path::Waypoint.name(),
+        waypoint_cpu_requests.0 / (waypoint_cpu_requests.1.max(1) as f64) * 10_000.0,
+    );
+    if opts.runs("rps") {
+        figures.push(f);
+    }
+
+    // Waypoint memory: when the mesh came up, and after every request figure.
+    for (key, label, bytes) in [
+        (
+            "waypoint_rss_idle",
+            "waypoint memory idle",
+            waypoint_idle_rss,
+        ),
+        (
+            "waypoint_rss_after",
+            "waypoint memory after the request figures",
+            bench.waypoint_rss(),
+        ),
+    ] {
+        let mut f = Figure::new(key, label, "MB");
+        f.values.insert(Path::Waypoint.name(), bytes as f64 / 1e6);
         figures.push(f);
     }
 
@@ -668,12 +935,17 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
     }
 
     let mut mtls = BTreeMap::new();
-    for path in Path::ALL {
+    for path in Path::L4 {
         mtls.insert(path.name(), bench.mtls_connections(path).await?);
     }
     anyhow::ensure!(
         mtls[Path::Mesh.name()] > 0.0 && mtls[Path::Direct.name()] == 0.0,
         "the mesh path must go through ztunnel over mutual TLS and the direct path must not: {mtls:?}"
+    );
+    let waypoint_requests = bench.waypoint_requests().await?;
+    anyhow::ensure!(
+        waypoint_requests > 0.0,
+        "the waypoint path must go through the waypoint over mutual TLS (it reported no requests)"
     );
 
     let results = Results {
@@ -707,6 +979,7 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
         service_time_ms: service,
         connection_errors,
         mtls_connections: mtls,
+        waypoint_requests,
     };
     println!(
         "\nMesh vs direct TCP — {} ({} cores), Linux {}, {}{}\n",
@@ -722,8 +995,11 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
     );
     println!("{}", report::table(&results.figures));
     println!(
-        "mTLS connections seen by the client node's ztunnel: mesh {}, direct {}",
-        results.mtls_connections["mesh"], results.mtls_connections["direct"]
+        "mTLS connections seen by the client node's ztunnel: mesh {}, direct {}; requests \
+         served by the waypoint over mTLS: {}",
+        results.mtls_connections["mesh"],
+        results.mtls_connections["direct"],
+        results.waypoint_requests
     );
     if let Some(path) = &opts.json {
         report::write_json(path, &results)?;
@@ -753,13 +1029,14 @@ fn plots(dir: &std::path::Path, r: &Results) -> anyhow::Result<()> {
     let colors = |p: Path| match p {
         Path::Direct => plot::DIRECT,
         Path::Mesh => plot::MESH,
+        Path::Waypoint => plot::WAYPOINT,
     };
     let value = |key: &str, p: Path| {
         r.figures
             .iter()
             .find(|f| f.key == key)
             .and_then(|f| f.get(p))
-            .unwrap_or(0.0)
+            .unwrap_or(f64::NAN)
     };
     let latency: Vec<plot::Series<'_>> = Path::ALL
         .iter()
@@ -781,9 +1058,9 @@ fn plots(dir: &std::path::Path, r: &Results) -> anyhow::Result<()> {
         "milliseconds",
         &["p50", "p90", "p99", "p99.9"].map(String::from),
         &latency,
-        None,
+        &[],
     )?;
-    let throughput: Vec<plot::Series<'_>> = Path::ALL
+    let throughput: Vec<plot::Series<'_>> = Path::L4
         .iter()
         .map(|p| plot::Series {
             name: p.name(),
@@ -797,7 +1074,7 @@ fn plots(dir: &std::path::Path, r: &Results) -> anyhow::Result<()> {
         "Gbit/s",
         &["1 stream", "8 streams"].map(String::from),
         &throughput,
-        None,
+        &[],
     )?;
     // Every compared figure as a fraction of direct, with its target.
     let compared: Vec<&Figure> = r
@@ -824,18 +1101,32 @@ fn plots(dir: &std::path::Path, r: &Results) -> anyhow::Result<()> {
             color: colors(*p),
             values: compared
                 .iter()
-                .map(|f| f.ratio_to_direct.get(p.name()).copied().unwrap_or(0.0))
+                .map(|f| f.ratio_to_direct.get(p.name()).copied().unwrap_or(f64::NAN))
                 .collect(),
         })
         .collect();
-    let targets = [Some(0.5), Some(0.35), Some(0.25), Some(0.35)];
+    // Targets: the mesh's for each group (series 0), the waypoint's maximum rate (series 1).
+    let marks: Vec<plot::Mark> = [0.5, 0.35, 0.25, 0.35]
+        .iter()
+        .enumerate()
+        .map(|(group, value)| plot::Mark {
+            group,
+            series: 0,
+            value: *value,
+        })
+        .chain(std::iter::once(plot::Mark {
+            group: 2,
+            series: 1,
+            value: 0.5,
+        }))
+        .collect();
     plot::grouped_bars(
         &dir.join("mesh-ratios.svg"),
-        "Mesh as a fraction of direct TCP (red: target)",
-        "mesh ÷ direct",
+        "Mesh and waypoint as a fraction of direct TCP (red: target)",
+        "path ÷ direct",
         &groups,
         &ratios,
-        Some(&targets),
+        &marks,
     )?;
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::path::Path as FsPath;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// One bar series: name, colour, one value per group.
+/// One bar series: name, colour, one value per group (NaN: no bar, the path lacks that
+/// figure).
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: RGBColor,
@@ -14,16 +15,25 @@ pub struct Series<'a> {
 
 pub const DIRECT: RGBColor = RGBColor(120, 120, 120);
 pub const MESH: RGBColor = RGBColor(33, 102, 172);
+pub const WAYPOINT: RGBColor = RGBColor(230, 140, 30);
 
-/// Bars grouped by `groups` (one bar per series in each), labelled with their values.
-/// Where `marks` is given, a horizontal line per group is drawn at that value (a target).
+/// A target drawn as a red line over one bar: group index, series index, value.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub group: usize,
+    pub series: usize,
+    pub value: f64,
+}
+
+/// Bars grouped by `groups` (one bar per series in each), labelled with their values, with
+/// `marks` (targets) drawn over their bars.
 pub fn grouped_bars(
     file: &FsPath,
     title: &str,
     y_desc: &str,
     groups: &[String],
     series: &[Series<'_>],
-    marks: Option<&[Option<f64>]>,
+    marks: &[Mark],
 ) -> anyhow::Result<()> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -33,7 +43,8 @@ pub fn grouped_bars(
     let top = series
         .iter()
         .flat_map(|s| s.values.iter().copied())
-        .chain(marks.into_iter().flatten().flatten().copied())
+        .chain(marks.iter().map(|m| m.value))
+        .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max)
         .max(f64::MIN_POSITIVE)
         * 1.18;
@@ -69,30 +80,32 @@ pub fn grouped_bars(
     let width = 0.8 / series.len().max(1) as f64;
     for (k, s) in series.iter().enumerate() {
         let color = s.color;
-        let bars = s.values.iter().enumerate().map(move |(i, v)| {
-            let x0 = i as f64 + 0.1 + k as f64 * width;
-            Rectangle::new([(x0, 0.0), (x0 + width * 0.92, *v)], color.filled())
-        });
+        let bars = s
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(move |(i, v)| {
+                let x0 = i as f64 + 0.1 + k as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.92, *v)], color.filled())
+            });
         chart
             .draw_series(bars)?
             .label(s.name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-        for (i, v) in s.values.iter().enumerate() {
+        for (i, v) in s.values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
             let x = i as f64 + 0.1 + (k as f64 + 0.46) * width;
             chart.plotting_area().draw(
                 &(EmptyElement::at((x, *v)) + Text::new(short(*v), (0, -3), above.clone())),
             )?;
         }
     }
-    if let Some(marks) = marks {
-        for (i, m) in marks.iter().enumerate() {
-            if let Some(m) = m {
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(i as f64 + 0.05, *m), (i as f64 + 0.95, *m)],
-                    ShapeStyle::from(&RED).stroke_width(2),
-                )))?;
-            }
-        }
+    for m in marks {
+        let x0 = m.group as f64 + 0.1 + m.series as f64 * width;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x0 - width * 0.04, m.value), (x0 + width * 0.96, m.value)],
+            ShapeStyle::from(&RED).stroke_width(2),
+        )))?;
     }
     chart
         .configure_series_labels()

@@ -16,8 +16,16 @@ pub enum Target {
     RatioAtLeast(f64),
     /// mesh − direct at most this many units (latency added).
     AddedAtMost(f64),
-    /// The mesh figure at most this.
+    /// The path's figure at most this.
     AtMost(f64),
+}
+
+/// A target and whether one path's figure met it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub path: &'static str,
+    pub target: String,
+    pub met: Option<bool>,
 }
 
 impl Target {
@@ -40,8 +48,8 @@ pub struct Figure {
     pub values: BTreeMap<&'static str, f64>,
     /// Path name → its value ÷ the direct value.
     pub ratio_to_direct: BTreeMap<&'static str, f64>,
-    pub target: Option<String>,
-    pub target_met: Option<bool>,
+    /// What the figure should reach, per path judged.
+    pub targets: Vec<Goal>,
 }
 
 impl Figure {
@@ -52,8 +60,7 @@ impl Figure {
             unit,
             values: BTreeMap::new(),
             ratio_to_direct: BTreeMap::new(),
-            target: None,
-            target_met: None,
+            targets: Vec::new(),
         }
     }
 
@@ -76,15 +83,24 @@ impl Figure {
 
     /// Judges the mesh figure against `target`.
     pub fn target(&mut self, target: Target) -> &mut Self {
-        self.target = Some(target.describe(self.unit));
-        let mesh = self.get(Path::Mesh);
+        self.target_on(Path::Mesh, target)
+    }
+
+    /// Judges `path`'s figure against `target` (set the values first).
+    pub fn target_on(&mut self, path: Path, target: Target) -> &mut Self {
+        let value = self.get(path);
         let direct = self.get(Path::Direct);
-        self.target_met = match (target, mesh, direct) {
+        let met = match (target, value, direct) {
             (Target::RatioAtLeast(r), Some(m), Some(d)) if d > 0.0 => Some(m / d >= r),
             (Target::AddedAtMost(v), Some(m), Some(d)) => Some(m - d <= v),
             (Target::AtMost(v), Some(m), _) => Some(m <= v),
             _ => None,
         };
+        self.targets.push(Goal {
+            path: path.name(),
+            target: target.describe(self.unit),
+            met,
+        });
         self
     }
 }
@@ -212,13 +228,24 @@ pub fn table(figures: &[Figure]) -> String {
                 .unwrap_or_else(|| "—".into());
             let _ = write!(out, " {r} |");
         }
-        let target = match (&f.target, f.target_met) {
-            (Some(t), Some(true)) => format!("{t}: met"),
-            (Some(t), Some(false)) => format!("{t}: **missed**"),
-            (Some(t), None) => t.clone(),
-            (None, _) => String::new(),
-        };
-        let _ = writeln!(out, " {target} |");
+        let only_mesh = f.targets.iter().all(|g| g.path == Path::Mesh.name());
+        let target: Vec<String> = f
+            .targets
+            .iter()
+            .map(|g| {
+                let who = if only_mesh {
+                    String::new()
+                } else {
+                    format!("{}: ", g.path)
+                };
+                match g.met {
+                    Some(true) => format!("{who}{}: met", g.target),
+                    Some(false) => format!("{who}{}: **missed**", g.target),
+                    None => format!("{who}{}", g.target),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, " {} |", target.join("; "));
     }
     out
 }
@@ -250,10 +277,20 @@ mod tests {
         f.set(Path::Direct, 20.0).set(Path::Mesh, 5.0);
         f.target(Target::RatioAtLeast(0.5));
         assert_eq!(f.ratio_to_direct["mesh"], 0.25);
-        assert_eq!(f.target_met, Some(false));
+        assert_eq!(f.targets[0].met, Some(false));
+        let t = table(&[f.clone()]);
+        assert!(
+            t.contains(
+                "| throughput (Gbit/s) | 20.0 | 5.00 | — | 0.25 | — | ratio ≥ 0.5: **missed** |"
+            ),
+            "{t}"
+        );
+        f.set(Path::Waypoint, 12.0);
+        f.target_on(Path::Waypoint, Target::RatioAtLeast(0.5));
+        assert_eq!(f.ratio_to_direct["waypoint"], 0.6);
         let t = table(&[f]);
         assert!(
-            t.contains("| throughput (Gbit/s) | 20.0 | 5.00 | 0.25 | ratio ≥ 0.5: **missed** |"),
+            t.contains("| 20.0 | 5.00 | 12.0 | 0.25 | 0.60 | mesh: ratio ≥ 0.5: **missed**; waypoint: ratio ≥ 0.5: met |"),
             "{t}"
         );
     }

@@ -46,11 +46,24 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The crypto provider every ambient-rs TLS config uses: ring, TLS 1.3 suites only.
+/// The crypto provider every ambient-rs TLS config uses: ring, TLS 1.3 suites only,
+/// AES-128-GCM first. Every byte of the mesh is sealed twice per hop pair, and AES-128 costs
+/// about 30 % less CPU than AES-256 (ring's default first choice) at the same 128-bit
+/// security level TLS 1.3 requires; peers that prefer otherwise still agree on a suite.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            use rustls::crypto::ring::cipher_suite as suite;
+            Arc::new(CryptoProvider {
+                cipher_suites: vec![
+                    suite::TLS13_AES_128_GCM_SHA256,
+                    suite::TLS13_AES_256_GCM_SHA384,
+                    suite::TLS13_CHACHA20_POLY1305_SHA256,
+                ],
+                ..rustls::crypto::ring::default_provider()
+            })
+        })
         .clone()
 }
 
@@ -322,3 +335,79 @@ pub fn client_config(
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestCa;
+    use super::*;
+
+    const TD: &str = "cluster.local";
+
+    /// A full in-memory handshake between our client and server configs.
+    fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+    ) -> (rustls::ClientConnection, rustls::ServerConnection) {
+        let name = rustls_pki_types::ServerName::try_from("hbone").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut wire = Vec::new();
+        while c.is_handshaking() || s.is_handshaking() {
+            wire.clear();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            wire.clear();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        (c, s)
+    }
+
+    #[test]
+    fn mesh_connections_use_tls13_with_aes_128_gcm() {
+        let ca = TestCa::new("root");
+        let bundle = ca.bundle(TD);
+        let server_id = "spiffe://cluster.local/ns/shop/sa/server";
+        let slot = Arc::new(CertSlot::new());
+        slot.store(ca.issue(server_id));
+        let client = client_config(
+            &ca.issue("spiffe://cluster.local/ns/shop/sa/client"),
+            &bundle,
+            vec![server_id.parse().unwrap()],
+        )
+        .unwrap();
+        let (c, s) = handshake(client, server_config(slot.clone(), &bundle).unwrap());
+        for suite in [c.negotiated_cipher_suite(), s.negotiated_cipher_suite()] {
+            assert_eq!(
+                suite.map(|s| s.suite()),
+                Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+            );
+        }
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+
+        // A peer that offers only AES-256 (as another implementation might) still connects.
+        let aes256_only = Arc::new(CryptoProvider {
+            cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384],
+            ..rustls::crypto::ring::default_provider()
+        });
+        let cert = ca.issue("spiffe://cluster.local/ns/shop/sa/client");
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            bundle.roots.clone(),
+            vec![server_id.parse().unwrap()],
+            aes256_only.clone(),
+        ));
+        let other = ClientConfig::builder_with_provider(aes256_only)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(FixedClientCert(cert.certified.clone())));
+        let (c, _) = handshake(other, server_config(slot, &bundle).unwrap());
+        assert_eq!(
+            c.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        );
+    }
+}
