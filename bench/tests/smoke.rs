@@ -38,6 +38,10 @@ fn mesh_benchmark_prints_every_figure() {
         "ztunnel memory idle, server node",
         "ztunnel memory per open connection at 100, client node",
         "ztunnel memory per open connection at 100, server node",
+        "ztunnel vCPU at 1,000 req/s",
+        "waypoint vCPU at 1,000 req/s",
+        "waypoint CPU per 10,000 requests",
+        "waypoint memory idle",
     ] {
         assert!(stdout.contains(figure), "no {figure:?} in:\n{stdout}");
     }
@@ -49,6 +53,17 @@ fn mesh_benchmark_prints_every_figure() {
         .find(|f| f["key"] == "throughput_1")
         .expect("1-stream throughput");
     assert!(throughput["values"]["mesh"].is_number() && throughput["values"]["direct"].is_number());
+    let max_rps = figures
+        .iter()
+        .find(|f| f["key"] == "max_rps")
+        .expect("maximum request rate");
+    for path in ["direct", "mesh", "waypoint"] {
+        assert!(max_rps["values"][path].is_number(), "{path}: {max_rps}");
+    }
+    assert!(
+        results["waypoint_requests"].as_f64().unwrap_or(0.0) > 0.0,
+        "the waypoint path went through the waypoint"
+    );
     for svg in ["mesh-latency.svg", "mesh-throughput.svg", "mesh-ratios.svg"] {
         let text = std::fs::read_to_string(plots.join(svg)).expect("plot written");
         assert!(text.starts_with("<svg"), "{svg}");

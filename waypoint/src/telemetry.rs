@@ -5,15 +5,20 @@
 //! services the control plane described (or `unknown`), response codes and flags: cardinality
 //! is bounded by the pairs that actually talk.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use ambient_proto::identity::Identity;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use metrics::{Label, counter, histogram};
+use metrics::{Counter, Histogram, Label, counter, histogram};
 use tracing::info;
 use ztunnel::state::{Service, Workload};
 
@@ -157,6 +162,51 @@ fn peer_labels(
     ]
 }
 
+/// The four request metrics of one label set.
+struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// What decides a request's labels. Workloads and services are compared by address: the key
+/// holds them, so no other object can take an address while its entry exists (a changed
+/// workload is a new object, and gets its own entry).
+struct HandleKey {
+    source: Option<Arc<Workload>>,
+    source_principal: Identity,
+    destination: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    protocol: &'static str,
+    status: u16,
+    grpc_status: Option<String>,
+    flags: &'static str,
+}
+
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn address<T>(a: Option<&Arc<T>>) -> usize {
+    a.map_or(0, |a| Arc::as_ptr(a) as usize)
+}
+
+/// Label sets a worker thread remembers before it starts over (bounds memory, and releases
+/// workloads the control plane has replaced).
+const MAX_CACHED_LABEL_SETS: usize = 1024;
+
+thread_local! {
+    /// Per worker thread, so the request path takes no lock: building Istio's 25 labels and
+    /// finding them in the registry cost more than all the rest of a request's accounting.
+    static REQUEST_HANDLES: RefCell<(usize, HashMap<u64, Vec<(HandleKey, Arc<RequestHandles>)>>)> =
+        RefCell::new((0, HashMap::new()));
+}
+
 /// One HTTP request's facts, filled in along the request path.
 pub struct RequestLog {
     pub started: Instant,
@@ -186,20 +236,12 @@ impl RequestLog {
         {
             exporter.record_request(self);
         }
-        let upstream = self.upstream.as_ref().map(|e| e.workload.as_ref());
-        let mut labels = peer_labels(&self.downstream, upstream, self.service.as_deref());
-        labels.push(Label::new("request_protocol", self.protocol));
-        labels.push(Label::new("response_code", self.status.to_string()));
-        labels.push(Label::new(
-            "grpc_response_status",
-            self.grpc_status.clone().unwrap_or_default(),
-        ));
-        labels.push(Label::new("response_flags", self.flags));
         let elapsed = self.started.elapsed().as_secs_f64() * 1000.0;
-        counter!(REQUESTS, labels.clone()).increment(1);
-        histogram!(REQUEST_DURATION, labels.clone()).record(elapsed);
-        histogram!(REQUEST_BYTES, labels.clone()).record(self.request_bytes as f64);
-        histogram!(RESPONSE_BYTES, labels).record(response_bytes as f64);
+        let handles = self.handles();
+        handles.requests.increment(1);
+        handles.duration.record(elapsed);
+        handles.request_bytes.record(self.request_bytes as f64);
+        handles.response_bytes.record(response_bytes as f64);
         info!(
             target: "access",
             method = %self.method,
@@ -212,8 +254,8 @@ impl RequestLog {
             src = %self.downstream.addr,
             src_principal = %self.downstream.identity,
             dst = %self.downstream.dst,
-            upstream = %self.upstream.as_ref().map(|e| e.addr.to_string()).unwrap_or_else(|| "-".into()),
-            dst_principal = %self.upstream.as_ref().map(|e| e.workload.identity.to_string()).unwrap_or_else(|| "-".into()),
+            upstream = %OrDash(self.upstream.as_ref().map(|e| e.addr)),
+            dst_principal = %OrDash(self.upstream.as_ref().map(|e| &e.workload.identity)),
             attempts = self.attempts,
             bytes_received = self.request_bytes,
             bytes_sent = response_bytes,
@@ -221,6 +263,96 @@ impl RequestLog {
             trace_id = %self.trace_id,
             "request"
         );
+    }
+}
+
+impl RequestLog {
+    fn key_hash(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        address(self.downstream.workload.as_ref()).hash(&mut h);
+        self.downstream.identity.hash(&mut h);
+        address(self.upstream.as_ref().map(|e| &e.workload)).hash(&mut h);
+        address(self.service.as_ref()).hash(&mut h);
+        (self.protocol, self.status, &self.grpc_status, self.flags).hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, k: &HandleKey) -> bool {
+        same(k.source.as_ref(), self.downstream.workload.as_ref())
+            && k.source_principal == self.downstream.identity
+            && same(
+                k.destination.as_ref(),
+                self.upstream.as_ref().map(|e| &e.workload),
+            )
+            && same(k.service.as_ref(), self.service.as_ref())
+            && (k.protocol, k.status, &k.grpc_status, k.flags)
+                == (self.protocol, self.status, &self.grpc_status, self.flags)
+    }
+
+    /// This request's metric handles: from the thread's cache, or registered once.
+    fn handles(&self) -> Arc<RequestHandles> {
+        let hash = self.key_hash();
+        REQUEST_HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, h)) = cache
+                .1
+                .get(&hash)
+                .and_then(|v| v.iter().find(|(k, _)| self.matches(k)))
+            {
+                return h.clone();
+            }
+            if cache.0 >= MAX_CACHED_LABEL_SETS {
+                *cache = (0, HashMap::new());
+            }
+            let handles = Arc::new(self.register());
+            let key = HandleKey {
+                source: self.downstream.workload.clone(),
+                source_principal: self.downstream.identity.clone(),
+                destination: self.upstream.as_ref().map(|e| e.workload.clone()),
+                service: self.service.clone(),
+                protocol: self.protocol,
+                status: self.status,
+                grpc_status: self.grpc_status.clone(),
+                flags: self.flags,
+            };
+            cache.0 += 1;
+            cache
+                .1
+                .entry(hash)
+                .or_default()
+                .push((key, handles.clone()));
+            handles
+        })
+    }
+
+    fn register(&self) -> RequestHandles {
+        let upstream = self.upstream.as_ref().map(|e| e.workload.as_ref());
+        let mut labels = peer_labels(&self.downstream, upstream, self.service.as_deref());
+        labels.push(Label::new("request_protocol", self.protocol));
+        labels.push(Label::new("response_code", self.status.to_string()));
+        labels.push(Label::new(
+            "grpc_response_status",
+            self.grpc_status.clone().unwrap_or_default(),
+        ));
+        labels.push(Label::new("response_flags", self.flags));
+        RequestHandles {
+            requests: counter!(REQUESTS, labels.clone()),
+            duration: histogram!(REQUEST_DURATION, labels.clone()),
+            request_bytes: histogram!(REQUEST_BYTES, labels.clone()),
+            response_bytes: histogram!(RESPONSE_BYTES, labels),
+        }
+    }
+}
+
+/// Shows the value, or `-` when there is none (access-log fields), without allocating.
+struct OrDash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ambient_controller::ca::authority::CertificateAuthority;
+use ambient_controller::deployer::PROXY_ENV;
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -626,12 +627,21 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
         image: Some(image.to_string()),
         command: Some(strings(&[ZTUNNEL])),
         args: Some(ztunnel_args(opts)),
-        env: Some(vec![
-            field_env("NODE_NAME", "spec.nodeName"),
-            field_env("INSTANCE_IP", "status.podIP"),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        env: Some(
+            [
+                field_env("NODE_NAME", "spec.nodeName"),
+                field_env("INSTANCE_IP", "status.podIP"),
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+            ]
+            .into_iter()
+            .chain(PROXY_ENV.iter().map(|(name, value)| EnvVar {
+                name: name.to_string(),
+                value: Some(value.to_string()),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         ports: Some(vec![port("http-metrics", 15020), port("http-ready", 15021)]),
         readiness_probe: Some(http_probe("/healthz/ready", 15021)),
         volume_mounts: Some(vec![

@@ -26,6 +26,11 @@ pub struct MeshOptions {
     pub log_filter: String,
     /// The controller's debounce quiet period.
     pub debounce_quiet: Duration,
+    /// Run ztunnels from this standalone `ztunnel` binary instead of `exe component ztunnel`
+    /// (what a node runs; the benchmark measures its memory).
+    pub ztunnel_exe: Option<PathBuf>,
+    /// Extra flags for every ztunnel.
+    pub ztunnel_args: Vec<String>,
 }
 
 impl MeshOptions {
@@ -36,6 +41,8 @@ impl MeshOptions {
             workload_cert_ttl: Duration::from_secs(24 * 3600),
             log_filter: "info".into(),
             debounce_quiet: Duration::from_millis(50),
+            ztunnel_exe: None,
+            ztunnel_args: Vec::new(),
         }
     }
 }
@@ -288,34 +295,44 @@ impl Mesh {
             .ok_or_else(|| MeshError::Unknown(format!("node {node}")))?;
         let dir = procs.dir.clone();
         let run = self.lab.run_dir.clone();
-        let env = [("RUST_LOG", self.options.log_filter.as_str())];
+        let env: Vec<(&str, &str)> =
+            std::iter::once(("RUST_LOG", self.options.log_filter.as_str()))
+                .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
+                .collect();
+        let (exe, leading): (&Path, &[&str]) = match &self.options.ztunnel_exe {
+            Some(standalone) => (standalone, &[]),
+            None => (&self.options.exe, &["component", "ztunnel"]),
+        };
         let ztunnel = Proc::spawn(
             &format!("ztunnel-{node}"),
             &netns,
-            &self.options.exe,
-            &[
-                "component".into(),
-                "ztunnel".into(),
-                "--node-name".into(),
-                node.to_string(),
-                "--trust-domain".into(),
-                self.options.trust_domain.clone(),
-                "--instance-ip".into(),
-                self.lab.node(node).ip.to_string(),
-                "--controller-address".into(),
-                format!("https://{}", controller_grpc()),
-                "--ca-root".into(),
-                run.join("ca").join("root-cert.pem").display().to_string(),
-                "--token-file".into(),
-                run.join("tokens")
-                    .join(format!("{node}.token"))
-                    .display()
-                    .to_string(),
-                "--workload-cert-ttl-secs".into(),
-                self.options.workload_cert_ttl.as_secs().max(1).to_string(),
-                "--zds-socket".into(),
-                dir.join("ztunnel.sock").display().to_string(),
-            ],
+            exe,
+            &leading
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "--node-name".into(),
+                    node.to_string(),
+                    "--trust-domain".into(),
+                    self.options.trust_domain.clone(),
+                    "--instance-ip".into(),
+                    self.lab.node(node).ip.to_string(),
+                    "--controller-address".into(),
+                    format!("https://{}", controller_grpc()),
+                    "--ca-root".into(),
+                    run.join("ca").join("root-cert.pem").display().to_string(),
+                    "--token-file".into(),
+                    run.join("tokens")
+                        .join(format!("{node}.token"))
+                        .display()
+                        .to_string(),
+                    "--workload-cert-ttl-secs".into(),
+                    self.options.workload_cert_ttl.as_secs().max(1).to_string(),
+                    "--zds-socket".into(),
+                    dir.join("ztunnel.sock").display().to_string(),
+                ])
+                .chain(self.options.ztunnel_args.iter().cloned())
+                .collect::<Vec<String>>(),
             &run.join("logs").join(format!("ztunnel-{node}.log")),
             &env,
         )?;

@@ -217,7 +217,10 @@ fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
             "image": "ambient-rs/waypoint",
             "command": [env.exe.display().to_string()],
             "args": args,
-            "env": [{"name": "RUST_LOG", "value": env.log_filter}],
+            "env": std::iter::once(("RUST_LOG", env.log_filter.as_str()))
+                .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect::<Vec<_>>(),
             "ports": [
                 {"containerPort": 15008, "name": "mesh", "protocol": "TCP"},
                 {"containerPort": 15020, "name": "metrics", "protocol": "TCP"},

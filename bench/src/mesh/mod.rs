@@ -51,16 +51,13 @@ const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
 /// The waypoint Gateway (and its pod's service account), in the `waypoint` namespace.
 const WAYPOINT_NAME: &str = "waypoint";
 
-/// Extra flags for `bench component ztunnel` (see `--ztunnel-args`), in the sandbox
-/// directory.
-const ZTUNNEL_ARGS_FILE: &str = "ztunnel-args";
-
-/// The extra ztunnel flags of the benchmark running in this sandbox, if any.
-pub fn extra_ztunnel_args() -> Vec<OsString> {
-    sandbox::inside()
-        .and_then(|dir| std::fs::read_to_string(dir.join(ZTUNNEL_ARGS_FILE)).ok())
-        .map(|s| s.split_whitespace().map(OsString::from).collect())
-        .unwrap_or_default()
+/// The standalone `ztunnel` binary built next to this one (`cargo build --release -p ztunnel`
+/// in the same command line as the benchmark, so it is current): what a node runs.
+/// Otherwise ztunnels run from this multi-call binary, whose much larger image adds resident
+/// pages of its own (relocated data), so memory figures are higher than a node's.
+fn standalone_ztunnel() -> Option<PathBuf> {
+    let ztunnel = std::env::current_exe().ok()?.with_file_name("ztunnel");
+    ztunnel.is_file().then_some(ztunnel)
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -173,9 +170,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "the benchmark failed ({status})");
         return Ok(());
     };
-    if let Some(extra) = &opts.ztunnel_args {
-        std::fs::write(run_dir.join(ZTUNNEL_ARGS_FILE), extra)?;
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -195,10 +189,13 @@ struct Bench {
     ztunnels: Vec<(&'static str, u32)>,
     waypoint_pid: u32,
     waypoint_netns: Arc<Netns>,
+    /// `standalone` (the `ztunnel` binary) or `multi-call` (`bench component ztunnel`).
+    ztunnel_binary: &'static str,
 }
 
 impl Bench {
-    async fn start(run_dir: PathBuf, log: &str) -> anyhow::Result<Bench> {
+    async fn start(run_dir: PathBuf, opts: &Options) -> anyhow::Result<Bench> {
+        let log = opts.log.as_str();
         let exe = std::env::current_exe()?;
         let mut lab = Lab::new(&run_dir)?;
         for node in NODES {
@@ -267,6 +264,30 @@ impl Bench {
             .collect();
         let mut options = MeshOptions::new(exe.clone());
         options.log_filter = log.to_string();
+        options.ztunnel_args = opts
+            .ztunnel_args
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        options.ztunnel_exe = standalone_ztunnel();
+        let ztunnel_binary = if options.ztunnel_exe.is_some() {
+            "standalone"
+        } else {
+            "multi-call"
+        };
+        eprintln!(
+            "ztunnel binary: {}",
+            match &options.ztunnel_exe {
+                Some(p) => p.display().to_string(),
+                None => format!(
+                    "{} component ztunnel (build the standalone one with `cargo build --release \
+                     -p ztunnel` for a node's memory figures)",
+                    exe.display()
+                ),
+            }
+        );
         let mesh = Mesh::start(lab, &refs, options).await?;
         let waypoint = start_waypoint(&mesh, &exe, &waypoint_netns, &run_dir, log).await?;
         let waypoint_pid = waypoint.pid();
@@ -281,7 +302,7 @@ impl Bench {
             .map(|node| {
                 let zds = run_dir.join(format!("node-{node}")).join("ztunnel.sock");
                 let zds = zds.display().to_string();
-                procfs::find_process(&["component", "ztunnel", "--node-name", node, &zds])
+                procfs::find_process(&["--node-name", node, &zds])
                     .map(|pid| (*node, pid))
                     .with_context(|| format!("finding the ztunnel of {node}"))
             })
@@ -294,6 +315,7 @@ impl Bench {
             ztunnels,
             waypoint_pid,
             waypoint_netns,
+            ztunnel_binary,
         })
     }
 
@@ -515,7 +537,9 @@ async fn start_waypoint(
         exe,
         &args,
         &run_dir.join("logs").join("waypoint.log"),
-        &[("RUST_LOG", log)],
+        &std::iter::once(("RUST_LOG", log))
+            .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
+            .collect::<Vec<_>>(),
     )?;
     let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
     let start = Instant::now();
@@ -584,8 +608,11 @@ struct Settings {
     response_bytes: usize,
     idle_connections: Vec<usize>,
     nofile_limit: u64,
-    /// `MIMALLOC_*` variables the ztunnels inherited (they change memory figures).
+    /// `MIMALLOC_*` variables the proxies ran with (they change memory figures): the
+    /// deployed settings, then any inherited from this process.
     allocator_env: Vec<String>,
+    /// Which ztunnel binary ran: `standalone` (as on a node) or `multi-call`.
+    ztunnel_binary: &'static str,
     quick: bool,
 }
 
@@ -602,7 +629,7 @@ fn progress(what: &str, path: Path, value: String) {
 
 async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result<()> {
     let setup = Instant::now();
-    let bench = Bench::start(run_dir, &opts.log).await?;
+    let bench = Bench::start(run_dir, &opts).await?;
     for path in Path::ALL {
         reachable(bench.dial(path, HTTP_PORT), path.name()).await?;
     }
@@ -968,10 +995,16 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
             response_bytes: loadgen::http::DEFAULT_BODY,
             idle_connections: opts.idle_connections.clone(),
             nofile_limit: nofile,
-            allocator_env: std::env::vars()
-                .filter(|(k, _)| k.starts_with("MIMALLOC_"))
+            allocator_env: ambient_controller::deployer::PROXY_ENV
+                .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .chain(
+                    std::env::vars()
+                        .filter(|(k, _)| k.starts_with("MIMALLOC_"))
+                        .map(|(k, v)| format!("{k}={v}")),
+                )
                 .collect(),
+            ztunnel_binary: bench.ztunnel_binary,
             quick: opts.quick,
         },
         figures,

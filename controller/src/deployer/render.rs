@@ -193,17 +193,25 @@ pub fn render(gateway: &Gateway, config: &DeployerConfig) -> Option<Rendered> {
         "service.istio.io/canonical-name": name,
         "service.istio.io/canonical-revision": "latest",
     });
+    let env: Vec<Value> = [
+        field_env("NODE_NAME", "spec.nodeName"),
+        field_env("POD_IP", "status.podIP"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ]
+    .into_iter()
+    .chain(
+        super::PROXY_ENV
+            .iter()
+            .map(|(name, value)| json!({"name": name, "value": value})),
+    )
+    .collect();
     let container = json!({
         "name": CONTAINER,
         "image": config.image,
         "command": ["waypoint"],
         "args": args(namespace, name, config),
-        "env": [
-            field_env("NODE_NAME", "spec.nodeName"),
-            field_env("POD_IP", "status.podIP"),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-        ],
+        "env": env,
         "ports": [
             {"containerPort": 15008, "name": "mesh", "protocol": "TCP"},
             {"containerPort": 15020, "name": "http-metrics", "protocol": "TCP"},
