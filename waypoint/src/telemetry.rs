@@ -200,11 +200,17 @@ fn address<T>(a: Option<&Arc<T>>) -> usize {
 /// workloads the control plane has replaced).
 const MAX_CACHED_LABEL_SETS: usize = 1024;
 
+/// Handles by the hash of their key (a bucket holds the rare keys that share a hash).
+#[derive(Default)]
+struct HandleCache {
+    entries: usize,
+    by_hash: HashMap<u64, Vec<(HandleKey, Arc<RequestHandles>)>>,
+}
+
 thread_local! {
     /// Per worker thread, so the request path takes no lock: building Istio's 25 labels and
     /// finding them in the registry cost more than all the rest of a request's accounting.
-    static REQUEST_HANDLES: RefCell<(usize, HashMap<u64, Vec<(HandleKey, Arc<RequestHandles>)>>)> =
-        RefCell::new((0, HashMap::new()));
+    static REQUEST_HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
 }
 
 /// One HTTP request's facts, filled in along the request path.
@@ -295,14 +301,14 @@ impl RequestLog {
         REQUEST_HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
             if let Some((_, h)) = cache
-                .1
+                .by_hash
                 .get(&hash)
                 .and_then(|v| v.iter().find(|(k, _)| self.matches(k)))
             {
                 return h.clone();
             }
-            if cache.0 >= MAX_CACHED_LABEL_SETS {
-                *cache = (0, HashMap::new());
+            if cache.entries >= MAX_CACHED_LABEL_SETS {
+                *cache = HandleCache::default();
             }
             let handles = Arc::new(self.register());
             let key = HandleKey {
@@ -315,9 +321,9 @@ impl RequestLog {
                 grpc_status: self.grpc_status.clone(),
                 flags: self.flags,
             };
-            cache.0 += 1;
+            cache.entries += 1;
             cache
-                .1
+                .by_hash
                 .entry(hash)
                 .or_default()
                 .push((key, handles.clone()));

@@ -133,6 +133,10 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
     let mut connection_info = info("-");
     connection_info.src_addr = src_addr;
     let mut record = ConnectionRecord::open(connection_info);
+    // What lives as long as the connection is the record and the relay: the state snapshot
+    // and the lookups made in it are released, so a long connection pins no old
+    // configuration.
+    drop((snapshot, src_workload, me));
     let cancel = ctx.cancel.child_token();
     let _registration = ctx.shared.connections.register(Tracked {
         pod_uid: ctx.uid.clone(),

@@ -125,21 +125,25 @@ async fn hbone(
     me: Option<Arc<Workload>>,
     up: Upstream,
 ) {
-    let dst_identity = up.workload.identity.clone();
     let hbone_addr = up
         .waypoint
         .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT));
-    let key = (ctx.identity.clone(), dst_identity.clone(), hbone_addr);
-    let request = ConnectRequest {
-        authority: up.addr,
-        forwarded_for: Some(peer.ip()),
-        baggage: me.as_deref().map(baggage),
-        traceparent: Some(new_traceparent()),
+    // The pool key and the CONNECT request (identities, baggage, traceparent: a few hundred
+    // bytes of strings) are only needed to open the stream: scoped so they are freed before
+    // the relay, which may hold the connection open for hours.
+    let stream = {
+        let dst_identity = up.workload.identity.clone();
+        let key = (ctx.identity.clone(), dst_identity.clone(), hbone_addr);
+        let request = ConnectRequest {
+            authority: up.addr,
+            forwarded_for: Some(peer.ip()),
+            baggage: me.as_deref().map(baggage),
+            traceparent: Some(new_traceparent()),
+        };
+        ctx.pool
+            .stream(&key, &request, || dial(ctx, hbone_addr, dst_identity))
+            .await
     };
-    let stream = ctx
-        .pool
-        .stream(&key, &request, || dial(ctx, hbone_addr, dst_identity))
-        .await;
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
