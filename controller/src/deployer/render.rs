@@ -365,7 +365,22 @@ pub(crate) mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
         let c = &pod.containers[0];
         let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
-        assert_eq!(env, ["NODE_NAME", "POD_IP", "POD_NAME", "POD_NAMESPACE"]);
+        assert_eq!(
+            env,
+            [
+                "NODE_NAME",
+                "POD_IP",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "MIMALLOC_ARENA_EAGER_COMMIT"
+            ]
+        );
+        let allocator = c.env.iter().flatten().last().unwrap();
+        assert_eq!(
+            allocator.value.as_deref(),
+            Some("0"),
+            "proxies' allocator setting"
+        );
         let probe = c.readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(probe.path.as_deref(), Some(READINESS_PATH));
         let args = c.args.clone().unwrap();
