@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use spiffe::SpiffeId;
 
@@ -10,13 +11,32 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// A workload identity: one per Kubernetes service account.
 ///
-/// Kept as its three parts (not a URI string) because authorization, metrics and the CA all
-/// ask for the namespace or the account separately.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
+/// Kept as its three parts because authorization, metrics and the CA all ask for the
+/// namespace or the account separately, and with its URI because logs and labels show it.
+/// Shared: every connection record, pool key and policy check holds one, and a clone is a
+/// reference count, not three string copies.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(Arc<Parts>);
+
+// Field order is the ordering: trust domain, namespace, account (the URI follows from them).
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     trust_domain: String,
     namespace: String,
     service_account: String,
+    uri: String,
+}
+
+impl Identity {
+    fn from_parts(trust_domain: String, namespace: String, service_account: String) -> Self {
+        let uri = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        Identity(Arc::new(Parts {
+            trust_domain,
+            namespace,
+            service_account,
+            uri,
+        }))
+    }
 }
 
 /// Why a string or certificate did not yield a mesh identity.
@@ -35,11 +55,11 @@ impl Identity {
         namespace: impl Into<String>,
         service_account: impl Into<String>,
     ) -> Result<Self, IdentityError> {
-        let id = Identity {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-        };
+        let id = Identity::from_parts(
+            trust_domain.into(),
+            namespace.into(),
+            service_account.into(),
+        );
         // Round-trip through the spiffe crate so only valid IDs exist.
         let uri = id.to_string();
         let parsed: Identity = uri.parse()?;
@@ -50,20 +70,25 @@ impl Identity {
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
+    }
+
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`, without formatting anything.
+    pub fn as_uri(&self) -> &str {
+        &self.0.uri
     }
 
     /// The identity as a [`SpiffeId`].
     pub fn spiffe_id(&self) -> SpiffeId {
-        SpiffeId::new(self.to_string()).expect("validated at construction")
+        SpiffeId::new(self.as_uri()).expect("validated at construction")
     }
 }
 
@@ -73,11 +98,11 @@ impl TryFrom<&SpiffeId> for Identity {
     fn try_from(id: &SpiffeId) -> Result<Self, Self::Error> {
         let segments: Vec<&str> = id.path().trim_start_matches('/').split('/').collect();
         match segments.as_slice() {
-            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(Identity {
-                trust_domain: id.trust_domain_name().to_string(),
-                namespace: (*ns).to_string(),
-                service_account: (*sa).to_string(),
-            }),
+            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(Identity::from_parts(
+                id.trust_domain_name().to_string(),
+                (*ns).to_string(),
+                (*sa).to_string(),
+            )),
             _ => Err(IdentityError::NotWorkloadPath(id.to_string())),
         }
     }
@@ -94,11 +119,17 @@ impl FromStr for Identity {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(self.as_uri())
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("trust_domain", &self.0.trust_domain)
+            .field("namespace", &self.0.namespace)
+            .field("service_account", &self.0.service_account)
+            .finish()
     }
 }
 

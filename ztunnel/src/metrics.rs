@@ -1,12 +1,16 @@
 //! Istio's standard TCP metrics and the per-connection access log.
 //!
-//! Every connection gets a [`ConnectionRecord`]: it resolves its labelled counters once (a
-//! registry lookup per connection, never per byte), bumps them with atomic adds as bytes move,
-//! and writes one access-log line when the connection ends.
+//! Every connection gets a [`ConnectionRecord`]: it takes its labelled counters from the
+//! worker thread's cache (Istio's 21 labels are built and registered once per label set, not
+//! per connection), bumps them with atomic adds as bytes move, and writes one access-log line
+//! when the connection ends.
 //!
 //! Label values come only from workloads the control plane described (or `unknown`), so
 //! cardinality is bounded by the number of workload pairs that actually talk.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,14 +67,14 @@ pub fn dns_request(response_code: &'static str) {
 }
 
 /// Which proxy reports a connection (Istio's `reporter` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Source,
     Destination,
 }
 
 /// Whether the hop was mutual TLS (Istio's `connection_security_policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Security {
     MutualTls,
     None,
@@ -191,12 +195,134 @@ impl ConnectionInfo {
     }
 }
 
-/// Counters and access log of one connection. Dropping it records the close.
-pub struct ConnectionRecord {
-    info: ConnectionInfo,
+/// The four counters of one label set.
+struct TcpCounters {
+    opened: Counter,
     closed: Counter,
     sent: Counter,
     received: Counter,
+}
+
+impl TcpCounters {
+    fn register(info: &ConnectionInfo) -> Self {
+        let labels = info.labels();
+        TcpCounters {
+            opened: counter!(CONNECTIONS_OPENED, labels.iter()),
+            closed: counter!(CONNECTIONS_CLOSED, labels.iter()),
+            sent: counter!(SENT_BYTES, labels.iter()),
+            received: counter!(RECEIVED_BYTES, labels.iter()),
+        }
+    }
+}
+
+/// What the labels are made of. Workloads and services are compared by address: a changed
+/// workload is a new object and gets its own entry (the key holds it, so the address stays
+/// unique while cached).
+struct CounterKey {
+    reporter: Reporter,
+    security: Security,
+    flags: &'static str,
+    src_workload: Option<Arc<Workload>>,
+    src_identity: Option<Identity>,
+    dst_workload: Option<Arc<Workload>>,
+    dst_identity: Option<Identity>,
+    dst_service: Option<Arc<Service>>,
+}
+
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn address<T>(a: Option<&Arc<T>>) -> usize {
+    a.map_or(0, |a| Arc::as_ptr(a) as usize)
+}
+
+impl ConnectionInfo {
+    fn key_hash(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.reporter, self.security, self.response_flags).hash(&mut h);
+        address(self.src_workload.as_ref()).hash(&mut h);
+        address(self.dst_workload.as_ref()).hash(&mut h);
+        address(self.dst_service.as_ref()).hash(&mut h);
+        (&self.src_identity, &self.dst_identity).hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, k: &CounterKey) -> bool {
+        (k.reporter, k.security, k.flags) == (self.reporter, self.security, self.response_flags)
+            && same(k.src_workload.as_ref(), self.src_workload.as_ref())
+            && same(k.dst_workload.as_ref(), self.dst_workload.as_ref())
+            && same(k.dst_service.as_ref(), self.dst_service.as_ref())
+            && k.src_identity == self.src_identity
+            && k.dst_identity == self.dst_identity
+    }
+
+    fn key(&self) -> CounterKey {
+        CounterKey {
+            reporter: self.reporter,
+            security: self.security,
+            flags: self.response_flags,
+            src_workload: self.src_workload.clone(),
+            src_identity: self.src_identity.clone(),
+            dst_workload: self.dst_workload.clone(),
+            dst_identity: self.dst_identity.clone(),
+            dst_service: self.dst_service.clone(),
+        }
+    }
+
+    /// This connection's counters: from the thread's cache, or registered once.
+    fn counters(&self) -> Arc<TcpCounters> {
+        let hash = self.key_hash();
+        COUNTERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, c)) = cache
+                .by_hash
+                .get(&hash)
+                .and_then(|v| v.iter().find(|(k, _)| self.matches(k)))
+            {
+                return c.clone();
+            }
+            if cache.entries >= MAX_CACHED_LABEL_SETS {
+                *cache = CounterCache::default();
+            }
+            let counters = Arc::new(TcpCounters::register(self));
+            cache.entries += 1;
+            cache
+                .by_hash
+                .entry(hash)
+                .or_default()
+                .push((self.key(), counters.clone()));
+            counters
+        })
+    }
+}
+
+/// Label sets a worker thread remembers before it starts over (bounds memory, and releases
+/// workloads the control plane has replaced).
+const MAX_CACHED_LABEL_SETS: usize = 1024;
+
+/// Counters by the hash of their key (a bucket holds the rare keys that share a hash).
+#[derive(Default)]
+struct CounterCache {
+    entries: usize,
+    by_hash: HashMap<u64, Vec<(CounterKey, Arc<TcpCounters>)>>,
+}
+
+thread_local! {
+    /// Per worker thread, so opening a connection takes no lock for its metrics: building
+    /// the labels and finding them in the registry cost more than the rest of the
+    /// connection's accounting.
+    static COUNTERS: RefCell<CounterCache> = RefCell::new(CounterCache::default());
+}
+
+/// Counters and access log of one connection. Dropping it records the close.
+pub struct ConnectionRecord {
+    info: ConnectionInfo,
+    counters: Arc<TcpCounters>,
     sent_total: AtomicU64,
     received_total: AtomicU64,
     start: Instant,
@@ -206,12 +332,10 @@ pub struct ConnectionRecord {
 impl ConnectionRecord {
     /// Counts the connection as opened.
     pub fn open(info: ConnectionInfo) -> Self {
-        let labels = info.labels();
-        counter!(CONNECTIONS_OPENED, labels.iter()).increment(1);
+        let counters = info.counters();
+        counters.opened.increment(1);
         ConnectionRecord {
-            closed: counter!(CONNECTIONS_CLOSED, labels.iter()),
-            sent: counter!(SENT_BYTES, labels.iter()),
-            received: counter!(RECEIVED_BYTES, labels.iter()),
+            counters,
             info,
             sent_total: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
@@ -222,13 +346,13 @@ impl ConnectionRecord {
 
     /// Bytes from the client toward the destination.
     pub fn request_bytes(&self, n: usize) {
-        self.received.increment(n as u64);
+        self.counters.received.increment(n as u64);
         self.received_total.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Bytes from the destination back to the client.
     pub fn response_bytes(&self, n: usize) {
-        self.sent.increment(n as u64);
+        self.counters.sent.increment(n as u64);
         self.sent_total.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -250,11 +374,18 @@ impl ConnectionRecord {
 
 impl Drop for ConnectionRecord {
     fn drop(&mut self) {
-        self.closed.increment(1);
+        self.counters.closed.increment(1);
+        // Fields are borrowed, not formatted into new strings: one line per connection.
         let i = &self.info;
-        let name = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.name.clone());
-        let ns = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.namespace.clone());
-        let id = |x: &Option<Identity>| x.as_ref().map(|x| x.to_string());
+        fn name(w: &Option<Arc<Workload>>) -> Option<&str> {
+            w.as_deref().map(|w| w.name.as_str())
+        }
+        fn ns(w: &Option<Arc<Workload>>) -> Option<&str> {
+            w.as_deref().map(|w| w.namespace.as_str())
+        }
+        fn id(x: &Option<Identity>) -> Option<&str> {
+            x.as_ref().map(Identity::as_uri)
+        }
         info!(
             target: "access",
             src_addr = %i.src_addr,
@@ -262,8 +393,8 @@ impl Drop for ConnectionRecord {
             src_namespace = ns(&i.src_workload),
             src_identity = id(&i.src_identity),
             dst_addr = %i.dst_addr,
-            dst_hbone_addr = i.dst_hbone_addr.map(|a| a.to_string()),
-            dst_service = i.dst_service.as_ref().map(|s| s.hostname.clone()),
+            dst_hbone_addr = i.dst_hbone_addr.map(tracing::field::display),
+            dst_service = i.dst_service.as_ref().map(|s| s.hostname.as_str()),
             dst_workload = name(&i.dst_workload),
             dst_namespace = ns(&i.dst_workload),
             dst_identity = id(&i.dst_identity),

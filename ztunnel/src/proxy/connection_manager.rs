@@ -14,15 +14,15 @@ use ambient_proto::identity::Identity;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::PodContext;
 use crate::rbac::Connection;
 use crate::state::Snapshot;
 
 /// What an inbound connection was authorized on.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tracked {
-    pub pod_uid: String,
-    pub pod_namespace: String,
-    pub pod_name: String,
+    /// The pod served (shared with its proxies: nothing copied per connection).
+    pub pod: Arc<PodContext>,
     pub src_identity: Option<Identity>,
     pub src_ip: IpAddr,
     pub dst: SocketAddr,
@@ -85,12 +85,12 @@ impl ConnectionManager {
             .values()
             .filter(|t| !t.cancel.is_cancelled())
             .map(|t| ConnectionDump {
-                pod: format!("{}/{}", t.pod_namespace, t.pod_name),
+                pod: format!("{}/{}", t.pod.namespace, t.pod.name),
                 source: t.src_ip.to_string(),
                 destination: t.dst.to_string(),
                 source_identity: t.src_identity.as_ref().map(|i| i.to_string()),
                 destination_identity: snapshot
-                    .find_pod(&t.pod_uid, &t.pod_namespace, &t.pod_name)
+                    .find_pod(&t.pod.uid, &t.pod.namespace, &t.pod.name)
                     .map(|w| w.identity.to_string()),
             })
             .collect();
@@ -122,7 +122,7 @@ impl ConnectionManager {
             if t.cancel.is_cancelled() {
                 continue;
             }
-            let Some(dst) = snapshot.find_pod(&t.pod_uid, &t.pod_namespace, &t.pod_name) else {
+            let Some(dst) = snapshot.find_pod(&t.pod.uid, &t.pod.namespace, &t.pod.name) else {
                 continue;
             };
             let conn = Connection {
@@ -132,9 +132,9 @@ impl ConnectionManager {
             };
             if let Err(denial) = snapshot.authorize(dst, &conn) {
                 info!(
-                    pod = %t.pod_name,
+                    pod = %t.pod.name,
                     src = %t.src_ip,
-                    src_identity = t.src_identity.as_ref().map(|i| i.to_string()),
+                    src_identity = t.src_identity.as_ref().map(|i| i.as_uri()),
                     dst = %t.dst,
                     reason = %denial,
                     "closing a live connection the new policy denies"

@@ -139,9 +139,7 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
     drop((snapshot, src_workload, me));
     let cancel = ctx.cancel.child_token();
     let _registration = ctx.shared.connections.register(Tracked {
-        pod_uid: ctx.uid.clone(),
-        pod_namespace: ctx.namespace.clone(),
-        pod_name: ctx.name.clone(),
+        pod: ctx.clone(),
         src_identity: Some(peer_id),
         src_ip: client_ip,
         dst,

@@ -75,9 +75,7 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
     let mut record = ConnectionRecord::open(info("-"));
     let cancel = ctx.cancel.child_token();
     let _registration = ctx.shared.connections.register(Tracked {
-        pod_uid: ctx.uid.clone(),
-        pod_namespace: ctx.namespace.clone(),
-        pod_name: ctx.name.clone(),
+        pod: ctx.clone(),
         src_identity: None,
         src_ip: peer.ip(),
         dst,
