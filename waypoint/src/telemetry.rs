@@ -6,7 +6,6 @@
 //! is bounded by the pairs that actually talk.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -20,6 +19,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use metrics::{Counter, Histogram, Label, counter, histogram};
 use tracing::info;
+use ztunnel::metrics::{LabelSetCache, address, same};
 use ztunnel::state::{Service, Workload};
 
 use crate::inbound::Downstream;
@@ -184,33 +184,10 @@ struct HandleKey {
     flags: &'static str,
 }
 
-fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-fn address<T>(a: Option<&Arc<T>>) -> usize {
-    a.map_or(0, |a| Arc::as_ptr(a) as usize)
-}
-
-/// Label sets a worker thread remembers before it starts over (bounds memory, and releases
-/// workloads the control plane has replaced).
-const MAX_CACHED_LABEL_SETS: usize = 1024;
-
-/// Handles by the hash of their key (a bucket holds the rare keys that share a hash).
-#[derive(Default)]
-struct HandleCache {
-    entries: usize,
-    by_hash: HashMap<u64, Vec<(HandleKey, Arc<RequestHandles>)>>,
-}
-
 thread_local! {
-    /// Per worker thread, so the request path takes no lock: building Istio's 25 labels and
-    /// finding them in the registry cost more than all the rest of a request's accounting.
-    static REQUEST_HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
+    /// Per worker thread, so the request path takes no lock.
+    static REQUEST_HANDLES: RefCell<LabelSetCache<HandleKey, Arc<RequestHandles>>> =
+        RefCell::new(LabelSetCache::default());
 }
 
 /// One HTTP request's facts, filled in along the request path.
@@ -297,38 +274,26 @@ impl RequestLog {
 
     /// This request's metric handles: from the thread's cache, or registered once.
     fn handles(&self) -> Arc<RequestHandles> {
-        let hash = self.key_hash();
-        REQUEST_HANDLES.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if let Some((_, h)) = cache
-                .by_hash
-                .get(&hash)
-                .and_then(|v| v.iter().find(|(k, _)| self.matches(k)))
-            {
-                return h.clone();
-            }
-            if cache.entries >= MAX_CACHED_LABEL_SETS {
-                *cache = HandleCache::default();
-            }
-            let handles = Arc::new(self.register());
-            let key = HandleKey {
-                source: self.downstream.workload.clone(),
-                source_principal: self.downstream.identity.clone(),
-                destination: self.upstream.as_ref().map(|e| e.workload.clone()),
-                service: self.service.clone(),
-                protocol: self.protocol,
-                status: self.status,
-                grpc_status: self.grpc_status.clone(),
-                flags: self.flags,
-            };
-            cache.entries += 1;
-            cache
-                .by_hash
-                .entry(hash)
-                .or_default()
-                .push((key, handles.clone()));
-            handles
+        REQUEST_HANDLES.with_borrow_mut(|cache| {
+            cache.get_or_register(
+                self.key_hash(),
+                |k| self.matches(k),
+                || (self.key(), Arc::new(self.register())),
+            )
         })
+    }
+
+    fn key(&self) -> HandleKey {
+        HandleKey {
+            source: self.downstream.workload.clone(),
+            source_principal: self.downstream.identity.clone(),
+            destination: self.upstream.as_ref().map(|e| e.workload.clone()),
+            service: self.service.clone(),
+            protocol: self.protocol,
+            status: self.status,
+            grpc_status: self.grpc_status.clone(),
+            flags: self.flags,
+        }
     }
 
     fn register(&self) -> RequestHandles {

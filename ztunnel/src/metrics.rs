@@ -229,7 +229,8 @@ struct CounterKey {
     dst_service: Option<Arc<Service>>,
 }
 
-fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+/// Whether two optional objects are the same object (label-set keys compare by address).
+pub fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
@@ -237,8 +238,60 @@ fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     }
 }
 
-fn address<T>(a: Option<&Arc<T>>) -> usize {
+/// An optional object's address, for hashing a label-set key.
+pub fn address<T>(a: Option<&Arc<T>>) -> usize {
     a.map_or(0, |a| Arc::as_ptr(a) as usize)
+}
+
+/// Metric handles by label set, for one thread (so the lookup takes no lock): building Istio's
+/// labels and finding them in the registry costs more than the rest of a connection's or a
+/// request's accounting, so it is done once per label set.
+///
+/// Entries are found by the hash of their key (a bucket holds the rare keys that share a
+/// hash); past [`LabelSetCache::CAPACITY`] entries the cache starts over, which bounds memory
+/// and releases objects (workloads, services) the control plane has replaced.
+pub struct LabelSetCache<K, V> {
+    entries: usize,
+    by_hash: HashMap<u64, Vec<(K, V)>>,
+}
+
+impl<K, V> Default for LabelSetCache<K, V> {
+    fn default() -> Self {
+        LabelSetCache {
+            entries: 0,
+            by_hash: HashMap::new(),
+        }
+    }
+}
+
+impl<K, V: Clone> LabelSetCache<K, V> {
+    pub const CAPACITY: usize = 1024;
+
+    /// The handles whose key `matches`, or those `register` makes (with their key).
+    pub fn get_or_register(
+        &mut self,
+        hash: u64,
+        matches: impl Fn(&K) -> bool,
+        register: impl FnOnce() -> (K, V),
+    ) -> V {
+        if let Some((_, v)) = self
+            .by_hash
+            .get(&hash)
+            .and_then(|bucket| bucket.iter().find(|(k, _)| matches(k)))
+        {
+            return v.clone();
+        }
+        if self.entries >= Self::CAPACITY {
+            *self = LabelSetCache::default();
+        }
+        let (key, value) = register();
+        self.entries += 1;
+        self.by_hash
+            .entry(hash)
+            .or_default()
+            .push((key, value.clone()));
+        value
+    }
 }
 
 impl ConnectionInfo {
@@ -276,47 +329,19 @@ impl ConnectionInfo {
 
     /// This connection's counters: from the thread's cache, or registered once.
     fn counters(&self) -> Arc<TcpCounters> {
-        let hash = self.key_hash();
-        COUNTERS.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if let Some((_, c)) = cache
-                .by_hash
-                .get(&hash)
-                .and_then(|v| v.iter().find(|(k, _)| self.matches(k)))
-            {
-                return c.clone();
-            }
-            if cache.entries >= MAX_CACHED_LABEL_SETS {
-                *cache = CounterCache::default();
-            }
-            let counters = Arc::new(TcpCounters::register(self));
-            cache.entries += 1;
-            cache
-                .by_hash
-                .entry(hash)
-                .or_default()
-                .push((self.key(), counters.clone()));
-            counters
+        COUNTERS.with_borrow_mut(|cache| {
+            cache.get_or_register(
+                self.key_hash(),
+                |k| self.matches(k),
+                || (self.key(), Arc::new(TcpCounters::register(self))),
+            )
         })
     }
 }
 
-/// Label sets a worker thread remembers before it starts over (bounds memory, and releases
-/// workloads the control plane has replaced).
-const MAX_CACHED_LABEL_SETS: usize = 1024;
-
-/// Counters by the hash of their key (a bucket holds the rare keys that share a hash).
-#[derive(Default)]
-struct CounterCache {
-    entries: usize,
-    by_hash: HashMap<u64, Vec<(CounterKey, Arc<TcpCounters>)>>,
-}
-
 thread_local! {
-    /// Per worker thread, so opening a connection takes no lock for its metrics: building
-    /// the labels and finding them in the registry cost more than the rest of the
-    /// connection's accounting.
-    static COUNTERS: RefCell<CounterCache> = RefCell::new(CounterCache::default());
+    static COUNTERS: RefCell<LabelSetCache<CounterKey, Arc<TcpCounters>>> =
+        RefCell::new(LabelSetCache::default());
 }
 
 /// Counters and access log of one connection. Dropping it records the close.
@@ -427,5 +452,39 @@ impl RelayObserver for RequestFromTunnel<'_> {
     }
     fn left_tunnel(&self, n: usize) {
         self.0.request_bytes(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_set_cache_registers_once_per_key_and_starts_over_when_full() {
+        let mut cache: LabelSetCache<u32, u32> = LabelSetCache::default();
+        let mut registered = 0;
+        let mut get = |cache: &mut LabelSetCache<u32, u32>, key: u32| {
+            // Every key shares one hash bucket: `matches` must tell them apart.
+            cache.get_or_register(
+                7,
+                |k| *k == key,
+                || {
+                    registered += 1;
+                    (key, key * 10)
+                },
+            )
+        };
+        assert_eq!(get(&mut cache, 1), 10);
+        assert_eq!(get(&mut cache, 2), 20);
+        assert_eq!(get(&mut cache, 1), 10);
+        for key in 3..=LabelSetCache::<u32, u32>::CAPACITY as u32 {
+            get(&mut cache, key);
+        }
+        assert_eq!(cache.entries, LabelSetCache::<u32, u32>::CAPACITY);
+        // Full: the next new key empties the cache first.
+        get(&mut cache, 5000);
+        assert_eq!(cache.entries, 1);
+        assert_eq!(get(&mut cache, 1), 10, "re-registered after the restart");
+        assert_eq!(registered, LabelSetCache::<u32, u32>::CAPACITY + 2);
     }
 }
