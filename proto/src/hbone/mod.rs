@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::tls::Rejection;
 
 pub use client::HboneConnection;
-pub use pool::{Pool, PoolSettings, PooledStream};
+pub use pool::{Pool, PoolSettings, PooledStream, StreamGuard};
 pub use relay::{LeanBuffer, RelayObserver, relay};
 pub use server::{InboundConnect, serve_connection};
 

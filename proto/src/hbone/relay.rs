@@ -129,11 +129,13 @@ pub enum RelayError {
 }
 
 /// Relays until both directions have finished. On an error either way, the stream is reset
-/// and the socket halves are dropped (the caller closes the socket).
+/// and the socket halves are dropped (the caller closes the socket). The stream is borrowed
+/// so that a caller holding it in a larger value does not move it into a second place in
+/// its (long-lived) future.
 pub async fn relay<R, W, O>(
     reader: R,
     writer: W,
-    stream: H2Stream,
+    stream: &mut H2Stream,
     observer: &O,
 ) -> Result<RelayTotals, RelayError>
 where
@@ -141,10 +143,10 @@ where
     W: AsyncWrite + Unpin,
     O: RelayObserver + ?Sized,
 {
-    let H2Stream { mut send, mut recv } = stream;
+    let H2Stream { send, recv } = stream;
     let result = futures::future::try_join(
-        plain_to_tunnel(reader, &mut send, observer),
-        tunnel_to_plain(&mut recv, writer, observer),
+        plain_to_tunnel(reader, send, observer),
+        tunnel_to_plain(recv, writer, observer),
     )
     .await;
     match result {

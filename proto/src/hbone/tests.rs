@@ -45,7 +45,7 @@ async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
                         inbound.reject(ConnectStatus::Unavailable);
                         return;
                     }
-                    let stream = inbound.accept().unwrap();
+                    let mut stream = inbound.accept().unwrap();
                     let (a, b) = tokio::io::duplex(64 * 1024);
                     let (r, w) = tokio::io::split(a);
                     tokio::spawn(async move {
@@ -53,7 +53,7 @@ async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
                         tokio::io::copy(&mut br, &mut bw).await.unwrap();
                         bw.shutdown().await.unwrap();
                     });
-                    let _ = relay(r, w, stream, &()).await;
+                    let _ = relay(r, w, &mut stream, &()).await;
                 };
                 if let Err(e) =
                     serve_connection(tcp, peer, acceptor, H2Settings::default(), handler).await
@@ -78,10 +78,10 @@ async fn dial(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<HboneConnec
 
 async fn echo_through(conn: &HboneConnection, payload: &[u8]) -> Vec<u8> {
     let target: SocketAddr = "10.0.0.1:8080".parse().unwrap();
-    let stream = conn.connect(&ConnectRequest::new(target)).await.unwrap();
+    let mut stream = conn.connect(&ConnectRequest::new(target)).await.unwrap();
     let (app, test_side) = tokio::io::duplex(64 * 1024);
     let (r, w) = tokio::io::split(app);
-    let relay_task = tokio::spawn(async move { relay(r, w, stream, &()).await });
+    let relay_task = tokio::spawn(async move { relay(r, w, &mut stream, &()).await });
     let (mut rd, mut wr) = tokio::io::split(test_side);
     let payload = payload.to_vec();
     let writer = tokio::spawn(async move {

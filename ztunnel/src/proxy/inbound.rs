@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambient_proto::hbone::{ConnectStatus, InboundConnect, relay, serve_connection};
+use ambient_proto::hbone::{ConnectStatus, H2Stream, InboundConnect, relay, serve_connection};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::Tracked;
+use super::connection_manager::{Registration, Tracked};
 use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
 use crate::rbac::Connection;
@@ -30,10 +31,7 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
         return;
     }
     let handler_ctx = ctx.clone();
-    let handler = move |inbound: InboundConnect| {
-        let ctx = handler_ctx.clone();
-        async move { connect(ctx, inbound).await }
-    };
+    let handler = move |inbound: InboundConnect| connect(handler_ctx.clone(), inbound);
     let served = serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.shared.h2, handler).await;
     if let Err(e) = served {
         metrics::hbone_rejected("inbound", e.reason.as_str());
@@ -47,25 +45,74 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
+/// An accepted CONNECT whose app connection is open, holding only what its relay needs.
+struct Admitted {
+    upstream: TcpStream,
+    stream: H2Stream,
+    record: ConnectionRecord,
+    /// Cancelled when a policy change denies the connection.
+    cancel: CancellationToken,
+    _registration: Registration,
+}
+
+fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) -> impl Future<Output = ()> + Send {
+    // Checking and opening (the request, lookups, policy, the app connection) needs several
+    // times the state of the relay that follows, which may last hours. It runs in a box that
+    // is freed when it finishes, so the stream's task is sized for the relay alone.
+    let admitting = Box::pin(admit(ctx, inbound));
+    async move {
+        // Bound once and borrowed: matching by value would keep a second copy in this future.
+        let mut admitted = admitting.await;
+        if let Some(admitted) = admitted.as_mut() {
+            admitted.relay().await
+        }
+    }
+}
+
+impl Admitted {
+    async fn relay(&mut self) {
+        let Admitted {
+            upstream,
+            stream,
+            record,
+            cancel,
+            ..
+        } = self;
+        let (r, w) = upstream.split();
+        let outcome = {
+            let observer = record.inbound_observer();
+            tokio::select! {
+                result = relay(r, w, stream, &observer) => result.err().map(|e| e.to_string()),
+                _ = cancel.cancelled() => Some("closed: denied by a policy change".to_string()),
+            }
+        };
+        if let Some(e) = outcome {
+            record.set_error(e);
+        }
+    }
+}
+
+/// Checks a CONNECT against the pod and its policies and connects to the app; `None` when
+/// refused or failed (the peer has been answered and the outcome logged).
+async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted> {
     let peer_id = inbound.peer_identity().clone();
     let dst = match inbound.authority() {
         Ok(d) => d,
         Err(e) => {
             warn!(pod = %ctx.name, peer = %peer_id, error = %e, "bad CONNECT");
             inbound.reject(ConnectStatus::BadRequest);
-            return;
+            return None;
         }
     };
     let Some(me) = ctx.workload() else {
         warn!(pod = %ctx.name, %dst, "CONNECT for a pod the control plane has not described");
         inbound.reject(ConnectStatus::Unavailable);
-        return;
+        return None;
     };
     if !me.addresses.contains(&dst.ip()) || RESERVED_PORTS.contains(&dst.port()) {
         warn!(pod = %ctx.name, %dst, peer = %peer_id, "CONNECT to an address this pod does not serve");
         inbound.reject(ConnectStatus::BadRequest);
-        return;
+        return None;
     }
     let snapshot = ctx.shared.state.load();
     // In-pod mode: the tunnel's TCP source is the client pod's own address.
@@ -96,7 +143,7 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         info!(pod = %ctx.name, peer = %peer_id, %dst, reason = %denial, "connection denied by policy");
         ConnectionRecord::open(info("DENY")).set_error(denial);
         inbound.reject(ConnectStatus::Denied);
-        return;
+        return None;
     }
     // The tunnel's own TCP source is the client pod (sockets live in pod namespaces), so the
     // app is shown that address.
@@ -111,12 +158,12 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         Ok(Err(e)) => {
             debug!(pod = %ctx.name, %dst, error = %e, "app refused the connection");
             inbound.reject(ConnectStatus::Unavailable);
-            return;
+            return None;
         }
         Err(_) => {
             debug!(pod = %ctx.name, %dst, "app did not accept in time");
             inbound.reject(ConnectStatus::Unavailable);
-            return;
+            return None;
         }
     };
     let src_addr = SocketAddr::new(
@@ -127,33 +174,27 @@ async fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) {
         Ok(s) => s,
         Err(e) => {
             debug!(pod = %ctx.name, error = %e, "peer went away before the tunnel opened");
-            return;
+            return None;
         }
     };
     let mut connection_info = info("-");
     connection_info.src_addr = src_addr;
-    let mut record = ConnectionRecord::open(connection_info);
-    // What lives as long as the connection is the record and the relay: the state snapshot
-    // and the lookups made in it are released, so a long connection pins no old
-    // configuration.
-    drop((snapshot, src_workload, me));
+    let record = ConnectionRecord::open(connection_info);
+    // The state snapshot and the lookups made in it are released with this function, so a
+    // long connection pins no old configuration.
     let cancel = ctx.cancel.child_token();
-    let _registration = ctx.shared.connections.register(Tracked {
+    let registration = ctx.shared.connections.register(Tracked {
         pod: ctx.clone(),
         src_identity: Some(peer_id),
         src_ip: client_ip,
         dst,
         cancel: cancel.clone(),
     });
-    let (r, w) = upstream.into_split();
-    let outcome = {
-        let observer = record.inbound_observer();
-        tokio::select! {
-            result = relay(r, w, stream, &observer) => result.err().map(|e| e.to_string()),
-            _ = cancel.cancelled() => Some("closed: denied by a policy change".to_string()),
-        }
-    };
-    if let Some(e) = outcome {
-        record.set_error(e);
-    }
+    Some(Admitted {
+        upstream,
+        stream,
+        record,
+        cancel,
+        _registration: registration,
+    })
 }

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::Tracked;
+use super::connection_manager::{Registration, Tracked};
 use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
 use crate::rbac::Connection;
@@ -16,17 +17,66 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListene
     accept_loop(ctx, listener, "inbound_passthrough", handle).await
 }
 
-async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAddr) {
+/// An admitted connection with the app's side open, holding only what its relay needs.
+struct Admitted {
+    downstream: TcpStream,
+    upstream: TcpStream,
+    record: ConnectionRecord,
+    /// Cancelled when a policy change denies the connection.
+    cancel: CancellationToken,
+    _registration: Registration,
+}
+
+fn handle(
+    ctx: Arc<PodContext>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    // As on the other listeners: admission runs in a box freed before the relay, so neither
+    // its state nor the configuration snapshot it looked at lives as long as the connection.
+    let admitting = Box::pin(admit(ctx, downstream, peer));
+    async move {
+        let mut admitted = admitting.await;
+        if let Some(admitted) = admitted.as_mut() {
+            admitted.relay().await
+        }
+    }
+}
+
+impl Admitted {
+    async fn relay(&mut self) {
+        let Admitted {
+            downstream,
+            upstream,
+            record,
+            cancel,
+            ..
+        } = self;
+        let outcome = tokio::select! {
+            result = super::relay::relay_tcp(downstream, upstream, record) => {
+                result.err().map(|e| e.to_string())
+            }
+            _ = cancel.cancelled() => Some("closed: denied by a policy change".to_string()),
+        };
+        if let Some(e) = outcome {
+            record.set_error(e);
+        }
+    }
+}
+
+/// Checks the connection against the pod's policies and connects to the app; `None` when
+/// refused or failed (the outcome is logged and counted).
+async fn admit(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) -> Option<Admitted> {
     let dst = match socket::original_dst(&downstream) {
         Ok(d) => d,
         Err(e) => {
             warn!(pod = %ctx.name, %peer, error = %e, "plaintext connection without an original destination");
-            return;
+            return None;
         }
     };
     if RESERVED_PORTS.contains(&dst.port()) {
         debug!(pod = %ctx.name, %dst, "refusing plaintext to the tunnel's own port");
-        return;
+        return None;
     }
     let me = ctx.workload();
     let snapshot = ctx.shared.state.load();
@@ -53,7 +103,7 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
         if let Err(denial) = snapshot.authorize(me, &attrs) {
             info!(pod = %ctx.name, %peer, %dst, reason = %denial, "plaintext connection denied by policy");
             ConnectionRecord::open(info("DENY")).set_error(denial);
-            return;
+            return None;
         }
     }
     let connect = tokio::time::timeout(
@@ -61,32 +111,31 @@ async fn handle(ctx: Arc<PodContext>, mut downstream: TcpStream, peer: SocketAdd
         socket::connect_as(&ctx.netns, peer.ip(), dst),
     )
     .await;
-    let mut upstream = match connect {
+    let upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             ConnectionRecord::open(info("UF")).set_error(format!("connect {dst}: {e}"));
-            return;
+            return None;
         }
         Err(_) => {
             ConnectionRecord::open(info("UF")).set_error(format!("connect {dst}: timed out"));
-            return;
+            return None;
         }
     };
-    let mut record = ConnectionRecord::open(info("-"));
+    let record = ConnectionRecord::open(info("-"));
     let cancel = ctx.cancel.child_token();
-    let _registration = ctx.shared.connections.register(Tracked {
+    let registration = ctx.shared.connections.register(Tracked {
         pod: ctx.clone(),
         src_identity: None,
         src_ip: peer.ip(),
         dst,
         cancel: cancel.clone(),
     });
-    tokio::select! {
-        result = super::relay::relay_tcp(&mut downstream, &mut upstream, &record) => {
-            if let Err(e) = result {
-                record.set_error(e);
-            }
-        }
-        _ = cancel.cancelled() => record.set_error("closed: denied by a policy change"),
-    }
+    Some(Admitted {
+        downstream,
+        upstream,
+        record,
+        cancel,
+        _registration: registration,
+    })
 }

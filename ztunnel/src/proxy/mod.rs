@@ -16,7 +16,9 @@ pub mod relay;
 pub mod socket;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ambient_proto::hbone::{H2Settings, Pool, PoolSettings};
@@ -24,7 +26,7 @@ use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::dns;
 use crate::identity::CertificateManager;
@@ -195,13 +197,11 @@ pub(crate) async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let cancel = ctx.cancel.clone();
-                    let fut = handle(ctx.clone(), stream, peer);
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = fut => {}
-                        }
+                    let cancelled = ctx.cancel.clone().cancelled_owned();
+                    let connection = handle(ctx.clone(), stream, peer);
+                    tokio::spawn(UntilCancelled {
+                        cancelled,
+                        connection,
                     });
                 }
                 Err(e) => {
@@ -210,5 +210,29 @@ pub(crate) async fn accept_loop<F, Fut>(
                 }
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future, dropped when its pod stops. A named future rather than a
+    /// `select!` in an async block, which would store the connection's future twice (once
+    /// captured, once pinned for polling) for as long as the connection lives.
+    struct UntilCancelled<F> {
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        #[pin]
+        connection: F,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for UntilCancelled<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.cancelled.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.connection.poll(cx)
     }
 }

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambient_proto::hbone::{ConnectRequest, HboneConnection, HboneError, relay};
+use ambient_proto::hbone::{
+    ConnectRequest, H2Stream, HboneConnection, HboneError, StreamGuard, relay,
+};
 use ambient_proto::identity::Identity;
 use ambient_proto::tls;
 use tokio::net::TcpStream;
@@ -20,12 +22,76 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListene
     accept_loop(ctx, listener, "outbound", handle).await
 }
 
-async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
+/// A connection whose upstream is open, holding only what its relay needs.
+enum Ready {
+    /// In an HBONE stream; the guard holds the stream's place in the pooled connection.
+    Tunnel {
+        downstream: TcpStream,
+        stream: H2Stream,
+        _guard: StreamGuard,
+        record: ConnectionRecord,
+    },
+    /// Plain TCP to a destination outside the mesh (or a workload that does not take HBONE).
+    Plain {
+        downstream: TcpStream,
+        upstream: TcpStream,
+        record: ConnectionRecord,
+    },
+}
+
+fn handle(
+    ctx: Arc<PodContext>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    // Opening the upstream (lookups, dialing, the CONNECT request) needs several times the
+    // state of the relay that follows, which may last hours. It runs in a box that is freed
+    // when it finishes, so the connection's task is sized for the relay alone.
+    let opening = Box::pin(open(ctx, downstream, peer));
+    async move {
+        // Bound once and borrowed: matching by value would keep a second copy in this future.
+        let mut ready = opening.await;
+        if let Some(ready) = ready.as_mut() {
+            ready.relay().await
+        }
+    }
+}
+
+impl Ready {
+    async fn relay(&mut self) {
+        match self {
+            Ready::Tunnel {
+                downstream,
+                stream,
+                record,
+                ..
+            } => {
+                let (r, w) = downstream.split();
+                if let Err(e) = relay(r, w, stream, &record.outbound_observer()).await {
+                    record.set_error(e);
+                }
+            }
+            Ready::Plain {
+                downstream,
+                upstream,
+                record,
+            } => {
+                if let Err(e) = super::relay::relay_tcp(downstream, upstream, record).await {
+                    record.set_error(e);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves the original destination and opens the way there; `None` when it cannot be
+/// (the failure is already logged and counted).
+async fn open(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) -> Option<Ready> {
     let dst = match socket::original_dst(&downstream) {
         Ok(d) => d,
         Err(e) => {
             warn!(pod = %ctx.name, %peer, error = %e, "outbound connection without an original destination");
-            return;
+            return None;
         }
     };
     let me = ctx.workload();
@@ -33,7 +99,7 @@ async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
         && me.as_ref().is_some_and(|w| w.addresses.contains(&dst.ip()))
     {
         debug!(pod = %ctx.name, %dst, "refusing a connection to the tunnel's own port");
-        return;
+        return None;
     }
     let snapshot = ctx.shared.state.load();
     match snapshot.resolve(dst) {
@@ -41,6 +107,7 @@ async fn handle(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) {
             warn!(pod = %ctx.name, %dst, error = %e, "outbound destination unusable");
             let mut record = ConnectionRecord::open(info(&ctx, me, peer, dst, None, "NR"));
             record.set_error(e);
+            None
         }
         Ok(Some(up)) if up.waypoint.is_some() || up.workload.protocol == Protocol::Hbone => {
             hbone(&ctx, downstream, peer, dst, me, up).await
@@ -84,35 +151,37 @@ fn info(
 /// Plain TCP from the pod's namespace to `target` (a non-mesh workload or outside the mesh).
 async fn direct(
     ctx: &PodContext,
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
     target: SocketAddr,
     me: Option<Arc<Workload>>,
     up: Option<Upstream>,
-) {
+) -> Option<Ready> {
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
         socket::connect_in(&ctx.netns, target),
     )
     .await;
-    let mut upstream = match connect {
+    let upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
             r.set_error(format!("connect {target}: {e}"));
-            return;
+            return None;
         }
         Err(_) => {
             let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
             r.set_error(format!("connect {target}: timed out"));
-            return;
+            return None;
         }
     };
-    let mut record = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "-"));
-    if let Err(e) = super::relay::relay_tcp(&mut downstream, &mut upstream, &record).await {
-        record.set_error(e);
-    }
+    let record = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "-"));
+    Some(Ready::Plain {
+        downstream,
+        upstream,
+        record,
+    })
 }
 
 /// HBONE to the endpoint's ztunnel (or to the waypoint in front of it, asking for the original
@@ -124,7 +193,7 @@ async fn hbone(
     dst: SocketAddr,
     me: Option<Arc<Workload>>,
     up: Upstream,
-) {
+) -> Option<Ready> {
     let hbone_addr = up
         .waypoint
         .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT));
@@ -157,15 +226,17 @@ async fn hbone(
             warn!(pod = %ctx.name, %dst, endpoint = %hbone_addr, error = %e, "HBONE connection failed");
             let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, Some(&up), flags));
             r.set_error(e);
-            return;
+            return None;
         }
     };
-    let (h2, _slot) = stream.into_parts();
-    let mut record = ConnectionRecord::open(info(ctx, me, peer, dst, Some(&up), "-"));
-    let (r, w) = downstream.into_split();
-    if let Err(e) = relay(r, w, h2, &record.outbound_observer()).await {
-        record.set_error(e);
-    }
+    let (stream, guard) = stream.into_parts();
+    let record = ConnectionRecord::open(info(ctx, me, peer, dst, Some(&up), "-"));
+    Some(Ready::Tunnel {
+        downstream,
+        stream,
+        _guard: guard,
+        record,
+    })
 }
 
 /// A new HBONE connection from the pod's namespace, as the pod's identity, expecting
