@@ -55,9 +55,21 @@ const WAYPOINT_NAME: &str = "waypoint";
 /// in the same command line as the benchmark, so it is current): what a node runs.
 /// Otherwise ztunnels run from this multi-call binary, whose much larger image adds resident
 /// pages of its own (relocated data), so memory figures are higher than a node's.
-fn standalone_ztunnel() -> Option<PathBuf> {
-    let ztunnel = std::env::current_exe().ok()?.with_file_name("ztunnel");
-    ztunnel.is_file().then_some(ztunnel)
+/// The standalone `name` executable (`ztunnel`, `waypoint`) when it was built next to this
+/// one, as a node runs it: its memory figures are the deployed ones, where the benchmark's
+/// own multi-call binary maps far more code.
+fn standalone(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.with_file_name(name);
+    exe.is_file().then_some(exe)
+}
+
+/// `standalone` or `multi-call`, for the report.
+fn binary_kind(exe: &Option<PathBuf>) -> &'static str {
+    if exe.is_some() {
+        "standalone"
+    } else {
+        "multi-call"
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -96,6 +108,9 @@ pub struct Options {
     /// settings.
     #[arg(long, allow_hyphen_values = true)]
     ztunnel_args: Option<String>,
+    /// Extra command-line flags for the waypoint (e.g. `--worker-threads 1`).
+    #[arg(long, allow_hyphen_values = true)]
+    waypoint_args: Option<String>,
     /// RUST_LOG of the mesh components (`info` logs one access line per connection, as
     /// deployed).
     #[arg(long, default_value = "info")]
@@ -191,6 +206,8 @@ struct Bench {
     waypoint_netns: Arc<Netns>,
     /// `standalone` (the `ztunnel` binary) or `multi-call` (`bench component ztunnel`).
     ztunnel_binary: &'static str,
+    /// Likewise for the waypoint.
+    waypoint_binary: &'static str,
 }
 
 impl Bench {
@@ -264,32 +281,35 @@ impl Bench {
             .collect();
         let mut options = MeshOptions::new(exe.clone());
         options.log_filter = log.to_string();
-        options.ztunnel_args = opts
-            .ztunnel_args
-            .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        options.ztunnel_exe = standalone_ztunnel();
-        let ztunnel_binary = if options.ztunnel_exe.is_some() {
-            "standalone"
-        } else {
-            "multi-call"
-        };
-        eprintln!(
-            "ztunnel binary: {}",
-            match &options.ztunnel_exe {
-                Some(p) => p.display().to_string(),
-                None => format!(
-                    "{} component ztunnel (build the standalone one with `cargo build --release \
-                     -p ztunnel` for a node's memory figures)",
+        options.ztunnel_args = split_args(opts.ztunnel_args.as_deref());
+        options.ztunnel_exe = standalone("ztunnel");
+        let ztunnel_binary = binary_kind(&options.ztunnel_exe);
+        let waypoint_exe = standalone("waypoint");
+        let waypoint_binary = binary_kind(&waypoint_exe);
+        for (name, standalone) in [
+            ("ztunnel", &options.ztunnel_exe),
+            ("waypoint", &waypoint_exe),
+        ] {
+            match standalone {
+                Some(p) => eprintln!("{name} binary: {}", p.display()),
+                None => eprintln!(
+                    "{name} binary: {} component {name} (build the standalone one with `cargo \
+                     build --release -p {name}` for a node's memory figures)",
                     exe.display()
                 ),
             }
-        );
+        }
         let mesh = Mesh::start(lab, &refs, options).await?;
-        let waypoint = start_waypoint(&mesh, &exe, &waypoint_netns, &run_dir, log).await?;
+        let waypoint_extra = split_args(opts.waypoint_args.as_deref());
+        let waypoint = start_waypoint(
+            &mesh,
+            (&exe, waypoint_exe.as_deref()),
+            &waypoint_extra,
+            &waypoint_netns,
+            &run_dir,
+            log,
+        )
+        .await?;
         let waypoint_pid = waypoint.pid();
         procs.push(waypoint);
         for path in Path::ALL.into_iter().filter(|p| p.enrolled()) {
@@ -316,6 +336,7 @@ impl Bench {
             waypoint_pid,
             waypoint_netns,
             ztunnel_binary,
+            waypoint_binary,
         })
     }
 
@@ -498,19 +519,31 @@ status:
     )
 }
 
+/// Flags given as one string on the command line.
+fn split_args(args: Option<&str>) -> Vec<String> {
+    args.unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// Starts the waypoint process in its pod (as the local runtime's pod would) and waits until
-/// it is ready (certificate issued, configuration received).
+/// it is ready (certificate issued, configuration received). `exe` is this benchmark's
+/// multi-call binary and the standalone waypoint, which is run when there is one.
 async fn start_waypoint(
     mesh: &Mesh,
-    exe: &std::path::Path,
+    exe: (&std::path::Path, Option<&std::path::Path>),
+    extra_args: &[String],
     netns: &Arc<Netns>,
     run_dir: &std::path::Path,
     log: &str,
 ) -> anyhow::Result<Proc> {
     let pod = mesh.lab.pod(Path::Waypoint.namespace(), WAYPOINT_NAME);
-    let args: Vec<String> = [
-        "component",
-        "waypoint",
+    let (program, prefix): (&std::path::Path, &[&str]) = match exe {
+        (_, Some(standalone)) => (standalone, &[]),
+        (multi_call, None) => (multi_call, &["component", "waypoint"]),
+    };
+    let flags = [
         "--gateway",
         &format!("{}/{WAYPOINT_NAME}", pod.namespace),
         "--service-account",
@@ -527,14 +560,17 @@ async fn start_waypoint(
         &mesh.ca_dir().join("root-cert.pem").display().to_string(),
         "--token-file",
         &mesh.token_path(&pod.node).display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
+    let args: Vec<String> = prefix
+        .iter()
+        .chain(flags.iter())
+        .map(|s| s.to_string())
+        .chain(extra_args.iter().cloned())
+        .collect();
     let proc = Proc::spawn(
         "waypoint",
         netns,
-        exe,
+        program,
         &args,
         &run_dir.join("logs").join("waypoint.log"),
         &std::iter::once(("RUST_LOG", log))
@@ -613,6 +649,8 @@ struct Settings {
     allocator_env: Vec<String>,
     /// Which ztunnel binary ran: `standalone` (as on a node) or `multi-call`.
     ztunnel_binary: &'static str,
+    /// Likewise for the waypoint.
+    waypoint_binary: &'static str,
     quick: bool,
 }
 
@@ -1005,6 +1043,7 @@ async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result
                 )
                 .collect(),
             ztunnel_binary: bench.ztunnel_binary,
+            waypoint_binary: bench.waypoint_binary,
             quick: opts.quick,
         },
         figures,
