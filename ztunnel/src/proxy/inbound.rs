@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::connection_manager::{Registration, Tracked};
-use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
+use super::{Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
 use crate::rbac::Connection;
 
@@ -56,20 +56,10 @@ struct Admitted {
 }
 
 fn connect(ctx: Arc<PodContext>, inbound: InboundConnect) -> impl Future<Output = ()> + Send {
-    // Checking and opening (the request, lookups, policy, the app connection) needs several
-    // times the state of the relay that follows, which may last hours. It runs in a box that
-    // is freed when it finishes, so the stream's task is sized for the relay alone.
-    let admitting = Box::pin(admit(ctx, inbound));
-    async move {
-        // Bound once and borrowed: matching by value would keep a second copy in this future.
-        let mut admitted = admitting.await;
-        if let Some(admitted) = admitted.as_mut() {
-            admitted.relay().await
-        }
-    }
+    open_then_relay(admit(ctx, inbound))
 }
 
-impl Admitted {
+impl Opened for Admitted {
     async fn relay(&mut self) {
         let Admitted {
             upstream,

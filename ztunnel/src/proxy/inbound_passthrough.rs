@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::connection_manager::{Registration, Tracked};
-use super::{PodContext, RESERVED_PORTS, accept_loop, socket};
+use super::{Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
 use crate::rbac::Connection;
 
@@ -32,18 +32,12 @@ fn handle(
     downstream: TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    // As on the other listeners: admission runs in a box freed before the relay, so neither
-    // its state nor the configuration snapshot it looked at lives as long as the connection.
-    let admitting = Box::pin(admit(ctx, downstream, peer));
-    async move {
-        let mut admitted = admitting.await;
-        if let Some(admitted) = admitted.as_mut() {
-            admitted.relay().await
-        }
-    }
+    // Neither admission's state nor the configuration snapshot it looked at lives as long as
+    // the connection.
+    open_then_relay(admit(ctx, downstream, peer))
 }
 
-impl Admitted {
+impl Opened for Admitted {
     async fn relay(&mut self) {
         let Admitted {
             downstream,

@@ -213,6 +213,29 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
+/// A connection whose way on is open, holding only what its relay needs.
+pub(crate) trait Opened: Send + 'static {
+    /// Relays until the connection ends, recording how it ended.
+    fn relay(&mut self) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// The future of one connection: `opening` (lookups, policy, dialing, the CONNECT request),
+/// then the relay of what it opened. Opening needs several times the state of the relay,
+/// which may last hours, so it runs in a box that is freed when it finishes and the
+/// connection's task is sized for the relay alone. What it opened is bound once and borrowed:
+/// matching it by value would keep a second copy in the future.
+pub(crate) fn open_then_relay<O: Opened>(
+    opening: impl Future<Output = Option<O>> + Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    let opening = Box::pin(opening);
+    async move {
+        let mut opened = opening.await;
+        if let Some(opened) = opened.as_mut() {
+            opened.relay().await
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A connection's future, dropped when its pod stops. A named future rather than a
     /// `select!` in an async block, which would store the connection's future twice (once

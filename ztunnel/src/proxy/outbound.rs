@@ -14,7 +14,7 @@ use ambient_proto::tls;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::{HBONE_PORT, PodContext, RESERVED_PORTS, accept_loop, socket};
+use super::{HBONE_PORT, Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
 use crate::state::{Protocol, Upstream, Workload};
 
@@ -44,20 +44,10 @@ fn handle(
     downstream: TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    // Opening the upstream (lookups, dialing, the CONNECT request) needs several times the
-    // state of the relay that follows, which may last hours. It runs in a box that is freed
-    // when it finishes, so the connection's task is sized for the relay alone.
-    let opening = Box::pin(open(ctx, downstream, peer));
-    async move {
-        // Bound once and borrowed: matching by value would keep a second copy in this future.
-        let mut ready = opening.await;
-        if let Some(ready) = ready.as_mut() {
-            ready.relay().await
-        }
-    }
+    open_then_relay(open(ctx, downstream, peer))
 }
 
-impl Ready {
+impl Opened for Ready {
     async fn relay(&mut self) {
         match self {
             Ready::Tunnel {
