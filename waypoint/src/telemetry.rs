@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use metrics::{Counter, Histogram, Label, counter, histogram};
 use tracing::info;
-use ztunnel::metrics::{LabelSetCache, address, same};
+use ztunnel::metrics::{LabelSetCache, Peer, address, same};
 use ztunnel::state::{Service, Workload};
 
 use crate::inbound::Downstream;
@@ -77,89 +77,26 @@ pub fn hbone_rejected(reason: &'static str) {
     counter!(HBONE_REJECTED, "direction" => "inbound", "reason" => reason).increment(1);
 }
 
-fn or_unknown(v: Option<&str>) -> String {
-    match v {
-        Some(v) if !v.is_empty() => v.to_string(),
-        _ => "unknown".to_string(),
-    }
-}
-
-fn canonical(w: Option<&Workload>) -> String {
-    or_unknown(w.map(|w| {
-        if w.canonical_name.is_empty() {
-            w.telemetry_name()
-        } else {
-            &w.canonical_name
-        }
-    }))
-}
-
 /// The labels every waypoint metric carries.
 fn peer_labels(
     downstream: &Downstream,
     upstream: Option<&Workload>,
     service: Option<&Service>,
 ) -> Vec<Label> {
-    let src = downstream.workload.as_deref();
-    vec![
-        Label::new("reporter", "waypoint"),
-        Label::new(
-            "source_workload",
-            or_unknown(src.map(|w| w.telemetry_name())),
-        ),
-        Label::new(
-            "source_workload_namespace",
-            or_unknown(src.map(|w| w.namespace.as_str())),
-        ),
-        Label::new("source_principal", downstream.identity.to_string()),
-        Label::new("source_app", canonical(src)),
-        Label::new(
-            "source_version",
-            or_unknown(src.map(|w| w.canonical_revision.as_str())),
-        ),
-        Label::new("source_canonical_service", canonical(src)),
-        Label::new(
-            "source_canonical_revision",
-            or_unknown(src.map(|w| w.canonical_revision.as_str())),
-        ),
-        Label::new(
-            "destination_workload",
-            or_unknown(upstream.map(|w| w.telemetry_name())),
-        ),
-        Label::new(
-            "destination_workload_namespace",
-            or_unknown(upstream.map(|w| w.namespace.as_str())),
-        ),
-        Label::new(
-            "destination_principal",
-            upstream
-                .map(|w| w.identity.to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        ),
-        Label::new("destination_app", canonical(upstream)),
-        Label::new(
-            "destination_version",
-            or_unknown(upstream.map(|w| w.canonical_revision.as_str())),
-        ),
-        Label::new("destination_canonical_service", canonical(upstream)),
-        Label::new(
-            "destination_canonical_revision",
-            or_unknown(upstream.map(|w| w.canonical_revision.as_str())),
-        ),
-        Label::new(
-            "destination_service",
-            or_unknown(service.map(|s| s.hostname.as_str())),
-        ),
-        Label::new(
-            "destination_service_name",
-            or_unknown(service.map(|s| s.name.as_str())),
-        ),
-        Label::new(
-            "destination_service_namespace",
-            or_unknown(service.map(|s| s.namespace.as_str())),
-        ),
-        Label::new("connection_security_policy", "mutual_tls"),
-    ]
+    let mut labels = ztunnel::metrics::peer_labels(
+        "waypoint",
+        Peer {
+            workload: downstream.workload.as_deref(),
+            identity: Some(&downstream.identity),
+        },
+        Peer {
+            workload: upstream,
+            identity: upstream.map(|w| &w.identity),
+        },
+        service,
+    );
+    labels.push(Label::new("connection_security_policy", "mutual_tls"));
+    labels
 }
 
 /// The four request metrics of one label set.

@@ -106,82 +106,98 @@ fn or_unknown(s: Option<&str>) -> String {
     }
 }
 
+/// One side of a connection or request, as Istio's standard metrics label it.
+#[derive(Clone, Copy, Default)]
+pub struct Peer<'a> {
+    pub workload: Option<&'a Workload>,
+    pub identity: Option<&'a Identity>,
+}
+
+/// Istio's standard labels that name both peers, in Istio's order: `reporter`, the source's
+/// workload, principal and canonical service, then the destination's, then the destination
+/// service. ztunnel and the waypoint each append the labels of their own layer.
+pub fn peer_labels(
+    reporter: &'static str,
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    service: Option<&Service>,
+) -> Vec<Label> {
+    let canonical = |w: Option<&Workload>| {
+        or_unknown(w.map(|w| {
+            if w.canonical_name.is_empty() {
+                w.telemetry_name()
+            } else {
+                &w.canonical_name
+            }
+        }))
+    };
+    let mut labels = Vec::with_capacity(21);
+    labels.push(Label::new("reporter", reporter));
+    for (side, peer) in [("source", src), ("destination", dst)] {
+        let w = peer.workload;
+        labels.extend([
+            Label::new(
+                format!("{side}_workload"),
+                or_unknown(w.map(|w| w.telemetry_name())),
+            ),
+            Label::new(
+                format!("{side}_workload_namespace"),
+                or_unknown(w.map(|w| w.namespace.as_str())),
+            ),
+            Label::new(
+                format!("{side}_principal"),
+                peer.identity
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            Label::new(format!("{side}_app"), canonical(w)),
+            Label::new(
+                format!("{side}_version"),
+                or_unknown(w.map(|w| w.canonical_revision.as_str())),
+            ),
+            Label::new(format!("{side}_canonical_service"), canonical(w)),
+            Label::new(
+                format!("{side}_canonical_revision"),
+                or_unknown(w.map(|w| w.canonical_revision.as_str())),
+            ),
+        ]);
+    }
+    labels.extend([
+        Label::new(
+            "destination_service",
+            or_unknown(service.map(|s| s.hostname.as_str())),
+        ),
+        Label::new(
+            "destination_service_name",
+            or_unknown(service.map(|s| s.name.as_str())),
+        ),
+        Label::new(
+            "destination_service_namespace",
+            or_unknown(service.map(|s| s.namespace.as_str())),
+        ),
+    ]);
+    labels
+}
+
 impl ConnectionInfo {
     fn labels(&self) -> Vec<Label> {
-        let src = self.src_workload.as_deref();
-        let dst = self.dst_workload.as_deref();
-        let principal = |id: &Option<Identity>| {
-            id.as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "unknown".into())
+        let reporter = match self.reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
         };
-        let canonical = |w: Option<&Workload>| {
-            or_unknown(w.map(|w| {
-                if w.canonical_name.is_empty() {
-                    w.telemetry_name()
-                } else {
-                    &w.canonical_name
-                }
-            }))
-        };
-        vec![
-            Label::new(
-                "reporter",
-                match self.reporter {
-                    Reporter::Source => "source",
-                    Reporter::Destination => "destination",
-                },
-            ),
-            Label::new(
-                "source_workload",
-                or_unknown(src.map(|w| w.telemetry_name())),
-            ),
-            Label::new(
-                "source_workload_namespace",
-                or_unknown(src.map(|w| w.namespace.as_str())),
-            ),
-            Label::new("source_principal", principal(&self.src_identity)),
-            Label::new("source_app", canonical(src)),
-            Label::new(
-                "source_version",
-                or_unknown(src.map(|w| w.canonical_revision.as_str())),
-            ),
-            Label::new("source_canonical_service", canonical(src)),
-            Label::new(
-                "source_canonical_revision",
-                or_unknown(src.map(|w| w.canonical_revision.as_str())),
-            ),
-            Label::new(
-                "destination_workload",
-                or_unknown(dst.map(|w| w.telemetry_name())),
-            ),
-            Label::new(
-                "destination_workload_namespace",
-                or_unknown(dst.map(|w| w.namespace.as_str())),
-            ),
-            Label::new("destination_principal", principal(&self.dst_identity)),
-            Label::new("destination_app", canonical(dst)),
-            Label::new(
-                "destination_version",
-                or_unknown(dst.map(|w| w.canonical_revision.as_str())),
-            ),
-            Label::new("destination_canonical_service", canonical(dst)),
-            Label::new(
-                "destination_canonical_revision",
-                or_unknown(dst.map(|w| w.canonical_revision.as_str())),
-            ),
-            Label::new(
-                "destination_service",
-                or_unknown(self.dst_service.as_deref().map(|s| s.hostname.as_str())),
-            ),
-            Label::new(
-                "destination_service_name",
-                or_unknown(self.dst_service.as_deref().map(|s| s.name.as_str())),
-            ),
-            Label::new(
-                "destination_service_namespace",
-                or_unknown(self.dst_service.as_deref().map(|s| s.namespace.as_str())),
-            ),
+        let mut labels = peer_labels(
+            reporter,
+            Peer {
+                workload: self.src_workload.as_deref(),
+                identity: self.src_identity.as_ref(),
+            },
+            Peer {
+                workload: self.dst_workload.as_deref(),
+                identity: self.dst_identity.as_ref(),
+            },
+            self.dst_service.as_deref(),
+        );
+        labels.extend([
             Label::new("request_protocol", "tcp"),
             Label::new("response_flags", self.response_flags),
             Label::new(
@@ -191,7 +207,8 @@ impl ConnectionInfo {
                     Security::None => "unknown",
                 },
             ),
-        ]
+        ]);
+        labels
     }
 }
 

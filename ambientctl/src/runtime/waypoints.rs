@@ -10,22 +10,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ambient_controller::deployer::render::WaypointArgs;
 use ambient_controller::model::Object;
 use ambient_controller::model::gateway::{Gateway, WAYPOINT_CLASS};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-/// The label naming the Gateway a Service or Pod belongs to (Gateway API's).
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-pub const GATEWAY_CLASS_LABEL: &str = "gateway.networking.k8s.io/gateway-class-name";
-/// Marks what the mesh's deployment controller made (Istio's label and value).
-pub const MANAGED_LABEL: &str = "gateway.istio.io/managed";
-pub const MANAGED_VALUE: &str = "istio.io-mesh-controller";
-/// The waypoint's readiness port and path.
-pub const READINESS_PORT: u16 = 15021;
-pub const READINESS_PATH: &str = "/healthz/ready";
-/// The name of the waypoint pod's one container.
-pub const CONTAINER: &str = "istio-proxy";
+/// The same labels, container and readiness endpoint as the controller's deployer.
+pub use ambient_controller::deployer::render::{
+    CONTAINER, GATEWAY_CLASS_LABEL, MANAGED_LABEL, MANAGED_VALUE, READINESS_PATH, READINESS_PORT,
+};
+pub use ambient_controller::index::labels::GATEWAY_NAME_LABEL;
 
 /// What every waypoint pod is started with.
 #[derive(Clone, Debug)]
@@ -169,44 +164,24 @@ fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
     let run = &env.run_dir;
     // `$(VAR)` is expanded from the container's environment when it starts (as the kubelet
     // does), so the template does not depend on where the pod lands.
-    let mut args: Vec<String> = [
-        "component",
-        "waypoint",
-        "--gateway",
-        &format!("{namespace}/{name}"),
-        "--service-account",
-        &name,
-        "--trust-domain",
-        &env.trust_domain,
-        "--node-name",
-        "$(NODE_NAME)",
-        "--instance-ip",
-        "$(POD_IP)",
-        "--controller-address",
-        &env.controller_address,
-        "--ca-root",
-        &run.join("ca").join("root-cert.pem").display().to_string(),
-        "--token-file",
-        &run.join("tokens")
+    let waypoint_args = WaypointArgs {
+        namespace: &namespace,
+        name: &name,
+        trust_domain: &env.trust_domain,
+        controller_address: &env.controller_address,
+        ca_root: &run.join("ca").join("root-cert.pem").display().to_string(),
+        token_file: &run
+            .join("tokens")
             .join("$(NODE_NAME).token")
             .display()
             .to_string(),
-        "--workload-cert-ttl-secs",
-        &env.workload_cert_ttl_secs.max(1).to_string(),
-        "--hbone-addr",
-        "0.0.0.0:15008",
-        "--admin-addr",
-        "127.0.0.1:15000",
-        "--metrics-addr",
-        "0.0.0.0:15020",
-        "--readiness-addr",
-        &format!("0.0.0.0:{READINESS_PORT}"),
-        "--log-format",
-        "text",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        workload_cert_ttl_secs: env.workload_cert_ttl_secs,
+    };
+    let mut args: Vec<String> = ["component", "waypoint"]
+        .into_iter()
+        .map(String::from)
+        .chain(waypoint_args.to_args())
+        .collect();
     if let Some(endpoint) = &env.otlp_endpoint {
         args.extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
     }

@@ -83,39 +83,67 @@ pub fn ca_root(namespace: &str, config: &DeployerConfig) -> Value {
 
 /// The waypoint's arguments (`$(VAR)` expanded by the kubelet from the downward API).
 pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> Vec<String> {
-    [
-        "--gateway",
-        &format!("{namespace}/{name}"),
-        "--service-account",
+    WaypointArgs {
+        namespace,
         name,
-        "--trust-domain",
-        &config.trust_domain,
-        "--node-name",
-        "$(NODE_NAME)",
-        "--instance-ip",
-        "$(POD_IP)",
-        "--controller-address",
-        &config.controller_address,
-        "--ca-root",
-        &format!("{CA_ROOT_DIR}/root-cert.pem"),
-        "--token-file",
-        &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
-        "--workload-cert-ttl-secs",
-        &config.workload_cert_ttl_secs.max(1).to_string(),
-        "--hbone-addr",
-        "0.0.0.0:15008",
-        "--admin-addr",
-        "127.0.0.1:15000",
-        "--metrics-addr",
-        "0.0.0.0:15020",
-        "--readiness-addr",
-        &format!("0.0.0.0:{READINESS_PORT}"),
-        "--log-format",
-        "text",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+        trust_domain: &config.trust_domain,
+        controller_address: &config.controller_address,
+        ca_root: &format!("{CA_ROOT_DIR}/root-cert.pem"),
+        token_file: &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        workload_cert_ttl_secs: config.workload_cert_ttl_secs,
+    }
+    .to_args()
+}
+
+/// A waypoint's command line, wherever its pod runs (here, and in the local runtime): the
+/// Gateway it serves, where its control plane is, as its pod sees it, and its listeners.
+/// `$(NODE_NAME)` and `$(POD_IP)` are expanded from the pod's environment when it starts.
+pub struct WaypointArgs<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub trust_domain: &'a str,
+    pub controller_address: &'a str,
+    pub ca_root: &'a str,
+    pub token_file: &'a str,
+    pub workload_cert_ttl_secs: u64,
+}
+
+impl WaypointArgs<'_> {
+    pub fn to_args(&self) -> Vec<String> {
+        [
+            "--gateway",
+            &format!("{}/{}", self.namespace, self.name),
+            "--service-account",
+            self.name,
+            "--trust-domain",
+            self.trust_domain,
+            "--node-name",
+            "$(NODE_NAME)",
+            "--instance-ip",
+            "$(POD_IP)",
+            "--controller-address",
+            self.controller_address,
+            "--ca-root",
+            self.ca_root,
+            "--token-file",
+            self.token_file,
+            "--workload-cert-ttl-secs",
+            &self.workload_cert_ttl_secs.max(1).to_string(),
+            "--hbone-addr",
+            "0.0.0.0:15008",
+            "--admin-addr",
+            "127.0.0.1:15000",
+            "--metrics-addr",
+            "0.0.0.0:15020",
+            "--readiness-addr",
+            &format!("0.0.0.0:{READINESS_PORT}"),
+            "--log-format",
+            "text",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
 }
 
 fn field_env(name: &str, path: &str) -> Value {
