@@ -953,9 +953,30 @@ fn released_pod_leaves_the_mesh() {
         assert!(ask(&client, addr, "captured").await?.contains("captured"));
         let pods = mesh.agent_pods("node-a").await?;
         assert!(pods[0].captured, "rules present while enrolled");
+        // A connection through the tunnel, kept open and busy until the release.
+        let mut live = connect_from(&client, addr).await?;
+        for _ in 0..50 {
+            live.write_all(b"still here\n").await?;
+            let mut answer = [0u8; 64];
+            assert!(live.read(&mut answer).await? > 0, "answered while enrolled");
+        }
 
         mesh.release("default", "client").await?;
         assert!(mesh.agent_pods("node-a").await?.is_empty());
+        // Replies still in flight are read past; then the tunnel's side must be gone.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut rest = [0u8; 256];
+            while let Ok(n) = live.read(&mut rest).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the tunnel closes the pod's live connections when it lets the pod go"
+        );
         let dump = mesh.config_dump("node-a").await?;
         assert_eq!(
             dump["pods"].as_array().map(Vec::len),

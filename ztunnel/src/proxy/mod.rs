@@ -18,12 +18,14 @@ pub mod socket;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ambient_proto::hbone::{H2Settings, Pool, PoolSettings};
 use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
+use futures::task::{ArcWake, AtomicWaker};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -197,12 +199,8 @@ pub(crate) async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let cancelled = ctx.cancel.clone().cancelled_owned();
                     let connection = handle(ctx.clone(), stream, peer);
-                    tokio::spawn(UntilCancelled {
-                        cancelled,
-                        connection,
-                    });
+                    tokio::spawn(UntilCancelled::new(&ctx.cancel, connection));
                 }
                 Err(e) => {
                     tracing::warn!(pod = %ctx.name, listener = what, error = %e, "accept failed");
@@ -240,11 +238,29 @@ pin_project_lite::pin_project! {
     /// A connection's future, dropped when its pod stops. A named future rather than a
     /// `select!` in an async block, which would store the connection's future twice (once
     /// captured, once pinned for polling) for as long as the connection lives.
+    ///
+    /// The pod's cancellation is polled once, to register [`StopSignal`] with it, and again
+    /// only when that signal fired: every poll of a pending cancellation takes a lock that
+    /// all the pod's connections share, and a connection's task is polled on every read and
+    /// write it makes.
     struct UntilCancelled<F> {
         #[pin]
         cancelled: WaitForCancellationFutureOwned,
+        stop: Arc<StopSignal>,
+        registered: bool,
         #[pin]
         connection: F,
+    }
+}
+
+impl<F> UntilCancelled<F> {
+    fn new(cancel: &CancellationToken, connection: F) -> Self {
+        UntilCancelled {
+            cancelled: cancel.clone().cancelled_owned(),
+            stop: Arc::default(),
+            registered: false,
+            connection,
+        }
     }
 }
 
@@ -253,9 +269,84 @@ impl<F: Future<Output = ()>> Future for UntilCancelled<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if this.cancelled.poll(cx).is_ready() {
-            return Poll::Ready(());
+        this.stop.task.register(cx.waker());
+        if !*this.registered || this.stop.fired.load(Ordering::Acquire) {
+            let waker = futures::task::waker_ref(this.stop);
+            if this
+                .cancelled
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                return Poll::Ready(());
+            }
+            *this.registered = true;
         }
         this.connection.poll(cx)
+    }
+}
+
+/// The waker a connection registers with its pod's cancellation: it records that it fired
+/// (an atomic the connection checks on every poll, without a lock) and wakes the task.
+#[derive(Default)]
+struct StopSignal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for StopSignal {
+    fn wake_by_ref(signal: &Arc<Self>) {
+        signal.fired.store(true, Ordering::Release);
+        signal.task.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A connection that is woken and polled again and again, as a busy relay is.
+    async fn busy(polls: Arc<AtomicUsize>) {
+        loop {
+            polls.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_connection_ends_when_its_pod_stops() {
+        let pod = CancellationToken::new();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(UntilCancelled::new(&pod, busy(polls.clone())));
+        while polls.load(Ordering::Relaxed) < 1000 {
+            tokio::task::yield_now().await;
+        }
+        pod.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the connection ended with its pod")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_ends_when_its_pod_stops() {
+        let pod = CancellationToken::new();
+        let task = tokio::spawn(UntilCancelled::new(&pod, std::future::pending()));
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        pod.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the connection ended with its pod")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn a_connection_ends_on_its_own_or_at_once_when_the_pod_is_gone() {
+        let pod = CancellationToken::new();
+        UntilCancelled::new(&pod, async {}).await;
+        pod.cancel();
+        UntilCancelled::new(&pod, std::future::pending::<()>()).await;
     }
 }
