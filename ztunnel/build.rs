@@ -1,13 +1,2 @@
-//! Link settings for the ztunnel and node-agent executables.
-
-fn main() {
-    // Relative relocations packed as DT_RELR (glibc 2.36 and later) instead of one 24-byte
-    // entry each: ld.so no longer reads about 400 kB of relocation table at start, which
-    // otherwise stays resident for the life of the process.
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
-        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
-    {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    }
-    println!("cargo:rerun-if-changed=build.rs");
-}
+// The link settings every proxy executable shares.
+include!("../build-support/pack_relocs.rs");

@@ -1,0 +1,2 @@
+// The link settings every proxy executable shares.
+include!("../build-support/pack_relocs.rs");
