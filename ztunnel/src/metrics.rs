@@ -131,36 +131,44 @@ pub fn peer_labels(
             }
         }))
     };
+    const NAMES: [[&str; 7]; 2] = [
+        [
+            "source_workload",
+            "source_workload_namespace",
+            "source_principal",
+            "source_app",
+            "source_version",
+            "source_canonical_service",
+            "source_canonical_revision",
+        ],
+        [
+            "destination_workload",
+            "destination_workload_namespace",
+            "destination_principal",
+            "destination_app",
+            "destination_version",
+            "destination_canonical_service",
+            "destination_canonical_revision",
+        ],
+    ];
     let mut labels = Vec::with_capacity(21);
     labels.push(Label::new("reporter", reporter));
-    for (side, peer) in [("source", src), ("destination", dst)] {
+    for (names, peer) in NAMES.iter().zip([src, dst]) {
         let w = peer.workload;
-        labels.extend([
-            Label::new(
-                format!("{side}_workload"),
-                or_unknown(w.map(|w| w.telemetry_name())),
-            ),
-            Label::new(
-                format!("{side}_workload_namespace"),
-                or_unknown(w.map(|w| w.namespace.as_str())),
-            ),
-            Label::new(
-                format!("{side}_principal"),
-                peer.identity
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-            ),
-            Label::new(format!("{side}_app"), canonical(w)),
-            Label::new(
-                format!("{side}_version"),
-                or_unknown(w.map(|w| w.canonical_revision.as_str())),
-            ),
-            Label::new(format!("{side}_canonical_service"), canonical(w)),
-            Label::new(
-                format!("{side}_canonical_revision"),
-                or_unknown(w.map(|w| w.canonical_revision.as_str())),
-            ),
-        ]);
+        let principal = peer
+            .identity
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let values = [
+            or_unknown(w.map(|w| w.telemetry_name())),
+            or_unknown(w.map(|w| w.namespace.as_str())),
+            principal,
+            canonical(w),
+            or_unknown(w.map(|w| w.canonical_revision.as_str())),
+            canonical(w),
+            or_unknown(w.map(|w| w.canonical_revision.as_str())),
+        ];
+        labels.extend(names.iter().zip(values).map(|(&n, v)| Label::new(n, v)));
     }
     labels.extend([
         Label::new(

@@ -314,6 +314,15 @@ mod tests {
         }
     }
 
+    /// Stops the pod; the connection's task must end soon after.
+    async fn stop_and_wait(pod: &CancellationToken, task: tokio::task::JoinHandle<()>) {
+        pod.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the connection ended with its pod")
+            .expect("no panic");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_connection_ends_when_its_pod_stops() {
         let pod = CancellationToken::new();
@@ -322,11 +331,7 @@ mod tests {
         while polls.load(Ordering::Relaxed) < 1000 {
             tokio::task::yield_now().await;
         }
-        pod.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the connection ended with its pod")
-            .expect("no panic");
+        stop_and_wait(&pod, task).await;
     }
 
     #[tokio::test]
@@ -335,11 +340,7 @@ mod tests {
         let task = tokio::spawn(UntilCancelled::new(&pod, std::future::pending()));
         tokio::task::yield_now().await;
         assert!(!task.is_finished());
-        pod.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the connection ended with its pod")
-            .expect("no panic");
+        stop_and_wait(&pod, task).await;
     }
 
     #[tokio::test]
