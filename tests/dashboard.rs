@@ -26,7 +26,8 @@ const CHAIN: [&str; 3] = [
 
 /// Where the screenshot goes: `<target>/dashboard-test/`.
 fn output_dir() -> PathBuf {
-    let target = Path::new(EXE)
+    let target = EXE
+        .path()
         .parent()
         .and_then(Path::parent)
         .expect("target dir");

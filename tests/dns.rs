@@ -6,9 +6,9 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ambientctl::lab::http::connect_from;
-use ambientctl::lab::manifest;
-use ambientctl::lab::sandbox::run_test;
+use ambient_lab::http::connect_from;
+use ambient_lab::manifest;
+use ambient_lab::sandbox::run_test;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztunnel::dns::wire::op::{Message, MessageType, OpCode, Query, ResponseCode};

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 fn ambientctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ambientctl"))
+    Command::new(e2e::EXE)
         .args(args)
         .output()
         .expect("running ambientctl")
@@ -195,7 +195,7 @@ fn install_json_output_is_a_list() {
 fn install_without_a_cluster_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-kubeconfig");
-    let out = Command::new(env!("CARGO_BIN_EXE_ambientctl"))
+    let out = Command::new(e2e::EXE)
         .arg("install")
         .env("KUBECONFIG", &missing)
         .env("HOME", dir.path())
@@ -217,7 +217,7 @@ fn install_without_a_cluster_fails_clearly() {
     );
 
     // An explicit --kubeconfig that does not exist fails the same way.
-    let out = Command::new(env!("CARGO_BIN_EXE_ambientctl"))
+    let out = Command::new(e2e::EXE)
         .args(["install", "--kubeconfig"])
         .arg(&missing)
         .output()

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
 async fn ambientctl(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ambientctl"))
+    tokio::process::Command::new(e2e::EXE)
         .args(args)
         .output()
         .await

@@ -11,16 +11,16 @@ use std::time::Duration;
 use ambient_controller::index::IndexConfig;
 use ambient_controller::push::Debounce;
 use ambient_controller::server::{ControllerConfig, SourceConfig};
+use ambient_lab::sandbox::run_test;
 use ambient_proto::identity::Identity;
-use ambientctl::lab::sandbox::run_test;
 use common::*;
 use fake_apiserver::FakeApiServer;
+use proxy_core::control_plane::ControlPlane;
+use proxy_core::identity::CertificateSource;
+use proxy_core::identity::ca_client::CaClient;
+use proxy_core::readiness::Readiness;
+use proxy_core::state::{Protocol, StateStore};
 use serde_json::json;
-use ztunnel::control_plane::ControlPlane;
-use ztunnel::identity::CertificateSource;
-use ztunnel::identity::ca_client::CaClient;
-use ztunnel::readiness::Readiness;
-use ztunnel::state::{Protocol, StateStore};
 
 fn namespace(name: &str, ambient: bool) -> serde_json::Value {
     let mut labels = json!({});
@@ -105,9 +105,9 @@ fn kubernetes_source_through_xds_to_ztunnel() {
             };
             let state = Arc::new(StateStore::new());
             let readiness = Readiness::new(&["xds:address", "xds:authorization"]);
-            tokio::spawn(ztunnel::xds::run(
+            tokio::spawn(proxy_core::xds::run(
                 control_plane.clone(),
-                ztunnel::xds::NodeInfo {
+                proxy_core::xds::NodeInfo {
                     node_name: "node-a".into(),
                     instance_ip: "127.0.0.1".into(),
                     id: String::new(),
@@ -243,7 +243,7 @@ fn kubernetes_source_through_xds_to_ztunnel() {
             let db_id: Identity = "spiffe://cluster.local/ns/shop/sa/db".parse()?;
             common::eventually(Duration::from_secs(10), || async {
                 match ca.fetch(&db_id).await {
-                    Err(ztunnel::identity::FetchError::Refused {
+                    Err(proxy_core::identity::FetchError::Refused {
                         code: tonic::Code::PermissionDenied,
                         message,
                     }) if message.contains("node node-a") => Ok(()),
@@ -254,7 +254,7 @@ fn kubernetes_source_through_xds_to_ztunnel() {
             // A valid token of a service account that is not a ztunnel is refused.
             std::fs::write(&token, "intruder-token")?;
             match ca.fetch(&web_id).await {
-                Err(ztunnel::identity::FetchError::Refused {
+                Err(proxy_core::identity::FetchError::Refused {
                     code: tonic::Code::Unauthenticated,
                     message,
                 }) => {

@@ -17,15 +17,15 @@ use std::time::Duration;
 use ambient_controller::index::IndexConfig;
 use ambient_controller::push::Debounce;
 use ambient_controller::server::{ControllerConfig, SourceConfig, WaypointDeployment};
+use ambient_lab::sandbox::run_test;
 use ambient_proto::identity::Identity;
-use ambientctl::lab::sandbox::run_test;
 use clap::Parser;
 use common::TestResult;
 use fake_apiserver::FakeApiServer;
+use proxy_core::control_plane::ControlPlane;
+use proxy_core::identity::ca_client::CaClient;
+use proxy_core::identity::{CertificateSource, FetchError};
 use serde_json::{Value, json};
-use ztunnel::control_plane::ControlPlane;
-use ztunnel::identity::ca_client::CaClient;
-use ztunnel::identity::{CertificateSource, FetchError};
 
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 

@@ -8,15 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambient_lab::hello::{ask, serve_hello};
+use ambient_lab::http::connect_from;
+use ambient_lab::sandbox::run_test;
+use ambient_lab::sniff::Sniffer;
 use ambient_proto::hbone::{
     ConnectRequest, H2Settings, HboneConnection, HboneError, InboundConnect, serve_connection,
 };
 use ambient_proto::identity::Identity;
 use ambient_proto::tls::{self, CertSlot, TrustBundle, WorkloadCertificate};
-use ambientctl::demo::{ask, serve_hello};
-use ambientctl::lab::http::connect_from;
-use ambientctl::lab::sandbox::run_test;
-use ambientctl::lab::sniff::Sniffer;
 use common::*;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -201,7 +201,7 @@ fn wire_carries_only_tls_to_15008() {
         let server = mesh.lab.pod("default", "server");
         let server_addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
         // An echo server: whatever comes in goes back.
-        let listener = ambientctl::lab::http::listen_in(&server.netns, "0.0.0.0:8080".parse()?)?;
+        let listener = ambient_lab::http::listen_in(&server.netns, "0.0.0.0:8080".parse()?)?;
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 tokio::spawn(async move {
@@ -489,7 +489,7 @@ fn hbone_refuses_bad_peers() {
     });
 }
 
-async fn expect_refusal(mesh: &ambientctl::lab::Mesh, node: &str, reason: &str) -> TestResult {
+async fn expect_refusal(mesh: &ambient_lab::Mesh, node: &str, reason: &str) -> TestResult {
     eventually(Duration::from_secs(5), || async {
         let m = mesh.metrics(node).await.map_err(|e| e.to_string())?;
         let n = metric(
@@ -541,8 +541,7 @@ fn outbound_refuses_unexpected_server_identity() {
             slot.store(minter.workload("spiffe://cluster.local/ns/default/sa/someone-else"));
             let config = tls::server_config(slot, &minter.bundle)?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let listener =
-                ambientctl::lab::http::listen_in(&impostor.netns, "0.0.0.0:15008".parse()?)?;
+            let listener = ambient_lab::http::listen_in(&impostor.netns, "0.0.0.0:15008".parse()?)?;
             tokio::spawn(async move {
                 while let Ok((tcp, peer)) = listener.accept().await {
                     let acceptor = acceptor.clone();
@@ -761,17 +760,15 @@ fn ca_refuses_foreign_identities_and_bad_csrs() {
             )
             .await?;
             let root = std::fs::read(mesh.ca_dir().join("root-cert.pem"))?;
-            let channel = Channel::from_shared(format!(
-                "https://{}",
-                ambientctl::lab::mesh::controller_grpc()
-            ))?
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&root))
-                    .domain_name("istiod.istio-system.svc"),
-            )?
-            .connect()
-            .await?;
+            let channel =
+                Channel::from_shared(format!("https://{}", ambient_lab::mesh::controller_grpc()))?
+                    .tls_config(
+                        ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(&root))
+                            .domain_name("istiod.istio-system.svc"),
+                    )?
+                    .connect()
+                    .await?;
             let mut ca = IstioCertificateServiceClient::new(channel);
             let token_a = std::fs::read_to_string(mesh.token_path("node-a"))?;
             let request = |csr: String, identity: &str, token: Option<&str>| {

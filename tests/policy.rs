@@ -6,10 +6,10 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ambientctl::demo::{ask, serve_hello};
-use ambientctl::lab::http::connect_from;
-use ambientctl::lab::manifest;
-use ambientctl::lab::sandbox::run_test;
+use ambient_lab::hello::{ask, serve_hello};
+use ambient_lab::http::connect_from;
+use ambient_lab::manifest;
+use ambient_lab::sandbox::run_test;
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

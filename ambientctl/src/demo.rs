@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use ztunnel::inpod::netns::Netns;
 
-use crate::lab::http::{connect_from, listen_in};
-use crate::lab::manifest;
-use crate::lab::sniff::Sniffer;
-use crate::lab::{Lab, Mesh, MeshOptions};
+use ambient_lab::hello::{ask, serve_hello};
+use ambient_lab::manifest;
+use ambient_lab::sniff::Sniffer;
+use ambient_lab::{Lab, Mesh, MeshOptions};
 
 /// The service VIP the client dials.
 pub const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -24,37 +23,6 @@ pub struct DemoOptions {
     /// Stop after this many requests (default: run until Ctrl-C).
     pub requests: Option<u64>,
     pub interval: Duration,
-}
-
-/// Serves "hello" lines in a pod: each line gets an answer naming the server and the peer.
-pub fn serve_hello(netns: &Netns, port: u16, who: String) -> std::io::Result<()> {
-    let listener = listen_in(netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let who = who.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = format!("{who} got {line:?} from {peer}\n");
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
-}
-
-/// Sends one line from inside `netns` to `dst` and returns the answer.
-pub async fn ask(netns: &Netns, dst: SocketAddr, line: &str) -> std::io::Result<String> {
-    let stream = connect_from(netns, dst).await?;
-    let (r, mut w) = stream.into_split();
-    w.write_all(format!("{line}\n").as_bytes()).await?;
-    let mut answer = String::new();
-    BufReader::new(r).read_line(&mut answer).await?;
-    Ok(answer.trim_end().to_string())
 }
 
 /// Builds and runs the example inside the sandbox (the caller has entered it).

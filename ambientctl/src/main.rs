@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 
+use ambient_lab::sandbox;
 use ambientctl::cli::{Cli, Command, Demo};
 use ambientctl::cmd::mesh::{self, LogTarget};
 use ambientctl::cmd::output::{Format, print};
 use ambientctl::cmd::proxy_config;
 use ambientctl::demo::{DemoOptions, two_node};
-use ambientctl::lab::sandbox;
 
 // mimalloc returns freed memory to the OS promptly; glibc's per-thread arenas kept several
 // times the live heap resident in the controller benchmark (docs/benchmarks.md).
@@ -87,7 +87,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Component { name, args } => {
-            ambientctl::component::run(&name, args).map(|()| ExitCode::SUCCESS)
+            ambient_lab::component::run(&name, args).map(|()| ExitCode::SUCCESS)
         }
         Command::Demo {
             which:

@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Xds(opts) => xds_scale::run(opts),
         Command::Mesh(opts) => mesh::run(opts),
         Command::MeshServer(args) => server::run(args),
-        Command::Component { name, args } => ambientctl::component::run(&name, args),
+        Command::Component { name, args } => ambient_lab::component::run(&name, args),
         Command::Controller { args } => {
             ambient_controller::cli::main(std::iter::once(OsString::from("controller")).chain(args))
         }

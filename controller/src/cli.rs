@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use proxy_core::logging::{LogFormat, init_logging};
+use serde::Serialize;
 
 use crate::index::IndexConfig;
 use crate::push::Debounce;
 use crate::server::{ControllerConfig, SourceConfig, WaypointDeployment, run_with};
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, PartialEq, Parser, Serialize)]
 #[command(
     name = "ambient-controller",
     about = "ambient-rs control plane and certificate authority"
@@ -73,14 +75,30 @@ pub struct Args {
     #[arg(long)]
     pub waypoint_controller_address: Option<String>,
     /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The controller's defaults, keeping its CA material in `ca_dir`.
+    pub fn new(ca_dir: PathBuf) -> Self {
+        Self::parse_from([
+            OsString::from("ambient-controller"),
+            "--ca-dir".into(),
+            ca_dir.into_os_string(),
+        ])
+    }
+
+    /// This command line as arguments (without the program name).
+    pub fn to_args(&self) -> Vec<String> {
+        proxy_core::command_line::render(self)
+    }
 }
 
 /// Runs the controller with command-line `args` (program name first).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
-    init_logging(&args.log_format);
+    init_logging(args.log_format);
     let source = match args.manifests {
         Some(dir) => SourceConfig::Manifests {
             dir,
@@ -142,16 +160,26 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_round_trips() {
+        let parse = |a: &Args| {
+            Args::try_parse_from(
+                std::iter::once("ambient-controller".to_string()).chain(a.to_args()),
+            )
+            .unwrap()
+        };
+        let mut args = Args::new("/var/run/ambient/ca".into());
+        assert_eq!(parse(&args), args);
+        args.manifests = Some("/etc/mesh".into());
+        args.nodes = vec!["node-a".into(), "node-b".into()];
+        args.ztunnel_service_accounts = vec!["mesh/ztunnel".into()];
+        args.deploy_waypoints = false;
+        args.waypoint_controller_address = Some("https://c:15012".into());
+        args.log_format = LogFormat::Json;
+        assert_eq!(parse(&args), args);
     }
 }

@@ -4,18 +4,16 @@
 //! waypoint Gateway: `namespace`, `name`, `class`, `trafficType`, `address` (string or null),
 //! `programmed`, `reason`, `message`).
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
+use proxy_core::admin::{self, Body, json, not_found, respond};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
 
 use crate::index::Warning;
 use crate::push::Published;
@@ -37,50 +35,13 @@ struct DiagnosticsView {
     index: Vec<Warning>,
 }
 
-/// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, state: Arc<Monitoring>) -> std::io::Result<()> {
-    loop {
-        let (tcp, peer) = listener.accept().await?;
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
-            });
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                debug!(%peer, error = %e, "monitoring connection ended");
-            }
-        });
-    }
+/// Serves until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<Monitoring>) {
+    let route = move |req: Request<Incoming>| route(&req, &state);
+    admin::serve(listener, CancellationToken::new(), route).await
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .expect("static response")
-}
-
-fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
-    match serde_json::to_vec_pretty(v) {
-        Ok(b) => respond(StatusCode::OK, "application/json", b),
-        Err(e) => respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            e.to_string(),
-        ),
-    }
-}
-
-fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Full<Bytes>> {
+fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Body> {
     match req.uri().path() {
         "/ready" if m.ready.load(Ordering::Acquire) => {
             respond(StatusCode::OK, "text/plain", "ready\n")
@@ -90,11 +51,7 @@ fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Full<Bytes>> {
             "text/plain",
             "waiting for the initial configuration\n",
         ),
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            m.metrics.render(),
-        ),
+        "/metrics" => admin::metrics(&m.metrics),
         "/debug/proxies" => json(&m.registry.list()),
         "/debug/gateways" => match m.registry.served() {
             Some(snapshot) => json(snapshot.gateways.as_ref()),
@@ -104,7 +61,7 @@ fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Full<Bytes>> {
             manifests: m.diagnostics.lock().expect("poisoned").clone(),
             index: m.published.warnings.lock().expect("poisoned").clone(),
         }),
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => not_found(),
     }
 }
 

@@ -219,6 +219,8 @@ pub async fn run_with(
             }),
             workload_cert_ttl_secs: config.workload_ttl.as_secs(),
             ca_root_pem: ca.root_pem().to_string(),
+            otlp_endpoint: None,
+            pod: crate::deployer::render::PodRuntime::Kubernetes,
         };
         info!(image = %deployer.image, "deploying waypoints for waypoint Gateways");
         tokio::spawn(crate::deployer::run(client, deployer, snapshot_rx.clone()));

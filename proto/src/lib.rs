@@ -10,7 +10,6 @@
 
 pub mod hbone;
 pub mod identity;
-pub mod local;
 pub mod tls;
 pub mod zds;
 

@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use ambientctl::lab::{Lab, Mesh, MeshOptions, manifest};
+use ambient_lab::{Lab, Mesh, MeshOptions, manifest};
 
 /// The multi-call binary every component runs from.
-pub const EXE: &str = env!("CARGO_BIN_EXE_ambientctl");
+pub use e2e::EXE;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 

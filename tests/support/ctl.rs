@@ -6,20 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub const EXE: &str = env!("CARGO_BIN_EXE_ambientctl");
+pub use e2e::EXE;
 
-/// `demo-app` next to `ambientctl` (where the runtime looks first). `cargo test
-/// --workspace` builds it; a narrower run builds it here.
+/// `demo-app` next to `ambientctl` (where the runtime looks first): built with it.
 pub fn ensure_demo_app() {
-    let dir = Path::new(EXE).parent().expect("bin dir");
-    if dir.join("demo-app").exists() {
-        return;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "demo-app"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building demo-app");
+    assert!(e2e::bin_dir().join("demo-app").exists());
 }
 
 pub fn workspace() -> PathBuf {

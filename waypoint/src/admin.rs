@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Request, Response};
 use hyper::body::Incoming;
+use proxy_core::admin::Body;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -36,92 +35,67 @@ struct Dump {
     errors: Vec<String>,
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .expect("static response")
-}
-
 pub fn routes(
     ctx: Arc<Ctx>,
     shutdown: CancellationToken,
-) -> impl Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static {
-    move |req| match req.uri().path() {
-        "/config_dump" => {
-            let routing = ctx.routing.load();
-            let l7 = ctx.l7.load();
-            let mut services: Vec<ServiceDump> = routing
-                .services
-                .iter()
-                .filter(|(_, s)| s.config.as_ref().is_some_and(|c| !c.waypoint.is_empty()))
-                .map(|(key, s)| {
-                    let mut ports: Vec<PortDump> = s
-                        .ports
-                        .values()
-                        .map(|t| PortDump {
-                            port: t.port(),
-                            protocol: t.protocol().as_str_name().to_string(),
-                            routes: t.routes().iter().map(|r| r.name.to_string()).collect(),
-                        })
-                        .collect();
-                    ports.sort_by_key(|p| p.port);
-                    ServiceDump {
-                        key: key.clone(),
-                        waypoint: s
-                            .config
-                            .as_ref()
-                            .map(|c| c.waypoint.clone())
-                            .unwrap_or_default(),
-                        ports,
-                        policies: s
-                            .config
-                            .as_ref()
-                            .map(|c| {
-                                c.policies
-                                    .iter()
-                                    .map(|p| format!("{}/{}", p.namespace, p.name))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    }
+) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
+    proxy_core::admin::admin_routes(move || dump(&ctx), shutdown)
+}
+
+fn dump(ctx: &Ctx) -> Dump {
+    let routing = ctx.routing.load();
+    let l7 = ctx.l7.load();
+    let mut services: Vec<ServiceDump> = routing
+        .services
+        .iter()
+        .filter(|(_, s)| s.config.as_ref().is_some_and(|c| !c.waypoint.is_empty()))
+        .map(|(key, s)| {
+            let mut ports: Vec<PortDump> = s
+                .ports
+                .values()
+                .map(|t| PortDump {
+                    port: t.port(),
+                    protocol: t.protocol().as_str_name().to_string(),
+                    routes: t.routes().iter().map(|r| r.name.to_string()).collect(),
                 })
                 .collect();
-            services.sort_by(|a, b| a.key.cmp(&b.key));
-            let dump = Dump {
-                gateway: ctx.gateway_key(),
-                identity: ctx.identity.to_string(),
-                services,
-                gateway_policies: l7
-                    .gateways
-                    .get(&ctx.gateway_key())
-                    .map(|g| {
-                        g.policies
+            ports.sort_by_key(|p| p.port);
+            ServiceDump {
+                key: key.clone(),
+                waypoint: s
+                    .config
+                    .as_ref()
+                    .map(|c| c.waypoint.clone())
+                    .unwrap_or_default(),
+                ports,
+                policies: s
+                    .config
+                    .as_ref()
+                    .map(|c| {
+                        c.policies
                             .iter()
                             .map(|p| format!("{}/{}", p.namespace, p.name))
                             .collect()
                     })
                     .unwrap_or_default(),
-                errors: routing.errors.clone(),
-            };
-            match serde_json::to_vec_pretty(&dump) {
-                Ok(b) => respond(StatusCode::OK, "application/json", b),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    e.to_string(),
-                ),
             }
-        }
-        "/quitquitquit" if req.method() == http::Method::POST => {
-            shutdown.cancel();
-            respond(StatusCode::OK, "text/plain", "OK\n")
-        }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        })
+        .collect();
+    services.sort_by(|a, b| a.key.cmp(&b.key));
+    Dump {
+        gateway: ctx.gateway_key(),
+        identity: ctx.identity.to_string(),
+        services,
+        gateway_policies: l7
+            .gateways
+            .get(&ctx.gateway_key())
+            .map(|g| {
+                g.policies
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        errors: routing.errors.clone(),
     }
 }

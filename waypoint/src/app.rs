@@ -9,16 +9,16 @@ use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::Matcher;
+use proxy_core::control_plane::ControlPlane;
+use proxy_core::identity::ca_client::CaClient;
+use proxy_core::identity::{Backoff, CertificateManager};
+use proxy_core::readiness::Readiness;
+use proxy_core::state::StateStore;
+use proxy_core::xds::{self, NodeInfo};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use ztunnel::control_plane::ControlPlane;
-use ztunnel::identity::ca_client::CaClient;
-use ztunnel::identity::{Backoff, CertificateManager};
-use ztunnel::readiness::Readiness;
-use ztunnel::state::StateStore;
-use ztunnel::xds::{self, NodeInfo};
 
 use crate::cli::Args;
 use crate::config::{L7Store, L7Subscription};
@@ -151,7 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let shutdown = CancellationToken::new();
-    shutdown_on_signal(shutdown.clone());
+    proxy_core::shutdown::on_signal(shutdown.clone());
     let otlp_task = otlp_target.map(|target| {
         let (exporter, task) = otlp::Exporter::start(
             target,
@@ -168,20 +168,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = bind(args.admin_addr).await?;
     let metrics_listener = bind(args.metrics_addr).await?;
     let ready_listener = bind(args.readiness_addr).await?;
-    tokio::spawn(ztunnel::admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         admin_listener,
         shutdown.clone(),
         admin::routes(ctx.clone(), shutdown.clone()),
     ));
-    tokio::spawn(ztunnel::admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         metrics_listener,
         shutdown.clone(),
-        ztunnel::admin::metrics_routes(metrics),
+        proxy_core::admin::metrics_routes(metrics),
     ));
-    tokio::spawn(ztunnel::admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         ready_listener,
         shutdown.clone(),
-        ztunnel::admin::readiness_routes(readiness),
+        proxy_core::admin::readiness_routes(readiness),
     ));
     tokio::spawn(inbound::serve(ctx, hbone, shutdown.clone()));
     info!(gateway = %args.gateway, %identity, hbone = %args.hbone_addr, "waypoint running");
@@ -199,19 +199,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn shutdown_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        token.cancel();
-    });
 }

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use proxy_core::logging::LogFormat;
+use serde::Serialize;
 
 /// The waypoint for one Gateway.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, PartialEq, Serialize)]
 #[command(name = "waypoint", version, about = "ambient-rs waypoint (L7 proxy)")]
 pub struct Args {
     /// The Gateway this waypoint serves, as `<namespace>/<name>`.
@@ -44,8 +46,8 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
     /// Access log and diagnostics format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
     /// Export one span per request over OTLP/gRPC to this receiver (`http://HOST[:PORT]`,
@@ -57,6 +59,43 @@ pub struct Args {
     /// valid `traceparent`); a caller's `traceparent` keeps its own sampled flag.
     #[arg(long, value_name = "PERCENT", default_value_t = 100.0, value_parser = percent)]
     pub trace_sampling: f64,
+}
+
+impl Args {
+    /// The flags a waypoint cannot do without; every other flag keeps its default (clap's,
+    /// written once). Values read from the environment when a flag is missing (`NODE_NAME`,
+    /// `POD_IP`, `SERVICE_ACCOUNT`, `OTEL_EXPORTER_OTLP_ENDPOINT`) are not taken from this
+    /// process's environment: whoever starts a waypoint sets them.
+    pub fn new(
+        gateway: &str,
+        controller_address: &str,
+        ca_root: PathBuf,
+        token_file: PathBuf,
+    ) -> Self {
+        let required = [
+            OsString::from("waypoint"),
+            "--gateway".into(),
+            gateway.into(),
+            "--controller-address".into(),
+            controller_address.into(),
+            "--ca-root".into(),
+            ca_root.into_os_string(),
+            "--token-file".into(),
+            token_file.into_os_string(),
+        ];
+        Args {
+            service_account: None,
+            node_name: String::new(),
+            instance_ip: String::new(),
+            otlp_endpoint: None,
+            ..Self::parse_from(required)
+        }
+    }
+
+    /// This command line as arguments (without the program name).
+    pub fn to_args(&self) -> Vec<String> {
+        proxy_core::command_line::render(self)
+    }
 }
 
 /// Checks an OTLP endpoint as `--otlp-endpoint` takes it (for tools that pass one on).
@@ -73,13 +112,40 @@ fn percent(s: &str) -> Result<f64, String> {
 
 /// Runs the waypoint with command-line `args` (program name first).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
-    ztunnel::memory::avoid_transparent_huge_pages();
+    proxy_core::memory::avoid_transparent_huge_pages();
     let args = Args::parse_from(args);
-    ztunnel::cli::init_logging(&args.log_format);
+    proxy_core::logging::init_logging(args.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if args.worker_threads > 0 {
         rt.worker_threads(args.worker_threads);
     }
     rt.build()?.block_on(crate::app::run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_round_trips() {
+        let mut args = Args::new(
+            "bookinfo/waypoint",
+            "https://ambient-controller.istio-system.svc:15012",
+            "/var/run/ambient/ca-root/root-cert.pem".into(),
+            "/var/run/secrets/tokens/ambient-token".into(),
+        );
+        let parse = |a: &Args| {
+            Args::try_parse_from(std::iter::once("waypoint".to_string()).chain(a.to_args()))
+                .unwrap()
+        };
+        assert_eq!(parse(&args), args);
+        args.service_account = Some("waypoint".into());
+        args.node_name = "$(NODE_NAME)".into();
+        args.instance_ip = "$(POD_IP)".into();
+        args.otlp_endpoint = Some("http://otel-sink.observability:4317".into());
+        args.trace_sampling = 12.5;
+        args.log_format = LogFormat::Json;
+        assert_eq!(parse(&args), args);
+    }
 }

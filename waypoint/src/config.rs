@@ -106,7 +106,7 @@ impl L7Store {
 /// The xDS subscription feeding an [`L7Store`].
 pub struct L7Subscription(pub Arc<L7Store>);
 
-impl ztunnel::xds::ExtraType for L7Subscription {
+impl proxy_core::xds::ExtraType for L7Subscription {
     fn type_url(&self) -> &'static str {
         ambient_proto::L7_TYPE_URL
     }

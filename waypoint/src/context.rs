@@ -7,9 +7,9 @@ use std::time::Duration;
 use ambient_proto::hbone::H2Settings;
 use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
+use proxy_core::identity::CertificateManager;
+use proxy_core::state::{Snapshot, StateStore, Waypoint, WaypointTarget};
 use tokio_rustls::TlsAcceptor;
-use ztunnel::identity::CertificateManager;
-use ztunnel::state::{Snapshot, StateStore, Waypoint, WaypointTarget};
 
 use crate::config::L7Store;
 use crate::routing::Routing;

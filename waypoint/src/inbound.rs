@@ -9,11 +9,11 @@ use std::time::Duration;
 use ambient_proto::ambient::waypoint::v1 as pb;
 use ambient_proto::hbone::{ConnectStatus, InboundConnect, serve_connection};
 use ambient_proto::identity::Identity;
+use proxy_core::state::{Service, Workload};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use ztunnel::state::{Service, Workload};
 
 use crate::context::Ctx;
 use crate::l7::protocol::{self, Detected};

@@ -559,7 +559,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Resolves `host:port` against the mesh's Services: `<svc>.<ns>`, `<svc>.<ns>.svc` or the
 /// full hostname, to one healthy endpoint at the port's target port.
-pub fn mesh_resolver(state: Arc<ztunnel::state::StateStore>) -> MeshResolver {
+pub fn mesh_resolver(state: Arc<proxy_core::state::StateStore>) -> MeshResolver {
     Arc::new(move |host: &str, port: u16| {
         let snapshot = state.load();
         let host = host.trim_end_matches('.');
@@ -631,8 +631,8 @@ mod tests {
     #[test]
     fn a_request_span_carries_ids_identities_and_the_route() {
         use ambient_proto::identity::Identity;
+        use proxy_core::state::{Protocol, Service, Workload};
         use std::collections::BTreeMap;
-        use ztunnel::state::{Protocol, Service, Workload};
 
         let reviews = Arc::new(Workload {
             uid: "Kubernetes//Pod/shop/reviews-v1".into(),

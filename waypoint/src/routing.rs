@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use ambient_proto::ambient::waypoint::v1 as pb;
 use arc_swap::ArcSwap;
-use ztunnel::state::{Service, ServicePort, Snapshot, Workload};
+use proxy_core::state::{Service, ServicePort, Snapshot, Workload};
 
 use crate::config::L7Snapshot;
 use crate::l7::authz::{self, Policies};

@@ -18,9 +18,9 @@ use ambient_proto::identity::Identity;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use metrics::{Counter, Histogram, Label, counter, histogram};
+use proxy_core::metrics::{LabelSetCache, Peer, address, same};
+use proxy_core::state::{Service, Workload};
 use tracing::info;
-use ztunnel::metrics::{LabelSetCache, Peer, address, same};
-use ztunnel::state::{Service, Workload};
 
 use crate::inbound::Downstream;
 use crate::trace::Span;
@@ -83,7 +83,7 @@ fn peer_labels(
     upstream: Option<&Workload>,
     service: Option<&Service>,
 ) -> Vec<Label> {
-    let mut labels = ztunnel::metrics::peer_labels(
+    let mut labels = proxy_core::metrics::peer_labels(
         "waypoint",
         Peer {
             workload: downstream.workload.as_deref(),

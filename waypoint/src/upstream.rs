@@ -17,8 +17,8 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy_core::state::Workload;
 use tracing::debug;
-use ztunnel::state::Workload;
 
 use crate::context::Ctx;
 use crate::stream::StreamIo;

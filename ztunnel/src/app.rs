@@ -13,16 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admin;
-use crate::control_plane::ControlPlane;
-use crate::identity::ca_client::CaClient;
-use crate::identity::{Backoff, CertificateManager, FetchError};
 use crate::inpod::{WorkloadManager, zds_client};
 use crate::proxy::Shared;
 use crate::proxy::connection_manager::ConnectionManager;
-use crate::readiness::Readiness;
-use crate::state::StateStore;
-use crate::state::source::{LocalFile, SourceError};
-use crate::xds::{self, NodeInfo};
+use proxy_core::control_plane::ControlPlane;
+use proxy_core::identity::ca_client::CaClient;
+use proxy_core::identity::{Backoff, CertificateManager, FetchError};
+use proxy_core::readiness::Readiness;
+use proxy_core::state::StateStore;
+use proxy_core::state::source::{LocalFile, SourceError};
+use proxy_core::xds::{self, NodeInfo};
 
 /// Where workloads, services and policies come from.
 #[derive(Clone, Debug)]
@@ -146,7 +146,7 @@ pub async fn run(
     let admin = bind(config.admin_addr).await?;
     let metrics_listener = bind(config.metrics_addr).await?;
     let ready_listener = bind(config.readiness_addr).await?;
-    tokio::spawn(admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         admin,
         shutdown.clone(),
         admin::admin_routes(
@@ -158,15 +158,15 @@ pub async fn run(
             shutdown.clone(),
         ),
     ));
-    tokio::spawn(admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         metrics_listener,
         shutdown.clone(),
-        admin::metrics_routes(metrics),
+        proxy_core::admin::metrics_routes(metrics),
     ));
-    tokio::spawn(admin::serve(
+    tokio::spawn(proxy_core::admin::serve(
         ready_listener,
         shutdown.clone(),
-        admin::readiness_routes(readiness.clone()),
+        proxy_core::admin::readiness_routes(readiness.clone()),
     ));
     let zds = tokio::spawn(zds_client::run(
         config.zds_socket.clone(),

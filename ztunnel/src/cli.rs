@@ -10,13 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::filter::Targets;
 
 use crate::agent::{self, NodeAgent};
 use crate::app::{self, Config, ConfigSource};
-use crate::control_plane::ControlPlane;
+use proxy_core::control_plane::ControlPlane;
+use proxy_core::logging::{LogFormat, init_logging};
+use serde::Serialize;
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, PartialEq, Parser, Serialize)]
 #[command(name = "ztunnel", about = "ambient-rs node tunnel")]
 pub struct ZtunnelArgs {
     /// Name of the node this ztunnel serves.
@@ -59,15 +60,15 @@ pub struct ZtunnelArgs {
     pub metrics_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, PartialEq, Parser, Serialize)]
 #[command(
     name = "node-agent",
     about = "ambient-rs node agent: capture rules and ZDS"
@@ -82,64 +83,70 @@ pub struct AgentArgs {
     /// Persisted pod list, so a restarted agent still knows its pods.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-/// Installs the global tracing subscriber (stderr, `RUST_LOG` or `info`).
-///
-/// `RUST_LOG` takes `level` and `target=level` directives separated by commas (for example
-/// `info,ztunnel::proxy=debug`). These are [`Targets`] rather than `EnvFilter`: the span and
-/// field filters of the latter need a regex engine, which would add about half a megabyte to
-/// every proxy's resident memory.
-pub fn init_logging(format: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let (filter, refused) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let registry = tracing_subscriber::registry().with(filter);
-    if format == "json" {
-        registry.with(output.json()).init();
-    } else {
-        registry.with(output).init();
+impl ZtunnelArgs {
+    /// The flags a ztunnel cannot do without; every other flag keeps its default (the
+    /// defaults are clap's, so they are written once). Values read from the environment when
+    /// a flag is missing (`INSTANCE_IP`) are not taken from this process's environment.
+    pub fn new(
+        node_name: &str,
+        instance_ip: &str,
+        controller_address: &str,
+        ca_root: PathBuf,
+        token_file: PathBuf,
+    ) -> Self {
+        let mut args = Self::parse_from(
+            [
+                "ztunnel",
+                "--node-name",
+                node_name,
+                "--controller-address",
+                controller_address,
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .chain([
+                "--ca-root".into(),
+                ca_root.into_os_string(),
+                "--token-file".into(),
+                token_file.into_os_string(),
+            ]),
+        );
+        args.instance_ip = instance_ip.to_string();
+        args
     }
-    if let Some(e) = refused {
-        tracing::warn!(error = %e, "RUST_LOG not understood; logging at info");
+
+    /// This command line as arguments (without the program name).
+    pub fn to_args(&self) -> Vec<String> {
+        proxy_core::command_line::render(self)
     }
 }
 
-/// The log filter for a `RUST_LOG` value: `info` when unset, and also when it does not parse
-/// (with the reason, to be reported once logging is up).
-fn log_filter(spec: Option<&str>) -> (Targets, Option<String>) {
-    let info = || Targets::new().with_default(tracing::Level::INFO);
-    match spec.map(str::trim).filter(|s| !s.is_empty()) {
-        None => (info(), None),
-        Some(spec) => match spec.parse::<Targets>() {
-            Ok(targets) => (targets, None),
-            Err(e) => (info(), Some(format!("{spec:?}: {e}"))),
-        },
-    }
-}
-
-fn shutdown_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+impl AgentArgs {
+    /// The node agent's defaults, with its sockets and state file given.
+    pub fn new(zds_socket: PathBuf, cni_socket: PathBuf, state_file: Option<PathBuf>) -> Self {
+        AgentArgs {
+            zds_socket,
+            cni_socket,
+            state_file,
+            ..Self::parse_from(["node-agent"])
         }
-        token.cancel();
-    });
+    }
+
+    /// This command line as arguments (without the program name).
+    pub fn to_args(&self) -> Vec<String> {
+        proxy_core::command_line::render(self)
+    }
 }
 
 /// Runs ztunnel with command-line `args` (program name first).
 pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
-    crate::memory::avoid_transparent_huge_pages();
+    proxy_core::memory::avoid_transparent_huge_pages();
     let args = ZtunnelArgs::parse_from(args);
-    init_logging(&args.log_format);
+    init_logging(args.log_format);
     let roots = std::fs::read(&args.ca_root)
         .with_context(|| format!("reading {}", args.ca_root.display()))?;
     let config = Config {
@@ -175,7 +182,7 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        shutdown_on_signal(shutdown.clone());
+        proxy_core::shutdown::on_signal(shutdown.clone());
         app::run(config, metrics, shutdown).await
     })?;
     Ok(())
@@ -184,7 +191,7 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
 /// Runs the node agent with command-line `args` (program name first).
 pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let args = AgentArgs::parse_from(args);
-    init_logging(&args.log_format);
+    init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,7 +211,7 @@ pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()
         tokio::spawn(agent::cni::serve(node_agent, cni));
         tracing::info!(zds = %args.zds_socket.display(), cni = %args.cni_socket.display(), "node agent running");
         let shutdown = CancellationToken::new();
-        shutdown_on_signal(shutdown.clone());
+        proxy_core::shutdown::on_signal(shutdown.clone());
         shutdown.cancelled().await;
         anyhow::Ok(())
     })
@@ -212,30 +219,39 @@ pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()
 
 #[cfg(test)]
 mod tests {
-    use tracing::Level;
-    use tracing_subscriber::filter::LevelFilter;
+    use super::*;
 
-    use super::log_filter;
-
-    #[test]
-    fn rust_log_directives_set_levels_per_target() {
-        let (filter, refused) = log_filter(Some("warn,ztunnel::proxy=debug"));
-        assert_eq!(refused, None);
-        assert!(filter.would_enable("ztunnel::proxy::inbound", &Level::DEBUG));
-        assert!(!filter.would_enable("ztunnel::proxy::inbound", &Level::TRACE));
-        assert!(!filter.would_enable("ztunnel::xds", &Level::INFO));
-        assert!(filter.would_enable("ztunnel::xds", &Level::WARN));
+    fn parse<T: Parser>(name: &str, args: Vec<String>) -> T {
+        T::try_parse_from(std::iter::once(name.to_string()).chain(args)).unwrap()
     }
 
     #[test]
-    fn unset_or_unparsable_rust_log_means_info_and_says_why() {
-        for unset in [None, Some(""), Some("  ")] {
-            let (filter, refused) = log_filter(unset);
-            assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
-            assert_eq!(refused, None);
-        }
-        let (filter, refused) = log_filter(Some("ztunnel=loud"));
-        assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
-        assert!(refused.expect("a reason").contains("ztunnel=loud"));
+    fn ztunnel_command_line_round_trips() {
+        let mut args = ZtunnelArgs::new(
+            "$(NODE_NAME)",
+            "$(INSTANCE_IP)",
+            "https://ambient-controller.istio-system.svc:15012",
+            "/var/run/ambient/ca-root/root-cert.pem".into(),
+            "/var/run/secrets/tokens/ambient-token".into(),
+        );
+        assert_eq!(parse::<ZtunnelArgs>("ztunnel", args.to_args()), args);
+        args.config_file = Some("/etc/wds.yaml".into());
+        args.log_format = LogFormat::Json;
+        args.worker_threads = 2;
+        assert_eq!(parse::<ZtunnelArgs>("ztunnel", args.to_args()), args);
+    }
+
+    #[test]
+    fn node_agent_command_line_round_trips() {
+        let args = AgentArgs::new("/run/z.sock".into(), "/run/c.sock".into(), None);
+        assert_eq!(parse::<AgentArgs>("node-agent", args.to_args()), args);
+        let with_state = AgentArgs {
+            state_file: Some("/run/state.json".into()),
+            ..args
+        };
+        assert_eq!(
+            parse::<AgentArgs>("node-agent", with_state.to_args()),
+            with_state
+        );
     }
 }

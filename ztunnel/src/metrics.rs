@@ -9,7 +9,6 @@
 //! cardinality is bounded by the number of workload pairs that actually talk.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +20,8 @@ use ambient_proto::identity::Identity;
 use metrics::{Counter, Label, counter};
 use tracing::info;
 
-use crate::state::{Service, Workload};
+use proxy_core::metrics::{LabelSetCache, Peer, address, peer_labels, same};
+use proxy_core::state::{Service, Workload};
 
 pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -99,94 +99,6 @@ pub struct ConnectionInfo {
     pub response_flags: &'static str,
 }
 
-fn or_unknown(s: Option<&str>) -> String {
-    match s {
-        Some(v) if !v.is_empty() => v.to_string(),
-        _ => "unknown".to_string(),
-    }
-}
-
-/// One side of a connection or request, as Istio's standard metrics label it.
-#[derive(Clone, Copy, Default)]
-pub struct Peer<'a> {
-    pub workload: Option<&'a Workload>,
-    pub identity: Option<&'a Identity>,
-}
-
-/// Istio's standard labels that name both peers, in Istio's order: `reporter`, the source's
-/// workload, principal and canonical service, then the destination's, then the destination
-/// service. ztunnel and the waypoint each append the labels of their own layer.
-pub fn peer_labels(
-    reporter: &'static str,
-    src: Peer<'_>,
-    dst: Peer<'_>,
-    service: Option<&Service>,
-) -> Vec<Label> {
-    let canonical = |w: Option<&Workload>| {
-        or_unknown(w.map(|w| {
-            if w.canonical_name.is_empty() {
-                w.telemetry_name()
-            } else {
-                &w.canonical_name
-            }
-        }))
-    };
-    const NAMES: [[&str; 7]; 2] = [
-        [
-            "source_workload",
-            "source_workload_namespace",
-            "source_principal",
-            "source_app",
-            "source_version",
-            "source_canonical_service",
-            "source_canonical_revision",
-        ],
-        [
-            "destination_workload",
-            "destination_workload_namespace",
-            "destination_principal",
-            "destination_app",
-            "destination_version",
-            "destination_canonical_service",
-            "destination_canonical_revision",
-        ],
-    ];
-    let mut labels = Vec::with_capacity(21);
-    labels.push(Label::new("reporter", reporter));
-    for (names, peer) in NAMES.iter().zip([src, dst]) {
-        let w = peer.workload;
-        let principal = peer
-            .identity
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let values = [
-            or_unknown(w.map(|w| w.telemetry_name())),
-            or_unknown(w.map(|w| w.namespace.as_str())),
-            principal,
-            canonical(w),
-            or_unknown(w.map(|w| w.canonical_revision.as_str())),
-            canonical(w),
-            or_unknown(w.map(|w| w.canonical_revision.as_str())),
-        ];
-        labels.extend(names.iter().zip(values).map(|(&n, v)| Label::new(n, v)));
-    }
-    labels.extend([
-        Label::new(
-            "destination_service",
-            or_unknown(service.map(|s| s.hostname.as_str())),
-        ),
-        Label::new(
-            "destination_service_name",
-            or_unknown(service.map(|s| s.name.as_str())),
-        ),
-        Label::new(
-            "destination_service_namespace",
-            or_unknown(service.map(|s| s.namespace.as_str())),
-        ),
-    ]);
-    labels
-}
-
 impl ConnectionInfo {
     fn labels(&self) -> Vec<Label> {
         let reporter = match self.reporter {
@@ -252,71 +164,6 @@ struct CounterKey {
     dst_workload: Option<Arc<Workload>>,
     dst_identity: Option<Identity>,
     dst_service: Option<Arc<Service>>,
-}
-
-/// Whether two optional objects are the same object (label-set keys compare by address).
-pub fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-/// An optional object's address, for hashing a label-set key.
-pub fn address<T>(a: Option<&Arc<T>>) -> usize {
-    a.map_or(0, |a| Arc::as_ptr(a) as usize)
-}
-
-/// Metric handles by label set, for one thread (so the lookup takes no lock): building Istio's
-/// labels and finding them in the registry costs more than the rest of a connection's or a
-/// request's accounting, so it is done once per label set.
-///
-/// Entries are found by the hash of their key (a bucket holds the rare keys that share a
-/// hash); past [`LabelSetCache::CAPACITY`] entries the cache starts over, which bounds memory
-/// and releases objects (workloads, services) the control plane has replaced.
-pub struct LabelSetCache<K, V> {
-    entries: usize,
-    by_hash: HashMap<u64, Vec<(K, V)>>,
-}
-
-impl<K, V> Default for LabelSetCache<K, V> {
-    fn default() -> Self {
-        LabelSetCache {
-            entries: 0,
-            by_hash: HashMap::new(),
-        }
-    }
-}
-
-impl<K, V: Clone> LabelSetCache<K, V> {
-    pub const CAPACITY: usize = 1024;
-
-    /// The handles whose key `matches`, or those `register` makes (with their key).
-    pub fn get_or_register(
-        &mut self,
-        hash: u64,
-        matches: impl Fn(&K) -> bool,
-        register: impl FnOnce() -> (K, V),
-    ) -> V {
-        if let Some((_, v)) = self
-            .by_hash
-            .get(&hash)
-            .and_then(|bucket| bucket.iter().find(|(k, _)| matches(k)))
-        {
-            return v.clone();
-        }
-        if self.entries >= Self::CAPACITY {
-            *self = LabelSetCache::default();
-        }
-        let (key, value) = register();
-        self.entries += 1;
-        self.by_hash
-            .entry(hash)
-            .or_default()
-            .push((key, value.clone()));
-        value
-    }
 }
 
 impl ConnectionInfo {
@@ -477,39 +324,5 @@ impl RelayObserver for RequestFromTunnel<'_> {
     }
     fn left_tunnel(&self, n: usize) {
         self.0.request_bytes(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_set_cache_registers_once_per_key_and_starts_over_when_full() {
-        let mut cache: LabelSetCache<u32, u32> = LabelSetCache::default();
-        let mut registered = 0;
-        let mut get = |cache: &mut LabelSetCache<u32, u32>, key: u32| {
-            // Every key shares one hash bucket: `matches` must tell them apart.
-            cache.get_or_register(
-                7,
-                |k| *k == key,
-                || {
-                    registered += 1;
-                    (key, key * 10)
-                },
-            )
-        };
-        assert_eq!(get(&mut cache, 1), 10);
-        assert_eq!(get(&mut cache, 2), 20);
-        assert_eq!(get(&mut cache, 1), 10);
-        for key in 3..=LabelSetCache::<u32, u32>::CAPACITY as u32 {
-            get(&mut cache, key);
-        }
-        assert_eq!(cache.entries, LabelSetCache::<u32, u32>::CAPACITY);
-        // Full: the next new key empties the cache first.
-        get(&mut cache, 5000);
-        assert_eq!(cache.entries, 1);
-        assert_eq!(get(&mut cache, 1), 10, "re-registered after the restart");
-        assert_eq!(registered, LabelSetCache::<u32, u32>::CAPACITY + 2);
     }
 }

@@ -44,6 +44,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde_json::{Value, json};
+use ztunnel::cli::{AgentArgs, ZtunnelArgs};
 
 /// Default image registry.
 pub const DEFAULT_HUB: &str = "ghcr.io/ambient-rs";
@@ -485,61 +486,47 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
 
 /// Arguments of the controller container.
 pub fn controller_args(opts: &InstallArgs) -> Vec<String> {
-    vec![
-        "--grpc-addr".into(),
-        "0.0.0.0:15012".into(),
-        "--monitoring-addr".into(),
-        "0.0.0.0:15014".into(),
-        "--ca-dir".into(),
-        CA_DIR.into(),
-        "--trust-domain".into(),
-        opts.trust_domain.clone(),
-        "--root-namespace".into(),
-        opts.namespace.clone(),
-        "--ztunnel-service-accounts".into(),
-        format!("{}/{ZTUNNEL}", opts.namespace),
+    ambient_controller::cli::Args {
+        trust_domain: opts.trust_domain.clone(),
+        root_namespace: opts.namespace.clone(),
+        ztunnel_service_accounts: vec![format!("{}/{ZTUNNEL}", opts.namespace)],
         // Waypoints the controller deploys come from the same hub and tag.
-        "--waypoint-image".into(),
-        format!(
+        waypoint_image: format!(
             "{}/waypoint:{}",
             opts.image_hub.trim_end_matches('/'),
             opts.tag
         ),
-    ]
+        ..ambient_controller::cli::Args::new(CA_DIR.into())
+    }
+    .to_args()
 }
 
 /// Arguments of the ztunnel container (`$(VAR)` expanded by the kubelet).
 pub fn ztunnel_args(opts: &InstallArgs) -> Vec<String> {
-    vec![
-        "--node-name".into(),
-        "$(NODE_NAME)".into(),
-        "--instance-ip".into(),
-        "$(INSTANCE_IP)".into(),
-        "--trust-domain".into(),
-        opts.trust_domain.clone(),
-        // The controller's serving certificate names Istio's istiod, which ztunnel expects
-        // by default (`--controller-server-name`); the address is our Service.
-        "--controller-address".into(),
-        format!("https://{CONTROLLER}.{}.svc:15012", opts.namespace),
-        "--ca-root".into(),
-        format!("{CA_ROOT_DIR}/root-cert.pem"),
-        "--token-file".into(),
-        format!("{TOKEN_DIR}/{TOKEN_FILE}"),
-        "--zds-socket".into(),
-        format!("{RUN_DIR}/ztunnel.sock"),
-    ]
+    // The controller's serving certificate names Istio's istiod, which ztunnel expects by
+    // default (`--controller-server-name`); the address is our Service.
+    ZtunnelArgs {
+        trust_domain: opts.trust_domain.clone(),
+        zds_socket: format!("{RUN_DIR}/ztunnel.sock").into(),
+        ..ZtunnelArgs::new(
+            "$(NODE_NAME)",
+            "$(INSTANCE_IP)",
+            &format!("https://{CONTROLLER}.{}.svc:15012", opts.namespace),
+            format!("{CA_ROOT_DIR}/root-cert.pem").into(),
+            format!("{TOKEN_DIR}/{TOKEN_FILE}").into(),
+        )
+    }
+    .to_args()
 }
 
 /// Arguments of the node-agent container.
 pub fn node_agent_args() -> Vec<String> {
-    vec![
-        "--zds-socket".into(),
-        format!("{RUN_DIR}/ztunnel.sock"),
-        "--cni-socket".into(),
-        format!("{RUN_DIR}/cni.sock"),
-        "--state-file".into(),
-        format!("{RUN_DIR}/agent-state.json"),
-    ]
+    AgentArgs::new(
+        format!("{RUN_DIR}/ztunnel.sock").into(),
+        format!("{RUN_DIR}/cni.sock").into(),
+        Some(format!("{RUN_DIR}/agent-state.json").into()),
+    )
+    .to_args()
 }
 
 fn controller_deployment(opts: &InstallArgs, image: &str) -> Deployment {

@@ -12,11 +12,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::output::{Format, print, table};
-use crate::lab::sandbox::{INSIDE_ENV, RUN_DIR_ENV};
-use crate::lab::spawn::{self, Entry, Lifetime};
 use crate::runtime::control::{self, StatusReport};
 use crate::runtime::home::{Home, HomeError, Phase};
 use crate::runtime::{enter, supervisor};
+use ambient_lab::sandbox::{INSIDE_ENV, RUN_DIR_ENV};
+use ambient_lab::spawn::{self, Entry, Lifetime};
 
 /// `ambientctl up` options.
 #[derive(clap::Args, Debug, Clone)]

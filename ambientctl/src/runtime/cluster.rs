@@ -20,8 +20,8 @@ use ztunnel::inpod::netns::Netns;
 
 use super::generated::{LabelOverlay, View};
 use super::pod::{ContainerStatus, PodIdentity, PodProcesses};
-use crate::lab::mesh::{MeshError, allocations_path};
-use crate::lab::{Mesh, TopologyError};
+use ambient_lab::mesh::{MeshError, allocations_path};
+use ambient_lab::{Mesh, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

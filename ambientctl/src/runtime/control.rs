@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use ztunnel::inpod::netns::Netns;
 
-use crate::lab::http;
+use ambient_lab::http;
 
 /// A node as `status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -10,10 +10,12 @@
 //! - [`control`]: the supervisor's API on a Unix socket.
 //! - [`enter`]: joining a pod's namespaces from outside (`ambientctl exec`).
 //! - [`generated`]: objects applied with the CLI, label overlays, and the runtime's view.
-//! - [`waypoints`]: the ServiceAccount, Service and Pod deployed for each waypoint Gateway.
+//! - [`waypoints`]: the ServiceAccount, Service and pod deployed for each waypoint Gateway.
+//! - [`deployments`]: a Deployment's pods, as Kubernetes' controllers make them.
 
 pub mod cluster;
 pub mod control;
+pub mod deployments;
 pub mod enter;
 pub mod generated;
 pub mod home;

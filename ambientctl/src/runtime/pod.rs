@@ -18,10 +18,11 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
+use tracing::warn;
 use ztunnel::inpod::netns::Netns;
 
 use super::waypoints::expand;
-use crate::lab::spawn::{self, Entry};
+use ambient_lab::spawn::{self, Entry};
 
 /// Cluster DNS as pods see it (the address is never dialled for real: ztunnel captures
 /// port 53 in enrolled pods and answers for mesh services).
@@ -58,12 +59,20 @@ pub struct ContainerStatus {
     pub log: PathBuf,
 }
 
+/// An environment variable's value as the container spec gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum EnvValue {
+    Literal(String),
+    /// `valueFrom.fieldRef.fieldPath`: resolved from the pod when the container starts.
+    Field(String),
+}
+
 /// What a container runs; a change restarts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ContainerSpec {
     name: String,
     argv: Vec<String>,
-    env: Vec<(String, String)>,
+    env: Vec<(String, EnvValue)>,
     working_dir: Option<String>,
 }
 
@@ -75,7 +84,18 @@ impl ContainerSpec {
             .env
             .iter()
             .flatten()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .map(|e| {
+                let field = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.clone());
+                let value = match field {
+                    Some(path) => EnvValue::Field(path),
+                    None => EnvValue::Literal(e.value.clone().unwrap_or_default()),
+                };
+                (e.name.clone(), value)
+            })
             .collect();
         ContainerSpec {
             name: c.name.clone(),
@@ -106,6 +126,21 @@ pub struct PodIdentity {
     pub ip: Ipv4Addr,
     pub node: String,
     pub service_account: String,
+}
+
+impl PodIdentity {
+    /// A downward-API field of this pod (`valueFrom.fieldRef`), as the kubelet fills it.
+    fn field(&self, path: &str) -> Option<String> {
+        Some(match path {
+            "metadata.name" => self.name.clone(),
+            "metadata.namespace" => self.namespace.clone(),
+            "spec.nodeName" => self.node.clone(),
+            "spec.serviceAccountName" => self.service_account.clone(),
+            "status.podIP" => self.ip.to_string(),
+            "status.podIPs" => self.ip.to_string(),
+            _ => return None,
+        })
+    }
 }
 
 /// What every container of a pod starts with.
@@ -392,7 +427,17 @@ fn spawn_container(env: &PodEnv, spec: &ContainerSpec, log: &Path) -> Result<Chi
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for (k, v) in &spec.env {
-        vars.insert(k.clone(), v.clone());
+        let value = match v {
+            EnvValue::Literal(v) => v.clone(),
+            EnvValue::Field(path) => match id.field(path) {
+                Some(v) => v,
+                None => {
+                    warn!(variable = %k, field = %path, "field not supported by the local runtime; variable left empty");
+                    String::new()
+                }
+            },
+        };
+        vars.insert(k.clone(), value);
     }
     let mut cmd = Command::new(&exe);
     cmd.arg0(OsString::from(program))
@@ -476,5 +521,39 @@ mod tests {
         );
         let hosts = std::fs::read_to_string(&binds[1].0).unwrap();
         assert!(hosts.contains("10.244.1.2\tsleep"));
+    }
+
+    #[test]
+    fn downward_api_fields_come_from_the_pod() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "env": [
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "MODE", "value": "x"},
+            ],
+        }))
+        .unwrap();
+        let spec = ContainerSpec::of(&c);
+        assert_eq!(
+            spec.env,
+            [
+                (
+                    "NODE_NAME".to_string(),
+                    EnvValue::Field("spec.nodeName".into())
+                ),
+                ("MODE".to_string(), EnvValue::Literal("x".into())),
+            ]
+        );
+        let id = PodIdentity {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 7),
+            node: "node-1".into(),
+            service_account: "web".into(),
+        };
+        assert_eq!(id.field("spec.nodeName").as_deref(), Some("node-1"));
+        assert_eq!(id.field("status.podIP").as_deref(), Some("10.244.1.7"));
+        assert_eq!(id.field("metadata.namespace").as_deref(), Some("shop"));
+        assert_eq!(id.field("metadata.uid"), None);
     }
 }

@@ -25,9 +25,9 @@ use super::control::{
 use super::generated::{self, Store, key_string};
 use super::home::{Home, MeshInfo, Phase, now_secs};
 use super::waypoints::{READINESS_PATH, READINESS_PORT, WaypointEnv};
-use crate::lab::http;
-use crate::lab::mesh::{controller_grpc, controller_monitoring};
-use crate::lab::{Lab, Mesh, MeshOptions};
+use ambient_lab::http;
+use ambient_lab::mesh::{controller_grpc, controller_monitoring};
+use ambient_lab::{Lab, Mesh, MeshOptions};
 
 /// How `ambientctl up` runs the mesh.
 #[derive(Clone, Debug)]

@@ -1,7 +1,9 @@
 //! What Istio's gateway deployment controller does for waypoints, done by the local runtime:
-//! for every Gateway of class `istio-waypoint`, a ServiceAccount, a Service and a Pod named
-//! after it. The Pod runs this binary's `component waypoint`; the runtime places it and
-//! gives it an address like any other pod, but never hands it to a ztunnel
+//! for every Gateway of class `istio-waypoint`, the controller's own deployer renders the
+//! ServiceAccount, Service and Deployment (`ambient_controller::deployer::render`, with the
+//! local pod runtime: this binary's `component waypoint`, files from the run directory), and
+//! the runtime runs the Deployment's pod ([`deployments`]). The runtime places the pod and
+//! gives it an address like any other, but never hands it to a ztunnel
 //! (`istio.io/dataplane-mode: none`): a waypoint speaks HBONE itself.
 //!
 //! The objects are plain Kubernetes JSON: the runtime publishes them in `allocations.json`
@@ -10,11 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ambient_controller::deployer::render::WaypointArgs;
+use ambient_controller::deployer::render::{self as deployer, DeployerConfig, PodRuntime};
 use ambient_controller::model::Object;
 use ambient_controller::model::gateway::{Gateway, WAYPOINT_CLASS};
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::deployments;
 
 /// The same labels, container and readiness endpoint as the controller's deployer.
 pub use ambient_controller::deployer::render::{
@@ -74,39 +78,22 @@ pub fn render(objects: &[Object], env: &WaypointEnv) -> Vec<Deployment> {
         .collect()
 }
 
-/// 64-bit FNV-1a.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// What the deployer needs to know to deploy waypoints here.
+fn deployer_config(env: &WaypointEnv) -> DeployerConfig {
+    DeployerConfig {
+        trust_domain: env.trust_domain.clone(),
+        image: "ambient-rs/waypoint".into(),
+        controller_address: env.controller_address.clone(),
+        workload_cert_ttl_secs: env.workload_cert_ttl_secs,
+        // The local runtime's waypoints read the mesh root from the run directory.
+        ca_root_pem: String::new(),
+        otlp_endpoint: env.otlp_endpoint.clone(),
+        pod: PodRuntime::Local {
+            exe: env.exe.clone(),
+            run_dir: env.run_dir.clone(),
+            log_filter: env.log_filter.clone(),
+        },
     }
-    h
-}
-
-/// A short name suffix from a hash, in the alphabet Kubernetes uses for generated names
-/// (no vowels, no look-alike digits).
-fn suffix(hash: u64) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut h = hash;
-    (0..5)
-        .map(|_| {
-            let c = ALPHABET[(h % ALPHABET.len() as u64) as usize] as char;
-            h /= ALPHABET.len() as u64;
-            c
-        })
-        .collect()
-}
-
-/// A Service port name from a listener name (DNS label, at most 15 characters).
-fn port_name(listener: &str) -> String {
-    let mut name: String = listener
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    name.truncate(15);
-    name.trim_matches('-').to_string()
 }
 
 fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
@@ -116,121 +103,28 @@ fn deployment(gateway: &Gateway, env: &WaypointEnv) -> Deployment {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let owner_labels = json!({
-        GATEWAY_NAME_LABEL: name,
-        GATEWAY_CLASS_LABEL: WAYPOINT_CLASS,
-    });
-    let service_account = json!({
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace, "labels": owner_labels},
-    });
-
-    let mut ports = vec![json!({
-        "name": "status-port",
-        "port": READINESS_PORT,
-        "protocol": "TCP",
-        "appProtocol": "tcp",
-    })];
-    for l in &gateway.spec.listeners {
-        if l.port == READINESS_PORT || ports.iter().any(|p| p["port"] == l.port) {
-            continue;
-        }
-        ports.push(json!({
-            "name": port_name(&l.name),
-            "port": l.port,
-            "protocol": "TCP",
-            "appProtocol": l.protocol.to_ascii_lowercase(),
-        }));
-    }
-    let service = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                GATEWAY_NAME_LABEL: name,
-                GATEWAY_CLASS_LABEL: WAYPOINT_CLASS,
-                MANAGED_LABEL: MANAGED_VALUE,
-            },
-        },
-        "spec": {
-            "selector": {GATEWAY_NAME_LABEL: name},
-            "ports": ports,
-        },
-    });
-
-    let run = &env.run_dir;
-    // `$(VAR)` is expanded from the container's environment when it starts (as the kubelet
-    // does), so the template does not depend on where the pod lands.
-    let waypoint_args = WaypointArgs {
-        namespace: &namespace,
-        name: &name,
-        trust_domain: &env.trust_domain,
-        controller_address: &env.controller_address,
-        ca_root: &run.join("ca").join("root-cert.pem").display().to_string(),
-        token_file: &run
-            .join("tokens")
-            .join("$(NODE_NAME).token")
-            .display()
-            .to_string(),
-        workload_cert_ttl_secs: env.workload_cert_ttl_secs,
-    };
-    let mut args: Vec<String> = ["component", "waypoint"]
+    // Objects from files have no uid until an API server gives them one; the runtime names
+    // the owner by a uid derived from its key (nothing here garbage-collects).
+    let mut gateway = gateway.clone();
+    gateway
+        .metadata
+        .uid
+        .get_or_insert_with(|| deployments::local_uid("Gateway", &namespace, &name));
+    let rendered =
+        deployer::render(&gateway, &deployer_config(env)).expect("a waypoint Gateway with a uid");
+    let pod = deployments::pods(&rendered.deployment)
         .into_iter()
-        .map(String::from)
-        .chain(waypoint_args.to_args())
-        .collect();
-    if let Some(endpoint) = &env.otlp_endpoint {
-        args.extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
-    }
-    let spec = json!({
-        "serviceAccountName": name,
-        "containers": [{
-            "name": CONTAINER,
-            "image": "ambient-rs/waypoint",
-            "command": [env.exe.display().to_string()],
-            "args": args,
-            "env": std::iter::once(("RUST_LOG", env.log_filter.as_str()))
-                .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
-                .map(|(name, value)| json!({"name": name, "value": value}))
-                .collect::<Vec<_>>(),
-            "ports": [
-                {"containerPort": 15008, "name": "mesh", "protocol": "TCP"},
-                {"containerPort": 15020, "name": "metrics", "protocol": "TCP"},
-                {"containerPort": READINESS_PORT, "name": "status-port", "protocol": "TCP"},
-            ],
-            "readinessProbe": {
-                "httpGet": {"path": READINESS_PATH, "port": READINESS_PORT},
-                "periodSeconds": 1,
-            },
-        }],
-    });
-    let labels = json!({
-        GATEWAY_NAME_LABEL: name,
-        GATEWAY_CLASS_LABEL: WAYPOINT_CLASS,
-        MANAGED_LABEL: MANAGED_VALUE,
-        "istio.io/dataplane-mode": "none",
-        "sidecar.istio.io/inject": "false",
-        "service.istio.io/canonical-name": name,
-        "service.istio.io/canonical-revision": "latest",
-    });
-    // What the pod runs decides its name: an edit of the Gateway that changes nothing here
-    // keeps the pod, one that does replaces it (as a Deployment's rollout would).
-    let template = json!({"namespace": namespace, "labels": labels, "spec": spec});
-    let pod_name = format!("{name}-{}", suffix(fnv1a(template.to_string().as_bytes())));
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": namespace, "labels": labels},
-        "spec": spec,
-    });
+        .next()
+        .expect("a waypoint Deployment has one replica");
+    let pod_name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     Deployment {
         namespace,
         gateway: name,
         pod_name,
-        objects: vec![service_account, service, pod],
+        objects: vec![rendered.service_account, rendered.service, pod],
     }
 }
 

@@ -31,8 +31,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambientctl::lab::process::Proc;
-use ambientctl::lab::{Lab, Mesh, MeshOptions, manifest, sandbox};
+use ambient_lab::component::Program;
+use ambient_lab::process::Proc;
+use ambient_lab::{Lab, Mesh, MeshOptions, manifest, sandbox};
 use anyhow::Context;
 use loadgen::{ClosedLoop, ConnectionRate, Dial, OpenLoop, Percentiles};
 use serde::Serialize;
@@ -342,7 +343,7 @@ impl Bench {
 
     /// The waypoint's Prometheus text.
     async fn waypoint_metrics(&self) -> anyhow::Result<String> {
-        let (status, body) = ambientctl::lab::http::get(
+        let (status, body) = ambient_lab::http::get(
             &self.waypoint_netns,
             SocketAddr::from(([127, 0, 0, 1], 15020)),
             "/metrics",
@@ -448,7 +449,7 @@ async fn blocking<T: Send + 'static>(
 /// The waypoint path's objects: its Service (using the waypoint), the waypoint Gateway, and
 /// what Istio's deployment controller would make for it (Service, pod labels), as the local
 /// runtime makes them.
-fn waypoint_manifests(pod: &ambientctl::lab::topology::Pod) -> String {
+fn waypoint_manifests(pod: &ambient_lab::topology::Pod) -> String {
     let ns = &pod.namespace;
     let name = WAYPOINT_NAME;
     format!(
@@ -539,38 +540,32 @@ async fn start_waypoint(
     log: &str,
 ) -> anyhow::Result<Proc> {
     let pod = mesh.lab.pod(Path::Waypoint.namespace(), WAYPOINT_NAME);
-    let (program, prefix): (&std::path::Path, &[&str]) = match exe {
-        (_, Some(standalone)) => (standalone, &[]),
-        (multi_call, None) => (multi_call, &["component", "waypoint"]),
+    let program = match exe {
+        (_, Some(standalone)) => Program::standalone(standalone),
+        (multi_call, None) => Program::multi_call(multi_call, "waypoint"),
     };
-    let flags = [
-        "--gateway",
-        &format!("{}/{WAYPOINT_NAME}", pod.namespace),
-        "--service-account",
-        WAYPOINT_NAME,
-        "--trust-domain",
-        &mesh.options.trust_domain,
-        "--node-name",
-        &pod.node,
-        "--instance-ip",
-        &pod.ip.to_string(),
-        "--controller-address",
-        &format!("https://{}", ambientctl::lab::mesh::controller_grpc()),
-        "--ca-root",
-        &mesh.ca_dir().join("root-cert.pem").display().to_string(),
-        "--token-file",
-        &mesh.token_path(&pod.node).display().to_string(),
-    ];
-    let args: Vec<String> = prefix
-        .iter()
-        .chain(flags.iter())
-        .map(|s| s.to_string())
-        .chain(extra_args.iter().cloned())
-        .collect();
+    let waypoint = waypoint::cli::Args {
+        service_account: Some(WAYPOINT_NAME.into()),
+        trust_domain: mesh.options.trust_domain.clone(),
+        node_name: pod.node.clone(),
+        instance_ip: pod.ip.to_string(),
+        ..waypoint::cli::Args::new(
+            &format!("{}/{WAYPOINT_NAME}", pod.namespace),
+            &format!("https://{}", ambient_lab::mesh::controller_grpc()),
+            mesh.ca_dir().join("root-cert.pem"),
+            mesh.token_path(&pod.node),
+        )
+    };
+    let args = program.args(
+        waypoint
+            .to_args()
+            .into_iter()
+            .chain(extra_args.iter().cloned()),
+    );
     let proc = Proc::spawn(
         "waypoint",
         netns,
-        program,
+        &program.exe,
         &args,
         &run_dir.join("logs").join("waypoint.log"),
         &std::iter::once(("RUST_LOG", log))
@@ -580,7 +575,7 @@ async fn start_waypoint(
     let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
     let start = Instant::now();
     loop {
-        match ambientctl::lab::http::get(netns, ready, "/healthz/ready").await {
+        match ambient_lab::http::get(netns, ready, "/healthz/ready").await {
             Ok((200, _)) => return Ok(proc),
             other if start.elapsed() > Duration::from_secs(30) => {
                 anyhow::bail!(

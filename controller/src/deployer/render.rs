@@ -1,12 +1,16 @@
 //! The Kubernetes objects deployed for one waypoint Gateway, as Istio's gateway deployment
-//! controller makes them (and as the local runtime does, `ambientctl/src/runtime/waypoints.rs`):
-//! a ServiceAccount, a Service and a Deployment named after the Gateway, each owned by it
-//! (`controller: true`) so that deleting the Gateway garbage-collects them. Waypoint pods are
+//! controller makes them: a ServiceAccount, a Service and a Deployment named after the
+//! Gateway, each owned by it (`controller: true`) so that deleting the Gateway
+//! garbage-collects them. The local runtime deploys the same objects (with
+//! [`PodRuntime::Local`]) and runs the Deployment's pod itself. Waypoint pods are
 //! labelled `gateway.networking.k8s.io/gateway-name` and `istio.io/dataplane-mode: none` (a
 //! waypoint speaks HBONE itself; ztunnel leaves it alone), run as the Gateway's service account,
 //! and authenticate to the CA with a projected token of that account.
 
+use std::path::PathBuf;
+
 use serde_json::{Value, json};
+use waypoint::cli::Args as WaypointArgs;
 
 use crate::ca::tokenreview::CA_AUDIENCE;
 use crate::index::labels::{DATAPLANE_MODE, GATEWAY_NAME_LABEL};
@@ -40,6 +44,24 @@ pub struct DeployerConfig {
     pub workload_cert_ttl_secs: u64,
     /// The mesh root (PEM), published in each waypoint namespace's CA root ConfigMap.
     pub ca_root_pem: String,
+    /// Where spans of the waypoint's requests go (`--otlp-endpoint`), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    pub pod: PodRuntime,
+}
+
+/// What runs a waypoint's pod, which decides how the container starts and finds its files.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodRuntime {
+    /// A kubelet: the image's `waypoint`, the token and the mesh root from volumes.
+    Kubernetes,
+    /// The local runtime: `exe component waypoint` on the host, the token and the mesh root
+    /// from the mesh's run directory (`ca/root-cert.pem`, `tokens/<node>.token`).
+    Local {
+        exe: PathBuf,
+        run_dir: PathBuf,
+        /// `RUST_LOG` of the waypoint.
+        log_filter: String,
+    },
 }
 
 /// The objects of one waypoint, in apply order.
@@ -81,68 +103,33 @@ pub fn ca_root(namespace: &str, config: &DeployerConfig) -> Value {
     })
 }
 
-/// The waypoint's arguments (`$(VAR)` expanded by the kubelet from the downward API).
-pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> Vec<String> {
+/// The waypoint's command line (`$(VAR)` expanded by the kubelet from the pod's
+/// environment): the Gateway it serves, where its control plane is as its pod sees it, and
+/// its listeners at their defaults.
+pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> WaypointArgs {
+    let (ca_root, token_file): (PathBuf, PathBuf) = match &config.pod {
+        PodRuntime::Kubernetes => (
+            format!("{CA_ROOT_DIR}/root-cert.pem").into(),
+            format!("{TOKEN_DIR}/{TOKEN_FILE}").into(),
+        ),
+        PodRuntime::Local { run_dir, .. } => (
+            run_dir.join("ca").join("root-cert.pem"),
+            run_dir.join("tokens").join("$(NODE_NAME).token"),
+        ),
+    };
     WaypointArgs {
-        namespace,
-        name,
-        trust_domain: &config.trust_domain,
-        controller_address: &config.controller_address,
-        ca_root: &format!("{CA_ROOT_DIR}/root-cert.pem"),
-        token_file: &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
-        workload_cert_ttl_secs: config.workload_cert_ttl_secs,
-    }
-    .to_args()
-}
-
-/// A waypoint's command line, wherever its pod runs (here, and in the local runtime): the
-/// Gateway it serves, where its control plane is, as its pod sees it, and its listeners.
-/// `$(NODE_NAME)` and `$(POD_IP)` are expanded from the pod's environment when it starts.
-pub struct WaypointArgs<'a> {
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub trust_domain: &'a str,
-    pub controller_address: &'a str,
-    pub ca_root: &'a str,
-    pub token_file: &'a str,
-    pub workload_cert_ttl_secs: u64,
-}
-
-impl WaypointArgs<'_> {
-    pub fn to_args(&self) -> Vec<String> {
-        [
-            "--gateway",
-            &format!("{}/{}", self.namespace, self.name),
-            "--service-account",
-            self.name,
-            "--trust-domain",
-            self.trust_domain,
-            "--node-name",
-            "$(NODE_NAME)",
-            "--instance-ip",
-            "$(POD_IP)",
-            "--controller-address",
-            self.controller_address,
-            "--ca-root",
-            self.ca_root,
-            "--token-file",
-            self.token_file,
-            "--workload-cert-ttl-secs",
-            &self.workload_cert_ttl_secs.max(1).to_string(),
-            "--hbone-addr",
-            "0.0.0.0:15008",
-            "--admin-addr",
-            "127.0.0.1:15000",
-            "--metrics-addr",
-            "0.0.0.0:15020",
-            "--readiness-addr",
-            &format!("0.0.0.0:{READINESS_PORT}"),
-            "--log-format",
-            "text",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        service_account: Some(name.to_string()),
+        trust_domain: config.trust_domain.clone(),
+        node_name: "$(NODE_NAME)".into(),
+        instance_ip: "$(POD_IP)".into(),
+        workload_cert_ttl_secs: config.workload_cert_ttl_secs.max(1),
+        otlp_endpoint: config.otlp_endpoint.clone(),
+        ..WaypointArgs::new(
+            &format!("{namespace}/{name}"),
+            &config.controller_address,
+            ca_root,
+            token_file,
+        )
     }
 }
 
@@ -221,6 +208,10 @@ pub fn render(gateway: &Gateway, config: &DeployerConfig) -> Option<Rendered> {
         "service.istio.io/canonical-name": name,
         "service.istio.io/canonical-revision": "latest",
     });
+    let log_env = match &config.pod {
+        PodRuntime::Local { log_filter, .. } => Some(("RUST_LOG", log_filter.as_str())),
+        PodRuntime::Kubernetes => None,
+    };
     let env: Vec<Value> = [
         field_env("NODE_NAME", "spec.nodeName"),
         field_env("POD_IP", "status.podIP"),
@@ -229,16 +220,29 @@ pub fn render(gateway: &Gateway, config: &DeployerConfig) -> Option<Rendered> {
     ]
     .into_iter()
     .chain(
-        super::PROXY_ENV
+        log_env
             .iter()
+            .chain(super::PROXY_ENV)
             .map(|(name, value)| json!({"name": name, "value": value})),
     )
     .collect();
-    let container = json!({
+    let waypoint_args = args(namespace, name, config).to_args();
+    let (command, args) = match &config.pod {
+        PodRuntime::Kubernetes => (vec!["waypoint".to_string()], waypoint_args),
+        PodRuntime::Local { exe, .. } => (
+            vec![exe.display().to_string()],
+            ["component", "waypoint"]
+                .into_iter()
+                .map(String::from)
+                .chain(waypoint_args)
+                .collect(),
+        ),
+    };
+    let mut container = json!({
         "name": CONTAINER,
         "image": config.image,
-        "command": ["waypoint"],
-        "args": args(namespace, name, config),
+        "command": command,
+        "args": args,
         "env": env,
         "ports": [
             {"containerPort": 15008, "name": "mesh", "protocol": "TCP"},
@@ -257,11 +261,25 @@ pub fn render(gateway: &Gateway, config: &DeployerConfig) -> Option<Rendered> {
             "readOnlyRootFilesystem": true,
             "runAsNonRoot": true,
         },
-        "volumeMounts": [
+    });
+    let mut volumes = json!([]);
+    if config.pod == PodRuntime::Kubernetes {
+        container["volumeMounts"] = json!([
             {"name": "ambient-token", "mountPath": TOKEN_DIR, "readOnly": true},
             {"name": "ca-root", "mountPath": CA_ROOT_DIR, "readOnly": true},
-        ],
-    });
+        ]);
+        volumes = json!([
+            {
+                "name": "ambient-token",
+                "projected": {"sources": [{"serviceAccountToken": {
+                    "audience": CA_AUDIENCE,
+                    "expirationSeconds": 43200,
+                    "path": TOKEN_FILE,
+                }}]},
+            },
+            {"name": "ca-root", "configMap": {"name": CA_ROOT_CONFIGMAP}},
+        ]);
+    }
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -288,17 +306,7 @@ pub fn render(gateway: &Gateway, config: &DeployerConfig) -> Option<Rendered> {
                     },
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "ambient-token",
-                            "projected": {"sources": [{"serviceAccountToken": {
-                                "audience": CA_AUDIENCE,
-                                "expirationSeconds": 43200,
-                                "path": TOKEN_FILE,
-                            }}]},
-                        },
-                        {"name": "ca-root", "configMap": {"name": CA_ROOT_CONFIGMAP}},
-                    ],
+                    "volumes": volumes,
                 },
             },
         },
@@ -325,6 +333,8 @@ pub(crate) mod tests {
             controller_address: "https://ambient-controller.istio-system.svc:15012".into(),
             workload_cert_ttl_secs: 3600,
             ca_root_pem: "ROOT".into(),
+            otlp_endpoint: None,
+            pod: PodRuntime::Kubernetes,
         }
     }
 

@@ -4,7 +4,7 @@
 //! UDP and TCP, to ztunnel's port 15053 inside the pod's namespace. There ztunnel answers from
 //! its own view of the mesh and nothing else: a query never leaves the pod.
 //!
-//! - [`resolve`]: which addresses a name stands for, from a [`crate::state::Snapshot`]
+//! - [`resolve`]: which addresses a name stands for, from a [`proxy_core::state::Snapshot`]
 //!   (Kubernetes' service names, with the pod's namespace as its search domain);
 //! - [`answer`]: one DNS message in, one out (the wire format, by `hickory-proto`);
 //! - [`server`]: the UDP and TCP listeners that carry them.

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use crate::state::Snapshot;
+use proxy_core::state::Snapshot;
 
 use super::CLUSTER_DOMAIN;
 
@@ -62,8 +62,8 @@ fn candidates(name: &str, pod_namespace: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{StateStore, Update};
-    use ambient_proto::local::LocalConfig;
+    use proxy_core::state::local::LocalConfig;
+    use proxy_core::state::{StateStore, Update};
 
     const MESH: &str = r#"
 services:

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::state::StateStore;
+use proxy_core::state::StateStore;
 
 use super::answer::{self, Malformed, Response, Transport};
 use super::resolve;
@@ -186,10 +186,10 @@ pub fn bind_addresses(port: u16) -> [SocketAddr; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Update;
-    use ambient_proto::local::LocalConfig;
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::{Name, RecordType};
+    use proxy_core::state::Update;
+    use proxy_core::state::local::LocalConfig;
     use std::net::IpAddr;
 
     fn services(yaml: &str) -> Vec<ambient_proto::istio::workload::Address> {

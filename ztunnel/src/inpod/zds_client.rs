@@ -13,7 +13,7 @@ use ambient_proto::zds::{ZdsConnection, ZdsError};
 use tracing::{info, warn};
 
 use super::WorkloadManager;
-use crate::readiness::Readiness;
+use proxy_core::readiness::Readiness;
 
 /// Runs ZDS sessions forever.
 pub async fn run(path: PathBuf, manager: Arc<WorkloadManager>, readiness: Readiness) {

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::PodContext;
-use crate::rbac::Connection;
-use crate::state::Snapshot;
+use proxy_core::rbac::Connection;
+use proxy_core::state::Snapshot;
 
 /// What an inbound connection was authorized on.
 #[derive(Clone)]

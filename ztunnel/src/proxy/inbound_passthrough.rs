@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::connection_manager::{Registration, Tracked};
 use super::{Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
-use crate::rbac::Connection;
+use proxy_core::rbac::Connection;
 
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
     accept_loop(ctx, listener, "inbound_passthrough", handle).await

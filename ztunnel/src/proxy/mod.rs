@@ -31,9 +31,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::dns;
-use crate::identity::CertificateManager;
 use crate::inpod::netns::Netns;
-use crate::state::{StateStore, Workload};
+use proxy_core::identity::CertificateManager;
+use proxy_core::state::{StateStore, Workload};
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::{HBONE_PORT, Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
-use crate::state::{Protocol, Upstream, Workload};
+use proxy_core::state::{Protocol, Upstream, Workload};
 
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
     accept_loop(ctx, listener, "outbound", handle).await

@@ -1,5 +1,5 @@
-//! ztunnel's delta xDS client: subscribes (wildcard) to workloads/services and to L4
-//! authorizations, applies what arrives to the [`StateStore`], and ACKs or NACKs each
+//! The proxies' delta xDS client: subscribes (wildcard) to workloads/services and to L4
+//! authorizations (plus any [`ExtraType`] a proxy asks for, like the waypoint's L7 resources), applies what arrives to the [`StateStore`], and ACKs or NACKs each
 //! response. It reconnects with backoff; on reconnect it tells the controller which
 //! versions it holds (`initial_resource_versions`), so only differences are sent. While the
 //! controller is away the store keeps the last good configuration.
@@ -24,7 +24,7 @@ use crate::control_plane::ControlPlane;
 use crate::readiness::Readiness;
 use crate::state::{StateStore, Update};
 
-/// Types ztunnel subscribes to.
+/// Types every proxy subscribes to.
 const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 /// Code of a NACK's status (INVALID_ARGUMENT).
 const NACK_CODE: i32 = 3;

@@ -5,6 +5,7 @@
 //! controller's xDS, or a local file), are converted once into the typed [`Workload`],
 //! [`Service`] and [`Policy`], and swap in a new snapshot.
 
+pub mod local;
 pub mod source;
 mod types;
 
@@ -411,7 +412,7 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ambient_proto::local::LocalConfig;
+    use crate::state::local::LocalConfig;
 
     fn store_from(yaml: &str) -> StateStore {
         let store = StateStore::new();

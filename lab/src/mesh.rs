@@ -7,9 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ambient_controller::cli::Args as ControllerArgs;
 use ztunnel::agent::PodEvent;
 use ztunnel::agent::cni::{CniClient, CniClientError};
+use ztunnel::cli::{AgentArgs, ZtunnelArgs};
 
+use super::component::Program;
 use super::http;
 use super::process::Proc;
 use super::topology::{Lab, UNDERLAY_GATEWAY};
@@ -233,20 +236,17 @@ impl Mesh {
     fn spawn_agent(&self, node: &str, dir: &Path) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let env = [("RUST_LOG", self.options.log_filter.as_str())];
+        let args = AgentArgs::new(
+            dir.join("ztunnel.sock"),
+            dir.join("cni.sock"),
+            Some(dir.join("agent-state.json")),
+        );
+        let program = Program::multi_call(&self.options.exe, "node-agent");
         Ok(Proc::spawn(
             &format!("node-agent-{node}"),
             &n.netns,
-            &self.options.exe,
-            &[
-                "component".into(),
-                "node-agent".into(),
-                "--zds-socket".into(),
-                dir.join("ztunnel.sock").display().to_string(),
-                "--cni-socket".into(),
-                dir.join("cni.sock").display().to_string(),
-                "--state-file".into(),
-                dir.join("agent-state.json").display().to_string(),
-            ],
+            &program.exe,
+            &program.args(args.to_args()),
             &self
                 .lab
                 .run_dir
@@ -299,40 +299,31 @@ impl Mesh {
             std::iter::once(("RUST_LOG", self.options.log_filter.as_str()))
                 .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
                 .collect();
-        let (exe, leading): (&Path, &[&str]) = match &self.options.ztunnel_exe {
-            Some(standalone) => (standalone, &[]),
-            None => (&self.options.exe, &["component", "ztunnel"]),
+        let program = match &self.options.ztunnel_exe {
+            Some(standalone) => Program::standalone(standalone),
+            None => Program::multi_call(&self.options.exe, "ztunnel"),
+        };
+        let args = ZtunnelArgs {
+            trust_domain: self.options.trust_domain.clone(),
+            workload_cert_ttl_secs: self.options.workload_cert_ttl.as_secs().max(1),
+            zds_socket: dir.join("ztunnel.sock"),
+            ..ZtunnelArgs::new(
+                node,
+                &self.lab.node(node).ip.to_string(),
+                &format!("https://{}", controller_grpc()),
+                run.join("ca").join("root-cert.pem"),
+                run.join("tokens").join(format!("{node}.token")),
+            )
         };
         let ztunnel = Proc::spawn(
             &format!("ztunnel-{node}"),
             &netns,
-            exe,
-            &leading
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    "--node-name".into(),
-                    node.to_string(),
-                    "--trust-domain".into(),
-                    self.options.trust_domain.clone(),
-                    "--instance-ip".into(),
-                    self.lab.node(node).ip.to_string(),
-                    "--controller-address".into(),
-                    format!("https://{}", controller_grpc()),
-                    "--ca-root".into(),
-                    run.join("ca").join("root-cert.pem").display().to_string(),
-                    "--token-file".into(),
-                    run.join("tokens")
-                        .join(format!("{node}.token"))
-                        .display()
-                        .to_string(),
-                    "--workload-cert-ttl-secs".into(),
-                    self.options.workload_cert_ttl.as_secs().max(1).to_string(),
-                    "--zds-socket".into(),
-                    dir.join("ztunnel.sock").display().to_string(),
-                ])
-                .chain(self.options.ztunnel_args.iter().cloned())
-                .collect::<Vec<String>>(),
+            &program.exe,
+            &program.args(
+                args.to_args()
+                    .into_iter()
+                    .chain(self.options.ztunnel_args.iter().cloned()),
+            ),
             &run.join("logs").join(format!("ztunnel-{node}.log")),
             &env,
         )?;
@@ -544,33 +535,23 @@ impl Mesh {
 /// allocations file next to them).
 fn spawn_controller(lab: &Lab, options: &MeshOptions, manifests: &Path) -> std::io::Result<Proc> {
     let run = &lab.run_dir;
-    let node_names: Vec<String> = lab.nodes.keys().cloned().collect();
+    let args = ControllerArgs {
+        grpc_addr: controller_grpc(),
+        monitoring_addr: controller_monitoring(),
+        trust_domain: options.trust_domain.clone(),
+        manifests: Some(manifests.to_path_buf()),
+        allocations: Some(allocations_path(lab)),
+        token_dir: run.join("tokens"),
+        nodes: lab.nodes.keys().cloned().collect(),
+        debounce_quiet_ms: options.debounce_quiet.as_millis() as u64,
+        ..ControllerArgs::new(run.join("ca"))
+    };
+    let program = Program::multi_call(&options.exe, "controller");
     Proc::spawn(
         "controller",
         &lab.underlay,
-        &options.exe,
-        &[
-            "component".into(),
-            "controller".into(),
-            "--grpc-addr".into(),
-            controller_grpc().to_string(),
-            "--monitoring-addr".into(),
-            controller_monitoring().to_string(),
-            "--trust-domain".into(),
-            options.trust_domain.clone(),
-            "--ca-dir".into(),
-            run.join("ca").display().to_string(),
-            "--manifests".into(),
-            manifests.display().to_string(),
-            "--allocations".into(),
-            allocations_path(lab).display().to_string(),
-            "--token-dir".into(),
-            run.join("tokens").display().to_string(),
-            "--nodes".into(),
-            node_names.join(","),
-            "--debounce-quiet-ms".into(),
-            options.debounce_quiet.as_millis().to_string(),
-        ],
+        &program.exe,
+        &program.args(args.to_args()),
         &run.join("logs").join("controller.log"),
         &[("RUST_LOG", options.log_filter.as_str())],
     )

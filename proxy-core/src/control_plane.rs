@@ -1,5 +1,5 @@
-//! How ztunnel reaches the controller: one TLS gRPC endpoint (15012) for both xDS and the
-//! CA, authenticated with this node's bearer token.
+//! How a proxy reaches the controller: one TLS gRPC endpoint (15012) for both xDS and the
+//! CA, authenticated with a bearer token (a ztunnel's node token, a waypoint's pod token).
 
 use std::path::PathBuf;
 use std::time::Duration;

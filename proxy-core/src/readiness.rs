@@ -1,4 +1,4 @@
-//! What ztunnel still waits for before it reports ready on 15021.
+//! What a proxy still waits for before it reports ready on 15021.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -1,14 +1,14 @@
 //! Where configuration comes from. Every source feeds the same [`StateStore`] through
 //! [`Update`]s, so the data path never knows which one is in use.
 //!
-//! - [`LocalFile`]: a YAML file of WDS resources (see `ambient_proto::local`), re-read when it
+//! - [`LocalFile`]: a YAML file of WDS resources (see [`super::local`]), re-read when it
 //!   changes; a bad edit is reported and the last good contents stay in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ambient_proto::local::LocalConfig;
+use super::local::LocalConfig;
 use tracing::{info, warn};
 
 use super::{StateStore, Update};

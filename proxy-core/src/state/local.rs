@@ -27,8 +27,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{DEFAULT_TRUST_DOMAIN, Identity};
-use crate::istio::workload as wds;
+use ambient_proto::identity::{DEFAULT_TRUST_DOMAIN, Identity};
+use ambient_proto::istio::workload as wds;
 
 /// A malformed file: where, and why.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,95 @@
+//! What every end-to-end test shares: the binaries under test, built fresh on first use.
+//!
+//! The tests run the real `ambientctl` (which also runs every mesh component through
+//! `ambientctl component ...`) and the `demo-app` the example pods run. They are another
+//! package's binaries, so cargo does not build them for this one: the first test that asks
+//! builds them with the same cargo, profile and target directory as the test itself
+//! (a no-op when they are up to date), so a test never runs a stale binary.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Packages whose binaries the tests run.
+const BINARIES: [&str; 2] = ["ambientctl", "demo-app"];
+
+/// The directory cargo put this test executable's profile in (`target/<profile>`); test
+/// executables live in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("deps directory");
+    deps.parent().expect("profile directory").to_path_buf()
+}
+
+/// Builds the binaries once per test process; returns the directory holding them.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = profile_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut build = Command::new(cargo);
+        build
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(workspace().join("Cargo.toml"));
+        if dir.file_name() == Some(OsStr::new("release")) {
+            build.arg("--release");
+        }
+        for p in BINARIES {
+            build.args(["-p", p]);
+        }
+        // The target directory is the one this test was built in (CARGO_TARGET_DIR, when set,
+        // is inherited and names the same place).
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building {BINARIES:?} failed");
+        for b in BINARIES {
+            assert!(
+                dir.join(b).exists(),
+                "{} was not built",
+                dir.join(b).display()
+            );
+        }
+        dir
+    })
+}
+
+/// The built `ambientctl`, as a value that can stand wherever a path is expected
+/// (`Command::new(EXE)`, `Path::new(EXE)`, `EXE.into()`).
+#[derive(Clone, Copy, Debug)]
+pub struct Exe;
+
+/// The `ambientctl` under test.
+pub const EXE: Exe = Exe;
+
+impl Exe {
+    pub fn path(self) -> &'static Path {
+        static PATH: OnceLock<PathBuf> = OnceLock::new();
+        PATH.get_or_init(|| bin_dir().join("ambientctl"))
+    }
+}
+
+impl AsRef<OsStr> for Exe {
+    fn as_ref(&self) -> &OsStr {
+        self.path().as_os_str()
+    }
+}
+
+impl AsRef<Path> for Exe {
+    fn as_ref(&self) -> &Path {
+        self.path()
+    }
+}
+
+impl From<Exe> for PathBuf {
+    fn from(e: Exe) -> PathBuf {
+        e.path().to_path_buf()
+    }
+}
+
+/// The workspace's root directory.
+pub fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
