@@ -2,6 +2,8 @@
 //! under `tests/fixtures/analyze/` and on the bookinfo example, with a private
 //! `AMBIENT_HOME` so that no running mesh is picked up.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -5,6 +5,8 @@
 //! Without `chromium` in `$PATH` the browser checks fail (saying how to get it), unless
 //! `AMBIENT_SKIP_BROWSER=1`.
 
+#![forbid(unsafe_code)]
+
 #[path = "support/ctl.rs"]
 mod ctl;
 

@@ -1,6 +1,8 @@
 //! End to end: an enrolled pod's DNS queries, to whatever nameserver over UDP or TCP, are
 //! captured and answered by its node's ztunnel from the mesh's services.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

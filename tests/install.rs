@@ -3,6 +3,8 @@
 //!
 //! The apply path (server-side apply against the fake API server) is in tests/install_apply.rs.
 
+#![forbid(unsafe_code)]
+
 use std::process::{Command, Output};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};

@@ -3,6 +3,8 @@
 //! changes nothing (the CA is kept, every resourceVersion stays), and a server that refuses or
 //! is gone gives a clear error and exit code 1.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::process::Output;
 

@@ -3,6 +3,8 @@
 //! delta xDS into a real ztunnel xDS client; a compacted history (410 Gone) forces a relist;
 //! the CA authenticates ztunnels by TokenReview.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::sync::Arc;

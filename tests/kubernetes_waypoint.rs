@@ -8,6 +8,8 @@
 //! The fake server allocates nothing and collects no garbage: the test plays the kubelet
 //! (a Running pod), the IP allocator (the cluster IP) and the garbage collector.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::path::Path;

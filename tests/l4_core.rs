@@ -1,6 +1,8 @@
 //! End to end, in real network namespaces with real processes: two nodes, pods, HBONE.
 //! Each test builds its own sandbox (user + network namespaces), so none needs root.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! policy edit applied live, and `down` leaving nothing behind. Also the error paths: a
 //! broken manifest, a second `up`, `exec` into an unknown pod, commands with no mesh.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 #[path = "support/ctl.rs"]

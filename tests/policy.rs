@@ -1,6 +1,8 @@
 //! End to end with the controller in manifest-directory mode: configuration edits applied
 //! live, L4 authorization, PeerAuthentication, controller restarts, bad input.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -282,6 +284,61 @@ fn strict_refuses_plaintext_permissive_accepts() {
                 }
             })
             .await?;
+            TestResult::Ok(())
+        },
+    );
+}
+
+/// Fail closed: a pod is captured (its node agent told ztunnel) before the controller's
+/// description of it arrives. In that window nothing is known of its policies (STRICT mTLS,
+/// DENY rules), so plaintext to it is refused, counted (`NR`) and logged, as Istio's ztunnel
+/// drops it; a described pod next to it is served as usual.
+#[test]
+fn plaintext_to_a_pod_not_yet_described_is_refused() {
+    run_test(
+        "plaintext_to_a_pod_not_yet_described_is_refused",
+        |dir| async move {
+            let mut mesh = cluster(
+                &dir,
+                vec![PodSpec::new("server", "node-b")],
+                vec![],
+                &["outside"],
+                |_| {},
+            )
+            .await?;
+            // Captured and served by node-b's ztunnel; described by no manifest.
+            mesh.lab.add_pod("default", "ghost", "node-b")?;
+            mesh.enrol("default", "ghost", "ghost").await?;
+            let ghost = mesh.lab.pod("default", "ghost");
+            serve_hello(&ghost.netns, 8080, "ghost".into())?;
+            let ghost_addr = SocketAddr::new(IpAddr::V4(ghost.ip), 8080);
+            let server = mesh.lab.pod("default", "server");
+            serve_hello(&server.netns, 8080, "server".into())?;
+            let server_addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+            let outside = mesh.lab.externals["outside"].netns.clone();
+
+            assert!(
+                answered(ask(&outside, server_addr, "plain").await, "plain"),
+                "a described pod takes plaintext (PERMISSIVE)"
+            );
+            assert!(
+                !answered(ask(&outside, ghost_addr, "plain").await, "plain"),
+                "plaintext reached a pod nothing is known of"
+            );
+            let b = mesh.metrics("node-b").await?;
+            assert!(
+                metric(
+                    &b,
+                    "istio_tcp_connections_opened_total",
+                    &[("reporter", "destination"), ("response_flags", "NR")]
+                ) >= 1.0,
+                "the refusal is counted"
+            );
+            assert!(
+                mesh.log("ztunnel-node-b")
+                    .contains("the control plane has not described this pod yet"),
+                "the refusal is logged with its reason"
+            );
             TestResult::Ok(())
         },
     );

@@ -7,6 +7,8 @@
 //! The waypoint reaches the sink by the Service name given to `ambientctl up
 //! --otlp-endpoint`, resolved from its own xDS view.
 
+#![forbid(unsafe_code)]
+
 #[path = "support/ctl.rs"]
 mod ctl;
 
@@ -118,22 +120,10 @@ fn waypoint_metrics(ctl: &Ctl, ip: &str) -> String {
     ])
 }
 
-/// Sum of the samples of counter `family` whose labels include every `want` pair.
+/// Sum of the samples of `family` whose labels include every `want` pair.
 fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
-        .filter(|l| {
-            let rest = &l[family.len()..];
-            rest.starts_with('{') || rest.starts_with(' ')
-        })
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    let samples = proxy_core::exposition::parse(metrics).expect("Prometheus text");
+    proxy_core::exposition::sum(&samples, family, want) as u64
 }
 
 #[test]

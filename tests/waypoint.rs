@@ -5,6 +5,8 @@
 //! Statistical checks use five standard deviations of the binomial, so a correct proxy fails
 //! them about once in two million runs while a wrong split (say 60/40) fails every time.
 
+#![forbid(unsafe_code)]
+
 #[path = "support/ctl.rs"]
 mod ctl;
 
@@ -93,16 +95,8 @@ fn node_ips(ctl: &Ctl) -> Vec<String> {
 
 /// Sum of the samples of `family` whose labels include every `want` pair.
 fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    let samples = proxy_core::exposition::parse(metrics).expect("Prometheus text");
+    proxy_core::exposition::sum(&samples, family, want) as u64
 }
 
 /// Istio's standard labels, every one of which a dashboard may group by.

@@ -5,6 +5,8 @@
 //! Gateway a file defines, naming the file. Error paths: `status` of an unknown waypoint,
 //! `apply` with neither a local mesh nor a cluster.
 
+#![forbid(unsafe_code)]
+
 #[path = "support/ctl.rs"]
 mod ctl;
 

@@ -6,6 +6,8 @@
 //! - [`cli`]: the command-line grammar (also used for shell completions).
 //! - [`demo`]: the two-node example.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod cmd;
 pub mod demo;

@@ -1,5 +1,7 @@
 //! The `ambientctl` command line.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;

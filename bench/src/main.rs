@@ -1,5 +1,7 @@
 //! `cargo run --release -p bench -- <benchmark>`: runs a benchmark and prints its figures.
 
+#![forbid(unsafe_code)]
+
 mod mesh;
 mod server;
 mod xds_scale;

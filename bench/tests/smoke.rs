@@ -1,6 +1,8 @@
 //! The mesh benchmark still runs end to end and prints every figure (numbers not judged):
 //! tiny durations, in its own sandbox, as `cargo test --workspace` runs it.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 
 #[test]

@@ -9,6 +9,8 @@
 //! Kubernetes, the [`deployer`] deploys waypoints for waypoint Gateways and writes their
 //! status.
 
+#![forbid(unsafe_code)]
+
 pub mod ca;
 pub mod cli;
 pub mod deployer;

@@ -2,6 +2,8 @@
 //! versions, incremental pushes, removals, NACK handling, and reconnects that send only what
 //! the client lacks.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

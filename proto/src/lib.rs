@@ -8,6 +8,8 @@
 //! - [`hbone`]: HTTP/2 CONNECT over that TLS: client, connection pool, server, byte relay.
 //! - [`zds`]: the node agent → ztunnel protocol over a unix SEQPACKET socket with fd passing.
 
+#![forbid(unsafe_code)]
+
 pub mod hbone;
 pub mod identity;
 pub mod tls;

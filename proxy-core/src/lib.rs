@@ -4,7 +4,8 @@
 //! [`control_plane`]) into one lock-free store ([`state`]: workloads, services and the L4
 //! policies of [`rbac`]); it gets certificates for the identities it serves from the CA
 //! ([`identity`]); it answers admin, readiness and metrics requests ([`admin`],
-//! [`readiness`]) and labels its metrics the way Istio does ([`metrics`]); and it starts with
+//! [`readiness`]) and labels its metrics the way Istio does ([`metrics`], read back by
+//! [`exposition`]); and it starts with
 //! the same logging and memory settings ([`logging`], [`memory`]) and stops on the same
 //! signals ([`shutdown`]). Every component's typed command line renders itself back into
 //! arguments through [`command_line`], so whoever starts a component spells no flag.
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod command_line;
 pub mod control_plane;
+pub mod exposition;
 pub mod identity;
 pub mod logging;
 pub mod memory;

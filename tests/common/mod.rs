@@ -120,23 +120,8 @@ pub async fn cluster(
 
 /// Sums the values of every series of `name` whose labels include all of `labels`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric_name, rest) = match series.split_once('{') {
-                Some((n, r)) => (n, r.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric_name != name {
-                return None;
-            }
-            let ok = labels
-                .iter()
-                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    let samples = proxy_core::exposition::parse(text).expect("Prometheus text");
+    proxy_core::exposition::sum(&samples, name, labels)
 }
 
 /// Retries `f` until it succeeds or `timeout` passes (for things that settle, like metrics

@@ -1,5 +1,7 @@
 //! The waypoint binary: see [`waypoint::cli`].
 
+#![forbid(unsafe_code)]
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,6 +3,8 @@
 //! oversized headers and slow clients. Each attack runs on real loopback sockets while a
 //! well-behaved client keeps being served, and the process's memory must stay bounded.
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

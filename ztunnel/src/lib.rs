@@ -7,6 +7,8 @@
 //! connects to the app. Pods arrive over ZDS ([`inpod`]) from the node agent ([`agent`]). A
 //! pod's DNS queries are answered in the pod by [`dns`].
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod agent;
 pub mod app;

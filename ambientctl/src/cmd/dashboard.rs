@@ -7,7 +7,6 @@
 //! exits.
 
 pub mod graph;
-pub mod prom;
 pub mod sources;
 
 use std::convert::Infallible;

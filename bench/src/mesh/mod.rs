@@ -356,17 +356,16 @@ impl Bench {
     /// Requests the waypoint answered for the waypoint path's server, over mutual TLS.
     async fn waypoint_requests(&self) -> anyhow::Result<f64> {
         let text = self.waypoint_metrics().await?;
-        let want = [
-            "reporter=\"waypoint\"",
-            "destination_workload=\"server\"",
-            "connection_security_policy=\"mutual_tls\"",
-        ];
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("istio_requests_total{"))
-            .filter(|l| want.iter().all(|w| l.contains(w)))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum())
+        let samples = proxy_core::exposition::parse(&text).map_err(anyhow::Error::msg)?;
+        Ok(proxy_core::exposition::sum(
+            &samples,
+            "istio_requests_total",
+            &[
+                ("reporter", "waypoint"),
+                ("destination_workload", "server"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ))
     }
 
     /// Opens connections from `path`'s client pod to its server on `port`.

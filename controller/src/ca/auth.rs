@@ -171,6 +171,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Extracts the token from an `authorization: Bearer <token>` value.
+/// The caller of a gRPC request (xDS or the CA): its `authorization: Bearer <token>` header,
+/// authenticated by `auth`. Every refusal is an [`AuthError`] naming why.
+pub async fn caller(
+    auth: &dyn Authenticator,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Caller, AuthError> {
+    let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+    auth.authenticate(bearer(header)?).await
+}
+
 pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
     let v = header.ok_or(AuthError::MissingToken)?;
     let token = v

@@ -10,7 +10,7 @@ use ambient_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateRe
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::auth::{Authenticator, Caller, bearer};
+use super::auth::{Authenticator, Caller, caller};
 use super::authority::{CaError, CertificateAuthority};
 use crate::nodes::NodeDirectory;
 
@@ -101,20 +101,13 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         metrics::counter!("citadel_server_csr_count").increment(1);
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let token = bearer(header).map(str::to_string);
-        let caller = match token {
-            Ok(t) => self.auth.authenticate(&t).await,
-            Err(e) => Err(e),
-        };
-        let caller = caller.map_err(|e| {
-            metrics::counter!("citadel_server_authentication_failure_count").increment(1);
-            warn!(error = %e, "CA request refused: authentication");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let caller = caller(self.auth.as_ref(), request.metadata())
+            .await
+            .map_err(|e| {
+                metrics::counter!("citadel_server_authentication_failure_count").increment(1);
+                warn!(error = %e, "CA request refused: authentication");
+                Status::unauthenticated(e.to_string())
+            })?;
         let req = request.into_inner();
         let identity = self.authorize(&caller, &req).inspect_err(|s| {
             warn!(caller = ?caller, reason = %s.message(), "CA request refused: authorization");

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::{ResourceSet, Snapshot, TYPES};
-use crate::ca::auth::{Authenticator, Caller, bearer};
+use crate::ca::auth::{Authenticator, Caller, caller};
 
 /// Resources per response; a first sync of a large mesh is split into several.
 const MAX_RESOURCES_PER_RESPONSE: usize = 1000;
@@ -137,20 +137,13 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let token = bearer(header).map(str::to_string);
-        let caller = match token {
-            Ok(t) => self.auth.authenticate(&t).await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| {
-            metrics::counter!("pilot_xds_auth_failures_total").increment(1);
-            warn!(error = %e, "xDS stream refused");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let caller = caller(self.auth.as_ref(), request.metadata())
+            .await
+            .map_err(|e| {
+                metrics::counter!("pilot_xds_auth_failures_total").increment(1);
+                warn!(error = %e, "xDS stream refused");
+                Status::unauthenticated(e.to_string())
+            })?;
         let inbound = request.into_inner();
         // A short queue: sending waits until the previous response is on its way.
         let (tx, rx) = mpsc::channel(2);

@@ -3,6 +3,8 @@
 //! HTTP/2), `get`, a small curl to call them with, and `otlp-sink`, which prints the spans an
 //! OTLP exporter (a waypoint) sends it.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod cli;
 pub mod client;

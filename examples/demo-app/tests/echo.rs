@@ -1,6 +1,8 @@
 //! The echo role as a real process on 127.0.0.1, called with `demo-app get` (HTTP/1.1 and
 //! HTTP/2), with `--summary`, and with raw HTTP/1.1 bytes.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};

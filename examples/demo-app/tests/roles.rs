@@ -1,5 +1,7 @@
 //! The roles as real processes on 127.0.0.1, called with `demo-app get`.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};

@@ -403,6 +403,11 @@ impl StateStore {
         rejected
     }
 
+    /// Whether any configuration has been applied yet.
+    pub fn loaded(&self) -> bool {
+        *self.version.borrow() > 0
+    }
+
     /// Ticks on every applied update (the first value is 0: nothing loaded yet).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()

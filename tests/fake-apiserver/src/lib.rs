@@ -26,6 +26,8 @@
 //! ([`FakeApiServer::apply`], [`FakeApiServer::patch`], [`FakeApiServer::delete`]) and can
 //! make requests fail ([`FakeApiServer::inject_error`]).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 // mimalloc returns freed memory to the OS promptly; glibc's per-thread arenas kept several
 // times the live heap resident in the controller benchmark (docs/benchmarks.md).
 #[global_allocator]

@@ -53,12 +53,24 @@ fn u16_at(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
-/// Answers the query in `request`, asking `lookup` for the addresses of the name it asks
-/// about (`None`: no such name).
+/// What the mesh knows of a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// The name's addresses.
+    Addresses(Vec<IpAddr>),
+    /// No such name in the mesh.
+    NoSuchName,
+    /// No configuration has arrived yet: nothing can be said of any name, and a definite "no
+    /// such name" could be cached by the client (SERVFAIL makes it ask again).
+    NothingYet,
+}
+
+/// Answers the query in `request`, asking `lookup` what the mesh knows of the name it asks
+/// about.
 pub fn respond(
     request: &[u8],
     transport: Transport,
-    lookup: impl FnOnce(&str) -> Option<Vec<IpAddr>>,
+    lookup: impl FnOnce(&str) -> Known,
 ) -> Result<Response, Malformed> {
     // Check the header before decoding: a query has exactly one question and nothing else
     // but (EDNS) additional records, and garbage should cost nothing to refuse.
@@ -103,8 +115,9 @@ pub fn respond(
         ResponseCode::NotImp
     } else {
         match lookup(&question.name().to_ascii()) {
-            None => ResponseCode::NXDomain,
-            Some(addresses) => {
+            Known::NoSuchName => ResponseCode::NXDomain,
+            Known::NothingYet => ResponseCode::ServFail,
+            Known::Addresses(addresses) => {
                 let qtype = question.query_type();
                 for ip in addresses {
                     let rdata = match (ip, qtype) {
@@ -164,14 +177,14 @@ mod tests {
         m
     }
 
-    fn echo(name: &str) -> Option<Vec<IpAddr>> {
+    fn echo(name: &str) -> Known {
         match name {
-            "echo.default.svc.cluster.local." => Some(vec![
+            "echo.default.svc.cluster.local." => Known::Addresses(vec![
                 "10.96.0.10".parse().unwrap(),
                 "fd00::10".parse().unwrap(),
             ]),
-            "many." => Some((0..100u8).map(|i| IpAddr::from([10, 96, 1, i])).collect()),
-            _ => None,
+            "many." => Known::Addresses((0..100u8).map(|i| IpAddr::from([10, 96, 1, i])).collect()),
+            _ => Known::NoSuchName,
         }
     }
 

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use proxy_core::state::StateStore;
 
-use super::answer::{self, Malformed, Response, Transport};
+use super::answer::{self, Known, Malformed, Response, Transport};
 use super::resolve;
 
 /// How long a TCP connection may sit between (or inside) messages.
@@ -49,8 +49,13 @@ impl Resolver {
     /// Answers one message; counts it.
     pub fn respond(&self, request: &[u8], transport: Transport) -> Result<Response, Malformed> {
         let snapshot = self.state.load();
+        let loaded = self.state.loaded();
         let result = answer::respond(request, transport, |name| {
-            resolve::lookup(&snapshot, &self.namespace, name)
+            match resolve::lookup(&snapshot, &self.namespace, name) {
+                Some(addresses) => Known::Addresses(addresses),
+                None if loaded => Known::NoSuchName,
+                None => Known::NothingYet,
+            }
         });
         crate::metrics::dns_request(match &result {
             Ok(r) => answer::code_name(r.code),
@@ -289,6 +294,33 @@ services:
 
     fn addresses(m: &Message) -> Vec<IpAddr> {
         m.answers.iter().filter_map(|r| r.data.ip_addr()).collect()
+    }
+
+    #[test]
+    fn before_any_configuration_every_name_is_a_temporary_failure() {
+        let state = Arc::new(StateStore::new());
+        let resolver = Resolver::new(state.clone(), "default".into(), "test".into());
+        let ask = |resolver: &Resolver| {
+            let r = resolver
+                .respond(
+                    &query(1, "echo.default.svc.cluster.local.", RecordType::A),
+                    Transport::Udp,
+                )
+                .unwrap();
+            Message::from_vec(&r.bytes).unwrap().response_code
+        };
+        // Not "no such name": a client could cache that for a service that exists.
+        assert_eq!(ask(&resolver), ResponseCode::ServFail);
+        state.apply(Update {
+            upserts: services(LATE),
+            ..Default::default()
+        });
+        assert_eq!(ask(&resolver), ResponseCode::NXDomain);
+        state.apply(Update {
+            upserts: services(ECHO),
+            ..Default::default()
+        });
+        assert_eq!(ask(&resolver), ResponseCode::NoError);
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
 //! Live inbound connections, so a policy change can close the ones it now denies.
 //!
-//! Every inbound connection registers the attributes it was authorized on; after each
-//! configuration update [`ConnectionManager::recheck`] judges them again against the new
-//! policies and cancels the denied ones. Registration is one lock per connection (not per
-//! byte).
+//! Every inbound connection is admitted through [`ConnectionManager::admit`], which registers
+//! the attributes it will be authorized on *before* reading the configuration it is judged
+//! against; after each configuration update [`ConnectionManager::recheck`] judges every
+//! registered connection again and cancels the denied ones. Registering first leaves no window:
+//! an update either came before the admission read the configuration (and is judged there) or
+//! after the registration (and its recheck sees the connection). Registration is one lock per
+//! connection (not per byte).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +19,7 @@ use tracing::info;
 
 use super::PodContext;
 use proxy_core::rbac::Connection;
-use proxy_core::state::Snapshot;
+use proxy_core::state::{Snapshot, Workload};
 
 /// What an inbound connection was authorized on.
 #[derive(Clone)]
@@ -62,12 +65,54 @@ impl Drop for Registration {
     }
 }
 
+/// A registered inbound connection and the configuration it is to be judged on.
+pub struct Admission {
+    /// Keeps the connection registered (re-checked on every update) while it lives.
+    pub registration: Registration,
+    /// The configuration read after registering: authorize against this one.
+    pub snapshot: Arc<Snapshot>,
+    /// The destination pod's workload in that configuration.
+    pub workload: Arc<Workload>,
+}
+
+impl Tracked {
+    fn connection(&self) -> Connection<'_> {
+        Connection {
+            src_identity: self.src_identity.as_ref(),
+            src_ip: self.src_ip,
+            dst: self.dst,
+        }
+    }
+}
+
 impl ConnectionManager {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    pub fn register(self: &Arc<Self>, tracked: Tracked) -> Registration {
+    /// Registers `tracked`, then reads the configuration with `load` and finds the
+    /// destination pod in it. `None` (the registration dropped) when the control plane has
+    /// not described the pod yet: nothing can be authorized against a pod without policies,
+    /// so the caller refuses the connection.
+    pub fn admit(
+        self: &Arc<Self>,
+        tracked: Tracked,
+        load: impl FnOnce() -> Arc<Snapshot>,
+    ) -> Option<Admission> {
+        let pod = tracked.pod.clone();
+        let registration = self.register(tracked);
+        let snapshot = load();
+        let workload = snapshot
+            .find_pod(&pod.uid, &pod.namespace, &pod.name)?
+            .clone();
+        Some(Admission {
+            registration,
+            snapshot,
+            workload,
+        })
+    }
+
+    fn register(self: &Arc<Self>, tracked: Tracked) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("poisoned").insert(id, tracked);
         Registration {
@@ -125,12 +170,7 @@ impl ConnectionManager {
             let Some(dst) = snapshot.find_pod(&t.pod.uid, &t.pod.namespace, &t.pod.name) else {
                 continue;
             };
-            let conn = Connection {
-                src_identity: t.src_identity.as_ref(),
-                src_ip: t.src_ip,
-                dst: t.dst,
-            };
-            if let Err(denial) = snapshot.authorize(dst, &conn) {
+            if let Err(denial) = snapshot.authorize(dst, &t.connection()) {
                 info!(
                     pod = %t.pod.name,
                     src = %t.src_ip,
@@ -145,5 +185,158 @@ impl ConnectionManager {
             }
         }
         closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ambient_proto::hbone::{H2Settings, PoolSettings};
+    use ambient_proto::istio::security as sec;
+    use ambient_proto::tls::{TrustBundle, WorkloadCertificate};
+    use futures::future::BoxFuture;
+    use proxy_core::identity::{Backoff, CertificateManager, CertificateSource, FetchError};
+    use proxy_core::state::local::LocalConfig;
+    use proxy_core::state::{StateStore, Update};
+
+    use super::*;
+    use crate::inpod::netns::Netns;
+    use crate::proxy::Shared;
+
+    /// A CA that never answers: admission needs no certificate.
+    struct NoCa;
+
+    impl CertificateSource for NoCa {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a Identity,
+        ) -> BoxFuture<'a, Result<WorkloadCertificate, FetchError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    const SERVER: &str = "workloads:\n  - name: server\n    namespace: default\n    addresses: [10.244.2.2]\n    tunnelProtocol: HBONE\n";
+
+    /// The `server` pod's context on a node whose store holds `workloads` (a local WDS file).
+    fn server_pod(workloads: &str) -> (Arc<StateStore>, Arc<PodContext>) {
+        let state = Arc::new(StateStore::new());
+        state.apply(Update {
+            upserts: LocalConfig::parse(workloads).unwrap().to_addresses(),
+            replace_all: true,
+            ..Default::default()
+        });
+        let root = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let shared = Arc::new(Shared {
+            state: state.clone(),
+            certs: Arc::new(CertificateManager::new(Arc::new(NoCa), Backoff::default())),
+            bundle: TrustBundle::from_pem("cluster.local", root.pem().as_bytes()).unwrap(),
+            h2: H2Settings::default(),
+            pool: PoolSettings::default(),
+            cert_wait: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            connections: ConnectionManager::new(),
+        });
+        let pod = PodContext::new(
+            "Kubernetes//Pod/default/server".into(),
+            "server".into(),
+            "default".into(),
+            "spiffe://cluster.local/ns/default/sa/server"
+                .parse()
+                .unwrap(),
+            Netns::current().unwrap(),
+            shared,
+        )
+        .unwrap();
+        (state, pod)
+    }
+
+    fn tracked(pod: &Arc<PodContext>, cancel: &CancellationToken) -> Tracked {
+        Tracked {
+            pod: pod.clone(),
+            src_identity: None,
+            src_ip: "10.244.1.2".parse().unwrap(),
+            dst: "10.244.2.2:8080".parse().unwrap(),
+            cancel: cancel.clone(),
+        }
+    }
+
+    /// Denies everything in namespace `default`.
+    fn deny_all() -> Update {
+        Update {
+            policy_upserts: vec![sec::Authorization {
+                name: "deny-all".into(),
+                namespace: "default".into(),
+                scope: sec::Scope::Namespace as i32,
+                action: sec::Action::Deny as i32,
+                rules: vec![sec::Rule { clauses: vec![] }],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_pushed_right_after_admission_read_the_configuration_closes_the_connection() {
+        let (state, pod) = server_pod(SERVER);
+        let connections = pod.shared.connections.clone();
+        let cancel = CancellationToken::new();
+        // The push lands between the admission's read of the configuration and the end of
+        // the admission (here: at once; in a proxy: while it connects to the app). Its
+        // recheck, as every configuration update runs one, must see this connection.
+        let admission = connections
+            .admit(tracked(&pod, &cancel), || {
+                let before = state.load();
+                state.apply(deny_all());
+                connections.recheck(&state.load());
+                before
+            })
+            .expect("the pod is described");
+        assert!(
+            admission
+                .snapshot
+                .authorize(&admission.workload, &tracked(&pod, &cancel).connection())
+                .is_ok(),
+            "the configuration read before the push allowed it"
+        );
+        assert!(
+            cancel.is_cancelled(),
+            "the push's recheck closed the connection it admitted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_the_control_plane_has_not_described_is_refused_and_not_kept() {
+        let (state, pod) = server_pod("workloads: []\n");
+        let connections = pod.shared.connections.clone();
+        let cancel = CancellationToken::new();
+        assert!(
+            connections
+                .admit(tracked(&pod, &cancel), || state.load())
+                .is_none()
+        );
+        assert!(
+            connections.is_empty(),
+            "a refused connection is not tracked"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admitted_connection_is_tracked_until_dropped() {
+        let (state, pod) = server_pod(SERVER);
+        let connections = pod.shared.connections.clone();
+        let cancel = CancellationToken::new();
+        let admission = connections
+            .admit(tracked(&pod, &cancel), || state.load())
+            .unwrap();
+        assert_eq!(admission.workload.name, "server");
+        assert_eq!(connections.len(), 1);
+        state.apply(deny_all());
+        assert_eq!(connections.recheck(&state.load()), 1);
+        assert!(cancel.is_cancelled());
+        drop(admission);
+        assert!(connections.is_empty());
     }
 }

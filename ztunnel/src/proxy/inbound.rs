@@ -9,8 +9,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::{Registration, Tracked};
-use super::{Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
+use super::connection_manager::{Admission, Registration, Tracked};
+use super::{
+    Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay, socket,
+};
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
 use proxy_core::rbac::Connection;
 
@@ -94,8 +96,41 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
             return None;
         }
     };
-    let Some(me) = ctx.workload() else {
-        warn!(pod = %ctx.name, %dst, "CONNECT for a pod the control plane has not described");
+    // In-pod mode: the tunnel's TCP source is the client pod's own address.
+    let peer_addr = inbound.peer_addr();
+    let cancel = ctx.cancel.child_token();
+    let tracked = Tracked {
+        pod: ctx.clone(),
+        src_identity: Some(peer_id.clone()),
+        src_ip: peer_addr.ip(),
+        dst,
+        cancel: cancel.clone(),
+    };
+    let admission = ctx
+        .shared
+        .connections
+        .admit(tracked, || ctx.shared.state.load());
+    let Some(Admission {
+        registration,
+        snapshot,
+        workload: me,
+    }) = admission
+    else {
+        warn!(pod = %ctx.name, %dst, peer = %peer_id, "CONNECT for a pod the control plane has not described");
+        ConnectionRecord::open(ConnectionInfo {
+            reporter: Reporter::Destination,
+            src_addr: peer_addr,
+            src_workload: None,
+            src_identity: Some(peer_id),
+            dst_addr: dst,
+            dst_hbone_addr: Some(dst),
+            dst_workload: None,
+            dst_identity: Some(ctx.identity.clone()),
+            dst_service: None,
+            security: Security::MutualTls,
+            response_flags: UNKNOWN_POD,
+        })
+        .set_error("destination pod not described by the control plane yet");
         inbound.reject(ConnectStatus::Unavailable);
         return None;
     };
@@ -104,13 +139,10 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
         inbound.reject(ConnectStatus::BadRequest);
         return None;
     }
-    let snapshot = ctx.shared.state.load();
-    // In-pod mode: the tunnel's TCP source is the client pod's own address.
     let src_workload = snapshot
-        .workload_by_ip(inbound.peer_addr().ip())
+        .workload_by_ip(peer_addr.ip())
         .filter(|w| w.identity == peer_id)
         .cloned();
-    let peer_addr = inbound.peer_addr();
     let info = |flags| ConnectionInfo {
         reporter: Reporter::Destination,
         src_addr: peer_addr,
@@ -126,7 +158,7 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
     };
     let attrs = Connection {
         src_identity: Some(&peer_id),
-        src_ip: inbound.peer_addr().ip(),
+        src_ip: peer_addr.ip(),
         dst,
     };
     if let Err(denial) = snapshot.authorize(&me, &attrs) {
@@ -135,9 +167,12 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
         inbound.reject(ConnectStatus::Denied);
         return None;
     }
+    // The state snapshot and the lookups made in it are released before connecting, so a
+    // long connection pins no old configuration.
+    drop(snapshot);
     // The tunnel's own TCP source is the client pod (sockets live in pod namespaces), so the
     // app is shown that address.
-    let client_ip = inbound.peer_addr().ip();
+    let client_ip = peer_addr.ip();
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
         socket::connect_as(&ctx.netns, client_ip, dst),
@@ -156,9 +191,16 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
             return None;
         }
     };
+    if cancel.is_cancelled() {
+        info!(pod = %ctx.name, peer = %peer_id, %dst, "connection denied by a policy change while connecting");
+        ConnectionRecord::open(info("DENY"))
+            .set_error("denied by a policy change while connecting");
+        inbound.reject(ConnectStatus::Denied);
+        return None;
+    }
     let src_addr = SocketAddr::new(
-        inbound.forwarded_for().unwrap_or(inbound.peer_addr().ip()),
-        inbound.peer_addr().port(),
+        inbound.forwarded_for().unwrap_or(peer_addr.ip()),
+        peer_addr.port(),
     );
     let stream = match inbound.accept() {
         Ok(s) => s,
@@ -170,16 +212,6 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
     let mut connection_info = info("-");
     connection_info.src_addr = src_addr;
     let record = ConnectionRecord::open(connection_info);
-    // The state snapshot and the lookups made in it are released with this function, so a
-    // long connection pins no old configuration.
-    let cancel = ctx.cancel.child_token();
-    let registration = ctx.shared.connections.register(Tracked {
-        pod: ctx.clone(),
-        src_identity: Some(peer_id),
-        src_ip: client_ip,
-        dst,
-        cancel: cancel.clone(),
-    });
     Some(Admitted {
         upstream,
         stream,

@@ -8,10 +8,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::{Registration, Tracked};
-use super::{Opened, PodContext, RESERVED_PORTS, accept_loop, open_then_relay, socket};
+use super::connection_manager::{Admission, Registration, Tracked};
+use super::{
+    Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay, socket,
+};
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Reporter, Security};
 use proxy_core::rbac::Connection;
+use proxy_core::state::Workload;
 
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: tokio::net::TcpListener) {
     accept_loop(ctx, listener, "inbound_passthrough", handle).await
@@ -72,34 +75,55 @@ async fn admit(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) ->
         debug!(pod = %ctx.name, %dst, "refusing plaintext to the tunnel's own port");
         return None;
     }
-    let me = ctx.workload();
-    let snapshot = ctx.shared.state.load();
-    let src_workload = snapshot.workload_by_ip(peer.ip()).cloned();
-    let info = |flags| ConnectionInfo {
-        reporter: Reporter::Destination,
-        src_addr: peer,
-        src_workload: src_workload.clone(),
+    let cancel = ctx.cancel.child_token();
+    let tracked = Tracked {
+        pod: ctx.clone(),
         src_identity: None,
-        dst_addr: dst,
-        dst_hbone_addr: None,
-        dst_workload: me.clone(),
-        dst_identity: Some(ctx.identity.clone()),
-        dst_service: None,
-        security: Security::None,
-        response_flags: flags,
+        src_ip: peer.ip(),
+        dst,
+        cancel: cancel.clone(),
     };
-    if let Some(me) = &me {
-        let attrs = Connection {
-            src_identity: None,
-            src_ip: peer.ip(),
+    let admission = ctx
+        .shared
+        .connections
+        .admit(tracked, || ctx.shared.state.load());
+    let Some(Admission {
+        registration,
+        snapshot,
+        workload: me,
+    }) = admission
+    else {
+        // Between a pod's capture and its workload reaching us, no policy of it is known:
+        // STRICT mTLS and DENY rules cannot be checked, so nothing gets through.
+        let src_workload = ctx.shared.state.load().workload_by_ip(peer.ip()).cloned();
+        info!(pod = %ctx.name, %peer, %dst, "plaintext connection refused: the control plane has not described this pod yet");
+        ConnectionRecord::open(info(&ctx, peer, dst, src_workload, None, UNKNOWN_POD))
+            .set_error("destination pod not described by the control plane yet");
+        return None;
+    };
+    let src_workload = snapshot.workload_by_ip(peer.ip()).cloned();
+    let info = |flags| {
+        info(
+            &ctx,
+            peer,
             dst,
-        };
-        if let Err(denial) = snapshot.authorize(me, &attrs) {
-            info!(pod = %ctx.name, %peer, %dst, reason = %denial, "plaintext connection denied by policy");
-            ConnectionRecord::open(info("DENY")).set_error(denial);
-            return None;
-        }
+            src_workload.clone(),
+            Some(me.clone()),
+            flags,
+        )
+    };
+    let attrs = Connection {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst,
+    };
+    if let Err(denial) = snapshot.authorize(&me, &attrs) {
+        info!(pod = %ctx.name, %peer, %dst, reason = %denial, "plaintext connection denied by policy");
+        ConnectionRecord::open(info("DENY")).set_error(denial);
+        return None;
     }
+    // Nothing of the configuration is held while connecting or relaying.
+    drop(snapshot);
     let connect = tokio::time::timeout(
         ctx.shared.connect_timeout,
         socket::connect_as(&ctx.netns, peer.ip(), dst),
@@ -116,15 +140,13 @@ async fn admit(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) ->
             return None;
         }
     };
+    if cancel.is_cancelled() {
+        info!(pod = %ctx.name, %peer, %dst, "plaintext connection denied by a policy change while connecting");
+        ConnectionRecord::open(info("DENY"))
+            .set_error("denied by a policy change while connecting");
+        return None;
+    }
     let record = ConnectionRecord::open(info("-"));
-    let cancel = ctx.cancel.child_token();
-    let registration = ctx.shared.connections.register(Tracked {
-        pod: ctx.clone(),
-        src_identity: None,
-        src_ip: peer.ip(),
-        dst,
-        cancel: cancel.clone(),
-    });
     Some(Admitted {
         downstream,
         upstream,
@@ -132,4 +154,28 @@ async fn admit(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) ->
         cancel,
         _registration: registration,
     })
+}
+
+/// What the metrics and the access log say of a plaintext connection to `me`.
+fn info(
+    ctx: &PodContext,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    src_workload: Option<Arc<Workload>>,
+    me: Option<Arc<Workload>>,
+    flags: &'static str,
+) -> ConnectionInfo {
+    ConnectionInfo {
+        reporter: Reporter::Destination,
+        src_addr: peer,
+        src_workload,
+        src_identity: None,
+        dst_addr: dst,
+        dst_hbone_addr: None,
+        dst_workload: me,
+        dst_identity: Some(ctx.identity.clone()),
+        dst_service: None,
+        security: Security::None,
+        response_flags: flags,
+    }
 }

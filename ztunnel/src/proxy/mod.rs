@@ -40,6 +40,10 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = ambient_proto::hbone::HBONE_PORT;
 pub const DNS_PORT: u16 = 15053;
 
+/// Response flag of a connection refused because its destination pod has no configuration
+/// yet (Envoy's "no route / no matching filter chain").
+pub const UNKNOWN_POD: &str = "NR";
+
 /// Ports of the tunnel itself, never valid as a destination inside a pod.
 pub const RESERVED_PORTS: &[u16] = &[
     OUTBOUND_PORT,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::prom::{self, Sample};
+use proxy_core::exposition::{self as prom, Sample};
 
 pub const REQUESTS: &str = "istio_requests_total";
 pub const DURATION_BUCKET: &str = "istio_request_duration_milliseconds_bucket";

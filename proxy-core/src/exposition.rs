@@ -1,6 +1,7 @@
-//! The Prometheus text exposition format (version 0.0.4), as much as the proxies' `/metrics`
-//! use: `# HELP` / `# TYPE` comments, `name{label="value",...} value [timestamp]` samples,
-//! escaped label values, `+Inf`, `-Inf` and `NaN`.
+//! The Prometheus text exposition format (version 0.0.4) that the `/metrics` endpoints serve,
+//! read back: `# HELP` / `# TYPE` comments, `name{label="value",...} value [timestamp]`
+//! samples, escaped label values, `+Inf`, `-Inf` and `NaN`. The dashboard, the benchmarks
+//! and the end-to-end tests read the proxies' metrics with it.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,21 @@ impl Sample {
         }
         key
     }
+}
+
+/// The sum of the values of every sample named `name` whose labels include each of `labels`
+/// (a counter over all the series a test or a benchmark does not tell apart).
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
 }
 
 /// Parses a whole exposition. Like Prometheus, a malformed line fails the whole scrape:
