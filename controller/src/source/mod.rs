@@ -4,10 +4,12 @@
 //! - [`manifests`]: a directory of YAML manifests, re-scanned on change.
 //! - [`kubernetes`]: the Kubernetes API, through kube-rs watchers.
 //! - [`allocations`]: the local runtime's placements and addresses for manifest objects.
+//! - [`yaml`]: the manifests' YAML, with the position of every node.
 
 pub mod allocations;
 pub mod kubernetes;
 pub mod manifests;
+pub mod yaml;
 
 use std::fmt;
 use std::path::PathBuf;
