@@ -194,7 +194,10 @@ impl ManifestDir {
                         path.clone(),
                         None,
                         Some(o.key().to_string()),
-                        format!("also defined in {}; that definition is used", first.display()),
+                        format!(
+                            "also defined in {}; that definition is used",
+                            first.display()
+                        ),
                     ));
                     continue;
                 }
@@ -212,7 +215,10 @@ impl ManifestDir {
                         PathBuf::from(RUNTIME_SOURCE),
                         None,
                         Some(o.key().to_string()),
-                        format!("also defined in {}; that definition is used", first.display()),
+                        format!(
+                            "also defined in {}; that definition is used",
+                            first.display()
+                        ),
                     ));
                     continue;
                 }
@@ -367,7 +373,10 @@ impl<'a> Reader<'a> {
 
     /// A document that fails keeps the last good version of its object in force.
     fn keep_previous(&mut self, key: &ObjectKey) {
-        if let Some(old) = self.previous.and_then(|p| p.iter().find(|o| &o.key() == key)) {
+        if let Some(old) = self
+            .previous
+            .and_then(|p| p.iter().find(|o| &o.key() == key))
+        {
             self.objects.push(old.clone());
         }
     }
@@ -951,15 +960,24 @@ metadata: {name: future, namespace: shop}
             keys(&before),
             vec!["Namespace/other", "Namespace/shop", "Service/shop/web"]
         );
-        let tabbed = format!("{GOOD}---\napiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n");
+        let tabbed =
+            format!("{GOOD}---\napiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n");
         std::fs::write(dir.path().join("m.yaml"), tabbed).unwrap();
         let after = m.scan();
         assert!(after.changed);
         let errors = errors(&after);
         assert_eq!(errors.len(), 1, "{errors:#?}");
-        assert!(errors[0].message.starts_with("YAML syntax"), "{}", errors[0]);
+        assert!(
+            errors[0].message.starts_with("YAML syntax"),
+            "{}",
+            errors[0]
+        );
         assert_eq!(errors[0].line, Some(29), "{}", errors[0]);
-        assert_eq!(keys(&after), keys(&before), "last good objects and the other file");
+        assert_eq!(
+            keys(&after),
+            keys(&before),
+            "last good objects and the other file"
+        );
     }
 
     #[test]

@@ -500,7 +500,8 @@ mod tests {
 
     #[test]
     fn documents_values_and_positions() {
-        let text = "# a comment\na: 1\nb:\n  - x\n  - {c: true, d: null}\n---\n---\nnull\n---\n[1, 2.5]\n";
+        let text =
+            "# a comment\na: 1\nb:\n  - x\n  - {c: true, d: null}\n---\n---\nnull\n---\n[1, 2.5]\n";
         let docs = parse(text).unwrap();
         assert_eq!(docs.len(), 2, "empty and null documents are left out");
         assert_eq!(
