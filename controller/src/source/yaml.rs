@@ -309,8 +309,12 @@ fn syntax_error(e: serde_saphyr::Error) -> SyntaxError {
     }
 }
 
+/// A node's value, and its spans placed where it is used (an alias's nodes at the alias).
+/// serde-saphyr leaves a location unknown only for content serde buffers (untagged enums,
+/// flattened fields), which `Node` never asks for; line 0 would show such a slip.
 fn split(node: Spanned<Node>) -> (Value, Spans) {
-    let at = Position::from_location(node.referenced).unwrap_or(Position { line: 0, column: 0 });
+    let unknown = Position { line: 0, column: 0 };
+    let at = Position::from_location(node.referenced).unwrap_or(unknown);
     let Node { value, children } = node.value;
     (value, Spans { at, children })
 }
