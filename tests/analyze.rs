@@ -124,7 +124,8 @@ fn broken_directory_as_json_and_yaml() {
 
     let out = analyze(&[dir.to_str().unwrap(), "-o", "yaml"]);
     assert_eq!(out.status.code(), Some(1));
-    let y: serde_json::Value = serde_yaml::from_str(&stdout(&out)).expect("yaml");
+    let y = ambient_controller::source::yaml::parse(&stdout(&out)).expect("yaml");
+    let y = &y[0].value;
     assert_eq!(y.as_array().map(Vec::len), Some(v.len()));
 }
 

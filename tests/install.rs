@@ -11,7 +11,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -58,9 +57,10 @@ fn check_kind(value: &Value) {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-        .filter(|v| !v.is_null())
+    ambient_controller::source::yaml::parse(yaml)
+        .expect("YAML documents")
+        .into_iter()
+        .map(|doc| doc.value)
         .collect()
 }
 

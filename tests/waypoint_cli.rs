@@ -39,7 +39,10 @@ fn waypoint_generate_prints_the_gateway_istioctl_would() {
     let scratch = tempfile::tempdir().unwrap();
     let ctl = Ctl::new(scratch.path());
     let yaml = ctl.ok(&["waypoint", "generate", "-n", "shop", "--name", "w1"]);
-    let gw: Value = serde_yaml::from_str(&yaml).unwrap();
+    let gw: Value = ambient_controller::source::yaml::parse(&yaml)
+        .unwrap()
+        .remove(0)
+        .value;
     assert_eq!(gw["apiVersion"], "gateway.networking.k8s.io/v1");
     assert_eq!(gw["kind"], "Gateway");
     assert_eq!(gw["metadata"]["name"], "w1");
@@ -56,7 +59,10 @@ fn waypoint_generate_prints_the_gateway_istioctl_would() {
     assert_eq!(listeners[0]["protocol"], "HBONE");
 
     let yaml = ctl.ok(&["waypoint", "generate", "--for", "workload"]);
-    let gw: Value = serde_yaml::from_str(&yaml).unwrap();
+    let gw: Value = ambient_controller::source::yaml::parse(&yaml)
+        .unwrap()
+        .remove(0)
+        .value;
     assert_eq!(gw["metadata"]["name"], "waypoint");
     assert_eq!(gw["metadata"]["namespace"], "default");
     assert_eq!(

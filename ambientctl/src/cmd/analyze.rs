@@ -8,8 +8,9 @@
 //! controller's index is computed as well, and its warnings are reported.
 //!
 //! Each message has a stable code, a level, the object it concerns (`Kind namespace/name`)
-//! and, when known, the file and line. Where Istio has an analyzer for the same problem its
-//! `IST` code is used; the others are ambient-rs's own `AMB` codes.
+//! and, when known, the file, line and column (of the field at fault, else of the object's
+//! document). Where Istio has an analyzer for the same problem its `IST` code is used; the
+//! others are ambient-rs's own `AMB` codes.
 //!
 //! | Code | Level | Name | Meaning |
 //! |------|-------|------|---------|
@@ -45,11 +46,13 @@ use ambient_controller::model::gateway::WAYPOINT_CLASS;
 use ambient_controller::model::istio::{AuthorizationAction, Rule};
 use ambient_controller::model::{Change, ClusterState, Kind, Object, ObjectKey};
 use ambient_controller::source::manifests::ManifestDir;
+use ambient_controller::source::yaml::{self, Position, Spans};
 use ambient_controller::source::{Diagnostic, Severity};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::cmd::output::{Format, print, table};
 use crate::runtime::home::Home;
@@ -148,6 +151,8 @@ pub struct Message {
     pub file: Option<String>,
     /// 1-based.
     pub line: Option<usize>,
+    /// 1-based, in characters.
+    pub column: Option<usize>,
     pub message: String,
 }
 
@@ -158,14 +163,18 @@ impl Message {
             level: code.level,
             object,
             file: at.map(|l| l.file.display().to_string()),
-            line: at.map(|l| l.line),
+            line: at.map(|l| l.at.line),
+            column: at.map(|l| l.at.column),
             message,
         }
     }
 
     fn location(&self) -> String {
         match (&self.file, self.line) {
-            (Some(f), Some(l)) => format!("{f}:{l}"),
+            (Some(f), Some(l)) => match self.column {
+                Some(c) => format!("{f}:{l}:{c}"),
+                None => format!("{f}:{l}"),
+            },
             (Some(f), None) => f.clone(),
             _ => "-".into(),
         }
@@ -177,12 +186,13 @@ impl Message {
         rest.split_once('/').map(|(ns, _)| ns)
     }
 
-    fn sort_key(&self) -> (Level, &str, &str, usize, &str, &str) {
+    fn sort_key(&self) -> (Level, &str, &str, usize, usize, &str, &str) {
         (
             self.level,
             self.object.as_deref().unwrap_or(""),
             self.file.as_deref().unwrap_or(""),
             self.line.unwrap_or(0),
+            self.column.unwrap_or(0),
             self.code,
             &self.message,
         )
@@ -193,16 +203,16 @@ impl Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
     pub file: PathBuf,
-    pub line: usize,
+    pub at: Position,
 }
 
-/// Where each object of the directory is defined, found by a light second reading of the
-/// files (the controller's parser reports objects without their place).
+/// Where each object of the directory is defined, found by a second reading of the files with
+/// the controller's own YAML reader (the parser reports objects without their place).
 #[derive(Debug, Default)]
 pub struct Locations {
     /// By `Kind namespace/name`; the first definition wins, as in the controller.
     objects: HashMap<String, Location>,
-    /// The object a single-object document (file, first line) defines.
+    /// The object a single-object document (file, line of its first node) defines.
     documents: HashMap<(PathBuf, usize), String>,
 }
 
@@ -222,45 +232,45 @@ impl Locations {
     }
 
     pub fn add_file(&mut self, path: &Path, text: &str) {
-        for (start, doc) in split_documents(text) {
-            let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&doc) else {
-                return; // a syntax error: the parser reports the file
-            };
-            if value.is_null() {
-                continue;
+        // A syntax error: the parser reports the file.
+        let Ok(documents) = yaml::parse(text) else {
+            return;
+        };
+        for document in documents {
+            self.add_document(path, &document.value, &document.spans);
+        }
+    }
+
+    /// A document's objects are placed at its first node (past any comments); a list's items
+    /// at their own.
+    fn add_document(&mut self, path: &Path, value: &Value, spans: &Spans) {
+        let is_list = value.get("kind").and_then(Value::as_str) == Some("List");
+        if !is_list {
+            if let Some(label) = document_label(value) {
+                let at = spans.at();
+                self.documents
+                    .insert((path.to_path_buf(), at.line), label.clone());
+                self.place(label, path, at);
             }
-            // Point at the document's first meaningful line rather than its comments.
-            let line = doc
-                .lines()
-                .position(|l| {
-                    let t = l.trim();
-                    !t.is_empty() && !t.starts_with('#')
-                })
-                .map_or(start, |i| start + i);
-            let at = Location {
-                file: path.to_path_buf(),
-                line,
-            };
-            let is_list = value.get("kind").and_then(|k| k.as_str()) == Some("List");
-            let items = if is_list {
-                value
-                    .get("items")
-                    .and_then(|i| i.as_sequence())
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                vec![value]
-            };
-            for item in &items {
-                if let Some(label) = document_label(item) {
-                    if !is_list {
-                        self.documents
-                            .insert((path.to_path_buf(), start), label.clone());
-                    }
-                    self.objects.entry(label).or_insert_with(|| at.clone());
-                }
+            return;
+        }
+        let items = value.get("items").and_then(Value::as_array);
+        let items_spans = spans.entry("items").map(|(_, s)| s);
+        for (i, item) in items.into_iter().flatten().enumerate() {
+            if let Some(label) = document_label(item) {
+                let at = items_spans
+                    .and_then(|s| s.item(i))
+                    .map_or(spans.at(), Spans::at);
+                self.place(label, path, at);
             }
         }
+    }
+
+    fn place(&mut self, label: String, path: &Path, at: Position) {
+        self.objects.entry(label).or_insert_with(|| Location {
+            file: path.to_path_buf(),
+            at,
+        });
     }
 
     pub fn object(&self, label: &str) -> Option<&Location> {
@@ -289,34 +299,15 @@ fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Documents of a YAML stream with the 1-based line each starts on (as the parser splits).
-fn split_documents(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut doc = String::new();
-    let mut start = 1;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim_end();
-        if t == "---" || t.starts_with("--- ") {
-            out.push((start, std::mem::take(&mut doc)));
-            start = i + 2;
-        } else if t != "..." {
-            doc.push_str(line);
-            doc.push('\n');
-        }
-    }
-    out.push((start, doc));
-    out
-}
-
 /// `Kind namespace/name` of a manifest document, whatever its kind.
-fn document_label(value: &serde_yaml::Value) -> Option<String> {
+fn document_label(value: &Value) -> Option<String> {
     let api_version = value.get("apiVersion")?.as_str()?;
     let kind = value.get("kind")?.as_str()?;
     let meta = value.get("metadata");
     let name = meta?.get("name")?.as_str()?;
     let namespace = meta
         .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
+        .and_then(Value::as_str)
         .map(str::to_string);
     let namespace = match (namespace, Kind::from_type(api_version, kind)) {
         (_, Some(Kind::Namespace)) => None,
@@ -436,6 +427,7 @@ fn from_diagnostic(d: &Diagnostic, at: &Locations) -> Message {
         object,
         file: Some(d.file.display().to_string()),
         line: d.line,
+        column: d.column,
         message,
     }
 }
@@ -971,6 +963,30 @@ spec:
         assert_eq!(e[0].object.as_deref(), Some("Service shop/s"));
         assert_eq!(e[0].line, Some(7));
         assert_eq!(e[0].level, Level::Error);
+    }
+
+    #[test]
+    fn findings_name_line_and_column_and_list_items_their_own_place() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: shop\nspec:\n  selectr: {app: s}\n";
+        let m = analyze_files(&[("s.yaml", text)]);
+        let e = with_code(&m, UNKNOWN_FIELD);
+        assert_eq!((e[0].line, e[0].column), (Some(7), Some(3)), "{m:#?}");
+        assert_eq!(e[0].location(), "s.yaml:7:3");
+
+        let list = "# services\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a, namespace: shop}\n  spec: {selector: {app: a}}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b, namespace: shop}\n  spec: {selector: {app: b}}\n";
+        let m = analyze_files(&[("list.yaml", list)]);
+        let i = with_code(&m, SERVICE_SELECTS_NO_PODS);
+        let places: Vec<_> = i
+            .iter()
+            .map(|m| (m.object.as_deref(), m.location()))
+            .collect();
+        assert_eq!(
+            places,
+            vec![
+                (Some("Service shop/a"), "list.yaml:5:3".to_string()),
+                (Some("Service shop/b"), "list.yaml:9:3".to_string())
+            ]
+        );
     }
 
     #[test]

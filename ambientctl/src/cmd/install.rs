@@ -25,6 +25,7 @@ use std::process::ExitCode;
 
 use ambient_controller::ca::authority::CertificateAuthority;
 use ambient_controller::deployer::PROXY_ENV;
+use ambient_controller::source::yaml;
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -741,7 +742,7 @@ pub fn to_yaml(objects: &[Value]) -> anyhow::Result<String> {
     let mut out = String::new();
     for object in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(object)?);
+        out.push_str(&yaml::to_string(object)?);
     }
     Ok(out)
 }

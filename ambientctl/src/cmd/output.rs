@@ -1,6 +1,7 @@
 //! How commands print: aligned tables by default (as istioctl and kubectl do), or the same
 //! data as JSON or YAML with `-o`.
 
+use ambient_controller::source::yaml;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +48,7 @@ pub fn print<T: Serialize>(format: Format, data: &T, render: impl FnOnce(&T) -> 
             "{}",
             serde_json::to_string_pretty(data).expect("serializable")
         ),
-        Format::Yaml => print!("{}", serde_yaml::to_string(data).expect("serializable")),
+        Format::Yaml => print!("{}", yaml::to_string(data).expect("serializable")),
     }
 }
 

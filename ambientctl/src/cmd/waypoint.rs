@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ambient_controller::source::yaml;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -179,7 +180,7 @@ pub fn run(command: WaypointCommand) -> anyhow::Result<ExitCode> {
     match command {
         WaypointCommand::Generate(args) => {
             let gw = gateway(&args.target.name, &args.target.namespace, args.traffic_type);
-            print!("{}", serde_yaml::to_string(&gw)?);
+            print!("{}", yaml::to_string(&gw)?);
             Ok(ExitCode::SUCCESS)
         }
         WaypointCommand::Apply(args) => match backend(&args.cluster)? {
@@ -675,7 +676,7 @@ mod tests {
 
     #[test]
     fn generate_matches_istioctl() {
-        let yaml = serde_yaml::to_string(&gateway("waypoint", "default", None)).unwrap();
+        let yaml = yaml::to_string(&gateway("waypoint", "default", None)).unwrap();
         assert_eq!(
             yaml,
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: waypoint\n  namespace: default\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n"

@@ -52,7 +52,7 @@ pub struct StatusReport {
     pub pods: Vec<serde_json::Value>,
     /// `namespace/name` → cluster IP.
     pub services: BTreeMap<String, String>,
-    /// Problems in the manifest directory (file:line: reason).
+    /// Problems in the manifest directory (file:line:column: reason).
     pub diagnostics: Vec<String>,
 }
 

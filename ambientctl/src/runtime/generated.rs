@@ -359,7 +359,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(
             dir.path().join("sub/gw.yaml"),
-            serde_yaml::to_string(&gateway("w")).unwrap(),
+            ambient_controller::source::yaml::to_string(&gateway("w")).unwrap(),
         )
         .unwrap();
         let key = ObjectKey {

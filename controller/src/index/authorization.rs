@@ -380,7 +380,8 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> AuthorizationPolicy {
-        serde_yaml::from_str(yaml).unwrap()
+        let document = crate::source::yaml::parse(yaml).unwrap().remove(0);
+        serde_json::from_value(document.value).unwrap()
     }
 
     #[test]

@@ -263,7 +263,8 @@ mod tests {
     use super::*;
 
     fn pa(yaml: &str) -> PeerAuthentication {
-        serde_yaml::from_str(yaml).unwrap()
+        let document = crate::source::yaml::parse(yaml).unwrap().remove(0);
+        serde_json::from_value(document.value).unwrap()
     }
 
     fn labels(app: &str) -> BTreeMap<String, String> {

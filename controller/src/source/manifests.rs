@@ -1,11 +1,13 @@
 //! A directory of Kubernetes manifests as a configuration source.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file (recursively) may hold several documents
-//! (`---`) and `kind: List` documents. Kinds the controller does not read are skipped. A
-//! document that does not parse, names an unknown field or fails validation is reported with
-//! file, line and reason and ignored: the last good version of that object (or, for a YAML
-//! syntax error, of the whole file) stays in force, and the rest of the configuration is
-//! untouched.
+//! (`---`) and `kind: List` documents, read by [`super::yaml`]. Kinds the controller does not
+//! read are skipped. A document that does not parse, names an unknown field or fails
+//! validation is reported with file, line, column and reason and ignored: the last good
+//! version of that object (or, for a YAML syntax error, of the whole file) stays in force, and
+//! the rest of the configuration is untouched. A finding about a field (a wrong type, an
+//! unknown field, a port the API server would refuse) points at that field; one about the
+//! whole document (no kind, no name, a kind not read) at the document's first node.
 //!
 //! With the local runtime's allocations file, the objects it generated are read the same way
 //! (reported as coming from `runtime`; a file's definition of the same object wins), its
@@ -17,10 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::allocations::Allocations;
+use super::yaml::{self, Position, Spans};
 use super::{Diagnostic, Severity};
 use crate::model::{Change, Kind, Object, ObjectKey};
 
@@ -84,31 +88,16 @@ impl AllocationsFile {
 
 /// Parses the objects the local runtime generated as manifest documents (reported as
 /// [`RUNTIME_SOURCE`], without lines; a document without a name is called `generated[i]`).
-pub fn parse_generated(values: &[serde_json::Value], previous: Option<&[Object]>) -> ParsedFile {
-    let path = Path::new(RUNTIME_SOURCE);
-    let mut objects = Vec::new();
-    let mut diagnostics = Vec::new();
-    let keep_previous = |key: &ObjectKey, objects: &mut Vec<Object>| {
-        if let Some(old) = previous.and_then(|p| p.iter().find(|o| &o.key() == key)) {
-            objects.push(old.clone());
-        }
-    };
+pub fn parse_generated(values: &[Value], previous: Option<&[Object]>) -> ParsedFile {
+    let mut reader = Reader::new(Path::new(RUNTIME_SOURCE), previous);
     for (i, value) in values.iter().enumerate() {
-        let mut found = Vec::new();
-        match serde_yaml::to_value(value) {
-            Ok(v) => parse_value(path, 1, "", v, &mut objects, &mut found, &keep_previous),
-            Err(e) => found.push(error(path, None, None, format!("not an object: {e}"))),
-        }
-        for mut d in found {
-            d.line = None;
-            d.object = d.object.or_else(|| Some(format!("generated[{i}]")));
-            diagnostics.push(d);
+        let first = reader.diagnostics.len();
+        reader.document(value.clone(), None);
+        for d in &mut reader.diagnostics[first..] {
+            d.object = d.object.take().or_else(|| Some(format!("generated[{i}]")));
         }
     }
-    ParsedFile {
-        objects,
-        diagnostics,
-    }
+    reader.finish()
 }
 
 /// Watches a manifest directory.
@@ -200,16 +189,16 @@ impl ManifestDir {
             diagnostics.extend(state.diagnostics.iter().cloned());
             for o in &state.objects {
                 if let Some((first, _)) = by_key.get(&o.key()) {
-                    diagnostics.push(Diagnostic {
-                        severity: Severity::Error,
-                        file: path.clone(),
-                        line: None,
-                        object: Some(o.key().to_string()),
-                        message: format!(
+                    diagnostics.push(Diagnostic::new(
+                        Severity::Error,
+                        path.clone(),
+                        None,
+                        Some(o.key().to_string()),
+                        format!(
                             "also defined in {}; that definition is used",
                             first.display()
                         ),
-                    });
+                    ));
                     continue;
                 }
                 by_key.insert(o.key(), (path.clone(), o.clone()));
@@ -221,16 +210,16 @@ impl ManifestDir {
             diagnostics.extend(a.generated_diagnostics.iter().cloned());
             for o in &a.generated {
                 if let Some((first, _)) = by_key.get(&o.key()) {
-                    diagnostics.push(Diagnostic {
-                        severity: Severity::Warning,
-                        file: PathBuf::from(RUNTIME_SOURCE),
-                        line: None,
-                        object: Some(o.key().to_string()),
-                        message: format!(
+                    diagnostics.push(Diagnostic::new(
+                        Severity::Warning,
+                        PathBuf::from(RUNTIME_SOURCE),
+                        None,
+                        Some(o.key().to_string()),
+                        format!(
                             "also defined in {}; that definition is used",
                             first.display()
                         ),
-                    });
+                    ));
                     continue;
                 }
                 by_key.insert(o.key(), (PathBuf::from(RUNTIME_SOURCE), o.clone()));
@@ -240,13 +229,13 @@ impl ManifestDir {
         if let Some(a) = self.allocations.as_ref() {
             a.current.apply(&mut objects);
             for key in a.current.apply_labels(&mut objects) {
-                diagnostics.push(Diagnostic {
-                    severity: Severity::Warning,
-                    file: a.path.clone(),
-                    line: None,
-                    object: Some(key),
-                    message: "label overlay names no object; ignored".into(),
-                });
+                diagnostics.push(Diagnostic::new(
+                    Severity::Warning,
+                    a.path.clone(),
+                    None,
+                    Some(key),
+                    "label overlay names no object; ignored".into(),
+                ));
             }
         }
         Scan {
@@ -309,14 +298,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn error(file: &Path, line: Option<usize>, object: Option<String>, message: String) -> Diagnostic {
-    Diagnostic {
-        severity: Severity::Error,
-        file: file.to_path_buf(),
-        line,
-        object,
-        message,
-    }
+fn error(file: &Path, at: Option<Position>, object: Option<String>, message: String) -> Diagnostic {
+    Diagnostic::new(Severity::Error, file.to_path_buf(), at, object, message)
 }
 
 /// The objects and findings of one file.
@@ -325,147 +308,159 @@ pub struct ParsedFile {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Splits a YAML stream into documents, with the 1-based line each starts on.
-fn documents(text: &str) -> Vec<(usize, String)> {
-    let mut docs = Vec::new();
-    let mut current = String::new();
-    let mut start = 1;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") {
-            docs.push((start, std::mem::take(&mut current)));
-            start = i + 2;
-            continue;
-        }
-        if trimmed == "..." {
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-    }
-    docs.push((start, current));
-    docs
-}
-
 /// Parses one file. `previous` (the file's objects at its last parse) supplies last-good
 /// versions for documents that fail now.
 pub fn parse_file(path: &Path, text: &str, previous: Option<&[Object]>) -> ParsedFile {
-    let mut objects = Vec::new();
-    let mut diagnostics = Vec::new();
-    let keep_previous = |key: &ObjectKey, objects: &mut Vec<Object>| {
-        if let Some(old) = previous.and_then(|p| p.iter().find(|o| &o.key() == key)) {
-            objects.push(old.clone());
-        }
-    };
-    for (start, doc) in documents(text) {
-        let value: serde_yaml::Value = match serde_yaml::from_str(&doc) {
-            Ok(v) => v,
-            Err(e) => {
-                let line = e.location().map(|l| start + l.line() - 1);
-                diagnostics.push(error(
+    let documents = match yaml::parse(text) {
+        Ok(documents) => documents,
+        Err(e) => {
+            // Nothing in the file can be trusted to be complete: keep all its last-good objects.
+            return ParsedFile {
+                objects: previous.map(<[Object]>::to_vec).unwrap_or_default(),
+                diagnostics: vec![error(
                     path,
-                    line,
+                    e.position,
                     None,
-                    format!("YAML syntax: {}", strip_location(&e.to_string())),
-                ));
-                // Nothing in the file can be trusted to be complete: keep all its last-good objects.
-                return ParsedFile {
-                    objects: previous.map(<[Object]>::to_vec).unwrap_or_default(),
-                    diagnostics,
-                };
-            }
+                    format!("YAML syntax: {}", e.message),
+                )],
+            };
+        }
+    };
+    let mut reader = Reader::new(path, previous);
+    for document in documents {
+        reader.document(document.value, Some(&document.spans));
+    }
+    reader.finish()
+}
+
+/// Reads the documents of one source into objects and findings. Documents read from a file
+/// come with their spans, so findings name the line and column of the field concerned.
+struct Reader<'a> {
+    path: &'a Path,
+    previous: Option<&'a [Object]>,
+    objects: Vec<Object>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(path: &'a Path, previous: Option<&'a [Object]>) -> Self {
+        Reader {
+            path,
+            previous,
+            objects: Vec::new(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn finish(self) -> ParsedFile {
+        ParsedFile {
+            objects: self.objects,
+            diagnostics: self.diagnostics,
+        }
+    }
+
+    fn report(
+        &mut self,
+        severity: Severity,
+        at: Option<Position>,
+        object: Option<String>,
+        message: String,
+    ) {
+        let file = self.path.to_path_buf();
+        self.diagnostics
+            .push(Diagnostic::new(severity, file, at, object, message));
+    }
+
+    /// A document that fails keeps the last good version of its object in force.
+    fn keep_previous(&mut self, key: &ObjectKey) {
+        if let Some(old) = self
+            .previous
+            .and_then(|p| p.iter().find(|o| &o.key() == key))
+        {
+            self.objects.push(old.clone());
+        }
+    }
+
+    /// One document (or one item of a `kind: List`).
+    fn document(&mut self, value: Value, spans: Option<&Spans>) {
+        let root = spans.map(Spans::at);
+        let (Some(api_version), Some(kind_name)) =
+            (str_field(&value, "apiVersion"), str_field(&value, "kind"))
+        else {
+            let message = "document has no apiVersion and kind".into();
+            return self.report(Severity::Error, root, None, message);
         };
-        if value.is_null() {
-            continue;
+        if kind_name == "List" {
+            return self.list(value, spans);
         }
-        parse_value(
-            path,
-            start,
-            &doc,
-            value,
-            &mut objects,
-            &mut diagnostics,
-            &keep_previous,
-        );
-    }
-    ParsedFile {
-        objects,
-        diagnostics,
-    }
-}
-
-/// serde_yaml appends "at line X column Y"; we report the line ourselves.
-fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
-}
-
-fn field<'a>(v: &'a serde_yaml::Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(|x| x.as_str())
-}
-
-/// The line of the first `key:` in `doc` (for fields serde reports by path only).
-fn line_of_key(doc: &str, start: usize, key: &str) -> Option<usize> {
-    let needle = format!("{key}:");
-    doc.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&needle) || t.starts_with(&format!("\"{key}\":"))
-        })
-        .map(|i| start + i)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn parse_value(
-    path: &Path,
-    start: usize,
-    doc: &str,
-    value: serde_yaml::Value,
-    objects: &mut Vec<Object>,
-    diagnostics: &mut Vec<Diagnostic>,
-    keep_previous: &dyn Fn(&ObjectKey, &mut Vec<Object>),
-) {
-    let (Some(api_version), Some(kind_name)) = (field(&value, "apiVersion"), field(&value, "kind"))
-    else {
-        diagnostics.push(error(
-            path,
-            Some(start),
-            None,
-            "document has no apiVersion and kind".into(),
-        ));
-        return;
-    };
-    if kind_name == "List" {
-        let items = value
-            .get("items")
-            .and_then(|i| i.as_sequence())
-            .cloned()
-            .unwrap_or_default();
-        for item in items {
-            parse_value(path, start, doc, item, objects, diagnostics, keep_previous);
+        let Some(kind) = Kind::from_type(api_version, kind_name) else {
+            let message = format!("{api_version} {kind_name} is not read by the controller");
+            return self.report(Severity::Info, root, None, message);
+        };
+        let key = object_key(kind, &value);
+        if key.name.is_empty() {
+            let message = format!("{kind} has no metadata.name");
+            return self.report(Severity::Error, root, None, message);
         }
-        return;
+        self.object(key, value, spans);
     }
-    let Some(kind) = Kind::from_type(api_version, kind_name) else {
-        diagnostics.push(Diagnostic {
-            severity: Severity::Info,
-            file: path.to_path_buf(),
-            line: Some(start),
-            object: None,
-            message: format!("{api_version} {kind_name} is not read by the controller"),
-        });
-        return;
-    };
-    let name = value
-        .get("metadata")
-        .and_then(|m| field(m, "name"))
-        .unwrap_or("")
-        .to_string();
-    let namespace = value
-        .get("metadata")
-        .and_then(|m| field(m, "namespace"))
+
+    fn list(&mut self, value: Value, spans: Option<&Spans>) {
+        let Value::Object(mut list) = value else {
+            return;
+        };
+        let Some(Value::Array(items)) = list.remove("items") else {
+            return;
+        };
+        let items_spans = spans.and_then(|s| s.entry("items")).map(|(_, s)| s);
+        for (i, item) in items.into_iter().enumerate() {
+            self.document(item, items_spans.and_then(|s| s.item(i)));
+        }
+    }
+
+    /// An object of a kind the controller reads: typed, checked, and kept if both pass.
+    fn object(&mut self, key: ObjectKey, value: Value, spans: Option<&Spans>) {
+        let kind = key.kind;
+        let label = Some(key.to_string());
+        let locate = |path: &yaml::Path| spans.map(|s| s.locate(path));
+        match typed_object(kind, value) {
+            Err(Invalid { path, message }) => {
+                let message = if path.is_root() {
+                    format!("invalid {kind}: {message}")
+                } else {
+                    format!("invalid {kind}: {path}: {message}")
+                };
+                self.report(Severity::Error, locate(&path), label, message);
+                self.keep_previous(&key);
+            }
+            Ok((_, unknown)) if !unknown.is_empty() => {
+                for field in unknown {
+                    let message = format!("unknown field `{field}`; {kind} ignored");
+                    self.report(Severity::Error, locate(&field), label.clone(), message);
+                }
+                self.keep_previous(&key);
+            }
+            Ok((object, _)) => match validate(&object) {
+                Ok(()) => self.objects.push(object),
+                Err((path, reason)) => {
+                    self.report(Severity::Error, locate(&path), label, reason);
+                    self.keep_previous(&key);
+                }
+            },
+        }
+    }
+}
+
+fn str_field<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+/// The key an object will have: a namespaced kind without a namespace is in `default`.
+fn object_key(kind: Kind, value: &Value) -> ObjectKey {
+    let metadata = value.get("metadata");
+    let name = metadata.and_then(|m| str_field(m, "name")).unwrap_or("");
+    let namespace = metadata
+        .and_then(|m| str_field(m, "namespace"))
         .map(str::to_string)
         .unwrap_or_else(|| {
             if kind == Kind::Namespace {
@@ -474,22 +469,15 @@ fn parse_value(
                 "default".into()
             }
         });
-    let key = ObjectKey {
+    ObjectKey {
         kind,
         namespace,
-        name: name.clone(),
-    };
-    let label = key.to_string();
-    if name.is_empty() {
-        diagnostics.push(error(
-            path,
-            Some(start),
-            None,
-            format!("{kind} has no metadata.name"),
-        ));
-        return;
+        name: name.to_string(),
     }
-    let typed = match kind {
+}
+
+fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), Invalid> {
+    match kind {
         Kind::Namespace => typed(value, Object::Namespace),
         Kind::Pod => typed(value, Object::Pod),
         Kind::Service => typed(value, Object::Service),
@@ -501,65 +489,47 @@ fn parse_value(
         Kind::GrpcRoute => typed(value, Object::GrpcRoute),
         Kind::VirtualService => typed(value, Object::VirtualService),
         Kind::DestinationRule => typed(value, Object::DestinationRule),
-    };
-    match typed {
-        Err(e) => {
-            diagnostics.push(error(
-                path,
-                Some(start),
-                Some(label),
-                format!("invalid {kind}: {e}"),
-            ));
-            keep_previous(&key, objects);
-        }
-        Ok((_, unknown)) if !unknown.is_empty() => {
-            for field in unknown {
-                let leaf = field.rsplit('.').next().unwrap_or(&field).to_string();
-                diagnostics.push(error(
-                    path,
-                    line_of_key(doc, start, &leaf).or(Some(start)),
-                    Some(label.clone()),
-                    format!("unknown field `{field}`; {kind} ignored"),
-                ));
-            }
-            keep_previous(&key, objects);
-        }
-        Ok((object, _)) => match validate(&object) {
-            Ok(()) => objects.push(object),
-            Err(reason) => {
-                diagnostics.push(error(path, Some(start), Some(label), reason));
-                keep_previous(&key, objects);
-            }
-        },
     }
 }
 
-/// Deserializes `value` as `T`, collecting the paths of fields `T` does not know.
+/// Why a document is not a valid object of its kind, and the field where that was found.
+struct Invalid {
+    path: yaml::Path,
+    message: String,
+}
+
+/// Deserializes `value` as `T`, collecting the paths of fields `T` does not know. A failure
+/// carries the path where it happened, so that it can be reported at that field.
 fn typed<T: DeserializeOwned>(
-    value: serde_yaml::Value,
+    value: Value,
     wrap: impl FnOnce(T) -> Object,
-) -> Result<(Object, Vec<String>), String> {
+) -> Result<(Object, Vec<yaml::Path>), Invalid> {
     let mut unknown = Vec::new();
-    let t: T = serde_ignored::deserialize(value, |p| {
-        // serde_ignored writes `?` for each Option on the way; users think in YAML keys.
-        let p = p
-            .to_string()
-            .split('.')
-            .filter(|segment| *segment != "?")
-            .collect::<Vec<_>>()
-            .join(".");
-        // Server-populated or informational parts a manifest may carry verbatim.
-        let envelope = p == "apiVersion" || p == "kind";
-        if !envelope && !p.starts_with("status.") && !p.starts_with("metadata.managedFields") {
-            unknown.push(p);
+    let mut ignored = |path: serde_ignored::Path<'_>| {
+        let path = yaml::Path::from(&path);
+        if !is_informational(&path) {
+            unknown.push(path);
         }
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    let deserializer = serde_ignored::Deserializer::new(value, &mut ignored);
+    let t: T = serde_path_to_error::deserialize(deserializer).map_err(|e| Invalid {
+        path: yaml::Path::from(e.path()),
+        message: e.into_inner().to_string(),
+    })?;
     Ok((wrap(t), unknown))
 }
 
-/// Checks the API server would make that a manifest can violate.
-fn validate(object: &Object) -> Result<(), String> {
+/// Server-populated or informational parts a manifest may carry verbatim: the envelope, the
+/// status, the managed fields.
+fn is_informational(path: &yaml::Path) -> bool {
+    let envelope = path.segments().len() == 1
+        && (path.starts_with_keys(&["apiVersion"]) || path.starts_with_keys(&["kind"]));
+    let status = path.segments().len() > 1 && path.starts_with_keys(&["status"]);
+    envelope || status || path.starts_with_keys(&["metadata", "managedFields"])
+}
+
+/// Checks the API server would make that a manifest can violate, with the field at fault.
+fn validate(object: &Object) -> Result<(), (yaml::Path, String)> {
     if let Object::Service(s) = object {
         let ports = s
             .spec
@@ -567,23 +537,35 @@ fn validate(object: &Object) -> Result<(), String> {
             .and_then(|s| s.ports.as_ref())
             .cloned()
             .unwrap_or_default();
+        let port_path = |i: usize| yaml::Path::root().key("spec").key("ports").index(i);
         let mut seen = std::collections::BTreeMap::new();
-        for p in &ports {
+        for (i, p) in ports.iter().enumerate() {
             let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
             if let Some(other) = seen.insert((p.port, protocol.clone()), p.name.clone()) {
-                return Err(format!(
-                    "port {}/{protocol} is declared twice ({} and {}); Service ignored",
-                    p.port,
-                    other.unwrap_or_else(|| "unnamed".into()),
-                    p.name.clone().unwrap_or_else(|| "unnamed".into()),
+                return Err((
+                    port_path(i),
+                    format!(
+                        "port {}/{protocol} is declared twice ({} and {}); Service ignored",
+                        p.port,
+                        other.unwrap_or_else(|| "unnamed".into()),
+                        p.name.clone().unwrap_or_else(|| "unnamed".into()),
+                    ),
                 ));
             }
             if !(1..=65535).contains(&p.port) {
-                return Err(format!("port {} is out of range; Service ignored", p.port));
+                return Err((
+                    port_path(i).key("port"),
+                    format!("port {} is out of range; Service ignored", p.port),
+                ));
             }
         }
-        if ports.len() > 1 && ports.iter().any(|p| p.name.is_none()) {
-            return Err("ports of a multi-port Service must be named; Service ignored".into());
+        if ports.len() > 1
+            && let Some(i) = ports.iter().position(|p| p.name.is_none())
+        {
+            return Err((
+                port_path(i),
+                "ports of a multi-port Service must be named; Service ignored".into(),
+            ));
         }
     }
     Ok(())
@@ -876,6 +858,151 @@ metadata: {name: future, namespace: shop}
             s.diagnostics
                 .iter()
                 .any(|d| d.object.as_deref() == Some("Service/shop/waypoint"))
+        );
+    }
+
+    /// A directory holding `files` (name, text) and a good file of its own.
+    fn directory(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn keys(scan: &Scan) -> Vec<String> {
+        scan.objects.iter().map(|o| o.key().to_string()).collect()
+    }
+
+    fn errors(scan: &Scan) -> Vec<&Diagnostic> {
+        scan.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect()
+    }
+
+    fn line_and_column(d: &Diagnostic) -> (Option<usize>, Option<usize>) {
+        (d.line, d.column)
+    }
+
+    #[test]
+    fn block_scalar_holding_a_document_marker_is_one_document() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: scripts, namespace: shop}\ndata:\n  run.sh: |\n    echo one\n    ---\n    echo two\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n    note: |\n      above\n      ---\n      below\nspec:\n  ports:\n  - {name: http, port: 80}\n";
+        let dir = directory(&[("m.yaml", text)]);
+        let scan = ManifestDir::new(dir.path()).scan();
+        assert!(errors(&scan).is_empty(), "{:#?}", scan.diagnostics);
+        assert_eq!(keys(&scan), vec!["Namespace/other", "Service/shop/web"]);
+        let annotations = scan.objects[1].meta().annotations.clone().unwrap();
+        assert_eq!(annotations["note"], "above\n---\nbelow\n");
+        let skipped: Vec<_> = scan
+            .diagnostics
+            .iter()
+            .map(|d| (d.message.as_str(), d.line))
+            .collect();
+        assert_eq!(
+            skipped,
+            vec![("v1 ConfigMap is not read by the controller", Some(1))],
+            "the ConfigMap is one document"
+        );
+    }
+
+    #[test]
+    fn repeated_key_name_is_reported_at_the_port_not_the_metadata() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  ports:\n  - name: http\n    port: 80\n  - port: 81\n    name: 7\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+        let dir = directory(&[("svc.yaml", text)]);
+        let scan = ManifestDir::new(dir.path()).scan();
+        let errors = errors(&scan);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let d = errors[0];
+        assert_eq!(line_and_column(d), (Some(11), Some(5)), "{d}");
+        assert_eq!(d.object.as_deref(), Some("Service/shop/web"));
+        assert!(d.message.contains("spec.ports[1].name"), "{d}");
+        assert!(d.to_string().contains("svc.yaml:11:5"), "{d}");
+        assert_eq!(keys(&scan), vec!["Namespace/other", "Namespace/shop"]);
+    }
+
+    #[test]
+    fn unknown_field_is_reported_at_its_own_line_not_the_first_key_of_that_name() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  ports:\n  - {name: http, port: 80}\n  name: web\n";
+        let p = parse(text);
+        assert!(p.objects.is_empty());
+        let d = &p.diagnostics[0];
+        assert_eq!(line_and_column(d), (Some(9), Some(3)), "{d}");
+        assert!(d.message.contains("unknown field `spec.name`"), "{d}");
+    }
+
+    #[test]
+    fn wrongly_typed_nested_field_is_reported_at_its_line_and_column() {
+        let bad = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector: {app: web}\n  ports:\n    - name: http\n      port: \"eighty\"\n";
+        let dir = directory(&[("bad.yaml", bad)]);
+        let scan = ManifestDir::new(dir.path()).scan();
+        let errors = errors(&scan);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let d = errors[0];
+        assert_eq!(line_and_column(d), (Some(14), Some(7)), "{d}");
+        assert!(d.message.starts_with("invalid Service"), "{d}");
+        assert!(d.message.contains("spec.ports[0].port"), "{d}");
+        assert!(d.message.contains("eighty"), "{d}");
+        assert_eq!(keys(&scan), vec!["Namespace/other", "Namespace/shop"]);
+    }
+
+    #[test]
+    fn tab_indented_document_is_a_syntax_error_at_the_tab_and_the_file_keeps_its_objects() {
+        let dir = directory(&[("m.yaml", GOOD)]);
+        let mut m = ManifestDir::new(dir.path());
+        let before = m.scan();
+        assert_eq!(
+            keys(&before),
+            vec!["Namespace/other", "Namespace/shop", "Service/shop/web"]
+        );
+        let tabbed =
+            format!("{GOOD}---\napiVersion: v1\nkind: Namespace\nmetadata:\n\tname: tabbed\n");
+        std::fs::write(dir.path().join("m.yaml"), tabbed).unwrap();
+        let after = m.scan();
+        assert!(after.changed);
+        let errors = errors(&after);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].message.starts_with("YAML syntax"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(errors[0].line, Some(29), "{}", errors[0]);
+        assert_eq!(
+            keys(&after),
+            keys(&before),
+            "last good objects and the other file"
+        );
+    }
+
+    #[test]
+    fn list_items_and_validation_failures_point_at_their_fields() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n  spec:\n    ports:\n    - {name: a, port: 80}\n    - {name: b, port: 80}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: far}\n  spec:\n    ports: [{port: 70000}]\n";
+        let p = parse(text);
+        assert_eq!(p.objects.len(), 1);
+        let at: Vec<_> = p.diagnostics.iter().map(line_and_column).collect();
+        assert_eq!(at, vec![(Some(13), Some(7)), (Some(18), Some(14))]);
+        assert!(p.diagnostics[0].message.contains("declared twice"));
+        assert!(p.diagnostics[1].message.contains("out of range"));
+    }
+
+    #[test]
+    fn generated_objects_are_reported_without_positions() {
+        let values = [serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s"}, "spec": {"ports": [{"port": "x"}]}})];
+        let p = parse_generated(&values, None);
+        let d = &p.diagnostics[0];
+        assert_eq!(line_and_column(d), (None, None), "{d}");
+        assert!(d.message.contains("spec.ports[0].port"), "{d}");
+        assert!(
+            d.to_string()
+                .starts_with("runtime (Service/default/s): invalid Service"),
+            "{d}"
         );
     }
 

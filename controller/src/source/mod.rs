@@ -4,10 +4,12 @@
 //! - [`manifests`]: a directory of YAML manifests, re-scanned on change.
 //! - [`kubernetes`]: the Kubernetes API, through kube-rs watchers.
 //! - [`allocations`]: the local runtime's placements and addresses for manifest objects.
+//! - [`yaml`]: the manifests' YAML, with the position of every node.
 
 pub mod allocations;
 pub mod kubernetes;
 pub mod manifests;
+pub mod yaml;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,9 +30,31 @@ pub struct Diagnostic {
     pub file: PathBuf,
     /// 1-based.
     pub line: Option<usize>,
+    /// 1-based, in characters; only with a line.
+    pub column: Option<usize>,
     /// `Kind/namespace/name` when known.
     pub object: Option<String>,
     pub message: String,
+}
+
+impl Diagnostic {
+    /// A finding at `at` (or about the whole file).
+    pub fn new(
+        severity: Severity,
+        file: PathBuf,
+        at: Option<yaml::Position>,
+        object: Option<String>,
+        message: String,
+    ) -> Self {
+        Diagnostic {
+            severity,
+            file,
+            line: at.map(|p| p.line),
+            column: at.map(|p| p.column),
+            object,
+            message,
+        }
+    }
 }
 
 impl fmt::Display for Diagnostic {
@@ -38,6 +62,9 @@ impl fmt::Display for Diagnostic {
         write!(f, "{}", self.file.display())?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
         }
         if let Some(o) = &self.object {
             write!(f, " ({o})")?;

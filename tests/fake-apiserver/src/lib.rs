@@ -979,9 +979,12 @@ impl FakeApiServer {
         Ok(json_response(StatusCode::OK, object))
     }
 
+    /// YAML as the API server reads it: serde-saphyr's defaults take YAML 1.1's booleans
+    /// (`yes`), as Kubernetes does; the error is one line, as the API server's is.
     fn parse_body(body: &[u8], yaml: bool) -> Result<Value, ApiError> {
         let parsed = if yaml {
-            serde_yaml::from_slice::<Value>(body).map_err(|e| e.to_string())
+            let options = serde_saphyr::options! { with_snippet: false };
+            serde_saphyr::from_slice_with_options::<Value>(body, options).map_err(|e| e.to_string())
         } else {
             serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())
         };
