@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use serde_saphyr::MessageFormatter as _;
 
 use ambient_proto::identity::{DEFAULT_TRUST_DOMAIN, Identity};
 use ambient_proto::istio::workload as wds;
@@ -231,9 +232,14 @@ impl LocalConfig {
         let config: LocalConfig = if yaml.trim().is_empty() {
             LocalConfig::default()
         } else {
-            serde_yaml::from_str(yaml).map_err(|e| LocalConfigError {
-                location: e.location().map(|l| (l.line(), l.column())),
-                reason: e.to_string(),
+            serde_saphyr::from_str(yaml).map_err(|e| LocalConfigError {
+                location: e
+                    .location()
+                    .filter(|l| l.line() > 0)
+                    .map(|l| (l.line() as usize, l.column() as usize)),
+                reason: serde_saphyr::UserMessageFormatter
+                    .format_message(&e)
+                    .into_owned(),
             })?
         };
         config.validate()?;
