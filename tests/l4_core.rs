@@ -649,21 +649,7 @@ fn certificate_rotation_keeps_long_connection() {
 #[test]
 fn ztunnel_and_agent_restarts_resend_pods() {
     run_test("ztunnel_and_agent_restarts_resend_pods", |dir| async move {
-        let mut mesh = cluster(
-            &dir,
-            vec![
-                PodSpec::new("client", "node-a"),
-                PodSpec::new("server", "node-b"),
-            ],
-            vec![],
-            &[],
-            |_| {},
-        )
-        .await?;
-        let client = mesh.lab.pod("default", "client").netns.clone();
-        let server = mesh.lab.pod("default", "server");
-        serve_hello(&server.netns, 8080, "server".into())?;
-        let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+        let (mut mesh, client, addr) = client_and_server(&dir).await?;
         assert!(ask(&client, addr, "before").await?.contains("before"));
 
         mesh.kill_ztunnel("node-a")?;
@@ -934,21 +920,7 @@ fn controller_away_keeps_the_data_plane() {
 #[test]
 fn released_pod_leaves_the_mesh() {
     run_test("released_pod_leaves_the_mesh", |dir| async move {
-        let mesh = cluster(
-            &dir,
-            vec![
-                PodSpec::new("client", "node-a"),
-                PodSpec::new("server", "node-b"),
-            ],
-            vec![],
-            &[],
-            |_| {},
-        )
-        .await?;
-        let client = mesh.lab.pod("default", "client").netns.clone();
-        let server = mesh.lab.pod("default", "server");
-        serve_hello(&server.netns, 8080, "server".into())?;
-        let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+        let (mesh, client, addr) = client_and_server(&dir).await?;
         assert!(ask(&client, addr, "captured").await?.contains("captured"));
         let pods = mesh.agent_pods("node-a").await?;
         assert!(pods[0].captured, "rules present while enrolled");

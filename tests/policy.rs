@@ -79,21 +79,7 @@ fn answered(r: std::io::Result<String>, line: &str) -> bool {
 #[test]
 fn policy_edit_closes_live_connection() {
     run_test("policy_edit_closes_live_connection", |dir| async move {
-        let mesh = cluster(
-            &dir,
-            vec![
-                PodSpec::new("client", "node-a"),
-                PodSpec::new("server", "node-b"),
-            ],
-            vec![],
-            &[],
-            |_| {},
-        )
-        .await?;
-        let client = mesh.lab.pod("default", "client").netns.clone();
-        let server = mesh.lab.pod("default", "server");
-        serve_hello(&server.netns, 8080, "server".into())?;
-        let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+        let (mesh, client, addr) = client_and_server(&dir).await?;
         let mut live = Line::open(&client, addr).await?;
         assert!(live.say("hello").await?.contains("hello"));
 
@@ -349,21 +335,7 @@ fn controller_restart_resyncs_without_dropping_connections() {
     run_test(
         "controller_restart_resyncs_without_dropping_connections",
         |dir| async move {
-            let mut mesh = cluster(
-                &dir,
-                vec![
-                    PodSpec::new("client", "node-a"),
-                    PodSpec::new("server", "node-b"),
-                ],
-                vec![],
-                &[],
-                |_| {},
-            )
-            .await?;
-            let client = mesh.lab.pod("default", "client").netns.clone();
-            let server = mesh.lab.pod("default", "server");
-            serve_hello(&server.netns, 8080, "server".into())?;
-            let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+            let (mut mesh, client, addr) = client_and_server(&dir).await?;
             let mut live = Line::open(&client, addr).await?;
             assert!(live.say("one").await?.contains("one"));
 
@@ -407,21 +379,7 @@ fn bad_manifests_are_reported_and_the_rest_unaffected() {
     run_test(
         "bad_manifests_are_reported_and_the_rest_unaffected",
         |dir| async move {
-            let mesh = cluster(
-                &dir,
-                vec![
-                    PodSpec::new("client", "node-a"),
-                    PodSpec::new("server", "node-b"),
-                ],
-                vec![],
-                &[],
-                |_| {},
-            )
-            .await?;
-            let client = mesh.lab.pod("default", "client").netns.clone();
-            let server = mesh.lab.pod("default", "server");
-            serve_hello(&server.netns, 8080, "server".into())?;
-            let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+            let (mesh, client, addr) = client_and_server(&dir).await?;
             assert!(answered(ask(&client, addr, "before").await, "before"));
 
             mesh.write_manifest(

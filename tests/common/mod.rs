@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambient_lab::{Lab, Mesh, MeshOptions, manifest};
+use ztunnel::inpod::netns::Netns;
 
 /// The multi-call binary every component runs from.
 pub use e2e::EXE;
@@ -116,6 +117,30 @@ pub async fn cluster(
         mesh.enrol(p.namespace, p.name, p.service_account).await?;
     }
     Ok(mesh)
+}
+
+/// The usual pair on a fresh cluster: `client` on node-a and `server` on node-b, both
+/// enrolled, the server answering hello lines on 8080. Returns the mesh, the client's
+/// namespace and the server's address.
+pub async fn client_and_server(
+    dir: &Path,
+) -> Result<(Mesh, std::sync::Arc<Netns>, SocketAddr), Box<dyn std::error::Error + Send + Sync>> {
+    let mesh = cluster(
+        dir,
+        vec![
+            PodSpec::new("client", "node-a"),
+            PodSpec::new("server", "node-b"),
+        ],
+        vec![],
+        &[],
+        |_| {},
+    )
+    .await?;
+    let client = mesh.lab.pod("default", "client").netns.clone();
+    let server = mesh.lab.pod("default", "server");
+    ambient_lab::hello::serve_hello(&server.netns, 8080, "server".into())?;
+    let addr = SocketAddr::new(IpAddr::V4(server.ip), 8080);
+    Ok((mesh, client, addr))
 }
 
 /// Sums the values of every series of `name` whose labels include all of `labels`.

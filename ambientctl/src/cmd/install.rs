@@ -786,26 +786,10 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(apply(args))
 }
 
-async fn client_config(args: &InstallArgs) -> Result<kube::Config, String> {
-    match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))
-        }
-        None => kube::Config::infer().await.map_err(|e| e.to_string()),
-    }
-}
-
 async fn apply(args: InstallArgs) -> anyhow::Result<ExitCode> {
     use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 
-    let config = match client_config(&args).await {
+    let config = match super::kubeconfig::load(args.kubeconfig.as_deref()).await {
         Ok(config) => config,
         Err(e) => {
             eprintln!(

@@ -5,10 +5,12 @@
 //! - [`waypoint`]: `waypoint generate|apply|list|status|delete`.
 //! - [`dashboard`]: `dashboard` (the live service graph in a browser).
 //! - [`output`]: tables, JSON and YAML.
+//! - [`kubeconfig`]: reaching a Kubernetes cluster.
 
 pub mod analyze;
 pub mod dashboard;
 pub mod install;
+pub mod kubeconfig;
 pub mod mesh;
 pub mod output;
 pub mod proxy_config;

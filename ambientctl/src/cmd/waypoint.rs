@@ -294,22 +294,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn kube_config(path: Option<&PathBuf>) -> Result<kube::Config, String> {
-    match path {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))
-        }
-        None => kube::Config::infer().await.map_err(|e| e.to_string()),
-    }
-}
-
 /// `--kubeconfig` → that cluster; else the running local mesh; else the kubeconfig's
 /// cluster.
 fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
@@ -320,7 +304,7 @@ fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
         }
     }
     Ok(
-        match runtime()?.block_on(kube_config(cluster.kubeconfig.as_ref())) {
+        match runtime()?.block_on(super::kubeconfig::load(cluster.kubeconfig.as_deref())) {
             Ok(config) => Backend::Kube(Box::new(config)),
             Err(e) if cluster.kubeconfig.is_some() => Backend::None(e),
             Err(e) => Backend::None(format!(

@@ -259,17 +259,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 mod tests {
     use super::*;
 
-    fn env() -> WaypointEnv {
-        WaypointEnv {
-            exe: "/bin/ambientctl".into(),
-            run_dir: "/run/mesh".into(),
-            trust_domain: "cluster.local".into(),
-            controller_address: "https://172.30.0.1:15012".into(),
-            workload_cert_ttl_secs: 3600,
-            log_filter: "info".into(),
-            otlp_endpoint: None,
-        }
-    }
+    use super::waypoints::tests::env;
 
     fn gateway(name: &str) -> Value {
         serde_json::json!({

@@ -155,12 +155,13 @@ pub fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ambient_controller::source::manifests::parse_file;
     use std::path::Path;
 
-    fn env() -> WaypointEnv {
+    /// The waypoint environment of the runtime's tests.
+    pub(crate) fn env() -> WaypointEnv {
         WaypointEnv {
             exe: "/bin/ambientctl".into(),
             run_dir: "/run/mesh".into(),

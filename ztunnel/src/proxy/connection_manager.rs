@@ -69,6 +69,8 @@ impl Drop for Registration {
 pub struct Admission {
     /// Keeps the connection registered (re-checked on every update) while it lives.
     pub registration: Registration,
+    /// Cancelled when a configuration update denies the connection (or its pod leaves).
+    pub cancel: CancellationToken,
     /// The configuration read after registering: authorize against this one.
     pub snapshot: Arc<Snapshot>,
     /// The destination pod's workload in that configuration.
@@ -90,23 +92,34 @@ impl ConnectionManager {
         Arc::new(Self::default())
     }
 
-    /// Registers `tracked`, then reads the configuration with `load` and finds the
-    /// destination pod in it. `None` (the registration dropped) when the control plane has
-    /// not described the pod yet: nothing can be authorized against a pod without policies,
-    /// so the caller refuses the connection.
+    /// Registers a connection from `src_ip` (`src_identity` when authenticated) to `dst` in
+    /// `pod`, then reads the configuration with `load` and finds the pod in it. `None` (the
+    /// registration dropped) when the control plane has not described the pod yet: nothing
+    /// can be authorized against a pod without policies, so the caller refuses the
+    /// connection.
     pub fn admit(
         self: &Arc<Self>,
-        tracked: Tracked,
+        pod: &Arc<PodContext>,
+        src_identity: Option<Identity>,
+        src_ip: IpAddr,
+        dst: SocketAddr,
         load: impl FnOnce() -> Arc<Snapshot>,
     ) -> Option<Admission> {
-        let pod = tracked.pod.clone();
-        let registration = self.register(tracked);
+        let cancel = pod.cancel.child_token();
+        let registration = self.register(Tracked {
+            pod: pod.clone(),
+            src_identity,
+            src_ip,
+            dst,
+            cancel: cancel.clone(),
+        });
         let snapshot = load();
         let workload = snapshot
             .find_pod(&pod.uid, &pod.namespace, &pod.name)?
             .clone();
         Some(Admission {
             registration,
+            cancel,
             snapshot,
             workload,
         })
@@ -254,14 +267,19 @@ mod tests {
         (state, pod)
     }
 
-    fn tracked(pod: &Arc<PodContext>, cancel: &CancellationToken) -> Tracked {
-        Tracked {
-            pod: pod.clone(),
-            src_identity: None,
-            src_ip: "10.244.1.2".parse().unwrap(),
-            dst: "10.244.2.2:8080".parse().unwrap(),
-            cancel: cancel.clone(),
-        }
+    const CLIENT: &str = "10.244.1.2";
+    const DST: &str = "10.244.2.2:8080";
+
+    /// Admits a plaintext connection from `CLIENT` to `DST`, reading the configuration
+    /// with `load`.
+    fn admit(pod: &Arc<PodContext>, load: impl FnOnce() -> Arc<Snapshot>) -> Option<Admission> {
+        pod.shared.connections.admit(
+            pod,
+            None,
+            CLIENT.parse().unwrap(),
+            DST.parse().unwrap(),
+            load,
+        )
     }
 
     /// Denies everything in namespace `default`.
@@ -282,27 +300,30 @@ mod tests {
     async fn a_policy_pushed_right_after_admission_read_the_configuration_closes_the_connection() {
         let (state, pod) = server_pod(SERVER);
         let connections = pod.shared.connections.clone();
-        let cancel = CancellationToken::new();
         // The push lands between the admission's read of the configuration and the end of
         // the admission (here: at once; in a proxy: while it connects to the app). Its
         // recheck, as every configuration update runs one, must see this connection.
-        let admission = connections
-            .admit(tracked(&pod, &cancel), || {
-                let before = state.load();
-                state.apply(deny_all());
-                connections.recheck(&state.load());
-                before
-            })
-            .expect("the pod is described");
+        let admission = admit(&pod, || {
+            let before = state.load();
+            state.apply(deny_all());
+            connections.recheck(&state.load());
+            before
+        })
+        .expect("the pod is described");
+        let attrs = Connection {
+            src_identity: None,
+            src_ip: CLIENT.parse().unwrap(),
+            dst: DST.parse().unwrap(),
+        };
         assert!(
             admission
                 .snapshot
-                .authorize(&admission.workload, &tracked(&pod, &cancel).connection())
+                .authorize(&admission.workload, &attrs)
                 .is_ok(),
             "the configuration read before the push allowed it"
         );
         assert!(
-            cancel.is_cancelled(),
+            admission.cancel.is_cancelled(),
             "the push's recheck closed the connection it admitted"
         );
     }
@@ -310,15 +331,9 @@ mod tests {
     #[tokio::test]
     async fn a_pod_the_control_plane_has_not_described_is_refused_and_not_kept() {
         let (state, pod) = server_pod("workloads: []\n");
-        let connections = pod.shared.connections.clone();
-        let cancel = CancellationToken::new();
+        assert!(admit(&pod, || state.load()).is_none());
         assert!(
-            connections
-                .admit(tracked(&pod, &cancel), || state.load())
-                .is_none()
-        );
-        assert!(
-            connections.is_empty(),
+            pod.shared.connections.is_empty(),
             "a refused connection is not tracked"
         );
     }
@@ -327,15 +342,12 @@ mod tests {
     async fn an_admitted_connection_is_tracked_until_dropped() {
         let (state, pod) = server_pod(SERVER);
         let connections = pod.shared.connections.clone();
-        let cancel = CancellationToken::new();
-        let admission = connections
-            .admit(tracked(&pod, &cancel), || state.load())
-            .unwrap();
+        let admission = admit(&pod, || state.load()).unwrap();
         assert_eq!(admission.workload.name, "server");
         assert_eq!(connections.len(), 1);
         state.apply(deny_all());
         assert_eq!(connections.recheck(&state.load()), 1);
-        assert!(cancel.is_cancelled());
+        assert!(admission.cancel.is_cancelled());
         drop(admission);
         assert!(connections.is_empty());
     }

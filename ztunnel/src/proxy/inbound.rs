@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::{Admission, Registration, Tracked};
+use super::connection_manager::{Admission, Registration};
 use super::{
     Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay, socket,
 };
@@ -98,20 +98,15 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
     };
     // In-pod mode: the tunnel's TCP source is the client pod's own address.
     let peer_addr = inbound.peer_addr();
-    let cancel = ctx.cancel.child_token();
-    let tracked = Tracked {
-        pod: ctx.clone(),
-        src_identity: Some(peer_id.clone()),
-        src_ip: peer_addr.ip(),
-        dst,
-        cancel: cancel.clone(),
-    };
-    let admission = ctx
-        .shared
-        .connections
-        .admit(tracked, || ctx.shared.state.load());
+    let admission =
+        ctx.shared
+            .connections
+            .admit(&ctx, Some(peer_id.clone()), peer_addr.ip(), dst, || {
+                ctx.shared.state.load()
+            });
     let Some(Admission {
         registration,
+        cancel,
         snapshot,
         workload: me,
     }) = admission

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection_manager::{Admission, Registration, Tracked};
+use super::connection_manager::{Admission, Registration};
 use super::{
     Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay, socket,
 };
@@ -75,20 +75,13 @@ async fn admit(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) ->
         debug!(pod = %ctx.name, %dst, "refusing plaintext to the tunnel's own port");
         return None;
     }
-    let cancel = ctx.cancel.child_token();
-    let tracked = Tracked {
-        pod: ctx.clone(),
-        src_identity: None,
-        src_ip: peer.ip(),
-        dst,
-        cancel: cancel.clone(),
-    };
     let admission = ctx
         .shared
         .connections
-        .admit(tracked, || ctx.shared.state.load());
+        .admit(&ctx, None, peer.ip(), dst, || ctx.shared.state.load());
     let Some(Admission {
         registration,
+        cancel,
         snapshot,
         workload: me,
     }) = admission
