@@ -133,7 +133,7 @@ fn check_deployed(api: &FakeApiServer, name: &str, uid: &str, root: &str) -> Tes
     assert_eq!(parsed.gateway, format!("shop/{name}"));
     assert_eq!(parsed.service_account.as_deref(), Some(name));
     assert_eq!(
-        parsed.controller_address,
+        parsed.control_plane.controller_address,
         "https://ambient-controller.istio-system.svc:15012"
     );
     assert_eq!(parsed.instance_ip, "10.244.1.9");
@@ -143,7 +143,12 @@ fn check_deployed(api: &FakeApiServer, name: &str, uid: &str, root: &str) -> Tes
         .find_map(|v| v["projected"]["sources"][0]["serviceAccountToken"].as_object())
         .ok_or("no projected token")?;
     assert_eq!(token["audience"], "ambient-ca");
-    assert!(parsed.token_file.ends_with(token["path"].as_str().unwrap()));
+    assert!(
+        parsed
+            .control_plane
+            .token_file
+            .ends_with(token["path"].as_str().unwrap())
+    );
     assert!(
         volumes
             .iter()

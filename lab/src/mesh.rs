@@ -303,9 +303,8 @@ impl Mesh {
             Some(standalone) => Program::standalone(standalone),
             None => Program::multi_call(&self.options.exe, "ztunnel"),
         };
-        let args = ZtunnelArgs {
+        let mut args = ZtunnelArgs {
             trust_domain: self.options.trust_domain.clone(),
-            workload_cert_ttl_secs: self.options.workload_cert_ttl.as_secs().max(1),
             zds_socket: dir.join("ztunnel.sock"),
             ..ZtunnelArgs::new(
                 node,
@@ -315,6 +314,7 @@ impl Mesh {
                 run.join("tokens").join(format!("{node}.token")),
             )
         };
+        args.control_plane.workload_cert_ttl_secs = self.options.workload_cert_ttl.as_secs().max(1);
         let ztunnel = Proc::spawn(
             &format!("ztunnel-{node}"),
             &netns,

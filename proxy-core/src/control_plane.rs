@@ -4,8 +4,56 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// The flags every proxy takes to reach its control plane (flattened into ztunnel's and the
+/// waypoint's command lines, so they are spelled once).
+#[derive(Clone, Debug, PartialEq, clap::Args, Serialize)]
+pub struct ControlPlaneArgs {
+    /// The controller (xDS and CA): `https://host:15012`.
+    #[arg(long, alias = "ca-address")]
+    pub controller_address: String,
+    /// PEM roots of the mesh; they also sign the controller's serving certificate.
+    #[arg(long)]
+    pub ca_root: PathBuf,
+    /// Name on the controller's serving certificate.
+    #[arg(
+        long,
+        alias = "ca-server-name",
+        default_value = "istiod.istio-system.svc"
+    )]
+    pub controller_server_name: String,
+    /// File holding this proxy's bearer token for the controller.
+    #[arg(long, alias = "ca-token-file")]
+    pub token_file: PathBuf,
+    /// Workload certificate lifetime to ask for, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub workload_cert_ttl_secs: u64,
+}
+
+impl ControlPlaneArgs {
+    /// The control plane these flags name, with the mesh roots read from `--ca-root`.
+    pub fn control_plane(&self) -> Result<ControlPlane, ControlPlaneError> {
+        let root_pem = std::fs::read(&self.ca_root).map_err(|e| ControlPlaneError::Roots {
+            path: self.ca_root.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(ControlPlane {
+            address: self.controller_address.clone(),
+            root_pem,
+            server_name: self.controller_server_name.clone(),
+            token_file: self.token_file.clone(),
+        })
+    }
+
+    /// The certificate lifetime to ask for.
+    pub fn workload_cert_ttl(&self) -> Duration {
+        Duration::from_secs(self.workload_cert_ttl_secs)
+    }
+}
 
 /// Where the controller is and how to trust and authenticate to it.
 #[derive(Clone, Debug)]
@@ -28,6 +76,8 @@ pub enum ControlPlaneError {
     Tls(String),
     #[error("token file {path}: {reason}")]
     Token { path: PathBuf, reason: String },
+    #[error("mesh roots {path}: {reason}")]
+    Roots { path: PathBuf, reason: String },
 }
 
 impl ControlPlane {

@@ -9,7 +9,6 @@ use ambient_proto::identity::Identity;
 use ambient_proto::tls::TrustBundle;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::Matcher;
-use proxy_core::control_plane::ControlPlane;
 use proxy_core::identity::ca_client::CaClient;
 use proxy_core::identity::{Backoff, CertificateManager};
 use proxy_core::readiness::Readiness;
@@ -46,14 +45,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| gw_name.to_string());
     let identity = Identity::new(&args.trust_domain, gw_ns, &sa)
         .with_context(|| format!("identity for {}/{sa}", gw_ns))?;
-    let roots = std::fs::read(&args.ca_root)
-        .with_context(|| format!("reading {}", args.ca_root.display()))?;
-    let control_plane = ControlPlane {
-        address: args.controller_address.clone(),
-        root_pem: roots.clone(),
-        server_name: args.controller_server_name.clone(),
-        token_file: args.token_file.clone(),
-    };
+    let control_plane = args.control_plane.control_plane()?;
+    let roots = control_plane.root_pem.clone();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(telemetry::REQUEST_DURATION.into()),
@@ -95,10 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     let bundle = TrustBundle::from_pem(args.trust_domain.clone(), &roots)?;
-    let ca = CaClient::new(
-        control_plane,
-        Duration::from_secs(args.workload_cert_ttl_secs),
-    )?;
+    let ca = CaClient::new(control_plane, args.control_plane.workload_cert_ttl())?;
     let certs = Arc::new(CertificateManager::new(Arc::new(ca), Backoff::default()));
     let server = ambient_proto::tls::server_config(certs.slot(&identity), &bundle)?;
     tokio::spawn({

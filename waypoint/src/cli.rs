@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use proxy_core::control_plane::ControlPlaneArgs;
 use proxy_core::logging::LogFormat;
 use serde::Serialize;
 
@@ -26,17 +27,10 @@ pub struct Args {
     /// The waypoint pod's own address.
     #[arg(long, env = "POD_IP", default_value = "")]
     pub instance_ip: String,
-    /// Controller xDS + CA address (`https://host:15012`).
-    #[arg(long, alias = "ca-address")]
-    pub controller_address: String,
-    #[arg(long)]
-    pub ca_root: PathBuf,
-    #[arg(long, default_value = "istiod.istio-system.svc")]
-    pub controller_server_name: String,
-    #[arg(long, alias = "ca-token-file")]
-    pub token_file: PathBuf,
-    #[arg(long, default_value_t = 24 * 3600)]
-    pub workload_cert_ttl_secs: u64,
+    /// How to reach the controller (xDS and CA).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub control_plane: ControlPlaneArgs,
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:15000")]

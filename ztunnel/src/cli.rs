@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, NodeAgent};
 use crate::app::{self, Config, ConfigSource};
-use proxy_core::control_plane::ControlPlane;
+use proxy_core::control_plane::ControlPlaneArgs;
 use proxy_core::logging::{LogFormat, init_logging};
 use serde::Serialize;
 
@@ -32,25 +32,10 @@ pub struct ZtunnelArgs {
     /// (for debugging).
     #[arg(long)]
     pub config_file: Option<PathBuf>,
-    /// The controller (xDS and CA): `https://host:15012`.
-    #[arg(long, alias = "ca-address")]
-    pub controller_address: String,
-    /// PEM roots of the mesh; they also sign the controller's serving certificate.
-    #[arg(long)]
-    pub ca_root: PathBuf,
-    /// Name on the controller's serving certificate.
-    #[arg(
-        long,
-        alias = "ca-server-name",
-        default_value = "istiod.istio-system.svc"
-    )]
-    pub controller_server_name: String,
-    /// File holding this node's bearer token for the controller.
-    #[arg(long, alias = "ca-token-file")]
-    pub token_file: PathBuf,
-    /// Workload certificate lifetime to ask for, in seconds.
-    #[arg(long, default_value_t = 24 * 3600)]
-    pub workload_cert_ttl_secs: u64,
+    /// How to reach the controller (xDS and CA).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub control_plane: ControlPlaneArgs,
     /// The node agent's ZDS socket.
     #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
     pub zds_socket: PathBuf,
@@ -147,8 +132,7 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
     proxy_core::memory::avoid_transparent_huge_pages();
     let args = ZtunnelArgs::parse_from(args);
     init_logging(args.log_format);
-    let roots = std::fs::read(&args.ca_root)
-        .with_context(|| format!("reading {}", args.ca_root.display()))?;
+    let control_plane = args.control_plane.control_plane()?;
     let config = Config {
         node_name: args.node_name,
         instance_ip: args.instance_ip,
@@ -157,14 +141,9 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
             Some(path) => ConfigSource::File(path),
             None => ConfigSource::Xds,
         },
-        control_plane: ControlPlane {
-            address: args.controller_address,
-            root_pem: roots.clone(),
-            server_name: args.controller_server_name,
-            token_file: args.token_file,
-        },
-        workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl_secs),
-        mesh_roots_pem: roots,
+        workload_cert_ttl: args.control_plane.workload_cert_ttl(),
+        mesh_roots_pem: control_plane.root_pem.clone(),
+        control_plane,
         zds_socket: args.zds_socket,
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,

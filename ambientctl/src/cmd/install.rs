@@ -1117,11 +1117,11 @@ mod tests {
         assert_eq!(parsed.node_name, "node-1");
         assert_eq!(parsed.instance_ip, "10.0.0.7");
         assert_eq!(
-            parsed.controller_address,
+            parsed.control_plane.controller_address,
             "https://ambient-controller.istio-system.svc:15012"
         );
         assert_eq!(
-            parsed.token_file,
+            parsed.control_plane.token_file,
             PathBuf::from("/var/run/secrets/tokens/ambient-token")
         );
         assert_eq!(parsed.readiness_addr.port(), 15021);

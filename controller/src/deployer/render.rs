@@ -117,12 +117,11 @@ pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> WaypointArg
             run_dir.join("tokens").join("$(NODE_NAME).token"),
         ),
     };
-    WaypointArgs {
+    let mut args = WaypointArgs {
         service_account: Some(name.to_string()),
         trust_domain: config.trust_domain.clone(),
         node_name: "$(NODE_NAME)".into(),
         instance_ip: "$(POD_IP)".into(),
-        workload_cert_ttl_secs: config.workload_cert_ttl_secs.max(1),
         otlp_endpoint: config.otlp_endpoint.clone(),
         ..WaypointArgs::new(
             &format!("{namespace}/{name}"),
@@ -130,7 +129,9 @@ pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> WaypointArg
             ca_root,
             token_file,
         )
-    }
+    };
+    args.control_plane.workload_cert_ttl_secs = config.workload_cert_ttl_secs.max(1);
+    args
 }
 
 fn field_env(name: &str, path: &str) -> Value {
