@@ -120,11 +120,6 @@ pub async fn handle(
         Target::Service { service, port } => (routing.service(&service.key()).cloned(), *port),
         Target::Workload { port, .. } => (None, *port),
     };
-    let is_grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
     let mut span = Span::for_request(&parts.headers);
     if span.parent_id.is_none() {
         // A trace this waypoint starts: `--trace-sampling` decides (a caller's traceparent
@@ -139,39 +134,11 @@ pub async fn handle(
             HeaderValue::try_from(id).expect("hex is a valid header value"),
         );
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let mut log = RequestLog {
-        started,
-        downstream: downstream.clone(),
-        service: match target.as_ref() {
-            Target::Service { service, .. } => Some(service.clone()),
-            Target::Workload { .. } => None,
-        },
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        authority,
-        protocol: if is_grpc { "grpc" } else { "http" },
-        route: String::new(),
-        upstream: None,
-        status: 0,
-        grpc_status: None,
-        flags: "-",
-        request_bytes: 0,
-        attempts: 0,
-        trace_id: span.trace_id_hex(),
-        span: span.clone(),
+    let service = match target.as_ref() {
+        Target::Service { service, .. } => Some(service.clone()),
+        Target::Workload { .. } => None,
     };
+    let mut log = RequestLog::start(started, downstream.clone(), service, &parts, span.clone());
     let result = route_and_send(
         &ctx,
         &routing,
