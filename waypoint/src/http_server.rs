@@ -10,8 +10,8 @@ use hyper_util::server::conn::auto;
 use tracing::debug;
 
 use crate::context::Ctx;
-use crate::forward;
 use crate::inbound::{Downstream, Target};
+use crate::pipeline;
 use crate::rewind::Rewind;
 use crate::stream::StreamIo;
 
@@ -54,7 +54,7 @@ pub(crate) async fn serve(
         let ctx = ctx.clone();
         let target = target.clone();
         let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(forward::handle(ctx, target, downstream, req).await) }
+        async move { Ok::<_, Infallible>(pipeline::handle(ctx, target, downstream, req).await) }
     });
     if let Err(e) = builder().serve_connection(TokioIo::new(io), service).await {
         debug!(error = %e, "downstream HTTP connection ended");

@@ -8,6 +8,9 @@
 //!
 //! - [`l7`]: the decisions, free of I/O: route matching, filters, faults, retries, load
 //!   balancing, outlier detection, connection-pool limits, authorization.
+//! - `pipeline`: one HTTP request through the waypoint, a stage a file in the order a request
+//!   meets them (authorize, route, fault, redirect / rewrite, backend and limits, send with
+//!   retries and timeouts, respond with telemetry), calling the decisions of [`l7`].
 //! - [`cli`]: command-line flags and the entry point.
 
 #![forbid(unsafe_code)]
@@ -17,11 +20,11 @@ mod app;
 pub mod cli;
 mod config;
 mod context;
-mod forward;
 pub mod http_server;
 mod inbound;
 pub mod l7;
 mod otlp;
+mod pipeline;
 mod rewind;
 mod routing;
 mod stream;

@@ -149,6 +149,52 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
+    /// The record of a request as it arrived (its path as the client sent it), to be filled
+    /// in along the request path.
+    pub fn start(
+        started: Instant,
+        downstream: Arc<Downstream>,
+        service: Option<Arc<Service>>,
+        parts: &http::request::Parts,
+        span: Span,
+    ) -> Self {
+        let is_grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        RequestLog {
+            started,
+            downstream,
+            service,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            authority,
+            protocol: if is_grpc { "grpc" } else { "http" },
+            route: String::new(),
+            upstream: None,
+            status: 0,
+            grpc_status: None,
+            flags: "-",
+            request_bytes: 0,
+            attempts: 0,
+            trace_id: span.trace_id_hex(),
+            span,
+        }
+    }
+
     /// Records the request: metrics, one access-log line and, when tracing, its span.
     pub fn finish(&self, response_bytes: u64) {
         if self.span.sampled
