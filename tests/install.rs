@@ -1,7 +1,7 @@
 //! `ambientctl install`: the rendered manifests are valid Kubernetes objects (parsed back into
 //! k8s-openapi types), `-o json` is a `List`, and without a cluster nothing is attempted.
 //!
-//! The apply path (server-side apply against the fake API server) is in tests/install_apply.rs.
+//! The apply path (server-side apply against a real API server) is in tests/kube_install.rs.
 
 #![forbid(unsafe_code)]
 

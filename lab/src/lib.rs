@@ -12,11 +12,14 @@
 //! - [`sniff`]: a packet capture, to check what crosses the wire.
 //! - [`http`]: sockets and a small HTTP GET from inside a namespace; [`hello`]: a line
 //!   server and client that say who reached whom.
+//! - [`kube`]: a real Kubernetes control plane (`kube-lab`, built by `tools/build.sh`) with
+//!   the upstream CRDs, for the tests of the controller's Kubernetes side.
 //! - [`manifest`]: YAML for lab objects (namespaces, pods with their node and address, services).
 
 pub mod component;
 pub mod hello;
 pub mod http;
+pub mod kube;
 pub mod manifest;
 pub mod mesh;
 pub mod netns;

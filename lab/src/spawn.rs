@@ -21,6 +21,8 @@ pub enum Entry {
     NewSandbox,
     /// Join this network namespace (a duplicate of its fd, closed again on exec).
     JoinNetns(OwnedFd),
+    /// Stay in the parent's namespaces (only the [`Lifetime`] applies).
+    Stay,
     /// A pod's container: join the pod's network namespace, then get a mount namespace of
     /// its own with each `(source, target)` file bind-mounted (the pod's `/etc/resolv.conf`
     /// and `/etc/hosts`). A bind that fails (no such target) is skipped.
@@ -80,6 +82,7 @@ pub fn configure_with(cmd: &mut Command, entry: Entry, lifetime: Lifetime) {
             }
         }
         match &entry {
+            Entry::Stay => {}
             Entry::NewSandbox => {
                 nix::sched::unshare(
                     CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET,

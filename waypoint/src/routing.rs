@@ -200,17 +200,28 @@ impl RoutingSnapshot {
         self.services.get(key)
     }
 
+    /// The routing of a service whose L7 configuration has arrived. A service known from
+    /// WDS but not yet configured has no policies here that could be trusted (they may be on
+    /// their way), so nothing addressed to it may pass: callers refuse it (`NR`).
+    pub fn configured(&self, key: &str) -> Option<&Arc<ServiceRouting>> {
+        self.services.get(key).filter(|s| s.config.is_some())
+    }
+
     /// L4 authorization of a passed-through TCP connection: the gateway's and the service's
-    /// policies, judged on what TCP can show (HTTP-only rules fail closed).
+    /// policies, judged on what TCP can show (HTTP-only rules fail closed). A service whose
+    /// configuration has not arrived is refused.
     pub fn authorize_tcp(
         &self,
         target: &crate::inbound::Target,
         downstream: &crate::inbound::Downstream,
-    ) -> Result<(), String> {
+    ) -> Result<(), TcpRefusal> {
         let service_policies = match target {
-            crate::inbound::Target::Service { service, .. } => {
-                self.services.get(&service.key()).map(|s| &s.policies)
-            }
+            crate::inbound::Target::Service { service, .. } => Some(
+                &self
+                    .configured(&service.key())
+                    .ok_or(TcpRefusal::NotConfigured)?
+                    .policies,
+            ),
             crate::inbound::Target::Workload { .. } => None,
         };
         let attrs = authz::RequestAttributes::tcp(
@@ -227,10 +238,12 @@ impl RoutingSnapshot {
         if verdict.allowed {
             Ok(())
         } else {
-            Err(verdict
-                .policy
-                .unwrap_or("no ALLOW policy matched")
-                .to_string())
+            Err(TcpRefusal::Denied(
+                verdict
+                    .policy
+                    .unwrap_or("no ALLOW policy matched")
+                    .to_string(),
+            ))
         }
     }
 
@@ -246,4 +259,13 @@ impl RoutingSnapshot {
         )?;
         Some((s.endpoint(&pick, port), pick))
     }
+}
+
+/// Why a passed-through TCP connection is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TcpRefusal {
+    /// The addressed service's L7 configuration has not arrived (`NR`).
+    NotConfigured,
+    /// A policy denied it (the policy's name, or that no ALLOW policy matched).
+    Denied(String),
 }

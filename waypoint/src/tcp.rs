@@ -10,6 +10,7 @@ use tracing::{debug, info};
 use crate::context::Ctx;
 use crate::inbound::{Downstream, Target};
 use crate::rewind::Rewind;
+use crate::routing::TcpRefusal;
 use crate::stream::StreamIo;
 use crate::telemetry::TcpRecord;
 use crate::upstream::{Endpoint, TunnelContext};
@@ -27,10 +28,18 @@ pub async fn passthrough(
         Target::Workload { .. } => None,
     };
     let mut record = TcpRecord::new(&downstream, service.clone());
-    if let Err(denied) = routing.authorize_tcp(&target, &downstream) {
-        info!(src = %downstream.identity, dst = %downstream.dst, policy = %denied, "connection denied by policy");
-        record.finish("DENY", None, 0, 0, started);
-        return;
+    match routing.authorize_tcp(&target, &downstream) {
+        Ok(()) => {}
+        Err(TcpRefusal::NotConfigured) => {
+            info!(src = %downstream.identity, dst = %downstream.dst, "connection refused: no configuration for this service yet");
+            record.finish("NR", None, 0, 0, started);
+            return;
+        }
+        Err(TcpRefusal::Denied(policy)) => {
+            info!(src = %downstream.identity, dst = %downstream.dst, policy = %policy, "connection denied by policy");
+            record.finish("DENY", None, 0, 0, started);
+            return;
+        }
     }
     let (endpoint, _pick) = match &target {
         Target::Service { service, port } => match routing.endpoint(service, *port) {

@@ -176,6 +176,18 @@ const READ: &[&str] = &["get", "list", "watch"];
 
 /// A namespaced CRD with one served and stored version whose spec and status are kept as
 /// given (`x-kubernetes-preserve-unknown-fields`): enough for the controller to read them.
+/// The API server refuses a CRD in a group under `k8s.io` or `kubernetes.io` unless it
+/// names the Kubernetes API review that approved the group (found by running install
+/// against a real API server). The only such group installed is the Gateway API's.
+fn api_approval(group: &str) -> Option<BTreeMap<String, String>> {
+    (group == "gateway.networking.k8s.io").then(|| {
+        BTreeMap::from([(
+            "api-approved.kubernetes.io".to_string(),
+            "https://github.com/kubernetes-sigs/gateway-api/pull/2466".to_string(),
+        )])
+    })
+}
+
 fn crd(group: &str, kind: &str, plural: &str, version: &str, short: &[&str]) -> Value {
     let open = JSONSchemaProps {
         type_: Some("object".to_string()),
@@ -197,6 +209,7 @@ fn crd(group: &str, kind: &str, plural: &str, version: &str, short: &[&str]) -> 
                 PART_OF.0.to_string(),
                 PART_OF.1.to_string(),
             )])),
+            annotations: api_approval(group),
             ..Default::default()
         },
         spec: CustomResourceDefinitionSpec {

@@ -97,6 +97,35 @@ mod tests {
         assert_eq!(outcome(&f, "/shop"), Ok(()));
     }
 
+    /// TCP passed through is judged by the same policies (rules only HTTP can show fail
+    /// closed), and a service whose configuration has not arrived is refused outright.
+    #[test]
+    fn tcp_is_refused_until_the_service_is_configured() {
+        use crate::routing::TcpRefusal;
+        let mut f = Fixture::new();
+        assert_eq!(f.authorize_tcp(), Ok(()));
+        // Paths cannot be seen on TCP: a DENY on them denies all of it (as Istio's does).
+        f.service_policies(&[policy("no-admin", pb::Action::Deny, &["/admin"])]);
+        assert_eq!(
+            f.authorize_tcp(),
+            Err(TcpRefusal::Denied("shop/no-admin".into()))
+        );
+        f.service_policies(&[policy("only-shop", pb::Action::Allow, &["/shop"])]);
+        assert_eq!(
+            f.authorize_tcp(),
+            Err(TcpRefusal::Denied("no ALLOW policy matched".into())),
+            "an ALLOW on paths cannot match TCP"
+        );
+        assert_eq!(
+            Fixture::new().unconfigured().authorize_tcp(),
+            Err(TcpRefusal::NotConfigured)
+        );
+        assert_eq!(
+            Fixture::new().unknown().authorize_tcp(),
+            Err(TcpRefusal::NotConfigured)
+        );
+    }
+
     #[test]
     fn a_workload_has_only_gateway_policies() {
         let mut f = Fixture::new().workload_target();

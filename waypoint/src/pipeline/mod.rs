@@ -97,7 +97,8 @@ pub struct Exchange<'r, B> {
     pub target: &'r Target,
     pub downstream: &'r Downstream,
     pub routing: &'r RoutingSnapshot,
-    /// The addressed service's routing (`None`: a workload, or a service not configured yet).
+    /// The addressed service's routing (`None`: a workload, or a service whose L7
+    /// configuration has not arrived, which the route stage refuses).
     pub service: Option<&'r ServiceRouting>,
     /// Filled in by the stages; carries the request's span.
     pub log: RequestLog,
@@ -116,7 +117,7 @@ impl<'r, B> Exchange<'r, B> {
         let (mut parts, body) = req.into_parts();
         let (service, routing_of) = match target {
             Target::Service { service, .. } => {
-                (Some(service.clone()), routing.service(&service.key()))
+                (Some(service.clone()), routing.configured(&service.key()))
             }
             Target::Workload { .. } => (None, None),
         };

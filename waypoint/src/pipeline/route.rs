@@ -92,7 +92,11 @@ mod tests {
 
     #[test]
     fn no_configuration_is_503() {
+        // Known from WDS, its L7 configuration (routes, policies) not arrived: refused, not
+        // sent on with no policies.
         let f = Fixture::new().unconfigured();
+        assert_eq!(decide(&f, "/").0, Err(Local::NOT_CONFIGURED));
+        let f = Fixture::new().unknown();
         assert_eq!(decide(&f, "/").0, Err(Local::NOT_CONFIGURED));
         assert_eq!(Local::NOT_CONFIGURED.status.as_u16(), 503);
         assert_eq!(Local::NOT_CONFIGURED.flags, "NR");

@@ -119,9 +119,17 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
         .iter()
         .enumerate()
         .map(|(i, ip)| EndpointKey(workload(&format!("{name}-{i}"), ip)));
+    // What the controller sends for every service a waypoint carries.
+    let config = pb::ServiceConfig {
+        namespace: "shop".into(),
+        name: name.into(),
+        hostname: service.hostname.clone(),
+        waypoint: "shop/waypoint".into(),
+        ..Default::default()
+    };
     let mut routing = ServiceRouting {
         service,
-        config: None,
+        config: Some(Arc::new(config)),
         ports: HashMap::new(),
         policies: Policies::default(),
         limits: ConnectionLimits::new(None, None),
@@ -224,6 +232,11 @@ impl Fixture {
         Arc::get_mut(s).expect("not shared")
     }
 
+    /// A TCP connection to the fixture's target, judged as the passthrough judges it.
+    pub fn authorize_tcp(&self) -> Result<(), crate::routing::TcpRefusal> {
+        self.routing.authorize_tcp(&self.target, &self.downstream)
+    }
+
     /// `WEB`'s routes on port 80.
     pub fn routes(&mut self, routes: Vec<pb::Route>) {
         set_routes(self.service_mut(WEB), routes);
@@ -262,9 +275,15 @@ impl Fixture {
         self.routing.gateway_policies = policies(p);
     }
 
-    /// `WEB` not configured yet (not in the snapshot).
-    pub fn unconfigured(mut self) -> Self {
+    /// `WEB` not in the snapshot at all.
+    pub fn unknown(mut self) -> Self {
         self.routing.services.remove(WEB);
+        self
+    }
+
+    /// `WEB` known from WDS, its L7 configuration not arrived yet.
+    pub fn unconfigured(mut self) -> Self {
+        self.service_mut(WEB).config = None;
         self
     }
 
