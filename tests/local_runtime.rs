@@ -193,6 +193,43 @@ fn bookinfo_as_a_user_would() {
             .any(|p| p["name"] == "extra" && p["phase"] == "Running" && p["dataplane"] == "none")
     });
 
+    // A Deployment runs its replicas (what the Deployment and ReplicaSet controllers would
+    // make), in the mesh, behind its Service.
+    std::fs::write(
+        dir.join("stars.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: stars, namespace: bookinfo}\nspec:\n  selector: {app: stars}\n  ports: [{name: http, port: 9080}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stars, namespace: bookinfo}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: stars}}\n  template:\n    metadata: {labels: {app: stars, version: v1}}\n    spec:\n      serviceAccountName: bookinfo-ratings\n      containers:\n      - name: ratings\n        image: ratings\n        command: [demo-app, ratings, --port, \"9080\"]\n        ports: [{containerPort: 9080, name: http}]\n",
+    )
+    .unwrap();
+    ctl.until(&["status", "-o", "json"], Duration::from_secs(20), |o| {
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let running = s["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["name"].as_str().is_some_and(|n| n.starts_with("stars-"))
+                    && p["phase"] == "Running"
+                    && p["dataplane"] == "ambient"
+            })
+            .count();
+        running == 2
+    });
+    let stars = ctl.until(
+        &[
+            "exec",
+            "-n",
+            "bookinfo",
+            "sleep",
+            "--",
+            "demo-app",
+            "get",
+            "http://stars:9080/ratings/0",
+        ],
+        Duration::from_secs(15),
+        |o| o.status.success(),
+    );
+    assert!(!stars.stdout.is_empty());
+
     // `down` stops everything the mesh made.
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ctl.home.join("mesh.json")).unwrap())

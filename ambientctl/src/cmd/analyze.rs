@@ -18,7 +18,7 @@
 //! | AMB0001 | Error | ManifestSyntaxError | A file cannot be read, is not valid YAML/JSON, or holds a document without `apiVersion` and `kind`. The whole file is ignored. |
 //! | AMB0002 | Error | UnknownField | A field the mesh does not know (often a typo); the object is ignored. |
 //! | AMB0003 | Error | DuplicateObject | The same object is defined in two files (or twice in one); the first definition is used. |
-//! | AMB0004 | Info | KindNotRead | A document of a kind the mesh does not read (Deployment, ServiceAccount, ...); skipped. Listed only with `--verbose`. |
+//! | AMB0004 | Info | KindNotRead | A document of a kind the mesh does not read (ServiceAccount, StatefulSet, ...); skipped. Listed only with `--verbose`. |
 //! | AMB0005 | Error | UseWaypointNotAWaypoint | `istio.io/use-waypoint` names a Gateway whose class is not `istio-waypoint`. |
 //! | AMB0006 | Warning | WaypointDoesNotServeTraffic | `istio.io/use-waypoint` names a waypoint whose `istio.io/waypoint-for` excludes this traffic (a Pod needs `workload` or `all`, a Service `service` or `all`), so the waypoint is bypassed. |
 //! | AMB0007 | Warning | L7AttributesAtL4 | An AuthorizationPolicy enforced by ztunnel (no `targetRefs`) uses HTTP attributes (methods, paths, hosts, request principals, headers, ...) that ztunnel cannot see: ALLOW rules using them match nothing (fail closed), DENY rules are applied without them (deny more). |

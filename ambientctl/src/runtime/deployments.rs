@@ -1,7 +1,9 @@
 //! What Kubernetes' Deployment and ReplicaSet controllers do, for the local runtime: a
-//! Deployment's pods, made from its template. A pod's name is the Deployment's name and a
-//! suffix hashed from the template and the replica's index, so an unchanged template keeps
-//! its pods and a changed one replaces them (as a rollout would).
+//! Deployment's pods, made from its template. As in Kubernetes, a pod is named
+//! `<deployment>-<pod-template-hash>-<suffix>`, labelled `pod-template-hash` and owned by
+//! the ReplicaSet `<deployment>-<pod-template-hash>` (so the controller names its workload
+//! after the Deployment); the hashes come from the template and the replica's index, so an
+//! unchanged template keeps its pods and a changed one replaces them (as a rollout would).
 
 use serde_json::{Value, json};
 
@@ -15,12 +17,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// A short name suffix from a hash, in the alphabet Kubernetes uses for generated names
-/// (no vowels, no look-alike digits).
-fn suffix(hash: u64) -> String {
+/// A name suffix of `len` characters from a hash, in the alphabet Kubernetes uses for
+/// generated names (no vowels, no look-alike digits).
+fn suffix(hash: u64, len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut h = hash;
-    (0..5)
+    (0..len)
         .map(|_| {
             let c = ALPHABET[(h % ALPHABET.len() as u64) as usize] as char;
             h /= ALPHABET.len() as u64;
@@ -45,6 +47,8 @@ pub fn pods(deployment: &Value) -> Vec<Value> {
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
     // The template as it runs in this namespace decides the names.
     let identity = json!({"namespace": namespace, "template": template}).to_string();
+    let template_hash = suffix(fnv1a(identity.as_bytes()), 10);
+    let replica_set = format!("{name}-{template_hash}");
     (0..replicas)
         .map(|i| {
             let hash = fnv1a(format!("{identity}/{i}").as_bytes());
@@ -52,8 +56,18 @@ pub fn pods(deployment: &Value) -> Vec<Value> {
             if !metadata.is_object() {
                 metadata = json!({});
             }
-            metadata["name"] = json!(format!("{name}-{}", suffix(hash)));
+            metadata["name"] = json!(format!("{replica_set}-{}", suffix(hash, 5)));
+            metadata["generateName"] = json!(format!("{replica_set}-"));
             metadata["namespace"] = json!(namespace);
+            if !metadata["labels"].is_object() {
+                metadata["labels"] = json!({});
+            }
+            metadata["labels"]["pod-template-hash"] = json!(template_hash);
+            metadata["ownerReferences"] = json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set,
+                "uid": local_uid("ReplicaSet", namespace, &replica_set),
+                "controller": true, "blockOwnerDeletion": true,
+            }]);
             json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -92,7 +106,16 @@ mod tests {
             .iter()
             .map(|p| p["metadata"]["name"].as_str().unwrap())
             .collect();
-        assert!(names.iter().all(|n| n.starts_with("web-") && n.len() == 9));
+        // <deployment>-<10>-<5>, as Kubernetes names them.
+        assert!(names.iter().all(|n| n.starts_with("web-") && n.len() == 20));
+        let hash = pods[0]["metadata"]["labels"]["pod-template-hash"]
+            .as_str()
+            .unwrap();
+        assert!(names.iter().all(|n| n.starts_with(&format!("web-{hash}-"))));
+        let owner = &pods[0]["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "ReplicaSet");
+        assert_eq!(owner["name"], format!("web-{hash}"));
+        assert_eq!(owner["controller"], true);
         assert_eq!(
             names
                 .iter()

@@ -3,6 +3,8 @@
 //!
 //! - objects applied with the CLI (`ambientctl waypoint apply`), kept in `run/applied.json`;
 //! - label overlays on any object (`--enroll-namespace`), never written to the user's files;
+//! - the pods of the directory's Deployments, as the Deployment and ReplicaSet controllers
+//!   would make them ([`super::deployments`]);
 //! - what the waypoint deployment controller makes for each waypoint Gateway
 //!   ([`super::waypoints`]).
 //!
@@ -19,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::deployments;
 use super::waypoints::{self, WaypointEnv};
 
 /// `"<Kind>/<namespace>/<name>"` (namespace empty for cluster-scoped kinds) → label →
@@ -155,8 +158,13 @@ pub struct View {
     pub problems: Vec<String>,
 }
 
-/// Builds the view from the directory's objects and the store.
-pub fn compose(dir: &[Object], store: &Store, env: &WaypointEnv) -> View {
+/// Builds the view from the directory's objects and Deployments, and the store.
+pub fn compose(
+    dir: &[Object],
+    dir_deployments: &[Value],
+    store: &Store,
+    env: &WaypointEnv,
+) -> View {
     let mut view = View {
         objects: dir.to_vec(),
         ..View::default()
@@ -208,6 +216,11 @@ pub fn compose(dir: &[Object], store: &Store, env: &WaypointEnv) -> View {
         }
     }
     overlay_objects(&mut view.objects, &store.labels);
+    for deployment in dir_deployments {
+        for pod in deployments::pods(deployment) {
+            add(&mut view, &mut keys, pod);
+        }
+    }
     for d in waypoints::render(&view.objects, env) {
         view.waypoint_pods.insert(
             format!("{}/{}", d.namespace, d.pod_name),
@@ -295,7 +308,7 @@ mod tests {
             "Namespace//other".into(),
             BTreeMap::from([("a".to_string(), Some("b".to_string()))]),
         );
-        let view = compose(&dir, &store, &env());
+        let view = compose(&dir, &[], &store, &env());
         assert!(view.problems.is_empty(), "{:?}", view.problems);
         let kinds: Vec<String> = view
             .generated
@@ -338,9 +351,45 @@ mod tests {
         store
             .objects
             .insert("Gateway/shop/w2".into(), gateway("w2"));
-        let view = compose(&dir, &store, &env());
+        let view = compose(&dir, &[], &store, &env());
         assert_eq!(view.problems.len(), 1, "{:?}", view.problems);
         assert!(view.problems[0].contains("Service/shop/w2"));
+    }
+
+    #[test]
+    fn a_deployments_pods_run_as_generated_pods() {
+        let dir = parse_value(
+            "dir.yaml",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+        )
+        .unwrap();
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web", "version": "v1"}},
+                                  "spec": {"serviceAccountName": "web",
+                                           "containers": [{"name": "web", "image": "demo-app"}]}}},
+        });
+        let view = compose(&dir, &[deployment], &Store::default(), &env());
+        assert!(view.problems.is_empty(), "{:?}", view.problems);
+        let pods: Vec<&Object> = view
+            .objects
+            .iter()
+            .filter(|o| o.key().kind == Kind::Pod)
+            .collect();
+        assert_eq!(pods.len(), 2);
+        for pod in pods {
+            let Object::Pod(pod) = pod else { panic!() };
+            assert!(pod.metadata.name.as_deref().unwrap().starts_with("web-"));
+            assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
+            let labels = pod.metadata.labels.as_ref().unwrap();
+            assert_eq!(labels.get("version").map(String::as_str), Some("v1"));
+            let spec = pod.spec.as_ref().unwrap();
+            assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        }
+        // The controller reads them from the allocations file.
+        assert_eq!(view.generated.len(), 2);
     }
 
     #[test]

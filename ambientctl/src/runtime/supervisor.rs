@@ -56,6 +56,8 @@ struct Shared {
     nodes: Vec<(String, Arc<ztunnel::inpod::netns::Netns>, String, String)>,
     /// The directory's objects at the last scan.
     dir_objects: std::sync::Mutex<Vec<Object>>,
+    /// The directory's Deployments (the runtime makes their pods).
+    dir_deployments: std::sync::Mutex<Vec<serde_json::Value>>,
     /// Objects and labels applied through the control API.
     store: std::sync::Mutex<Store>,
     store_path: PathBuf,
@@ -263,8 +265,9 @@ impl StatusSource for Shared {
 /// pods in line with it.
 async fn rebuild(shared: &Shared) {
     let dir = shared.dir_objects.lock().expect("poisoned").clone();
+    let dir_deployments = shared.dir_deployments.lock().expect("poisoned").clone();
     let store = shared.store.lock().expect("poisoned").clone();
-    let view = generated::compose(&dir, &store, &shared.waypoint_env);
+    let view = generated::compose(&dir, &dir_deployments, &store, &shared.waypoint_env);
     {
         let mut known = shared.problems.lock().expect("poisoned");
         for p in view.problems.iter().filter(|p| !known.contains(p)) {
@@ -385,6 +388,7 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
         phase: std::sync::Mutex::new(Phase::Starting),
         nodes,
         dir_objects: std::sync::Mutex::new(scan.objects),
+        dir_deployments: std::sync::Mutex::new(scan.deployments),
         store: std::sync::Mutex::new(Store::load(&store_path)),
         store_path,
         dirty: AtomicBool::new(false),
@@ -434,6 +438,7 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
                 *known = findings;
             }
             *shared.dir_objects.lock().expect("poisoned") = scan.objects;
+            *shared.dir_deployments.lock().expect("poisoned") = scan.deployments;
         }
         if shared.dirty.swap(false, Ordering::SeqCst) || scan.changed {
             rebuild(&shared).await;

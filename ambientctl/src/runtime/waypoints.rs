@@ -197,7 +197,10 @@ pub(crate) mod tests {
         let deployments = render(&objs, &env());
         assert_eq!(deployments.len(), 1, "only the waypoint class");
         let d = &deployments[0];
-        assert!(d.pod_name.starts_with("waypoint-") && d.pod_name.len() == 14);
+        assert!(
+            d.pod_name.starts_with("waypoint-")
+                && d.pod_name.len() == "waypoint-".len() + 10 + 1 + 5
+        );
         let kinds: Vec<&str> = d
             .objects
             .iter()

@@ -9,6 +9,9 @@
 //! unknown field, a port the API server would refuse) points at that field; one about the
 //! whole document (no kind, no name, a kind not read) at the document's first node.
 //!
+//! Deployments (`apps/v1`) are not the controller's to read, but the local runtime runs
+//! them: they are kept, as written, in [`Scan::deployments`].
+//!
 //! With the local runtime's allocations file, the objects it generated are read the same way
 //! (reported as coming from `runtime`; a file's definition of the same object wins), its
 //! placements and addresses are filled in, and its label overlays applied last.
@@ -34,6 +37,7 @@ struct FileState {
     modified: Option<SystemTime>,
     len: u64,
     objects: Vec<Object>,
+    deployments: Vec<Value>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -41,6 +45,8 @@ struct FileState {
 #[derive(Clone, Debug)]
 pub struct Scan {
     pub objects: Vec<Object>,
+    /// The directory's Deployments, for the local runtime (which makes their pods).
+    pub deployments: Vec<Value>,
     pub diagnostics: Vec<Diagnostic>,
     /// Whether any file changed since the previous scan.
     pub changed: bool,
@@ -168,10 +174,16 @@ impl ManifestDir {
                         &text,
                         previous.as_ref().map(|p| p.objects.as_slice()),
                     );
+                    // A file that does not parse keeps its last good Deployments too.
+                    let deployments = match (parsed.syntax_error, previous) {
+                        (true, Some(p)) => p.deployments,
+                        _ => parsed.deployments,
+                    };
                     FileState {
                         modified,
                         len,
                         objects: parsed.objects,
+                        deployments,
                         diagnostics: parsed.diagnostics,
                     }
                 }
@@ -185,8 +197,10 @@ impl ManifestDir {
 
         let mut by_key: BTreeMap<ObjectKey, (PathBuf, Object)> = BTreeMap::new();
         let mut diagnostics = Vec::new();
+        let mut deployments = Vec::new();
         for (path, state) in &self.files {
             diagnostics.extend(state.diagnostics.iter().cloned());
+            deployments.extend(state.deployments.iter().cloned());
             for o in &state.objects {
                 if let Some((first, _)) = by_key.get(&o.key()) {
                     diagnostics.push(Diagnostic::new(
@@ -240,6 +254,7 @@ impl ManifestDir {
         }
         Scan {
             objects,
+            deployments,
             diagnostics,
             changed,
         }
@@ -305,7 +320,11 @@ fn error(file: &Path, at: Option<Position>, object: Option<String>, message: Str
 /// The objects and findings of one file.
 pub struct ParsedFile {
     pub objects: Vec<Object>,
+    /// Its Deployments, as written (for the local runtime).
+    pub deployments: Vec<Value>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Whether the file is not YAML at all (its last good objects were kept).
+    pub syntax_error: bool,
 }
 
 /// Parses one file. `previous` (the file's objects at its last parse) supplies last-good
@@ -317,6 +336,8 @@ pub fn parse_file(path: &Path, text: &str, previous: Option<&[Object]>) -> Parse
             // Nothing in the file can be trusted to be complete: keep all its last-good objects.
             return ParsedFile {
                 objects: previous.map(<[Object]>::to_vec).unwrap_or_default(),
+                deployments: Vec::new(),
+                syntax_error: true,
                 diagnostics: vec![error(
                     path,
                     e.position,
@@ -339,6 +360,7 @@ struct Reader<'a> {
     path: &'a Path,
     previous: Option<&'a [Object]>,
     objects: Vec<Object>,
+    deployments: Vec<Value>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -348,6 +370,7 @@ impl<'a> Reader<'a> {
             path,
             previous,
             objects: Vec::new(),
+            deployments: Vec::new(),
             diagnostics: Vec::new(),
         }
     }
@@ -355,7 +378,9 @@ impl<'a> Reader<'a> {
     fn finish(self) -> ParsedFile {
         ParsedFile {
             objects: self.objects,
+            deployments: self.deployments,
             diagnostics: self.diagnostics,
+            syntax_error: false,
         }
     }
 
@@ -393,6 +418,9 @@ impl<'a> Reader<'a> {
         if kind_name == "List" {
             return self.list(value, spans);
         }
+        if (api_version, kind_name) == ("apps/v1", "Deployment") {
+            return self.deployment(value, root);
+        }
         let Some(kind) = Kind::from_type(api_version, kind_name) else {
             let message = format!("{api_version} {kind_name} is not read by the controller");
             return self.report(Severity::Info, root, None, message);
@@ -403,6 +431,29 @@ impl<'a> Reader<'a> {
             return self.report(Severity::Error, root, None, message);
         }
         self.object(key, value, spans);
+    }
+
+    /// A Deployment: kept for the local runtime, which runs its pods. Only what it needs
+    /// is checked here: a name, and a template whose labels the selector matches (the API
+    /// server refuses a Deployment whose selector does not select its own template).
+    fn deployment(&mut self, value: Value, root: Option<Position>) {
+        let name = value["metadata"]["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            let message = "Deployment has no metadata.name".to_string();
+            return self.report(Severity::Error, root, None, message);
+        }
+        let namespace = value["metadata"]["namespace"].as_str().unwrap_or("default");
+        let shown = format!("Deployment/{namespace}/{name}");
+        let wanted = value["spec"]["selector"]["matchLabels"].as_object();
+        let labels = &value["spec"]["template"]["metadata"]["labels"];
+        let selected =
+            wanted.is_some_and(|w| !w.is_empty() && w.iter().all(|(k, v)| &labels[k] == v));
+        if !selected {
+            let message =
+                "spec.selector.matchLabels must select spec.template.metadata.labels".to_string();
+            return self.report(Severity::Error, root, Some(shown), message);
+        }
+        self.deployments.push(value);
     }
 
     fn list(&mut self, value: Value, spans: Option<&Spans>) {
@@ -596,7 +647,7 @@ spec:
     targetPort: 8080
 ---
 apiVersion: apps/v1
-kind: Deployment
+kind: StatefulSet
 metadata:
   name: ignored
 "#;
@@ -613,6 +664,21 @@ metadata:
         assert_eq!(p.diagnostics.len(), 1);
         assert_eq!(p.diagnostics[0].severity, Severity::Info);
         assert_eq!(p.diagnostics[0].line, Some(21));
+    }
+
+    #[test]
+    fn deployments_are_kept_for_the_runtime_when_their_selector_selects_the_template() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web, version: v1}}\n    spec: {containers: [{name: web, image: x}]}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stray}\nspec:\n  selector: {matchLabels: {app: other}}\n  template:\n    metadata: {labels: {app: web}}\n";
+        let p = parse(text);
+        assert!(p.objects.is_empty());
+        assert_eq!(p.deployments.len(), 1);
+        assert_eq!(p.deployments[0]["metadata"]["name"], "web");
+        assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
+        let d = &p.diagnostics[0];
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.line, Some(10), "{d}");
+        assert!(d.message.contains("must select"), "{d}");
+        assert!(d.to_string().contains("Deployment/default/stray"), "{d}");
     }
 
     #[test]
