@@ -14,7 +14,6 @@ mod common;
 mod kube_common;
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use ambient_lab::kube::{KubeLab, KubeLabOptions, READ_CRDS};
@@ -22,18 +21,6 @@ use ambient_lab::sandbox::run_test;
 use k8s_openapi::api::core::v1::Secret;
 use kube_common::*;
 use serde_json::{Value, json};
-
-async fn ambientctl(args: &[&str]) -> Output {
-    tokio::process::Command::new(e2e::EXE)
-        .args(args)
-        .output()
-        .await
-        .expect("running ambientctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Whether `stored` holds everything in `want` (maps: every key; lists: the same length,
 /// element by element).

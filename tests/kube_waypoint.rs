@@ -16,7 +16,6 @@
 mod common;
 mod kube_common;
 
-use std::process::Output;
 use std::time::Duration;
 
 use ambient_lab::kube::{CA_AUDIENCE, KubeLab, KubeLabOptions};
@@ -32,18 +31,6 @@ use serde_json::{Value, json};
 
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn ambientctl(args: &[&str]) -> Output {
-    tokio::process::Command::new(common::EXE)
-        .args(args)
-        .output()
-        .await
-        .expect("running ambientctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn gateway(name: &str) -> Value {
     json!({
@@ -66,6 +53,27 @@ fn condition(gw: &Value, kind: &str) -> Option<(String, String)> {
                 c["reason"].as_str().unwrap_or_default().to_string(),
             )
         })
+}
+
+/// Gateway `name` of namespace `shop` once its condition `kind` is True.
+async fn condition_true(
+    kube: &KubeLab,
+    name: &str,
+    kind: &str,
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    let found = kube
+        .wait_for(
+            ("gateway.networking.k8s.io/v1", "Gateway"),
+            "shop",
+            name,
+            WAIT,
+            |g| {
+                g.and_then(|g| condition(g, kind))
+                    .is_some_and(|c| c.0 == "True")
+            },
+        )
+        .await?;
+    Ok(found.ok_or(format!("Gateway {name} is gone"))?)
 }
 
 /// The kinds the deployer makes for a waypoint, each `(apiVersion, kind)`.
@@ -221,21 +229,9 @@ fn kube_waypoint_deployed_programmed_and_collected() {
             assert!(pod_name.starts_with("waypoint-"), "{pod_name}");
 
             // Accepted, not Programmed while no waypoint pod runs.
-            let waiting = kube
-                .wait_for(
-                    ("gateway.networking.k8s.io/v1", "Gateway"),
-                    "shop",
-                    "waypoint",
-                    WAIT,
-                    // The upstream CRD defaults the status to Accepted Unknown (Pending)
-                    // until a controller writes it.
-                    |g| {
-                        g.and_then(|g| condition(g, "Accepted"))
-                            .is_some_and(|c| c.0 == "True")
-                    },
-                )
-                .await?
-                .unwrap();
+            // The upstream CRD defaults the status to Accepted Unknown (Pending) until a
+            // controller writes it.
+            let waiting = condition_true(&kube, "waypoint", "Accepted").await?;
             assert_eq!(
                 condition(&waiting, "Accepted"),
                 Some(("True".into(), "Accepted".into()))
@@ -275,19 +271,7 @@ fn kube_waypoint_deployed_programmed_and_collected() {
                     .ok_or("the pod is not a ready endpoint yet".to_string())
             })
             .await?;
-            let programmed = kube
-                .wait_for(
-                    ("gateway.networking.k8s.io/v1", "Gateway"),
-                    "shop",
-                    "waypoint",
-                    WAIT,
-                    |g| {
-                        g.and_then(|g| condition(g, "Programmed"))
-                            .is_some_and(|c| c.0 == "True")
-                    },
-                )
-                .await?
-                .unwrap();
+            let programmed = condition_true(&kube, "waypoint", "Programmed").await?;
             assert_eq!(
                 programmed["status"]["addresses"],
                 json!([{"type": "IPAddress", "value": cluster_ip}])

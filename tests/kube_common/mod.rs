@@ -63,6 +63,19 @@ pub async fn start_controller(
     Ok(root)
 }
 
+/// Runs the built `ambientctl` with `args`.
+pub async fn ambientctl(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(e2e::EXE)
+        .args(args)
+        .output()
+        .await
+        .expect("running ambientctl")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// How a proxy reaches the controller, presenting the token in `token_file`.
 pub fn control_plane(root: &[u8], token_file: &Path) -> ControlPlane {
     ControlPlane {
