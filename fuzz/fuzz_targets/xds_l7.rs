@@ -68,7 +68,11 @@ fn check(response: &DeltaDiscoveryResponse) {
 
     compile(&l7);
 
-    let names: Vec<String> = held.keys().cloned().collect();
+    // Removing every name (those held, and those the response named: a name it both upserts
+    // and removes is stored but not remembered, as removals are applied first and the
+    // response is then forgotten) leaves nothing.
+    let mut names: Vec<String> = held.keys().cloned().collect();
+    names.extend(response.resources.iter().map(|r| r.name.clone()));
     let removal = DeltaDiscoveryResponse {
         type_url: L7_TYPE_URL.into(),
         removed_resources: names,
