@@ -186,3 +186,58 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(authority: &str) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.authority = Some(authority.parse().unwrap());
+        http::Uri::from_parts(parts).unwrap()
+    }
+
+    #[test]
+    fn connect_authority_is_an_ip_and_port() {
+        let connect = http::Method::CONNECT;
+        assert_eq!(
+            connect_authority(&connect, &uri("10.0.0.1:80")).unwrap(),
+            "10.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            connect_authority(&connect, &uri("[fd00::1]:8080")).unwrap(),
+            "[fd00::1]:8080".parse::<SocketAddr>().unwrap()
+        );
+        for bad in ["web.shop:80", "10.0.0.1", "10.0.0.1:99999"] {
+            assert!(
+                matches!(
+                    connect_authority(&connect, &uri(bad)),
+                    Err(ConnectParseError::BadAuthority(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            connect_authority(&http::Method::GET, &uri("10.0.0.1:80")),
+            Err(ConnectParseError::NotConnect(_))
+        ));
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_first_well_formed_address() {
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("forwarded", v.parse().unwrap());
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        assert_eq!(forwarded_for(&headers("for=10.0.0.2")), ip("10.0.0.2"));
+        assert_eq!(forwarded_for(&headers("for=\"[fd00::2]\"")), ip("fd00::2"));
+        assert_eq!(
+            forwarded_for(&headers("by=x;for=\"_hidden\", for=192.0.2.60;proto=http")),
+            ip("192.0.2.60")
+        );
+        assert_eq!(forwarded_for(&headers("for=unknown")), None);
+        assert_eq!(forwarded_for(&http::HeaderMap::new()), None);
+    }
+}

@@ -193,3 +193,39 @@ impl WorkloadManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(namespace: &str, service_account: &str) -> WorkloadInfo {
+        WorkloadInfo {
+            name: "pod".into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+
+    #[test]
+    fn a_pod_runs_as_its_account_in_its_namespace() {
+        let id = pod_identity("cluster.local", &info("shop", "web")).unwrap();
+        assert_eq!(id.as_uri(), "spiffe://cluster.local/ns/shop/sa/web");
+        let id = pod_identity("cluster.local", &info("shop", "")).unwrap();
+        assert_eq!(id.as_uri(), "spiffe://cluster.local/ns/shop/sa/default");
+    }
+
+    #[test]
+    fn the_agents_strings_cannot_name_another_identity() {
+        for (ns, sa) in [
+            ("a/sa/b", "c"),
+            ("shop", "web/x"),
+            ("", "web"),
+            ("shop", ".."),
+        ] {
+            assert!(
+                pod_identity("cluster.local", &info(ns, sa)).is_err(),
+                "{ns:?} {sa:?}"
+            );
+        }
+    }
+}
