@@ -25,6 +25,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self=$here/$(basename "${BASH_SOURCE[0]}")
 cd "$here"
 
 TARGETS=(xds_address xds_authorization xds_l7 zds hbone_connect spiffe_verify dns manifests http_route prometheus)
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --build) mode=build; shift ;;
     --seeds) mode=seeds; shift ;;
     --list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$self"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) chosen+=("$1"); shift ;;
   esac
