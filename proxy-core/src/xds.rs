@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::control_plane::ControlPlane;
 use crate::readiness::Readiness;
-use crate::state::{StateStore, Update};
+use crate::state::{Rejected, StateStore, Update};
 
 /// Types every proxy subscribes to.
 const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
@@ -78,7 +78,7 @@ fn string_value(s: &str) -> ambient_proto::google::protobuf::Value {
 }
 
 /// Resources held, by type, with their versions.
-type Known = HashMap<String, HashMap<String, String>>;
+pub type Known = HashMap<String, HashMap<String, String>>;
 
 /// A resource type the [`StateStore`] does not hold, applied by whoever subscribed to it (the
 /// waypoint's L7 configuration rides on the same stream as workloads).
@@ -86,9 +86,9 @@ pub trait ExtraType: Send + Sync {
     fn type_url(&self) -> &'static str;
     /// The readiness task marked once the first response of this type is applied.
     fn readiness_task(&self) -> &'static str;
-    /// Applies upserted `(name, body)` pairs and removed names; returns rejections as
-    /// `name: reason` (those are NACKed, the rest is used).
-    fn apply(&self, upserts: Vec<(String, bytes::Bytes)>, removes: &[String]) -> Vec<String>;
+    /// Applies upserted `(name, body)` pairs and removed names; returns the rejections, by
+    /// resource name (those are NACKed, the rest is used).
+    fn apply(&self, upserts: Vec<(String, bytes::Bytes)>, removes: &[String]) -> Vec<Rejected>;
 }
 
 /// Runs xDS sessions forever.
@@ -178,11 +178,7 @@ async fn session(
     info!(controller = %control_plane.address, "xDS stream open");
     while let Some(response) = responses.message().await? {
         let type_url = response.type_url.clone();
-        let held = known.entry(type_url.clone()).or_default();
-        let errors = match extra.iter().find(|e| e.type_url() == type_url) {
-            Some(e) => apply_extra(e.as_ref(), held, &response),
-            None => apply(state, held, &response),
-        };
+        let errors = apply_response(state, extra, known, &response);
         let error_detail = (!errors.is_empty()).then(|| {
             warn!(type_url, errors = %errors.join("; "), "rejecting part of the configuration (NACK)");
             rpc::Status {
@@ -209,6 +205,24 @@ async fn session(
     Err(XdsError::Closed)
 }
 
+/// Applies one response, of whichever subscribed type it is, to the store or to the extra
+/// type that asked for it; remembers the versions accepted and returns the rejections
+/// (`name: reason`; any makes the answer a NACK). Public for the xDS fuzz targets
+/// (fuzz/fuzz_targets/xds_*.rs), which feed it the bytes a controller could send.
+#[doc(hidden)]
+pub fn apply_response(
+    state: &StateStore,
+    extra: &[Arc<dyn ExtraType>],
+    known: &mut Known,
+    response: &DeltaDiscoveryResponse,
+) -> Vec<String> {
+    let held = known.entry(response.type_url.clone()).or_default();
+    match extra.iter().find(|e| e.type_url() == response.type_url) {
+        Some(e) => apply_extra(e.as_ref(), held, response),
+        None => apply(state, held, response),
+    }
+}
+
 /// Applies one response of an extra type, remembering the versions it accepted.
 fn apply_extra(
     extra: &dyn ExtraType,
@@ -229,14 +243,14 @@ fn apply_extra(
     }
     let rejected = extra.apply(upserts, &response.removed_resources);
     for (name, version) in versions {
-        if !rejected.iter().any(|r| r.starts_with(&format!("{name}: "))) {
+        if !rejected.iter().any(|r| r.name == name) {
             known.insert(name, version);
         }
     }
     for name in &response.removed_resources {
         known.remove(name);
     }
-    errors.extend(rejected);
+    errors.extend(rejected.iter().map(|r| format!("{}: {}", r.name, r.reason)));
     errors
 }
 
@@ -249,22 +263,37 @@ fn apply(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     let mut update = Update::default();
+    // (resource name, version, the name the store files it under and rejects it by).
     let mut versions = Vec::new();
     for r in &response.resources {
         let Some(body) = &r.resource else {
             errors.push(format!("{}: no body", r.name));
             continue;
         };
-        match response.type_url.as_str() {
+        let stored_as = match response.type_url.as_str() {
             ADDRESS_TYPE_URL => match wds::Address::decode(body.value.as_ref()) {
-                Ok(a) => update.upserts.push(a),
+                Ok(a) => {
+                    let stored_as = match &a.r#type {
+                        Some(wds::address::Type::Workload(w)) => w.uid.clone(),
+                        Some(wds::address::Type::Service(s)) => {
+                            format!("{}/{}", s.namespace, s.hostname)
+                        }
+                        None => String::new(),
+                    };
+                    update.upserts.push(a);
+                    stored_as
+                }
                 Err(e) => {
                     errors.push(format!("{}: {e}", r.name));
                     continue;
                 }
             },
             AUTHORIZATION_TYPE_URL => match sec::Authorization::decode(body.value.as_ref()) {
-                Ok(a) => update.policy_upserts.push(a),
+                Ok(a) => {
+                    let stored_as = format!("{}/{}", a.namespace, a.name);
+                    update.policy_upserts.push(a);
+                    stored_as
+                }
                 Err(e) => {
                     errors.push(format!("{}: {e}", r.name));
                     continue;
@@ -274,16 +303,18 @@ fn apply(
                 debug!(type_url = other, "ignoring a type we did not ask for");
                 return errors;
             }
-        }
-        versions.push((r.name.clone(), r.version.clone()));
+        };
+        versions.push((r.name.clone(), r.version.clone(), stored_as));
     }
     match response.type_url.as_str() {
         AUTHORIZATION_TYPE_URL => update.policy_removes = response.removed_resources.clone(),
         _ => update.removes = response.removed_resources.clone(),
     }
     let rejected = state.apply(update);
-    for (name, version) in versions {
-        if !rejected.iter().any(|r| r.name == name) {
+    // The store names what it rejects as it files it (a workload by uid, a service or policy
+    // by namespace/name), which need not be the resource's name.
+    for (name, version, stored_as) in versions {
+        if !rejected.iter().any(|r| r.name == stored_as) {
             known.insert(name, version);
         }
     }
@@ -378,5 +409,106 @@ mod tests {
         assert!(apply(&state, &mut known, &removal).is_empty());
         assert!(state.load().workload_by_uid("good").is_none());
         assert!(known.is_empty());
+    }
+
+    /// Found by fuzz/fuzz_targets/xds_address.rs: a rejected resource's version was kept when
+    /// the store named it otherwise than its resource name (an Address of a kind this proxy
+    /// does not know; a workload whose uid is not its name), so on reconnect the proxy would
+    /// claim to hold what it refused.
+    #[test]
+    fn rejected_versions_are_not_remembered_whatever_the_resource_is_named() {
+        let state = StateStore::new();
+        let mut known = HashMap::new();
+        let bad = wds::Workload {
+            uid: "uid-1".into(),
+            name: "w".into(),
+            namespace: "ns".into(),
+            addresses: vec![vec![10, 0, 0]],
+            ..Default::default()
+        };
+        let mut unknown_kind = resource("unknown-kind", bad.clone());
+        unknown_kind.resource.as_mut().unwrap().value =
+            wds::Address { r#type: None }.encode_to_vec().into();
+        let response = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resources: vec![resource("named-otherwise", bad), unknown_kind],
+            nonce: "1".into(),
+            ..Default::default()
+        };
+        let errors = apply(&state, &mut known, &response);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(known.is_empty(), "remembered {known:?}");
+
+        let policy = sec::Authorization {
+            name: "p".into(),
+            namespace: "ns".into(),
+            scope: 42,
+            ..Default::default()
+        };
+        let response = DeltaDiscoveryResponse {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            resources: vec![Resource {
+                name: "named-otherwise".into(),
+                version: "v1".into(),
+                resource: Some(ambient_proto::google::protobuf::Any {
+                    type_url: AUTHORIZATION_TYPE_URL.into(),
+                    value: policy.encode_to_vec().into(),
+                }),
+                ..Default::default()
+            }],
+            nonce: "2".into(),
+            ..Default::default()
+        };
+        assert_eq!(apply(&state, &mut known, &response).len(), 1);
+        assert!(known.is_empty(), "remembered {known:?}");
+    }
+
+    /// An extra type that refuses `a: b` and takes `a`.
+    struct Picky;
+
+    impl ExtraType for Picky {
+        fn type_url(&self) -> &'static str {
+            "picky"
+        }
+
+        fn readiness_task(&self) -> &'static str {
+            "picky"
+        }
+
+        fn apply(&self, upserts: Vec<(String, bytes::Bytes)>, _: &[String]) -> Vec<Rejected> {
+            upserts
+                .into_iter()
+                .filter(|(name, _)| name.contains(':'))
+                .map(|(name, _)| Rejected {
+                    name,
+                    reason: "no colons".into(),
+                })
+                .collect()
+        }
+    }
+
+    /// Found by fuzz/fuzz_targets/xds_l7.rs: rejections were matched to resources by the
+    /// prefix `name: ` of their message, so refusing `a: b` forgot the version of `a`.
+    #[test]
+    fn an_extra_types_rejection_names_only_its_own_resource() {
+        let body = |name: &str| Resource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(ambient_proto::google::protobuf::Any {
+                type_url: "picky".into(),
+                value: bytes::Bytes::new(),
+            }),
+            ..Default::default()
+        };
+        let response = DeltaDiscoveryResponse {
+            type_url: "picky".into(),
+            resources: vec![body("a"), body("a: b")],
+            nonce: "1".into(),
+            ..Default::default()
+        };
+        let mut known = HashMap::new();
+        let errors = apply_extra(&Picky, &mut known, &response);
+        assert_eq!(errors, vec!["a: b: no colons".to_string()]);
+        assert_eq!(known.keys().collect::<Vec<_>>(), vec!["a"]);
     }
 }

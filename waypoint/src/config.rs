@@ -8,6 +8,7 @@ use ambient_proto::ambient::waypoint::v1 as pb;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prost::Message;
+use proxy_core::state::Rejected;
 use tokio::sync::watch;
 
 /// Every L7 resource, keyed as the data path looks them up.
@@ -61,8 +62,8 @@ impl L7Store {
         self.version.subscribe()
     }
 
-    /// Applies decoded upserts and removals; returns rejections as `name: reason`.
-    pub fn apply(&self, upserts: Vec<(String, Bytes)>, removes: &[String]) -> Vec<String> {
+    /// Applies decoded upserts and removals; returns the rejections.
+    pub fn apply(&self, upserts: Vec<(String, Bytes)>, removes: &[String]) -> Vec<Rejected> {
         let _guard = self.writer.lock().expect("poisoned");
         let mut next = (**self.current.load()).clone();
         let mut errors = Vec::new();
@@ -81,7 +82,10 @@ impl L7Store {
             let resource = match pb::L7Resource::decode(body) {
                 Ok(r) => r,
                 Err(e) => {
-                    errors.push(format!("{name}: {e}"));
+                    errors.push(Rejected {
+                        name,
+                        reason: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -92,9 +96,10 @@ impl L7Store {
                 (Some(Key::Gateway(k)), Some(pb::l7_resource::Kind::Gateway(g))) => {
                     next.gateways.insert(k, Arc::new(g));
                 }
-                _ => errors.push(format!(
-                    "{name}: the name's prefix and the resource's kind disagree"
-                )),
+                _ => errors.push(Rejected {
+                    name,
+                    reason: "the name's prefix and the resource's kind disagree".into(),
+                }),
             }
         }
         self.current.store(Arc::new(next));
@@ -115,7 +120,7 @@ impl proxy_core::xds::ExtraType for L7Subscription {
         "xds:l7"
     }
 
-    fn apply(&self, upserts: Vec<(String, Bytes)>, removes: &[String]) -> Vec<String> {
+    fn apply(&self, upserts: Vec<(String, Bytes)>, removes: &[String]) -> Vec<Rejected> {
         self.0.apply(upserts, removes)
     }
 }
@@ -148,8 +153,8 @@ mod tests {
             &[],
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].starts_with("gateway/a/wp: "));
-        assert!(errors[1].starts_with("service/a/z: "));
+        assert_eq!(errors[0].name, "gateway/a/wp");
+        assert_eq!(errors[1].name, "service/a/z");
         let snap = store.load();
         assert!(snap.services.contains_key("a/x.a.svc.cluster.local"));
         assert!(snap.gateways.is_empty());

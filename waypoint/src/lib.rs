@@ -32,3 +32,11 @@ mod tcp;
 mod telemetry;
 mod trace;
 mod upstream;
+
+/// The waypoint's xDS configuration path (the L7 store the xDS client fills, and the routing
+/// compiled from it), for the fuzz targets in `fuzz/` only: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::config::{L7Snapshot, L7Store, L7Subscription};
+    pub use crate::routing::{Routing, RoutingSnapshot, ServiceRouting};
+}

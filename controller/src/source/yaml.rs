@@ -123,9 +123,17 @@ impl Path {
 /// One `[...]` segment (after its `[`) and the text after it.
 fn bracketed(inner: &str) -> Option<(Segment, &str)> {
     if let Some(quoted) = inner.strip_prefix('"') {
-        let end = quoted.find("\"]")?;
+        // A JSON string: it ends at the first quote no backslash escapes (the key may hold
+        // `"]` itself).
+        let mut escaped = false;
+        let (end, _) = quoted.char_indices().find(|&(_, c)| {
+            let closing = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closing
+        })?;
+        let after = quoted[end + 1..].strip_prefix(']')?;
         let key = serde_json::from_str(&format!("\"{}\"", &quoted[..end])).ok()?;
-        return Some((Segment::Key(key), &quoted[end + 2..]));
+        return Some((Segment::Key(key), after));
     }
     let end = inner.find(']')?;
     let index = inner[..end].parse().ok()?;
@@ -600,6 +608,18 @@ mod tests {
         assert_eq!(Path::root().to_string(), ".");
         assert_eq!(Path::parse("a..b"), None);
         assert_eq!(Path::parse("a[x]"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/manifests.rs: a key holding `"]` (written escaped) was cut
+    /// at it, so its path did not read back.
+    #[test]
+    fn keys_holding_quotes_and_brackets_read_back() {
+        for key in [r#"a"]b.c"#, r#"x\"]"#, "[]", r#"""#, ""] {
+            let p = Path::root().key("spec").key(key).index(2);
+            assert_eq!(Path::parse(&p.to_string()), Some(p.clone()), "{p}");
+        }
+        assert_eq!(Path::parse(r#"a["b"#), None);
+        assert_eq!(Path::parse(r#"a["b"x"#), None);
     }
 
     #[test]

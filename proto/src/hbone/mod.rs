@@ -20,7 +20,7 @@ use crate::tls::Rejection;
 pub use client::HboneConnection;
 pub use pool::{Pool, PoolSettings, PooledStream, StreamGuard};
 pub use relay::{LeanBuffer, RelayObserver, relay};
-pub use server::{InboundConnect, serve_connection};
+pub use server::{InboundConnect, connect_authority, forwarded_for, serve_connection};
 
 /// HBONE listens here, on every mesh address.
 pub const HBONE_PORT: u16 = 15008;
@@ -130,7 +130,10 @@ impl ConnectRequest {
         }
     }
 
-    fn to_http(&self) -> Result<http::Request<()>, HboneError> {
+    /// The request head as sent. Public so that the CONNECT fuzz target can check that what
+    /// the client writes, the server's parsers read back.
+    #[doc(hidden)]
+    pub fn to_http(&self) -> Result<http::Request<()>, HboneError> {
         let mut b = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(self.authority.to_string())

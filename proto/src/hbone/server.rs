@@ -43,17 +43,7 @@ pub enum ConnectParseError {
 impl InboundConnect {
     /// The destination the client asked for: `:authority` as `ip:port`.
     pub fn authority(&self) -> Result<SocketAddr, ConnectParseError> {
-        if self.request.method() != http::Method::CONNECT {
-            return Err(ConnectParseError::NotConnect(self.request.method().clone()));
-        }
-        let raw = self
-            .request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_default();
-        raw.parse()
-            .map_err(|_| ConnectParseError::BadAuthority(raw.to_string()))
+        connect_authority(self.request.method(), self.request.uri())
     }
 
     /// The verified SPIFFE identity of the peer.
@@ -72,15 +62,7 @@ impl InboundConnect {
 
     /// The original client address from `forwarded: for=...`, if present and well formed.
     pub fn forwarded_for(&self) -> Option<IpAddr> {
-        let v = self.headers().get("forwarded")?.to_str().ok()?;
-        v.split([';', ','])
-            .filter_map(|part| part.trim().strip_prefix("for="))
-            .map(|s| {
-                s.trim_matches('"')
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-            })
-            .find_map(|s| s.parse().ok())
+        forwarded_for(self.headers())
     }
 
     /// Opens the tunnel (200) and returns the stream.
@@ -105,6 +87,36 @@ impl InboundConnect {
         // If the peer already went away there is no one left to tell.
         let _ = self.respond.send_response(response, true);
     }
+}
+
+// The two parsers of a CONNECT request's head, apart from the h2 stream that carries it so
+// that they can be tested (and fuzzed, fuzz/fuzz_targets/hbone_connect.rs) on their own.
+
+/// The destination a CONNECT request asks for: its `:authority` as `ip:port`.
+pub fn connect_authority(
+    method: &http::Method,
+    uri: &http::Uri,
+) -> Result<SocketAddr, ConnectParseError> {
+    if method != http::Method::CONNECT {
+        return Err(ConnectParseError::NotConnect(method.clone()));
+    }
+    let raw = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    raw.parse()
+        .map_err(|_| ConnectParseError::BadAuthority(raw.to_string()))
+}
+
+/// The original client address of a CONNECT request, from its first `forwarded` header's
+/// first well-formed `for=` (`for=10.0.0.1`, `for="[fd00::1]"`).
+pub fn forwarded_for(headers: &http::HeaderMap) -> Option<IpAddr> {
+    let v = headers.get("forwarded")?.to_str().ok()?;
+    v.split([';', ','])
+        .filter_map(|part| part.trim().strip_prefix("for="))
+        .map(|s| {
+            s.trim_matches('"')
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+        })
+        .find_map(|s| s.parse().ok())
 }
 
 /// Serves one accepted connection to the HBONE port until it closes. Each CONNECT runs the
@@ -173,4 +185,59 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(authority: &str) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.authority = Some(authority.parse().unwrap());
+        http::Uri::from_parts(parts).unwrap()
+    }
+
+    #[test]
+    fn connect_authority_is_an_ip_and_port() {
+        let connect = http::Method::CONNECT;
+        assert_eq!(
+            connect_authority(&connect, &uri("10.0.0.1:80")).unwrap(),
+            "10.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            connect_authority(&connect, &uri("[fd00::1]:8080")).unwrap(),
+            "[fd00::1]:8080".parse::<SocketAddr>().unwrap()
+        );
+        for bad in ["web.shop:80", "10.0.0.1", "10.0.0.1:99999"] {
+            assert!(
+                matches!(
+                    connect_authority(&connect, &uri(bad)),
+                    Err(ConnectParseError::BadAuthority(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            connect_authority(&http::Method::GET, &uri("10.0.0.1:80")),
+            Err(ConnectParseError::NotConnect(_))
+        ));
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_first_well_formed_address() {
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("forwarded", v.parse().unwrap());
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        assert_eq!(forwarded_for(&headers("for=10.0.0.2")), ip("10.0.0.2"));
+        assert_eq!(forwarded_for(&headers("for=\"[fd00::2]\"")), ip("fd00::2"));
+        assert_eq!(
+            forwarded_for(&headers("by=x;for=\"_hidden\", for=192.0.2.60;proto=http")),
+            ip("192.0.2.60")
+        );
+        assert_eq!(forwarded_for(&headers("for=unknown")), None);
+        assert_eq!(forwarded_for(&http::HeaderMap::new()), None);
+    }
 }

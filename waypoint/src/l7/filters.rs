@@ -451,6 +451,9 @@ fn build_redirect(
         location.push_str(&port.to_string());
     }
     let location = with_query(location + &path, req.uri.query());
+    // A Host header can hold what no URI authority may (`a]b`, spaces): such a request gets
+    // no `Location` that a client could not follow.
+    Uri::try_from(location.as_str()).map_err(|_| FilterError::Uri)?;
     let value = HeaderValue::try_from(location).map_err(|_| FilterError::Uri)?;
     let mut response = http::Response::new(());
     *response.status_mut() = r.status;
@@ -755,5 +758,21 @@ mod tests {
         let hits = (0..n).filter(|_| m.sampled(&mut rng)).count();
         // Expected 10000, sd ≈ 86.6.
         assert!((9_560..=10_440).contains(&hits), "{hits}");
+    }
+
+    /// Found by fuzz/fuzz_targets/http_route.rs: a Host header that no URI authority may
+    /// hold was copied into `Location`, answering with a redirect no client can follow.
+    #[test]
+    fn redirect_from_a_host_that_is_no_authority_fails() {
+        let f = compile(vec![FilterKind::Redirect(pb::Redirect {
+            status_code: 301,
+            ..Default::default()
+        })]);
+        let req = parts("/a", Some("web.shop.svc.cluster.]ocal"));
+        let r = f.redirect(&req, PathCapture::Whole, 80).unwrap();
+        assert_eq!(r.unwrap_err(), FilterError::Uri);
+        let req = parts("/a", Some("web.shop"));
+        let r = f.redirect(&req, PathCapture::Whole, 80).unwrap().unwrap();
+        assert_eq!(r.headers()[LOCATION], "http://web.shop/a");
     }
 }

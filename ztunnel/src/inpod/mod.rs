@@ -20,6 +20,19 @@ use tracing::info;
 use crate::proxy::{PodContext, Shared};
 use netns::Netns;
 
+/// The identity a pod the node agent describes runs as (its certificates name it): its
+/// service account (`default` when the agent sends none) in its namespace. The agent's
+/// strings must make a valid SPIFFE ID as they are; nothing is escaped or trimmed.
+pub fn pod_identity(trust_domain: &str, info: &WorkloadInfo) -> Result<Identity, String> {
+    let account = if info.service_account.is_empty() {
+        "default"
+    } else {
+        &info.service_account
+    };
+    Identity::new(trust_domain, &info.namespace, account)
+        .map_err(|e| format!("pod {}/{}: {e}", info.namespace, info.name))
+}
+
 /// The pods this ztunnel currently serves.
 pub struct WorkloadManager {
     shared: Arc<Shared>,
@@ -75,13 +88,7 @@ impl WorkloadManager {
                 return Ok(());
             }
         }
-        let account = if info.service_account.is_empty() {
-            "default"
-        } else {
-            &info.service_account
-        };
-        let identity = Identity::new(&self.trust_domain, &info.namespace, account)
-            .map_err(|e| format!("pod {}/{}: {e}", info.namespace, info.name))?;
+        let identity = pod_identity(&self.trust_domain, &info)?;
         let ctx = PodContext::new(
             uid.to_string(),
             info.name.clone(),
@@ -183,6 +190,42 @@ impl WorkloadManager {
         let pods: Vec<_> = self.pods.lock().expect("poisoned").drain().collect();
         for (_, ctx) in pods {
             ctx.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(namespace: &str, service_account: &str) -> WorkloadInfo {
+        WorkloadInfo {
+            name: "pod".into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+
+    #[test]
+    fn a_pod_runs_as_its_account_in_its_namespace() {
+        let id = pod_identity("cluster.local", &info("shop", "web")).unwrap();
+        assert_eq!(id.as_uri(), "spiffe://cluster.local/ns/shop/sa/web");
+        let id = pod_identity("cluster.local", &info("shop", "")).unwrap();
+        assert_eq!(id.as_uri(), "spiffe://cluster.local/ns/shop/sa/default");
+    }
+
+    #[test]
+    fn the_agents_strings_cannot_name_another_identity() {
+        for (ns, sa) in [
+            ("a/sa/b", "c"),
+            ("shop", "web/x"),
+            ("", "web"),
+            ("shop", ".."),
+        ] {
+            assert!(
+                pod_identity("cluster.local", &info(ns, sa)).is_err(),
+                "{ns:?} {sa:?}"
+            );
         }
     }
 }
