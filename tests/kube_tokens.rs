@@ -19,24 +19,9 @@ use ambient_lab::kube::{CA_AUDIENCE, ISSUER, KubeLab, KubeLabOptions};
 use ambient_lab::sandbox::run_test;
 use ambient_proto::identity::Identity;
 use kube_common::*;
+use proxy_core::identity::CertificateSource;
 use proxy_core::identity::ca_client::CaClient;
-use proxy_core::identity::{CertificateSource, FetchError};
 use serde_json::json;
-
-/// The refusal `fetch` got: (code, message).
-async fn refusal(
-    ca: &CaClient,
-    id: &Identity,
-    step: &str,
-) -> Result<(tonic::Code, String), String> {
-    match ca.fetch(id).await {
-        Err(FetchError::Refused { code, message }) => Ok((code, message)),
-        other => Err(format!(
-            "{step}: expected a refusal, got {:?}",
-            other.map(|c| c.identity().clone())
-        )),
-    }
-}
 
 #[test]
 fn kube_ca_authenticates_bound_tokens_by_token_review() {

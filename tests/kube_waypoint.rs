@@ -25,8 +25,8 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube_common::*;
+use proxy_core::identity::CertificateSource;
 use proxy_core::identity::ca_client::CaClient;
-use proxy_core::identity::{CertificateSource, FetchError};
 use serde_json::{Value, json};
 
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
@@ -308,18 +308,10 @@ fn kube_waypoint_deployed_programmed_and_collected() {
             .await?;
             assert_eq!(cert.identity(), &own);
             let other: Identity = "spiffe://cluster.local/ns/shop/sa/reviews".parse()?;
-            match ca.fetch(&other).await {
-                Err(FetchError::Refused {
-                    code: tonic::Code::PermissionDenied,
-                    message,
-                }) => {
-                    assert!(message.contains("its own identity"), "{message}")
-                }
-                r => panic!(
-                    "a waypoint obtained another identity: {:?}",
-                    r.map(|c| c.identity().clone())
-                ),
-            }
+            let (code, message) =
+                refusal(&ca, &other, "a waypoint asking for another identity").await?;
+            assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+            assert!(message.contains("its own identity"), "{message}");
             kube.apply(service_account("shop", "reviews")).await?;
             running_pod(&kube, "reviews-1", "node-a", "10.244.1.10", "reviews").await?;
             std::fs::write(
@@ -327,18 +319,9 @@ fn kube_waypoint_deployed_programmed_and_collected() {
                 kube.token("shop", "reviews", CA_AUDIENCE, Some("reviews-1"))
                     .await?,
             )?;
-            match ca.fetch(&other).await {
-                Err(FetchError::Refused {
-                    code: tonic::Code::Unauthenticated,
-                    message,
-                }) => {
-                    assert!(message.contains("nor a waypoint instance"), "{message}")
-                }
-                r => panic!(
-                    "expected a refusal, got {:?}",
-                    r.map(|c| c.identity().clone())
-                ),
-            }
+            let (code, message) = refusal(&ca, &other, "a pod that is no waypoint").await?;
+            assert_eq!(code, tonic::Code::Unauthenticated, "{message}");
+            assert!(message.contains("nor a waypoint instance"), "{message}");
 
             // The CLI reads the status the controller wrote.
             let list = ambientctl(&[

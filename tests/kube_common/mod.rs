@@ -12,7 +12,10 @@ use ambient_controller::index::IndexConfig;
 use ambient_controller::push::Debounce;
 use ambient_controller::server::{ControllerConfig, SourceConfig};
 use ambient_lab::kube::KubeLab;
+use ambient_proto::identity::Identity;
 use proxy_core::control_plane::ControlPlane;
+use proxy_core::identity::ca_client::CaClient;
+use proxy_core::identity::{CertificateSource, FetchError};
 use proxy_core::readiness::Readiness;
 use proxy_core::state::StateStore;
 use serde_json::{Value, json};
@@ -61,6 +64,21 @@ pub async fn start_controller(
     })
     .await?;
     Ok(root)
+}
+
+/// The refusal `fetch` got: (code, message).
+pub async fn refusal(
+    ca: &CaClient,
+    id: &Identity,
+    step: &str,
+) -> Result<(tonic::Code, String), String> {
+    match ca.fetch(id).await {
+        Err(FetchError::Refused { code, message }) => Ok((code, message)),
+        other => Err(format!(
+            "{step}: expected a refusal, got {:?}",
+            other.map(|c| c.identity().clone())
+        )),
+    }
 }
 
 /// Runs the built `ambientctl` with `args`.
