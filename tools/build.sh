@@ -3,7 +3,7 @@
 # into a cache outside the clone, and prints the path of each binary.
 #
 #   tools/build.sh            # every tool
-#   tools/build.sh kube-lab   # only the ones named
+#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds)
 #   tools/build.sh crds       # only download the upstream CRD modules (tools/crds)
 #
 # Binaries: ${AMBIENT_TOOLS_DIR:-~/.cache/ambient-rs/tools}/bin.
@@ -83,6 +83,9 @@ build() { if [ ${#selected[@]} -eq 0 ] || [[ " ${selected[*]} " == *" $1 "* ]]; 
 # --- one stanza per tool: a folder here with its own go.mod/go.sum pinning it --
 # build NAME build_go BINARY FOLDER PACKAGE [LDFLAGS...]
 build kube-lab build_go kube-lab kube . $(kube_version_ldflags)
+# kubectl of the same release (the machine's own may be several minors older than the
+# server, beyond the supported skew); a `tool` of the kube-lab module, sharing its pins.
+build kubectl build_go kubectl kube k8s.io/kubernetes/cmd/kubectl $(kube_version_ldflags)
 # Upstream CRDs (Gateway API, Istio) that the Kubernetes e2e tests install: modules only.
 build crds go_modules crds crds
 # e.g. build helm build_go helm helm helm.sh/helm/v3/cmd/helm   (tools/helm/go.mod)

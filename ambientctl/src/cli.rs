@@ -31,6 +31,9 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Print the path of the kubeconfig for kubectl of a mesh started with
+    /// `up --kubernetes` (`export KUBECONFIG=$(ambientctl kubeconfig)`).
+    Kubeconfig,
     /// Nodes, pods and services of the running mesh.
     Status {
         #[arg(short, long, value_enum, default_value_t)]

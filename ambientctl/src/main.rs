@@ -38,6 +38,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Supervise(args) => mesh::supervise(args),
         Command::Down { timeout } => mesh::down(Duration::from_secs(timeout)),
         Command::Status { output } => mesh::status(output),
+        Command::Kubeconfig => ambientctl::cmd::kubeconfig::print_local(),
         // Must stay single-threaded until the command runs (joining a user namespace).
         Command::Exec {
             namespace,

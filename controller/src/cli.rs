@@ -9,6 +9,7 @@ use clap::Parser;
 use proxy_core::logging::{LogFormat, init_logging};
 use serde::Serialize;
 
+use crate::deployer::render::PodRuntime;
 use crate::index::IndexConfig;
 use crate::push::Debounce;
 use crate::server::{ControllerConfig, SourceConfig, WaypointDeployment, run_with};
@@ -74,6 +75,17 @@ pub struct Args {
     /// https://ambient-controller.<root namespace>.svc:15012).
     #[arg(long)]
     pub waypoint_controller_address: Option<String>,
+    /// Waypoint pods run on the local runtime (`ambientctl up --kubernetes`, which plays
+    /// the kubelet): their command is `EXE component waypoint`, their files in the run
+    /// directory (`--waypoint-local-run-dir`). Without it, pods run the image.
+    #[arg(long, value_name = "EXE", requires = "waypoint_local_run_dir")]
+    pub waypoint_local_exe: Option<PathBuf>,
+    /// The local mesh's run directory (CA root, node tokens), with `--waypoint-local-exe`.
+    #[arg(long, value_name = "DIR", requires = "waypoint_local_exe")]
+    pub waypoint_local_run_dir: Option<PathBuf>,
+    /// `RUST_LOG` of local waypoint pods.
+    #[arg(long, default_value = "info")]
+    pub waypoint_local_log_filter: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -132,6 +144,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         enabled: args.deploy_waypoints,
         image: args.waypoint_image,
         controller_address: args.waypoint_controller_address,
+        pod: match (args.waypoint_local_exe, args.waypoint_local_run_dir) {
+            (Some(exe), Some(run_dir)) => PodRuntime::Local {
+                exe,
+                run_dir,
+                log_filter: args.waypoint_local_log_filter,
+            },
+            _ => PodRuntime::Kubernetes,
+        },
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

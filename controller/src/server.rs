@@ -100,6 +100,9 @@ pub struct WaypointDeployment {
     /// root namespace (`https://ambient-controller.<root namespace>.svc:15012`, as
     /// `ambientctl install` names it).
     pub controller_address: Option<String>,
+    /// What runs the waypoint pods: a kubelet (the image), or the local runtime of
+    /// `ambientctl up --kubernetes`, which plays the kubelet and runs this build's binary.
+    pub pod: crate::deployer::render::PodRuntime,
 }
 
 /// The waypoint image matching this build (`ambientctl install`'s default hub and tag).
@@ -112,6 +115,7 @@ impl Default for WaypointDeployment {
             enabled: true,
             image: DEFAULT_WAYPOINT_IMAGE.to_string(),
             controller_address: None,
+            pod: crate::deployer::render::PodRuntime::Kubernetes,
         }
     }
 }
@@ -220,7 +224,7 @@ pub async fn run_with(
             workload_cert_ttl_secs: config.workload_ttl.as_secs(),
             ca_root_pem: ca.root_pem().to_string(),
             otlp_endpoint: None,
-            pod: crate::deployer::render::PodRuntime::Kubernetes,
+            pod: waypoints.pod.clone(),
         };
         info!(image = %deployer.image, "deploying waypoints for waypoint Gateways");
         tokio::spawn(crate::deployer::run(client, deployer, snapshot_rx.clone()));

@@ -32,7 +32,7 @@ use super::spawn::{self, Entry};
 pub const CA_AUDIENCE: &str = ambient_controller::ca::tokenreview::CA_AUDIENCE;
 /// kube-lab's service-account issuer, also the default audience of TokenRequests.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-/// Field manager of what tests apply.
+/// Field manager of what tests apply (the default of [`KubeLabOptions::field_manager`]).
 pub const FIELD_MANAGER: &str = "kube-lab-test";
 /// The CRDs of the kinds the controller reads, installed from the upstream modules.
 pub const READ_CRDS: &[&str] = &[
@@ -86,6 +86,10 @@ pub struct KubeLabOptions {
     pub audit: bool,
     /// Further kube-lab flags.
     pub args: Vec<String>,
+    /// The field manager of [`KubeLab::apply`] and [`KubeLab::apply_status`].
+    pub field_manager: String,
+    /// Where kube-lab logs (default `<dir>/kube-lab.log`).
+    pub log: Option<PathBuf>,
 }
 
 impl Default for KubeLabOptions {
@@ -94,6 +98,8 @@ impl Default for KubeLabOptions {
             watch_cache: true,
             audit: false,
             args: Vec::new(),
+            field_manager: FIELD_MANAGER.into(),
+            log: None,
         }
     }
 }
@@ -108,11 +114,12 @@ pub struct KubeLab {
     kubeconfig: PathBuf,
     admin: SocketAddr,
     client: kube::Client,
+    field_manager: String,
 }
 
 impl KubeLab {
-    /// Starts kube-lab with its data in `dir/kube-lab` (logs in `dir/kube-lab.log`) and waits
-    /// for its `ready` line.
+    /// Starts kube-lab with its data in `dir/kube-lab` (logs in `dir/kube-lab.log` unless
+    /// the options say otherwise) and waits for its `ready` line.
     pub async fn start(dir: &Path, options: KubeLabOptions) -> anyhow::Result<KubeLab> {
         let exe = executable()?;
         let data = dir.join("kube-lab");
@@ -144,7 +151,8 @@ impl KubeLab {
             args.push("--apiserver-arg=--audit-log-mode=blocking".into());
         }
         args.extend(options.args);
-        let log = dir.join("kube-lab.log");
+        let field_manager = options.field_manager;
+        let log = options.log.unwrap_or_else(|| dir.join("kube-lab.log"));
         let (child, kubeconfig, admin) = launch(&exe, &args, &log).await?;
         let config = kube::Config::from_custom_kubeconfig(
             kube::config::Kubeconfig::read_from(&kubeconfig)?,
@@ -160,6 +168,7 @@ impl KubeLab {
             kubeconfig,
             admin,
             client: kube::Client::try_from(config)?,
+            field_manager,
         })
     }
 
@@ -265,13 +274,25 @@ impl KubeLab {
         Ok((api, s(&object["metadata"]["name"])))
     }
 
-    /// Server-side applies `object` (forcing conflicts); returns what the server stored.
-    pub async fn apply(&self, object: Value) -> anyhow::Result<Value> {
+    /// Server-side applies `object` (forcing conflicts); returns what the server stored. A
+    /// namespaced object that names no namespace goes to `default`, as with kubectl.
+    pub async fn apply(&self, mut object: Value) -> anyhow::Result<Value> {
+        if object["metadata"]["namespace"].as_str().is_none_or(str::is_empty) {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            let namespaced = self
+                .api(&s(&object["apiVersion"]), &s(&object["kind"]), "default")
+                .await?
+                .resource_url()
+                .contains("/namespaces/");
+            if namespaced {
+                object["metadata"]["namespace"] = "default".into();
+            }
+        }
         let (api, name) = self.api_of(&object).await?;
         let stored = api
             .patch(
                 &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
+                &PatchParams::apply(&self.field_manager).force(),
                 &Patch::Apply(&object),
             )
             .await
@@ -285,7 +306,7 @@ impl KubeLab {
         let stored = api
             .patch_status(
                 &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
+                &PatchParams::apply(&self.field_manager).force(),
                 &Patch::Apply(&object),
             )
             .await

@@ -34,6 +34,11 @@ pub struct MeshOptions {
     pub ztunnel_exe: Option<PathBuf>,
     /// Extra flags for every ztunnel.
     pub ztunnel_args: Vec<String>,
+    /// Run the controller in its Kubernetes mode on this kubeconfig instead of on the
+    /// manifest directory (`ambientctl up --kubernetes`). Waypoint pods it deploys run
+    /// `exe component waypoint` with the run directory's files: the local runtime is their
+    /// kubelet.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl MeshOptions {
@@ -46,6 +51,7 @@ impl MeshOptions {
             debounce_quiet: Duration::from_millis(50),
             ztunnel_exe: None,
             ztunnel_args: Vec::new(),
+            kubeconfig: None,
         }
     }
 }
@@ -535,17 +541,28 @@ impl Mesh {
 /// allocations file next to them).
 fn spawn_controller(lab: &Lab, options: &MeshOptions, manifests: &Path) -> std::io::Result<Proc> {
     let run = &lab.run_dir;
-    let args = ControllerArgs {
+    let mut args = ControllerArgs {
         grpc_addr: controller_grpc(),
         monitoring_addr: controller_monitoring(),
         trust_domain: options.trust_domain.clone(),
-        manifests: Some(manifests.to_path_buf()),
-        allocations: Some(allocations_path(lab)),
         token_dir: run.join("tokens"),
-        nodes: lab.nodes.keys().cloned().collect(),
         debounce_quiet_ms: options.debounce_quiet.as_millis() as u64,
         ..ControllerArgs::new(run.join("ca"))
     };
+    match &options.kubeconfig {
+        None => {
+            args.manifests = Some(manifests.to_path_buf());
+            args.allocations = Some(allocations_path(lab));
+            args.nodes = lab.nodes.keys().cloned().collect();
+        }
+        Some(kubeconfig) => {
+            args.kubeconfig = Some(kubeconfig.clone());
+            args.waypoint_controller_address = Some(format!("https://{}", controller_grpc()));
+            args.waypoint_local_exe = Some(options.exe.clone());
+            args.waypoint_local_run_dir = Some(run.clone());
+            args.waypoint_local_log_filter = options.log_filter.clone();
+        }
+    }
     let program = Program::multi_call(&options.exe, "controller");
     Proc::spawn(
         "controller",

@@ -1,5 +1,6 @@
 //! Starting child processes in new or existing namespaces. This is the crate's one `unsafe`
-//! spot: `Command::pre_exec`, whose closure runs between `fork` and `exec`.
+//! spot: `Command::pre_exec`, whose closure runs between `fork` and `exec`, and adopting a
+//! listening socket a parent passed down ([`inherited_listener`]).
 //!
 //! Everything the closure needs is prepared before `fork`; inside it makes only raw system
 //! calls (no allocation, no locks), as the post-fork rules of a multi-threaded parent demand.
@@ -144,4 +145,57 @@ pub fn sandbox_supported() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Lets `cmd`'s child inherit `listener` (it keeps the network namespace it was made in,
+/// whatever namespaces the child enters) and tells it the descriptor's number in `env`.
+/// Call with no other thread spawning processes: the descriptor stays open across `exec`
+/// until [`inherited_listener`] takes it.
+pub fn pass_listener(
+    cmd: &mut Command,
+    listener: &std::net::TcpListener,
+    env: &str,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::fcntl(
+        listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(fail)?;
+    cmd.env(env, listener.as_raw_fd().to_string());
+    Ok(())
+}
+
+/// The listener a parent passed with [`pass_listener`] under `env`, if any; it is marked
+/// close-on-exec again so that no further child inherits it.
+#[allow(unsafe_code)]
+pub fn inherited_listener(env: &str) -> std::io::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::{AsFd, FromRawFd, RawFd};
+    // Only a listening socket is adopted: anything else at that number is refused.
+    let Some(value) = std::env::var_os(env) else {
+        return Ok(None);
+    };
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| std::io::Error::other(format!("{env}={value:?}: not a descriptor")))?;
+    // SAFETY: the parent passed this descriptor for us to own: the variable names it, and
+    // nothing else in this process opened or uses it (it was open before `main`). It is
+    // checked to be a listening socket below, and closed exactly once, by its owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let accepting: bool =
+        nix::sys::socket::getsockopt(&owned.as_fd(), nix::sys::socket::sockopt::AcceptConn)
+            .map_err(fail)?;
+    if !accepting {
+        return Err(std::io::Error::other(format!(
+            "{env}: descriptor {fd} is not a listening socket"
+        )));
+    }
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(fail)?;
+    Ok(Some(std::net::TcpListener::from(owned)))
 }

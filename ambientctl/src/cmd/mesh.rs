@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use super::output::{Format, print, table};
 use crate::runtime::control::{self, StatusReport};
 use crate::runtime::home::{Home, HomeError, Phase};
-use crate::runtime::{enter, supervisor};
+use crate::runtime::{api_port, enter, supervisor};
 use ambient_lab::sandbox::{INSIDE_ENV, RUN_DIR_ENV};
 use ambient_lab::spawn::{self, Entry, Lifetime};
 
@@ -46,6 +46,15 @@ pub struct UpArgs {
     /// is resolved by the waypoints themselves; see docs/observability.md.
     #[arg(long, value_name = "URL", value_parser = waypoint::cli::parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
+    /// Back the mesh with a real Kubernetes control plane (kube-lab, built by
+    /// `tools/build.sh`): DIR is applied to its API server, the controller watches it, and
+    /// this runtime is the kubelet of the simulated nodes. `ambientctl kubeconfig` prints
+    /// the kubeconfig for kubectl.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The host's loopback port to the API server with `--kubernetes` (0: any free one).
+    #[arg(long, default_value_t = 0, requires = "kubernetes")]
+    pub api_port: u16,
 }
 
 /// The first two octets of an `a.b.0.0/16`.
@@ -74,6 +83,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     slash16(&args.pod_cidr)?;
     slash16(&args.service_cidr)?;
     spawn::sandbox_supported().map_err(anyhow::Error::msg)?;
+    if args.kubernetes {
+        // Say what is missing before anything starts.
+        ambient_lab::kube::executable()?;
+        ambient_lab::kube::crd_modules()?;
+    }
     let home = Home::locate();
     match home.lock() {
         Ok(lock) => drop(lock),
@@ -102,6 +116,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         )
         .env(INSIDE_ENV, "up")
         .env(RUN_DIR_ENV, home.run_dir());
+    // Bound here, in the host's network namespace, and inherited by the supervisor.
+    let api_listener = if args.kubernetes {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", args.api_port))
+            .with_context(|| format!("binding 127.0.0.1:{} for the API server", args.api_port))?;
+        spawn::pass_listener(&mut cmd, &listener, api_port::LISTENER_ENV)?;
+        cmd.arg("--kubernetes");
+        Some(listener)
+    } else {
+        None
+    };
     if args.detach {
         let log = std::fs::File::create(logs.join("runtime.log"))?;
         cmd.stdin(Stdio::null())
@@ -109,6 +133,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             .stderr(log);
         spawn::configure_with(&mut cmd, Entry::NewSandbox, Lifetime::Detached);
         let mut child = cmd.spawn().context("starting the mesh")?;
+        drop(api_listener);
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -138,6 +163,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             "\nmesh running in the background (logs: {}); stop it with `ambientctl down`",
             logs.display()
         );
+        if args.kubernetes {
+            println!("kubectl: export KUBECONFIG=$(ambientctl kubeconfig)");
+        }
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -153,6 +181,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     spawn::configure_with(&mut cmd, Entry::NewSandbox, Lifetime::WithParent);
     let mut child = cmd.spawn().context("starting the mesh")?;
+    drop(api_listener);
     let mut forwarded = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -192,7 +221,13 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
         service_prefix: slash16(&args.service_cidr)?,
         log_filter: args.log_level,
         otlp_endpoint: args.otlp_endpoint,
+        kubernetes: args.kubernetes,
     };
+    let api_listener = spawn::inherited_listener(api_port::LISTENER_ENV)
+        .context("adopting the host's API port")?;
+    if args.kubernetes && api_listener.is_none() {
+        anyhow::bail!("--kubernetes needs the API port `ambientctl up` passes down");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -201,6 +236,7 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
         home.clone(),
         options,
         std::env::current_exe()?,
+        api_listener,
     ));
     if let Err(e) = &result {
         tracing::error!("{e:#}");

@@ -297,14 +297,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `--kubeconfig` → that cluster; else the running local mesh; else the kubeconfig's
 /// cluster.
 fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
-    if cluster.kubeconfig.is_none() {
+    let mut kubeconfig = cluster.kubeconfig.clone();
+    if kubeconfig.is_none() {
         let home = Home::locate();
-        if home.running().is_ok() {
-            return Ok(Backend::Local(home));
+        match home.running() {
+            // A local mesh on an API server changes through that server, as a cluster.
+            Ok(info) if info.kubeconfig.is_some() => kubeconfig = info.kubeconfig,
+            Ok(_) => return Ok(Backend::Local(home)),
+            Err(_) => {}
         }
     }
     Ok(
-        match runtime()?.block_on(super::kubeconfig::load(cluster.kubeconfig.as_deref())) {
+        match runtime()?.block_on(super::kubeconfig::load(kubeconfig.as_deref())) {
             Ok(config) => Backend::Kube(Box::new(config)),
             Err(e) if cluster.kubeconfig.is_some() => Backend::None(e),
             Err(e) => Backend::None(format!(

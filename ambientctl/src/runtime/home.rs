@@ -36,6 +36,9 @@ pub struct MeshInfo {
     pub phase: Phase,
     /// Seconds since the Unix epoch.
     pub started: u64,
+    /// The host's kubeconfig, when the mesh runs on a Kubernetes API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
     /// Why the supervisor stopped, when it did on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -105,6 +108,11 @@ impl Home {
 
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
+    }
+
+    /// The host's kubeconfig for a mesh started with `up --kubernetes`.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.run_dir().join("kubeconfig")
     }
 
     pub fn logs_dir(&self) -> PathBuf {

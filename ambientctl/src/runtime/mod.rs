@@ -12,13 +12,17 @@
 //! - [`generated`]: objects applied with the CLI, label overlays, and the runtime's view.
 //! - [`waypoints`]: the ServiceAccount, Service and pod deployed for each waypoint Gateway.
 //! - [`deployments`]: a Deployment's pods, as Kubernetes' controllers make them.
+//! - [`kubelet`]: `up --kubernetes`, the same pods on a real API server (kube-lab).
+//! - [`api_port`]: the host's port to that API server (for kubectl).
 
+pub mod api_port;
 pub mod cluster;
 pub mod control;
 pub mod deployments;
 pub mod enter;
 pub mod generated;
 pub mod home;
+pub mod kubelet;
 pub mod pod;
 pub mod supervisor;
 pub mod waypoints;

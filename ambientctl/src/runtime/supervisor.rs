@@ -24,6 +24,8 @@ use super::control::{
 };
 use super::generated::{self, Store, key_string};
 use super::home::{Home, MeshInfo, Phase, now_secs};
+use super::kubelet::{Kubelet, NodeSpec};
+use super::api_port;
 use super::waypoints::{READINESS_PATH, READINESS_PORT, WaypointEnv};
 use ambient_lab::http;
 use ambient_lab::mesh::{controller_grpc, controller_monitoring};
@@ -41,7 +43,13 @@ pub struct UpOptions {
     pub log_filter: String,
     /// Where waypoints export request spans (OTLP/gRPC), if anywhere.
     pub otlp_endpoint: Option<String>,
+    /// Run on a Kubernetes API server (kube-lab) as the nodes' kubelet ([`kubelet`]).
+    pub kubernetes: bool,
 }
+
+/// What the control API answers to `apply` and `delete` when the mesh runs on an API server.
+const USE_KUBECTL: &str = "this mesh runs on a Kubernetes API server: change it with kubectl \
+     (export KUBECONFIG=$(ambientctl kubeconfig))";
 
 /// How often the manifest directory is re-read and containers are checked.
 const POLL: Duration = Duration::from_millis(500);
@@ -65,6 +73,8 @@ struct Shared {
     dirty: AtomicBool,
     wake: Notify,
     waypoint_env: WaypointEnv,
+    /// The mesh runs on an API server: objects change through it, not the control API.
+    kubernetes: bool,
 }
 
 impl Shared {
@@ -126,6 +136,9 @@ impl StatusSource for Shared {
     }
 
     async fn apply(&self, request: ApplyRequest) -> Result<ApplyResult, ApiError> {
+        if self.kubernetes {
+            return Err(ApiError::conflict(USE_KUBECTL));
+        }
         let mut parsed = Vec::new();
         for value in &request.objects {
             let objects = generated::parse_value("request", value)
@@ -194,6 +207,9 @@ impl StatusSource for Shared {
     }
 
     async fn delete(&self, request: DeleteRequest) -> Result<DeleteResult, ApiError> {
+        if self.kubernetes {
+            return Err(ApiError::conflict(USE_KUBECTL));
+        }
         let kind = Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == request.kind)
@@ -284,6 +300,54 @@ async fn rebuild(shared: &Shared) {
     cluster.converge(&view.objects).await;
 }
 
+/// Brings the pods in line with what the API server binds to the simulated nodes, and
+/// reports back as their kubelet: status, deletions, tokens.
+async fn sync_kube(shared: &Shared, kubelet: &Kubelet) {
+    let wanted = kubelet.wanted();
+    let view = generated::View {
+        objects: wanted.objects,
+        generated: Vec::new(),
+        waypoint_pods: wanted.waypoint_pods,
+        problems: wanted.problems,
+    };
+    {
+        let mut cluster = shared.cluster.lock().await;
+        cluster.publish(&view, &generated::LabelOverlay::new());
+        match cluster.allocate(&view.objects).await {
+            Ok(problems) => problems.iter().for_each(|p| warn!("{p}")),
+            Err(e) => warn!(error = %e, "placing the pods"),
+        }
+        cluster.converge(&view.objects).await;
+        cluster.tick();
+    }
+    probe_waypoints(shared).await;
+    let running = shared.cluster.lock().await.report();
+    kubelet.report(&running).await;
+    kubelet.finish(&wanted.terminating, &running).await;
+    kubelet.renew_tokens().await;
+}
+
+/// Keeps syncing until the API server's Deployments and Pods are all running (bounded), so
+/// that `up --detach` returns a mesh whose workloads exist.
+async fn settle_kube(shared: &Shared, kubelet: &Kubelet) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        sync_kube(shared, kubelet).await;
+        let missing = kubelet.unsettled();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            warn!(missing = ?missing, "not every workload ran in time; continuing");
+            return;
+        }
+        tokio::select! {
+            _ = kubelet.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 /// Probes every waypoint pod's readiness; a ready one is `Running` for the controller.
 async fn probe_waypoints(shared: &Shared) {
     let probes = shared.cluster.lock().await.waypoint_probes();
@@ -314,7 +378,12 @@ async fn probe_waypoints(shared: &Shared) {
 }
 
 /// Runs the mesh until SIGTERM/SIGINT. Call inside the sandbox, holding the home's lock.
-pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result<()> {
+pub async fn run(
+    home: Home,
+    options: UpOptions,
+    exe: PathBuf,
+    api_listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let started = now_secs();
     let node_names: Vec<String> = (1..=options.nodes).map(|i| format!("node-{i}")).collect();
     let mut info = MeshInfo {
@@ -323,6 +392,7 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
         nodes: node_names.clone(),
         phase: Phase::Starting,
         started,
+        kubeconfig: None,
         error: None,
     };
     home.write_info(&info)?;
@@ -368,6 +438,29 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
         log_filter: options.log_filter.clone(),
         otlp_endpoint: options.otlp_endpoint.clone(),
     };
+    let mut kubelet = None;
+    if options.kubernetes {
+        let specs: Vec<NodeSpec> = nodes
+            .iter()
+            .map(|(name, _, ip, cidr)| NodeSpec {
+                name: name.clone(),
+                ip: ip.clone(),
+                pod_cidr: cidr.clone(),
+            })
+            .collect();
+        let k = Kubelet::start(&run_dir, &specs).await?;
+        mesh_options.kubeconfig = Some(k.kubeconfig().to_path_buf());
+        let listener = api_listener.context("no host port for the API server")?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let server = format!("https://{}", listener.local_addr()?);
+        tokio::spawn(api_port::relay(listener, k.api_address()?));
+        k.write_kubeconfig(&server, &home.kubeconfig_path())?;
+        info!(%server, kubeconfig = %home.kubeconfig_path().display(), "API server reachable from the host");
+        info.kubeconfig = Some(home.kubeconfig_path());
+        home.write_info(&info)?;
+        kubelet = Some(k);
+    }
     let mesh = Mesh::start_on(lab, options.manifests.clone(), mesh_options)
         .await
         .context("starting the mesh")?;
@@ -394,8 +487,17 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
         dirty: AtomicBool::new(false),
         wake: Notify::new(),
         waypoint_env,
+        kubernetes: kubelet.is_some(),
     });
-    rebuild(&shared).await;
+    match &kubelet {
+        Some(k) => {
+            let refused = k.apply_dir(&options.manifests).await;
+            refused.iter().for_each(|p| warn!("{p}"));
+            shared.problems.lock().expect("poisoned").extend(refused);
+            settle_kube(&shared, k).await;
+        }
+        None => rebuild(&shared).await,
+    }
 
     let socket = home.control_socket();
     let _ = std::fs::remove_file(&socket);
@@ -419,6 +521,10 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let api_changed = kubelet
+        .as_ref()
+        .map(|k| k.changed.clone())
+        .unwrap_or_default();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -426,8 +532,18 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
             _ = hangup.recv() => break,
             _ = tokio::time::sleep(POLL) => {}
             _ = shared.wake.notified() => {}
+            _ = api_changed.notified() => {}
         }
         let scan = source.scan();
+        if let Some(k) = &kubelet {
+            if scan.changed {
+                let refused = k.apply_dir(&options.manifests).await;
+                refused.iter().for_each(|p| warn!("{p}"));
+                *shared.problems.lock().expect("poisoned") = refused;
+            }
+            sync_kube(&shared, k).await;
+            continue;
+        }
         if scan.changed {
             let findings = cluster::describe(&scan.diagnostics);
             {
@@ -455,6 +571,9 @@ pub async fn run(home: Home, options: UpOptions, exe: PathBuf) -> anyhow::Result
     let mut cluster = shared.cluster.lock().await;
     cluster.stop_pods();
     cluster.mesh.stop();
+    if let Some(k) = kubelet.as_mut() {
+        k.stop().await;
+    }
     let _ = std::fs::remove_file(home.control_socket());
     let _ = std::fs::remove_file(home.info_path());
     info!("mesh stopped");

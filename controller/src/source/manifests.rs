@@ -145,9 +145,7 @@ impl ManifestDir {
 
     /// Re-reads files that changed and returns every object the directory now defines.
     pub fn scan(&mut self) -> Scan {
-        let mut paths = Vec::new();
-        collect_files(&self.dir, &mut paths);
-        paths.sort();
+        let paths = manifest_files(&self.dir);
         let mut changed = false;
         let mut next = BTreeMap::new();
         for path in paths {
@@ -289,6 +287,15 @@ impl ManifestDir {
             tokio::time::sleep(poll).await;
         }
     }
+}
+
+/// The manifest files under `dir` (YAML or JSON, recursively, hidden names skipped), in
+/// name order: what the directory mode reads, and what `up --kubernetes` applies.
+pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files);
+    files.sort();
+    files
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
