@@ -277,7 +277,10 @@ impl KubeLab {
     /// Server-side applies `object` (forcing conflicts); returns what the server stored. A
     /// namespaced object that names no namespace goes to `default`, as with kubectl.
     pub async fn apply(&self, mut object: Value) -> anyhow::Result<Value> {
-        if object["metadata"]["namespace"].as_str().is_none_or(str::is_empty) {
+        if object["metadata"]["namespace"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
             let namespaced = self
                 .api(&s(&object["apiVersion"]), &s(&object["kind"]), "default")

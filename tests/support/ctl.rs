@@ -45,6 +45,8 @@ impl Ctl {
             .env("AMBIENT_HOME", &self.home)
             .env("KUBECONFIG", self.home.join("no-such-kubeconfig"))
             .env("HOME", &self.home)
+            // Where tools/build.sh put kube-lab and the CRD modules (under the real HOME).
+            .env("AMBIENT_TOOLS_DIR", ambient_lab::kube::tools_dir())
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
             .output()

@@ -232,6 +232,7 @@ mod tests {
             nodes: vec!["node-1".into()],
             phase: Phase::Ready,
             started: 0,
+            kubeconfig: None,
             error: None,
         })
         .unwrap();

@@ -527,7 +527,13 @@ fn pod_status(pod: &PodReport, spec: Option<&Pod>) -> Value {
                    "restartCount": c.restarts, "state": state})
         })
         .collect();
-    let mut status = status_of(&pod.namespace, &pod.name, &pod.phase, &pod.ip.to_string(), ready);
+    let mut status = status_of(
+        &pod.namespace,
+        &pod.name,
+        &pod.phase,
+        &pod.ip.to_string(),
+        ready,
+    );
     status["status"]["containerStatuses"] = Value::Array(containers);
     status
 }
@@ -553,9 +559,9 @@ fn status_of(namespace: &str, name: &str, phase: &str, ip: &str, ready: bool) ->
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 404)
-    })
+    e.chain().any(
+        |c| matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 404),
+    )
 }
 
 /// A reflector of `api` kept by a background task; every event notifies `changed`.

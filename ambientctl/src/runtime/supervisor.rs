@@ -17,6 +17,7 @@ use anyhow::Context;
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
+use super::api_port;
 use super::cluster::{self, Cluster};
 use super::control::{
     self, ApiError, Applied, ApplyRequest, ApplyResult, DeleteRequest, DeleteResult, Endpoints,
@@ -25,7 +26,6 @@ use super::control::{
 use super::generated::{self, Store, key_string};
 use super::home::{Home, MeshInfo, Phase, now_secs};
 use super::kubelet::{Kubelet, NodeSpec};
-use super::api_port;
 use super::waypoints::{READINESS_PATH, READINESS_PORT, WaypointEnv};
 use ambient_lab::http;
 use ambient_lab::mesh::{controller_grpc, controller_monitoring};
