@@ -157,13 +157,7 @@ impl Kubectl {
             .env("HOME", &self.scratch)
             .output()
             .expect("running kubectl");
-        eprintln!(
-            "$ kubectl {}\n-> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ctl::show("kubectl", args, &out);
         out
     }
 

@@ -26,6 +26,17 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Shows a command and what it printed (in the test's output, kept when it fails).
+pub fn show(program: &str, args: &[&str], out: &Output) {
+    eprintln!(
+        "$ {program} {}\n-> {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One mesh home; a mesh still running when this is dropped is taken down.
 pub struct Ctl {
     pub home: PathBuf,
@@ -51,13 +62,7 @@ impl Ctl {
             .env_remove("KUBERNETES_SERVICE_PORT")
             .output()
             .expect("running ambientctl");
-        eprintln!(
-            "$ ambientctl {}\n-> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        show("ambientctl", args, &out);
         out
     }
 
