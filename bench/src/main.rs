@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod mesh;
 mod server;
 mod xds_scale;
@@ -31,6 +32,10 @@ enum Command {
     /// Mesh overhead against direct TCP: throughput, latency, request and connection rates,
     /// ztunnel CPU and memory, on a two-node cluster in namespaces the benchmark creates.
     Mesh(mesh::Options),
+    /// Steady traffic while components fail, one event at a time (controller loss, node
+    /// agent, ztunnel and waypoint restarts, certificate rotation, a policy storm): failed
+    /// requests, dropped connections, time to recover.
+    Chaos(chaos::Options),
     /// The servers the mesh benchmark drives (run inside the server pod).
     #[command(hide = true)]
     MeshServer(server::ServerArgs),
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Xds(opts) => xds_scale::run(opts),
         Command::Mesh(opts) => mesh::run(opts),
+        Command::Chaos(opts) => chaos::run(opts),
         Command::MeshServer(args) => server::run(args),
         Command::Component { name, args } => ambient_lab::component::run(&name, args),
         Command::Controller { args } => {

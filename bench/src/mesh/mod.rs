@@ -42,10 +42,10 @@ use ztunnel::inpod::netns::Netns;
 
 use report::{Figure, Machine, Target};
 
-const HTTP_PORT: u16 = 8080;
+pub(crate) const HTTP_PORT: u16 = 8080;
 const SINK_PORT: u16 = 5001;
-const ECHO_PORT: u16 = 5002;
-const NODES: [&str; 2] = ["node-a", "node-b"];
+pub(crate) const ECHO_PORT: u16 = 5002;
+pub(crate) const NODES: [&str; 2] = ["node-a", "node-b"];
 /// The waypoint path's Service addresses (the lab has no Service allocator).
 const WAYPOINT_SERVER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
@@ -194,8 +194,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 /// The running cluster and how to reach each path's server.
-struct Bench {
-    mesh: Mesh,
+pub(crate) struct Bench {
+    pub(crate) mesh: Mesh,
     clients: BTreeMap<Path, Arc<Netns>>,
     /// Where each path's client sends: the server pod, or for the waypoint path its Service.
     servers: BTreeMap<Path, Ipv4Addr>,
@@ -209,10 +209,42 @@ struct Bench {
     ztunnel_binary: &'static str,
     /// Likewise for the waypoint.
     waypoint_binary: &'static str,
+    /// How the waypoint was started (to restart it).
+    waypoint_start: WaypointStart,
+}
+
+/// What [`start_waypoint`] needs again to restart the waypoint.
+struct WaypointStart {
+    exe: PathBuf,
+    standalone: Option<PathBuf>,
+    extra_args: Vec<String>,
+    run_dir: PathBuf,
+    log: String,
+}
+
+/// The settings [`Bench::start`] reads, as the command line gives them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BenchSettings {
+    pub(crate) log: String,
+    pub(crate) ztunnel_args: Option<String>,
+    pub(crate) waypoint_args: Option<String>,
+    /// Lifetime of workload certificates (default: the mesh's, 24 h).
+    pub(crate) workload_cert_ttl: Option<Duration>,
+}
+
+impl Options {
+    fn settings(&self) -> BenchSettings {
+        BenchSettings {
+            log: self.log.clone(),
+            ztunnel_args: self.ztunnel_args.clone(),
+            waypoint_args: self.waypoint_args.clone(),
+            workload_cert_ttl: None,
+        }
+    }
 }
 
 impl Bench {
-    async fn start(run_dir: PathBuf, opts: &Options) -> anyhow::Result<Bench> {
+    pub(crate) async fn start(run_dir: PathBuf, opts: &BenchSettings) -> anyhow::Result<Bench> {
         let log = opts.log.as_str();
         let exe = std::env::current_exe()?;
         let mut lab = Lab::new(&run_dir)?;
@@ -284,6 +316,9 @@ impl Bench {
         options.log_filter = log.to_string();
         options.ztunnel_args = split_args(opts.ztunnel_args.as_deref());
         options.ztunnel_exe = standalone("ztunnel");
+        if let Some(ttl) = opts.workload_cert_ttl {
+            options.workload_cert_ttl = ttl;
+        }
         let ztunnel_binary = binary_kind(&options.ztunnel_exe);
         let waypoint_exe = standalone("waypoint");
         let waypoint_binary = binary_kind(&waypoint_exe);
@@ -301,16 +336,14 @@ impl Bench {
             }
         }
         let mesh = Mesh::start(lab, &refs, options).await?;
-        let waypoint_extra = split_args(opts.waypoint_args.as_deref());
-        let waypoint = start_waypoint(
-            &mesh,
-            (&exe, waypoint_exe.as_deref()),
-            &waypoint_extra,
-            &waypoint_netns,
-            &run_dir,
-            log,
-        )
-        .await?;
+        let waypoint_start = WaypointStart {
+            exe: exe.clone(),
+            standalone: waypoint_exe.clone(),
+            extra_args: split_args(opts.waypoint_args.as_deref()),
+            run_dir: run_dir.clone(),
+            log: log.to_string(),
+        };
+        let waypoint = start_waypoint(&mesh, &waypoint_start, &waypoint_netns).await?;
         let waypoint_pid = waypoint.pid();
         procs.push(waypoint);
         for path in Path::ALL.into_iter().filter(|p| p.enrolled()) {
@@ -338,7 +371,20 @@ impl Bench {
             waypoint_netns,
             ztunnel_binary,
             waypoint_binary,
+            waypoint_start,
         })
+    }
+
+    /// Kills the waypoint (as a crash or an evicted pod would end it) and starts a new one
+    /// in its pod; returns once the new one is ready.
+    pub(crate) async fn restart_waypoint(&mut self) -> anyhow::Result<()> {
+        let mut old = self._procs.pop().context("no waypoint to restart")?;
+        old.kill();
+        let waypoint =
+            start_waypoint(&self.mesh, &self.waypoint_start, &self.waypoint_netns).await?;
+        self.waypoint_pid = waypoint.pid();
+        self._procs.push(waypoint);
+        Ok(())
     }
 
     /// The waypoint's Prometheus text.
@@ -370,16 +416,21 @@ impl Bench {
 
     /// Opens connections from `path`'s client pod to its server on `port`.
     fn dial(&self, path: Path, port: u16) -> Dial {
+        // A broken path fails the run instead of hanging it.
+        self.dial_with(path, port, Duration::from_secs(20))
+    }
+
+    /// [`Bench::dial`] with `timeout` for connecting, each read and each write.
+    pub(crate) fn dial_with(&self, path: Path, port: u16, timeout: Duration) -> Dial {
         let netns = self.clients[&path].clone();
         let addr = SocketAddr::new(IpAddr::V4(self.servers[&path]), port);
         Arc::new(move || {
             let socket =
                 netns.run(|| Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)))??;
             socket.set_tcp_nodelay(true)?;
-            // A broken path fails the run instead of hanging it.
-            socket.set_read_timeout(Some(Duration::from_secs(20)))?;
-            socket.set_write_timeout(Some(Duration::from_secs(20)))?;
-            socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.set_write_timeout(Some(timeout))?;
+            socket.connect_timeout(&addr.into(), timeout.min(Duration::from_secs(10)))?;
             Ok(socket.into())
         })
     }
@@ -439,7 +490,7 @@ impl Bench {
 }
 
 /// Runs blocking load-generator work off the runtime.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     Ok(tokio::task::spawn_blocking(f).await??)
@@ -532,16 +583,14 @@ fn split_args(args: Option<&str>) -> Vec<String> {
 /// multi-call binary and the standalone waypoint, which is run when there is one.
 async fn start_waypoint(
     mesh: &Mesh,
-    exe: (&std::path::Path, Option<&std::path::Path>),
-    extra_args: &[String],
+    how: &WaypointStart,
     netns: &Arc<Netns>,
-    run_dir: &std::path::Path,
-    log: &str,
 ) -> anyhow::Result<Proc> {
+    let (extra_args, run_dir, log) = (&how.extra_args, &how.run_dir, how.log.as_str());
     let pod = mesh.lab.pod(Path::Waypoint.namespace(), WAYPOINT_NAME);
-    let program = match exe {
-        (_, Some(standalone)) => Program::standalone(standalone),
-        (multi_call, None) => Program::multi_call(multi_call, "waypoint"),
+    let program = match &how.standalone {
+        Some(standalone) => Program::standalone(standalone),
+        None => Program::multi_call(&how.exe, "waypoint"),
     };
     let waypoint = waypoint::cli::Args {
         service_account: Some(WAYPOINT_NAME.into()),
@@ -588,7 +637,7 @@ async fn start_waypoint(
 }
 
 /// Waits until one HTTP request on `dial` succeeds.
-async fn reachable(dial: Dial, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn reachable(dial: Dial, what: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let d = dial.clone();
@@ -661,7 +710,7 @@ fn progress(what: &str, path: Path, value: String) {
 
 async fn measure(run_dir: PathBuf, opts: Options, nofile: u64) -> anyhow::Result<()> {
     let setup = Instant::now();
-    let bench = Bench::start(run_dir, &opts).await?;
+    let bench = Bench::start(run_dir, &opts.settings()).await?;
     for path in Path::ALL {
         reachable(bench.dial(path, HTTP_PORT), path.name()).await?;
     }
