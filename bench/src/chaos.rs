@@ -257,7 +257,7 @@ async fn chaos(run_dir: std::path::PathBuf, mut opts: Options) -> anyhow::Result
         "keep-alive failed",
         "via waypoint",
         "new conns",
-        "streams",
+        "dropped",
         "recovery",
         "failing",
         "what"
