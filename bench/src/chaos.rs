@@ -70,7 +70,7 @@ enum Load {
 
 /// One request or exchange, as a load saw it.
 #[derive(Clone, Copy, Debug)]
-struct Sample {
+pub(crate) struct Sample {
     at: Instant,
     load: Load,
     ok: bool,
@@ -78,7 +78,7 @@ struct Sample {
     dropped: bool,
 }
 
-type Samples = Arc<Mutex<Vec<Sample>>>;
+pub(crate) type Samples = Arc<Mutex<Vec<Sample>>>;
 
 /// The failures to inject, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,10 +153,20 @@ struct Outcome {
 
 /// Entry: outside the sandbox, re-run inside one; inside, run the events.
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    let keep = opts.keep;
+    sandboxed("bench-chaos", keep, move |run_dir| chaos(run_dir, opts))
+}
+
+/// Runs `body` inside a new sandbox (re-running this command there first); `marker` names
+/// the sandbox, `keep` keeps its directory.
+pub(crate) fn sandboxed<F, Fut>(marker: &str, keep: bool, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let Some(run_dir) = sandbox::inside() else {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let status =
-            sandbox::reexec(&args, "bench-chaos", opts.keep).context("entering the sandbox")?;
+        let status = sandbox::reexec(&args, marker, keep).context("entering the sandbox")?;
         anyhow::ensure!(status.success(), "the benchmark failed ({status})");
         return Ok(());
     };
@@ -164,7 +174,88 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(chaos(run_dir, opts))
+    runtime.block_on(body(run_dir))
+}
+
+/// The loads of a chaos or soak run, on threads of their own until [`Traffic::stop`].
+pub(crate) struct Traffic {
+    pub(crate) samples: Samples,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Short timeouts: a stalled exchange counts as a failure within a second or two.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until both the mesh path and the waypoint path answer.
+pub(crate) async fn wait_reachable(bench: &Bench) -> anyhow::Result<()> {
+    reachable(
+        bench.dial_with(Path::Mesh, HTTP_PORT, EXCHANGE_TIMEOUT),
+        "mesh",
+    )
+    .await?;
+    reachable(
+        bench.dial_with(Path::Waypoint, HTTP_PORT, EXCHANGE_TIMEOUT),
+        "waypoint",
+    )
+    .await
+}
+
+impl Traffic {
+    /// Starts every load at `rate` requests per second each.
+    pub(crate) fn start(bench: &Bench, rate: f64) -> Traffic {
+        let http = |path| bench.dial_with(path, HTTP_PORT, EXCHANGE_TIMEOUT);
+        let (mesh_http, waypoint_http) = (http(Path::Mesh), http(Path::Waypoint));
+        let echo = bench.dial_with(Path::Mesh, ECHO_PORT, EXCHANGE_TIMEOUT);
+        let samples: Samples = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let mut workers = Vec::new();
+        for (load, dial, connections) in [
+            (Load::KeepAlive, &mesh_http, 4),
+            (Load::KeepAliveWaypoint, &waypoint_http, 4),
+        ] {
+            for _ in 0..connections {
+                let (dial, samples, stop) = (dial.clone(), samples.clone(), stop.clone());
+                let every = interval * connections;
+                workers.push(std::thread::spawn(move || {
+                    keep_alive(load, &dial, every, &samples, &stop)
+                }));
+            }
+        }
+        {
+            let (dial, samples, stop) = (mesh_http.clone(), samples.clone(), stop.clone());
+            workers.push(std::thread::spawn(move || {
+                new_connections(&dial, interval, &samples, &stop)
+            }));
+        }
+        for _ in 0..4 {
+            let (dial, samples, stop) = (echo.clone(), samples.clone(), stop.clone());
+            workers.push(std::thread::spawn(move || {
+                streams(&dial, Duration::from_millis(100), &samples, &stop)
+            }));
+        }
+        Traffic {
+            samples,
+            stop,
+            workers,
+        }
+    }
+
+    /// Exchanges so far and how many failed.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let samples = self.samples.lock().expect("poisoned");
+        let failed = samples.iter().filter(|s| !s.ok).count() as u64;
+        (samples.len() as u64, failed)
+    }
+
+    /// Stops every load and waits for its thread.
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
 }
 
 async fn chaos(run_dir: std::path::PathBuf, mut opts: Options) -> anyhow::Result<()> {
@@ -178,42 +269,10 @@ async fn chaos(run_dir: std::path::PathBuf, mut opts: Options) -> anyhow::Result
         ..BenchSettings::default()
     };
     let mut bench = Bench::start(run_dir, &settings).await?;
-    // Short timeouts: a stalled exchange counts as a failure within a second or two.
-    let timeout = Duration::from_secs(2);
-    let http = |path| bench.dial_with(path, HTTP_PORT, timeout);
-    let (mesh_http, waypoint_http) = (http(Path::Mesh), http(Path::Waypoint));
-    let echo = bench.dial_with(Path::Mesh, ECHO_PORT, timeout);
-    reachable(mesh_http.clone(), "mesh").await?;
-    reachable(waypoint_http.clone(), "waypoint").await?;
+    wait_reachable(&bench).await?;
 
-    let samples: Samples = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1.0));
-    let mut workers = Vec::new();
-    for (load, dial, connections) in [
-        (Load::KeepAlive, &mesh_http, 4),
-        (Load::KeepAliveWaypoint, &waypoint_http, 4),
-    ] {
-        for _ in 0..connections {
-            let (dial, samples, stop) = (dial.clone(), samples.clone(), stop.clone());
-            let every = interval * connections;
-            workers.push(std::thread::spawn(move || {
-                keep_alive(load, &dial, every, &samples, &stop)
-            }));
-        }
-    }
-    {
-        let (dial, samples, stop) = (mesh_http.clone(), samples.clone(), stop.clone());
-        workers.push(std::thread::spawn(move || {
-            new_connections(&dial, interval, &samples, &stop)
-        }));
-    }
-    for _ in 0..4 {
-        let (dial, samples, stop) = (echo.clone(), samples.clone(), stop.clone());
-        workers.push(std::thread::spawn(move || {
-            streams(&dial, Duration::from_millis(100), &samples, &stop)
-        }));
-    }
+    let traffic = Traffic::start(&bench, opts.rate);
+    let samples = traffic.samples.clone();
     let settle = Duration::from_secs_f64(opts.settle);
     tokio::time::sleep(settle).await;
     let baseline = summarize(
@@ -242,10 +301,7 @@ async fn chaos(run_dir: std::path::PathBuf, mut opts: Options) -> anyhow::Result
         eprintln!("  {}", row(&outcome));
         outcomes.push(outcome);
     }
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        let _ = w.join();
-    }
+    traffic.stop();
 
     println!(
         "\nbench chaos: {} req/s per load, certificates live {} s",
@@ -334,7 +390,7 @@ async fn inject(event: Event, bench: &mut Bench, opts: &Options) -> anyhow::Resu
 }
 
 /// An AuthorizationPolicy of a namespace no workload runs in, different at every edit.
-fn storm_policy(i: u32) -> String {
+pub(crate) fn storm_policy(i: u32) -> String {
     format!(
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

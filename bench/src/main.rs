@@ -5,6 +5,7 @@
 mod chaos;
 mod mesh;
 mod server;
+mod soak;
 mod xds_scale;
 
 // The same allocator as the shipped binaries, so measured memory is what they would use.
@@ -36,6 +37,10 @@ enum Command {
     /// agent, ztunnel and waypoint restarts, certificate rotation, a policy storm): failed
     /// requests, dropped connections, time to recover.
     Chaos(chaos::Options),
+    /// The chaos traffic for a long time (30 min) with connection, pod, policy and
+    /// certificate churn: each proxy's and the controller's memory and descriptors, sampled
+    /// and plotted.
+    Soak(soak::Options),
     /// The servers the mesh benchmark drives (run inside the server pod).
     #[command(hide = true)]
     MeshServer(server::ServerArgs),
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Xds(opts) => xds_scale::run(opts),
         Command::Mesh(opts) => mesh::run(opts),
         Command::Chaos(opts) => chaos::run(opts),
+        Command::Soak(opts) => soak::run(opts),
         Command::MeshServer(args) => server::run(args),
         Command::Component { name, args } => ambient_lab::component::run(&name, args),
         Command::Controller { args } => {

@@ -20,8 +20,8 @@
 //! echo); the load generator ([`loadgen`]) runs in this process, its sockets opened inside the
 //! client pod's namespace.
 
-mod plot;
-mod procfs;
+pub(crate) mod plot;
+pub(crate) mod procfs;
 mod report;
 
 use std::collections::BTreeMap;
@@ -202,8 +202,8 @@ pub(crate) struct Bench {
     /// One `bench mesh-server` per path (killed on drop), then the waypoint.
     _procs: Vec<Proc>,
     /// (node, pid) of each ztunnel.
-    ztunnels: Vec<(&'static str, u32)>,
-    waypoint_pid: u32,
+    pub(crate) ztunnels: Vec<(&'static str, u32)>,
+    pub(crate) waypoint_pid: u32,
     waypoint_netns: Arc<Netns>,
     /// `standalone` (the `ztunnel` binary) or `multi-call` (`bench component ztunnel`).
     ztunnel_binary: &'static str,

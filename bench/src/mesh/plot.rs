@@ -132,3 +132,60 @@ fn short(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+/// One line of a time series: name, colour, (x, y) points.
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Lines over a shared x axis (time), from zero on both axes.
+pub fn lines(
+    file: &FsPath,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    lines: &[Line<'_>],
+) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = SVGBackend::new(file, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = || lines.iter().flat_map(|l| l.points.iter().copied());
+    let right = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
+    let top = points().map(|p| p.1).fold(0.0f64, f64::max).max(1.0) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..right, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .draw()?;
+    for l in lines {
+        let color = l.color;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                l.points.clone(),
+                color.stroke_width(2),
+            )))?
+            .label(l.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
