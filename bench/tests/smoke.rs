@@ -71,3 +71,70 @@ fn mesh_benchmark_prints_every_figure() {
         assert!(text.starts_with("<svg"), "{svg}");
     }
 }
+
+/// Runs `bench ARGS` and returns its stdout, failing with both streams if it fails.
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .output()
+        .expect("running the benchmark");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn chaos_benchmark_runs_every_event() {
+    let stdout = bench(&["chaos", "--quick"]);
+    for event in [
+        "controller",
+        "agent",
+        "ztunnel",
+        "waypoint",
+        "rotation",
+        "policy-storm",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(event)),
+            "no {event} row in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn soak_benchmark_samples_churns_and_plots() {
+    let out_dir = tempfile::tempdir().expect("temporary directory");
+    let json = out_dir.path().join("soak.json");
+    let plots = out_dir.path().join("img");
+    let stdout = bench(&[
+        "soak",
+        "--minutes",
+        "0.3",
+        "--warmup",
+        "0.05",
+        "--sample",
+        "1",
+        "--pod-churn",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("ztunnel node-b"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("JSON");
+    assert_eq!(report["processes"].as_array().map(Vec::len), Some(4));
+    assert!(report["samples"].as_array().is_some_and(|s| s.len() >= 10));
+    assert!(report["pods_churned"].as_u64() >= Some(3));
+    assert!(report["policy_edits"].as_u64() >= Some(3));
+    assert!(report["exchanges"].as_u64() > Some(100));
+    for plot in ["soak-memory.svg", "soak-fds.svg"] {
+        assert!(plots.join(plot).is_file(), "{plot} missing");
+    }
+}
