@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambient_lab::sandbox;
 use anyhow::Context;
 use loadgen::Dial;
 use loadgen::http::HttpClient;
@@ -154,27 +153,7 @@ struct Outcome {
 /// Entry: outside the sandbox, re-run inside one; inside, run the events.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let keep = opts.keep;
-    sandboxed("bench-chaos", keep, move |run_dir| chaos(run_dir, opts))
-}
-
-/// Runs `body` inside a new sandbox (re-running this command there first); `marker` names
-/// the sandbox, `keep` keeps its directory.
-pub(crate) fn sandboxed<F, Fut>(marker: &str, keep: bool, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(std::path::PathBuf) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let Some(run_dir) = sandbox::inside() else {
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let status = sandbox::reexec(&args, marker, keep).context("entering the sandbox")?;
-        anyhow::ensure!(status.success(), "the benchmark failed ({status})");
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    runtime.block_on(body(run_dir))
+    crate::sandboxed("bench-chaos", keep, move |run_dir| chaos(run_dir, opts))
 }
 
 /// The loads of a chaos or soak run, on threads of their own until [`Traffic::stop`].

@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::ffi::OsString;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -72,4 +73,25 @@ fn main() -> anyhow::Result<()> {
             ambient_controller::cli::main(std::iter::once(OsString::from("controller")).chain(args))
         }
     }
+}
+
+/// Runs `body` inside a new sandbox (re-running this command there first); `marker` names
+/// the sandbox, `keep` keeps its directory.
+pub(crate) fn sandboxed<F, Fut>(marker: &str, keep: bool, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Some(run_dir) = ambient_lab::sandbox::inside() else {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let status =
+            ambient_lab::sandbox::reexec(&args, marker, keep).context("entering the sandbox")?;
+        anyhow::ensure!(status.success(), "the benchmark failed ({status})");
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(body(run_dir))
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use plotters::style::RGBColor;
 use serde::Serialize;
 
-use crate::chaos::{Traffic, sandboxed, storm_policy, wait_reachable};
+use crate::chaos::{Traffic, storm_policy, wait_reachable};
 use crate::mesh::plot::{self, Line};
 use crate::mesh::{Bench, BenchSettings, NODES, procfs};
 
@@ -83,7 +83,7 @@ struct Report {
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let keep = opts.keep;
-    sandboxed("bench-soak", keep, move |run_dir| soak(run_dir, opts))
+    crate::sandboxed("bench-soak", keep, move |run_dir| soak(run_dir, opts))
 }
 
 fn open_fds(pid: u32) -> u64 {

@@ -25,7 +25,6 @@ pub(crate) mod procfs;
 mod report;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use ambient_lab::component::Program;
 use ambient_lab::process::Proc;
-use ambient_lab::{Lab, Mesh, MeshOptions, manifest, sandbox};
+use ambient_lab::{Lab, Mesh, MeshOptions, manifest};
 use anyhow::Context;
 use loadgen::{ClosedLoop, ConnectionRate, Dial, OpenLoop, Percentiles};
 use serde::Serialize;
@@ -179,18 +178,10 @@ impl Path {
 /// Entry: outside the sandbox, re-run inside one; inside, run the benchmark.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let nofile = procfs::raise_nofile();
-    let Some(run_dir) = sandbox::inside() else {
-        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-        let status =
-            sandbox::reexec(&args, "bench-mesh", opts.keep).context("entering the sandbox")?;
-        anyhow::ensure!(status.success(), "the benchmark failed ({status})");
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    runtime.block_on(measure(run_dir, opts.effective(), nofile))
+    let keep = opts.keep;
+    crate::sandboxed("bench-mesh", keep, move |run_dir| {
+        measure(run_dir, opts.effective(), nofile)
+    })
 }
 
 /// The running cluster and how to reach each path's server.
