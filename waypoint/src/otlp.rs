@@ -650,6 +650,7 @@ mod tests {
             services: BTreeMap::new(),
             authorization_policies: Vec::new(),
             waypoint: None,
+            host_network: false,
         });
         let service = Arc::new(Service {
             name: "reviews".into(),

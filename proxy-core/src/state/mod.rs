@@ -333,9 +333,14 @@ impl Snapshot {
     }
 
     fn reindex(&mut self) {
+        // A host-network pod's address is its node's: a connection from or to it cannot be
+        // told from the node's or another such pod's, so it stays unattributed (as Istio's
+        // ztunnel does) rather than named after an arbitrary pod. Services still reach it
+        // through their endpoints.
         self.workload_by_ip = self
             .workloads
             .values()
+            .filter(|w| !w.host_network)
             .flat_map(|w| w.addresses.iter().map(move |ip| (*ip, w.clone())))
             .collect();
         self.service_by_vip = self
@@ -582,6 +587,38 @@ services:
                 .unwrap_err(),
             ResolveError::NoWaypoint("default/wp.default.svc.cluster.local".into())
         );
+    }
+
+    #[test]
+    fn host_network_pods_are_reached_by_service_but_never_looked_up_by_address() {
+        let mut upserts = LocalConfig::parse(MESH).unwrap().to_addresses();
+        for a in &mut upserts {
+            if let Some(wds::address::Type::Workload(w)) = a.r#type.as_mut()
+                && w.name == "b"
+            {
+                w.network_mode = wds::NetworkMode::HostNetwork as i32;
+            }
+        }
+        let store = StateStore::new();
+        let rejected = store.apply(Update {
+            upserts,
+            replace_all: true,
+            ..Default::default()
+        });
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let snap = store.load();
+        // Its address is its node's: connections from it stay unattributed.
+        assert!(snap.workload_by_ip("10.244.2.2".parse().unwrap()).is_none());
+        assert!(snap.workload_by_ip("10.244.1.2".parse().unwrap()).is_some());
+        assert!(snap.workload_by_uid("Kubernetes//Pod/default/b").is_some());
+        // The service still sends to it.
+        let reached: std::collections::BTreeSet<String> = (0..200)
+            .map(|_| {
+                let up = snap.resolve("10.96.0.10:80".parse().unwrap()).unwrap();
+                up.unwrap().addr.to_string()
+            })
+            .collect();
+        assert!(reached.contains("10.244.2.2:9090"), "{reached:?}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     /// Traffic addressed to this workload goes through this waypoint.
     pub waypoint: Option<Waypoint>,
+    /// A host-network pod: its address is its node's, shared with every other such pod
+    /// there, so it is never looked up by address (see `StateStore`'s index).
+    pub host_network: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -185,6 +188,7 @@ impl TryFrom<wds::Workload> for Workload {
         let waypoint = waypoint(w.waypoint.as_ref()).map_err(ctx)?;
         Ok(Workload {
             waypoint,
+            host_network: w.network_mode == wds::NetworkMode::HostNetwork as i32,
             protocol: if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32 {
                 Protocol::Hbone
             } else {

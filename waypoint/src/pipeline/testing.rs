@@ -98,6 +98,7 @@ fn workload(name: &str, ip: &str) -> Arc<Workload> {
         services: BTreeMap::new(),
         authorization_policies: Vec::new(),
         waypoint: None,
+        host_network: false,
     })
 }
 
