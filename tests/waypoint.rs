@@ -177,6 +177,30 @@ fn l7_features_through_the_waypoint() {
     );
     assert_eq!(count(&split, "by", "v1") + count(&split, "by", "v2"), 1000);
 
+    // Clean exchanges end clean: no client ztunnel logs an error for a connection to the
+    // waypoint (the waypoint resets a finished request with NO_ERROR; that is no error).
+    let (mut to_waypoint, mut with_error) = (0, Vec::new());
+    for node in ["node-1", "node-2"] {
+        let log = ctl.ok(&["logs", "--component", &format!("ztunnel-{node}")]);
+        for line in log.lines().filter(|l| {
+            l.contains("connection complete")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("dst_workload=\"waypoint")
+        }) {
+            to_waypoint += 1;
+            if line.contains(" error=") {
+                with_error.push(line.to_string());
+            }
+        }
+    }
+    assert!(to_waypoint > 0, "no access line for a connection to the waypoint");
+    assert!(
+        with_error.is_empty(),
+        "{} of {to_waypoint} connections to the waypoint logged an error, e.g. {}",
+        with_error.len(),
+        with_error[0]
+    );
+
     // A header match picks v2; a zero weight gets nothing.
     let header = summary(
         &ctl,

@@ -10,6 +10,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::H2Stream;
@@ -175,14 +176,18 @@ where
     loop {
         let n = poll_fn(|cx| buf.poll_read(&mut reader, cx)).await?;
         if n == 0 {
-            send.send_data(Bytes::new(), true)?;
-            return Ok(total);
+            match send.send_data(Bytes::new(), true) {
+                Ok(()) => return Ok(total),
+                Err(_) if peer_finished(send) => return Ok(total),
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut chunk = buf.data().split().freeze();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(n)) => n,
+                _ if peer_finished(send) => return Ok(total),
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(RelayError::StreamClosed),
             };
@@ -195,6 +200,17 @@ where
         observer.entered_tunnel(n);
         total += n as u64;
     }
+}
+
+/// Whether the peer ended the stream with `RST_STREAM(NO_ERROR)`: a server that has sent its
+/// whole response may stop the request this way instead of waiting for its end (RFC 9113
+/// §8.1; h2 does so when a handler drops an unfinished request). Whatever we had left to
+/// send is then not wanted: the exchange ended cleanly, nothing was lost.
+fn peer_finished(send: &mut h2::SendStream<Bytes>) -> bool {
+    matches!(
+        poll_fn(|cx| send.poll_reset(cx)).now_or_never(),
+        Some(Ok(h2::Reason::NO_ERROR))
+    )
 }
 
 async fn tunnel_to_plain<W, O>(
@@ -227,6 +243,60 @@ mod tests {
 
     async fn read(buf: &mut LeanBuffer, r: &mut tokio::io::DuplexStream) -> usize {
         poll_fn(|cx| buf.poll_read(r, cx)).await.unwrap()
+    }
+
+    /// A server that answers, ends its side and drops the request before the client ended
+    /// its own (h2 then sends `RST_STREAM(NO_ERROR)`); the client's app closes only after the
+    /// reset has reached the client. The relay must end cleanly, not with "inactive stream".
+    #[tokio::test]
+    async fn a_server_that_finished_first_ends_the_relay_cleanly() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (reset_seen_tx, reset_seen_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            let mut ping_pong = conn.ping_pong().unwrap();
+            let conn = tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            let mut body = request.into_body();
+            let first = body.data().await.unwrap().unwrap();
+            assert_eq!(&first[..], b"GET");
+            send.send_data(Bytes::from_static(b"200 OK"), true).unwrap();
+            // The request is still open: dropping every handle resets the stream with
+            // NO_ERROR (the server's side is closed, the client's still streaming).
+            drop((body, send, respond));
+            // A ping answered means the client has read every frame sent before it.
+            ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+            reset_seen_tx.send(()).unwrap();
+            conn
+        });
+        let (h2, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let mut h2 = h2.ready().await.unwrap();
+        let request = http::Request::connect("http://10.0.0.2:80")
+            .body(())
+            .unwrap();
+        let (response, send) = h2.send_request(request, false).unwrap();
+        let recv = response.await.unwrap().into_body();
+        let mut stream = H2Stream { send, recv };
+
+        let (mut app, relay_side) = tokio::io::duplex(64 * 1024);
+        let (reader, writer) = tokio::io::split(relay_side);
+        let app_task = tokio::spawn(async move {
+            app.write_all(b"GET").await.unwrap();
+            let mut answer = Vec::new();
+            app.read_to_end(&mut answer).await.unwrap();
+            reset_seen_rx.await.unwrap();
+            drop(app);
+            answer
+        });
+        let totals = relay(reader, writer, &mut stream, &()).await;
+        assert_eq!(app_task.await.unwrap(), b"200 OK");
+        let totals = totals.expect("a clean exchange ends the relay without an error");
+        assert_eq!((totals.to_tunnel, totals.from_tunnel), (3, 6));
+        server.await.unwrap().abort();
     }
 
     #[tokio::test]
