@@ -193,7 +193,10 @@ fn l7_features_through_the_waypoint() {
             }
         }
     }
-    assert!(to_waypoint > 0, "no access line for a connection to the waypoint");
+    assert!(
+        to_waypoint > 0,
+        "no access line for a connection to the waypoint"
+    );
     assert!(
         with_error.is_empty(),
         "{} of {to_waypoint} connections to the waypoint logged an error, e.g. {}",
