@@ -252,6 +252,7 @@ mod tests {
     async fn a_server_that_finished_first_ends_the_relay_cleanly() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let (reset_seen_tx, reset_seen_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let mut conn = h2::server::handshake(server_io).await.unwrap();
             let (request, mut respond) = conn.accept().await.unwrap().unwrap();
@@ -270,7 +271,9 @@ mod tests {
             // A ping answered means the client has read every frame sent before it.
             ping_pong.ping(h2::Ping::opaque()).await.unwrap();
             reset_seen_tx.send(()).unwrap();
-            conn
+            // The connection stays up until the client's relay has ended.
+            let _ = done_rx.await;
+            conn.abort();
         });
         let (h2, conn) = h2::client::handshake(client_io).await.unwrap();
         tokio::spawn(conn);
@@ -296,7 +299,8 @@ mod tests {
         assert_eq!(app_task.await.unwrap(), b"200 OK");
         let totals = totals.expect("a clean exchange ends the relay without an error");
         assert_eq!((totals.to_tunnel, totals.from_tunnel), (3, 6));
-        server.await.unwrap().abort();
+        done_tx.send(()).unwrap();
+        server.await.unwrap();
     }
 
     #[tokio::test]
