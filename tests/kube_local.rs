@@ -215,6 +215,22 @@ fn get_ratings(ctl: &Ctl, path: &str) -> Result<String, String> {
     }
 }
 
+/// `POST path` with a JSON `body` on the supervisor's control socket; the raw answer.
+fn post_control(socket: &Path, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: ambientctl\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// The runtime's pods of the namespace, as `ambientctl status` shows them.
 fn runtime_pods(ctl: &Ctl) -> Vec<Value> {
     ctl.json(&["status", "-o", "json"])["pods"]
@@ -252,6 +268,19 @@ fn kubectl_drives_the_local_mesh_on_a_real_api_server() {
         kubeconfig,
         scratch: scratch.path().to_path_buf(),
     };
+
+    // The runtime's own API no longer changes objects: the API server does. A direct
+    // `/apply` (what `waypoint apply` used before it learnt about kube-backed meshes) is
+    // refused with a pointer to kubectl, and changes nothing.
+    let refusal = post_control(
+        &ctl.home.join("control.sock"),
+        "/apply",
+        r#"{"objects":[],"labels":{"Namespace//shop":{"istio.io/dataplane-mode":"ambient"}}}"#,
+    );
+    assert!(
+        refusal.starts_with("HTTP/1.1 409") && refusal.contains("kubectl"),
+        "{refusal}"
+    );
 
     // The nodes are registered and Ready; the Deployment's pods came from its ReplicaSet,
     // were bound by the scheduler, and are reported Running and ready by the runtime.

@@ -450,30 +450,42 @@ fn tick(next: &mut Instant, every: Duration) {
     }
 }
 
-fn keep_alive(load: Load, dial: &Dial, every: Duration, samples: &Samples, stop: &AtomicBool) {
-    let mut client: Option<HttpClient> = None;
+/// One connection at a time, opened with `open` and used for one `exchange` every `every`;
+/// a failed exchange drops it (counted as dropped) and the next tick dials a new one.
+fn persistent<C>(
+    load: Load,
+    (dial, every): (&Dial, Duration),
+    (samples, stop): (&Samples, &AtomicBool),
+    open: impl Fn(std::net::TcpStream) -> C,
+    mut exchange: impl FnMut(&mut C) -> bool,
+) {
+    let mut connection: Option<C> = None;
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         tick(&mut next, every);
-        let established = client.is_some();
-        let mut c = match client.take() {
+        let established = connection.is_some();
+        let mut c = match connection.take() {
             Some(c) => c,
             None => match dial() {
-                Ok(s) => HttpClient::new(s),
+                Ok(s) => open(s),
                 Err(_) => {
                     record(samples, load, false, false);
                     continue;
                 }
             },
         };
-        match c.get() {
-            Ok(_) => {
-                record(samples, load, true, false);
-                client = Some(c);
-            }
-            Err(_) => record(samples, load, false, established),
+        let ok = exchange(&mut c);
+        record(samples, load, ok, !ok && established);
+        if ok {
+            connection = Some(c);
         }
     }
+}
+
+fn keep_alive(load: Load, dial: &Dial, every: Duration, samples: &Samples, stop: &AtomicBool) {
+    persistent(load, (dial, every), (samples, stop), HttpClient::new, |c| {
+        c.get().is_ok()
+    });
 }
 
 fn new_connections(dial: &Dial, every: Duration, samples: &Samples, stop: &AtomicBool) {
@@ -488,30 +500,17 @@ fn new_connections(dial: &Dial, every: Duration, samples: &Samples, stop: &Atomi
 }
 
 fn streams(dial: &Dial, every: Duration, samples: &Samples, stop: &AtomicBool) {
-    let mut stream = None;
-    let mut next = Instant::now();
     let mut buf = [0u8; 8];
-    while !stop.load(Ordering::Relaxed) {
-        tick(&mut next, every);
-        let established = stream.is_some();
-        let mut s = match stream.take() {
-            Some(s) => s,
-            None => match dial() {
-                Ok(s) => s,
-                Err(_) => {
-                    record(samples, Load::Streams, false, false);
-                    continue;
-                }
-            },
-        };
-        let ok = s
-            .write_all(b"ambient!")
-            .and_then(|()| s.read_exact(&mut buf))
-            .is_ok()
-            && &buf == b"ambient!";
-        record(samples, Load::Streams, ok, !ok && established);
-        if ok {
-            stream = Some(s);
-        }
-    }
+    persistent(
+        Load::Streams,
+        (dial, every),
+        (samples, stop),
+        |s| s,
+        |s| {
+            s.write_all(b"ambient!")
+                .and_then(|()| s.read_exact(&mut buf))
+                .is_ok()
+                && &buf == b"ambient!"
+        },
+    );
 }

@@ -168,13 +168,18 @@ pub fn pass_listener(
 
 /// The listener a parent passed with [`pass_listener`] under `env`, if any; it is marked
 /// close-on-exec again so that no further child inherits it.
-#[allow(unsafe_code)]
 pub fn inherited_listener(env: &str) -> std::io::Result<Option<std::net::TcpListener>> {
+    match std::env::var_os(env) {
+        Some(value) => adopt_listener(env, &value).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Takes the descriptor numbered `value` (from variable `env`) as a listener. Only a
+/// listening socket is adopted: anything else at that number is refused.
+#[allow(unsafe_code)]
+fn adopt_listener(env: &str, value: &std::ffi::OsStr) -> std::io::Result<std::net::TcpListener> {
     use std::os::fd::{AsFd, FromRawFd, RawFd};
-    // Only a listening socket is adopted: anything else at that number is refused.
-    let Some(value) = std::env::var_os(env) else {
-        return Ok(None);
-    };
     let fd: RawFd = value
         .to_str()
         .and_then(|v| v.parse().ok())
@@ -197,5 +202,42 @@ pub fn inherited_listener(env: &str) -> std::io::Result<Option<std::net::TcpList
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(fail)?;
-    Ok(Some(std::net::TcpListener::from(owned)))
+    Ok(std::net::TcpListener::from(owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    fn adopt(fd: impl ToString) -> std::io::Result<std::net::TcpListener> {
+        adopt_listener("TEST_FD", std::ffi::OsStr::new(&fd.to_string()))
+    }
+
+    #[test]
+    fn only_a_listening_socket_is_adopted() {
+        assert!(
+            inherited_listener("AMBIENT_TEST_NO_SUCH_VARIABLE")
+                .unwrap()
+                .is_none()
+        );
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let adopted = adopt(listener.into_raw_fd()).unwrap();
+        assert_eq!(adopted.local_addr().unwrap(), addr);
+
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(adopt(file.into_raw_fd()).is_err(), "a file is no listener");
+
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::TcpStream::connect(bound.local_addr().unwrap()).unwrap();
+        let e = adopt(connected.into_raw_fd()).unwrap_err();
+        assert!(e.to_string().contains("not a listening socket"), "{e}");
+
+        for bad in ["2", "-1", "seven"] {
+            let e = adopt(bad).unwrap_err();
+            assert!(e.to_string().contains("not a descriptor"), "{bad}: {e}");
+        }
+    }
 }

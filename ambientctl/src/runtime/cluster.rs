@@ -111,7 +111,7 @@ pub struct Cluster {
     waypoints: BTreeMap<String, String>,
 }
 
-fn pod_key(pod: &Pod) -> (String, String) {
+pub(super) fn pod_key(pod: &Pod) -> (String, String) {
     (
         pod.metadata
             .namespace

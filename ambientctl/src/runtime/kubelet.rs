@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::cluster::PodReport;
+use super::cluster::{PodReport, pod_key};
 use super::pod::ContainerState;
 use super::waypoints;
 
@@ -258,11 +258,8 @@ impl Kubelet {
             if !self.nodes.iter().any(|n| n.name == node) || is_node_component(&pod) {
                 continue;
             }
-            let key = format!(
-                "{}/{}",
-                pod.metadata.namespace.as_deref().unwrap_or("default"),
-                pod.metadata.name.as_deref().unwrap_or_default()
-            );
+            let (ns, name) = pod_key(&pod);
+            let key = format!("{ns}/{name}");
             if pod.metadata.deletion_timestamp.is_some() {
                 wanted
                     .terminating
@@ -285,12 +282,8 @@ impl Kubelet {
             .state()
             .into_iter()
             .map(|p| {
-                let key = format!(
-                    "{}/{}",
-                    p.metadata.namespace.as_deref().unwrap_or("default"),
-                    p.metadata.name.as_deref().unwrap_or_default()
-                );
-                (key, p)
+                let (ns, name) = pod_key(&p);
+                (format!("{ns}/{name}"), p)
             })
             .collect();
         let current: Reported = pods
