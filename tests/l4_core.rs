@@ -177,10 +177,10 @@ fn pod_to_pod_and_service_across_nodes() {
         // The access log names both identities.
         let log = mesh.log("ztunnel-node-a");
         assert!(
-            log.contains("src_identity=\"spiffe://cluster.local/ns/default/sa/client\""),
+            log.contains("src.identity=\"spiffe://cluster.local/ns/default/sa/client\""),
             "{log}"
         );
-        assert!(log.contains("dst_identity=\"spiffe://cluster.local/ns/default/sa/server-1\""));
+        assert!(log.contains("dst.identity=\"spiffe://cluster.local/ns/default/sa/server-1\""));
         TestResult::Ok(())
     });
 }
@@ -990,4 +990,176 @@ fn released_pod_leaves_the_mesh() {
         .await?;
         TestResult::Ok(())
     });
+}
+
+/// `ip <args>` run inside `netns` (the child inherits the calling thread's namespace).
+fn ip_in(netns: &ztunnel::inpod::netns::Netns, args: &[&str]) -> std::io::Result<String> {
+    let out = netns.run(|| std::process::Command::new("ip").args(args).output())??;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Connects to `dst` from inside `netns` the way Istio's ztunnel reaches an app: a transparent
+/// socket bound to the client's address and marked 0x539 (istio-cni's `InpodMark`), nothing
+/// else. Under capture rules of another scheme its SYN-ACK leaves the pod and this times out.
+async fn ask_as_istio_ztunnel(
+    netns: &ztunnel::inpod::netns::Netns,
+    client: IpAddr,
+    dst: SocketAddr,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, setsockopt, socket,
+        sockopt::{IpTransparent, Mark},
+    };
+    let fd = netns.run(|| {
+        socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+    })??;
+    setsockopt(&fd, Mark, &0x539)?;
+    setsockopt(&fd, IpTransparent, &true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    socket.bind(SocketAddr::new(client, 0))?;
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(dst)).await??;
+    let (r, mut w) = stream.into_split();
+    w.write_all(b"as istio\n").await?;
+    let mut answer = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(r), &mut answer).await?;
+    Ok(answer)
+}
+
+#[test]
+fn istio_in_pod_marks_keep_original_source() {
+    run_test(
+        "istio_in_pod_marks_keep_original_source",
+        |dir| async move {
+            let mesh = cluster(
+                &dir,
+                vec![
+                    PodSpec::new("client", "node-a"),
+                    PodSpec::new("server", "node-b"),
+                ],
+                vec![],
+                &[],
+                |_| {},
+            )
+            .await?;
+            let client = mesh.lab.pod("default", "client");
+            let server = mesh.lab.pod("default", "server");
+            let (client_ip, server_addr) = (
+                IpAddr::V4(client.ip),
+                SocketAddr::new(IpAddr::V4(server.ip), 8080),
+            );
+            serve_hello(&server.netns, 8080, "server".into())?;
+
+            // The routing half of istio-cni's scheme, as the kernel reports it.
+            let rules = ip_in(&server.netns, &["rule", "show"])?;
+            assert!(
+                rules.contains("32764:\tfrom all fwmark 0x111/0xfff lookup 100"),
+                "{rules}"
+            );
+            let table = ip_in(&server.netns, &["route", "show", "table", "100"])?;
+            assert!(table.contains("local default dev lo"), "{table}");
+
+            let in_pod = Sniffer::start(&server.netns)?;
+            let on_node = Sniffer::start(&mesh.lab.node("node-b").netns)?;
+            // Through the mesh: our ztunnel reaches the app as the client.
+            let answer = ask(&client.netns, server_addr, "via ztunnel").await?;
+            assert!(answer.contains(&format!("from {client_ip}:")), "{answer}");
+            // As Istio's ztunnel would, behind this node agent.
+            let answer = ask_as_istio_ztunnel(&server.netns, client_ip, server_addr).await?;
+            assert!(
+                answer.contains(&format!("got \"as istio\" from {client_ip}:")),
+                "{answer}"
+            );
+            let (in_pod, on_node) = (in_pod.finish(), on_node.finish());
+
+            // The app's replies to the client's (non-local) address stayed in the pod: seen on its
+            // loopback (ifindex 1 in every namespace), never on the node's side of its veth.
+            let replies = |c: &ambient_lab::sniff::Capture, lo_only: bool| {
+                c.frames
+                    .iter()
+                    .filter(|f| !lo_only || f.ifindex == 1)
+                    .filter_map(|f| ambient_lab::sniff::decode_tcp(&f.data))
+                    .filter(|s| s.src == server_addr && s.dst.ip() == client_ip)
+                    .count()
+            };
+            assert!(
+                replies(&in_pod, true) >= 2,
+                "a reply on the pod's loopback for each connection"
+            );
+            assert_eq!(replies(&on_node, false), 0, "no reply left the pod");
+
+            // IPv6 where the pod has it: a plaintext connection from the node's side of the pod's
+            // link, captured to ztunnel's IPv6 listener, reaches the app from the client's own
+            // IPv6 address (the `ip -6` fwmark rule keeps the reply in the pod).
+            let node_b = mesh.lab.node("node-b").netns.clone();
+            ip_in(
+                &node_b,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "fd00:244:2::1/64",
+                    "dev",
+                    "cni0",
+                    "nodad",
+                ],
+            )?;
+            ip_in(
+                &server.netns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "fd00:244:2::2/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            let rules6 = ip_in(&server.netns, &["-6", "rule", "show"])?;
+            assert!(
+                rules6.contains("32764:\tfrom all fwmark 0x111/0xfff lookup 100"),
+                "{rules6}"
+            );
+            // Its own port: a dual-stack [::] socket would collide with the IPv4 one on 8080.
+            let v6 = ambient_lab::http::listen_in(&server.netns, "[::]:8081".parse()?)?;
+            tokio::spawn(async move {
+                while let Ok((mut s, peer)) = v6.accept().await {
+                    let _ = s.write_all(format!("from {peer}\n").as_bytes()).await;
+                }
+            });
+            let mut from_node = connect_from(&node_b, "[fd00:244:2::2]:8081".parse()?).await?;
+            let mut answer = String::new();
+            from_node.read_to_string(&mut answer).await?;
+            assert!(answer.starts_with("from [fd00:244:2::1]:"), "{answer}");
+            let opened_v6 = metric(
+                &mesh.metrics("node-b").await?,
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "unknown"),
+                ],
+            );
+            assert!(opened_v6 >= 1.0, "the IPv6 connection went through ztunnel");
+
+            // Releasing the pod takes the routing pieces with the rules.
+            mesh.release("default", "server").await?;
+            let rules = ip_in(&server.netns, &["rule", "show"])?;
+            assert!(!rules.contains("fwmark 0x111"), "{rules}");
+            let rules6 = ip_in(&server.netns, &["-6", "rule", "show"])?;
+            assert!(!rules6.contains("fwmark 0x111"), "{rules6}");
+            TestResult::Ok(())
+        },
+    );
 }

@@ -185,7 +185,7 @@ fn l7_features_through_the_waypoint() {
         for line in log.lines().filter(|l| {
             l.contains("connection complete")
                 && l.contains("direction=\"outbound\"")
-                && l.contains("dst_workload=\"waypoint")
+                && l.contains("dst.workload=\"waypoint")
         }) {
             to_waypoint += 1;
             if line.contains(" error=") {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::ca::auth::Authenticator;
 use crate::ca::tokenreview::TokenReviewAuthenticator;
-use crate::ca::{CaService, CertificateAuthority, NodeTokens};
+use crate::ca::{CaService, CertificateAuthority, DEFAULT_ZTUNNEL_ACCOUNT, NodeTokens};
 use crate::index::IndexConfig;
 use crate::monitoring::{self, Monitoring};
 use crate::push::{self, Debounce, Published};
@@ -147,6 +147,12 @@ pub async fn run_with(
     // The Kubernetes client, in Kubernetes mode.
     let mut kube_client = None;
 
+    let ztunnel_accounts = match &config.source {
+        SourceConfig::Kubernetes {
+            ztunnel_accounts, ..
+        } => ztunnel_accounts.clone(),
+        SourceConfig::Manifests { .. } => vec![DEFAULT_ZTUNNEL_ACCOUNT.to_string()],
+    };
     let auth: Arc<dyn Authenticator> = match &config.source {
         SourceConfig::Manifests {
             dir,
@@ -275,7 +281,8 @@ pub async fn run_with(
             source,
         })?;
     info!(grpc = %config.grpc_addr, monitoring = %config.monitoring_addr, "controller serving");
-    let ca_service = CaService::new(ca, auth.clone(), Arc::new(NodeDirectoryOf(published)));
+    let ca_service = CaService::new(ca, auth.clone(), Arc::new(NodeDirectoryOf(published)))
+        .with_ztunnel_accounts(ztunnel_accounts);
     let ads = AdsService::new(snapshot_rx, auth, registry);
     Server::builder()
         .tls_config(tls)?

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, recvfrom, setsockopt, socket,
@@ -57,8 +58,18 @@ impl Sniffer {
         let thread = std::thread::spawn(move || {
             let mut frames = Vec::new();
             let mut buf = vec![0u8; 65536 + 64];
-            while !flag.load(Ordering::Acquire) {
+            // Once asked to stop, read on until the queue is empty, so every frame queued
+            // before `finish` is kept (bounded, in case the link never goes quiet).
+            let mut stop_by: Option<Instant> = None;
+            loop {
                 use std::os::fd::AsRawFd;
+                if stop_by.is_none() && flag.load(Ordering::Acquire) {
+                    stop_by = Some(Instant::now() + Duration::from_secs(1));
+                }
+                let stopping = stop_by.is_some();
+                if stop_by.is_some_and(|t| Instant::now() > t) {
+                    break;
+                }
                 match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
                     Ok((n, Some(addr))) => {
                         if addr.pkttype() != PACKET_OUTGOING {
@@ -69,6 +80,7 @@ impl Sniffer {
                         }
                     }
                     Ok(_) => {}
+                    Err(nix::errno::Errno::EAGAIN) if stopping => break,
                     Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
                     Err(_) => break,
                 }
@@ -78,7 +90,7 @@ impl Sniffer {
         Ok(Sniffer { stop, thread })
     }
 
-    /// Stops and returns what was captured.
+    /// Stops and returns what was captured: every frame that arrived before this call.
     pub fn finish(self) -> Capture {
         self.stop.store(true, Ordering::Release);
         Capture {
@@ -109,7 +121,8 @@ impl Capture {
     }
 }
 
-fn decode_tcp(frame: &[u8]) -> Option<TcpSegment> {
+/// An Ethernet frame's IPv4 TCP segment, if it carries one.
+pub fn decode_tcp(frame: &[u8]) -> Option<TcpSegment> {
     // Ethernet II, IPv4 only.
     if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
         return None;

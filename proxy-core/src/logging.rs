@@ -1,7 +1,19 @@
 //! Logging as every proxy sets it up: to stderr, text or JSON, filtered by `RUST_LOG`.
+//!
+//! Both layouts are Istio ztunnel's, so log pipelines built for it read ours unchanged:
+//! text is `<time>\t<level>\t<scope>\t<message>\t<key=value ...>`, JSON is one flat object
+//! with `level`, `time`, `scope`, `message` and the event's fields under their own names.
+
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// How log lines (the access log among them) are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -26,13 +38,11 @@ pub fn init_logging(format: LogFormat) {
     let (filter, refused) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let registry = tracing_subscriber::registry().with(filter);
-    if format == LogFormat::Json {
-        registry.with(output.json()).init();
-    } else {
-        registry.with(output).init();
-    }
+        .event_format(IstioLayout(format));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
     if let Some(e) = refused {
         tracing::warn!(error = %e, "RUST_LOG not understood; logging at info");
     }
@@ -49,6 +59,148 @@ fn log_filter(spec: Option<&str>) -> (Targets, Option<String>) {
             Err(e) => (info(), Some(format!("{spec:?}: {e}"))),
         },
     }
+}
+
+/// Istio ztunnel's line layout in `LogFormat`'s two forms.
+#[derive(Clone, Copy, Debug)]
+pub struct IstioLayout(pub LogFormat);
+
+impl<S, N> FormatEvent<S, N> for IstioLayout
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut time = String::with_capacity(32);
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let level = meta.level().as_str().to_ascii_lowercase();
+        match self.0 {
+            LogFormat::Text => {
+                let mut fields = TextFields::default();
+                event.record(&mut fields);
+                write!(
+                    writer,
+                    "{time}\t{level}\t{}\t{}",
+                    meta.target(),
+                    fields.message
+                )?;
+                if !fields.rest.is_empty() {
+                    write!(writer, "\t{}", fields.rest)?;
+                }
+                writeln!(writer)
+            }
+            LogFormat::Json => {
+                let mut object = serde_json::Map::new();
+                object.insert("level".into(), level.into());
+                object.insert("time".into(), time.into());
+                object.insert("scope".into(), meta.target().into());
+                let mut fields = JsonFields(object);
+                event.record(&mut fields);
+                let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
+                writeln!(writer, "{line}")
+            }
+        }
+    }
+}
+
+/// An event's fields as text: the message alone, the rest as `key=value` (strings quoted).
+#[derive(Default)]
+struct TextFields {
+    message: String,
+    rest: String,
+}
+
+impl TextFields {
+    fn push(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if field.name() == "message" {
+            let _ = self.message.write_fmt(value);
+            return;
+        }
+        if !self.rest.is_empty() {
+            self.rest.push(' ');
+        }
+        let _ = write!(self.rest, "{}={value}", field.name());
+    }
+}
+
+impl Visit for TextFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, format_args!("{value:?}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field, format_args!("{value:?}"));
+    }
+}
+
+/// An event's fields as JSON members, numbers and booleans as themselves.
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl JsonFields {
+    fn put(&mut self, field: &Field, value: serde_json::Value) {
+        self.0.insert(field.name().to_string(), value);
+    }
+}
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+}
+
+/// The lines `f` logs, laid out as `format` (for tests of what a component logs).
+pub fn capture(format: LogFormat, f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .event_format(IstioLayout(format))
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]
@@ -78,5 +230,41 @@ mod tests {
         let (filter, refused) = log_filter(Some("ztunnel=loud"));
         assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
         assert!(refused.expect("a reason").contains("ztunnel=loud"));
+    }
+
+    #[test]
+    fn text_is_istios_tab_separated_layout() {
+        let out = super::capture(super::LogFormat::Text, || {
+            tracing::event!(target: "access", tracing::Level::INFO, src.addr = %"10.0.0.1:5",
+                bytes_sent = 7u64, src.workload = Some("client"), "connection complete");
+            tracing::warn!(target: "xds", "no fields");
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        let cols: Vec<&str> = lines[0].split('\t').collect();
+        assert_eq!(cols.len(), 5, "{out}");
+        assert!(cols[0].ends_with('Z') && cols[0].contains('T'), "{out}");
+        assert_eq!(&cols[1..4], ["info", "access", "connection complete"]);
+        assert_eq!(
+            cols[4],
+            r#"src.addr=10.0.0.1:5 bytes_sent=7 src.workload="client""#
+        );
+        let cols: Vec<&str> = lines[1].split('\t').collect();
+        assert_eq!(&cols[1..], ["warn", "xds", "no fields"]);
+    }
+
+    #[test]
+    fn json_is_one_flat_object_with_istios_keys() {
+        let out = super::capture(super::LogFormat::Json, || {
+            tracing::event!(target: "access", tracing::Level::ERROR, src.addr = %"10.0.0.1:5",
+                bytes_sent = 7u64, error = "refused", "connection complete");
+        });
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["scope"], "access");
+        assert_eq!(v["message"], "connection complete");
+        assert_eq!(v["src.addr"], "10.0.0.1:5");
+        assert_eq!(v["bytes_sent"], 7);
+        assert_eq!(v["error"], "refused");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
     }
 }

@@ -18,7 +18,6 @@ use std::time::Instant;
 use ambient_proto::hbone::RelayObserver;
 use ambient_proto::identity::Identity;
 use metrics::{Counter, Label, counter};
-use tracing::info;
 
 use proxy_core::metrics::{LabelSetCache, Peer, address, peer_labels, same};
 use proxy_core::state::{Service, Workload};
@@ -87,9 +86,12 @@ pub struct ConnectionInfo {
     pub src_addr: SocketAddr,
     pub src_workload: Option<Arc<Workload>>,
     pub src_identity: Option<Identity>,
-    /// What the app dialed (a VIP or a pod address).
+    /// The transport address of the connection's far (outbound) or near (inbound) end: the
+    /// HBONE endpoint (`<pod or waypoint>:15008`) for a tunnelled connection, else where the
+    /// bytes went (Istio's `dst.addr`).
     pub dst_addr: SocketAddr,
-    /// The endpoint behind the HBONE tunnel, when there is one.
+    /// The CONNECT authority inside the HBONE tunnel, when there is one (Istio's
+    /// `dst.hbone_addr`).
     pub dst_hbone_addr: Option<SocketAddr>,
     pub dst_workload: Option<Arc<Workload>>,
     pub dst_identity: Option<Identity>,
@@ -272,7 +274,9 @@ impl ConnectionRecord {
 impl Drop for ConnectionRecord {
     fn drop(&mut self) {
         self.counters.closed.increment(1);
-        // Fields are borrowed, not formatted into new strings: one line per connection.
+        // Istio ztunnel's access-log fields and meanings (docs/protocols.md): log pipelines
+        // written for it read ours unchanged. Fields are borrowed, not formatted into new
+        // strings, except the duration, which Istio writes with its unit.
         let i = &self.info;
         fn name(w: &Option<Arc<Workload>>) -> Option<&str> {
             w.as_deref().map(|w| w.name.as_str())
@@ -283,26 +287,47 @@ impl Drop for ConnectionRecord {
         fn id(x: &Option<Identity>) -> Option<&str> {
             x.as_ref().map(Identity::as_uri)
         }
-        info!(
-            target: "access",
-            src_addr = %i.src_addr,
-            src_workload = name(&i.src_workload),
-            src_namespace = ns(&i.src_workload),
-            src_identity = id(&i.src_identity),
-            dst_addr = %i.dst_addr,
-            dst_hbone_addr = i.dst_hbone_addr.map(tracing::field::display),
-            dst_service = i.dst_service.as_ref().map(|s| s.hostname.as_str()),
-            dst_workload = name(&i.dst_workload),
-            dst_namespace = ns(&i.dst_workload),
-            dst_identity = id(&i.dst_identity),
-            direction = match i.reporter { Reporter::Source => "outbound", Reporter::Destination => "inbound" },
-            bytes_sent = self.received_total.load(Ordering::Relaxed),
-            bytes_recv = self.sent_total.load(Ordering::Relaxed),
-            duration_ms = self.start.elapsed().as_millis() as u64,
-            response_flags = i.response_flags,
-            error = self.error.as_deref(),
-            "connection complete"
+        let (request, response) = (
+            self.received_total.load(Ordering::Relaxed),
+            self.sent_total.load(Ordering::Relaxed),
         );
+        // Seen from the side that reports: outbound sends the request, inbound the response.
+        let (direction, bytes_sent, bytes_recv) = match i.reporter {
+            Reporter::Source => ("outbound", request, response),
+            Reporter::Destination => ("inbound", response, request),
+        };
+        let duration = format!("{}ms", self.start.elapsed().as_millis());
+        macro_rules! access_log {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    src.addr = %i.src_addr,
+                    src.workload = name(&i.src_workload),
+                    src.namespace = ns(&i.src_workload),
+                    src.identity = id(&i.src_identity),
+                    dst.addr = %i.dst_addr,
+                    dst.hbone_addr = i.dst_hbone_addr.map(tracing::field::display),
+                    dst.service = i.dst_service.as_ref().map(|s| s.hostname.as_str()),
+                    dst.workload = name(&i.dst_workload),
+                    dst.namespace = ns(&i.dst_workload),
+                    dst.identity = id(&i.dst_identity),
+                    direction,
+                    bytes_sent,
+                    bytes_recv,
+                    duration,
+                    response_flags = i.response_flags,
+                    error = self.error.as_deref(),
+                    "connection complete"
+                )
+            };
+        }
+        // As Istio's: a connection that ended in an error is an error line.
+        if self.error.is_some() {
+            access_log!(tracing::Level::ERROR);
+        } else {
+            access_log!(tracing::Level::INFO);
+        }
     }
 }
 
@@ -324,5 +349,150 @@ impl RelayObserver for RequestFromTunnel<'_> {
     }
     fn left_tunnel(&self, n: usize) {
         self.0.request_bytes(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proxy_core::logging::{LogFormat, capture};
+    use proxy_core::state::local::LocalConfig;
+    use proxy_core::state::{StateStore, Update};
+
+    use super::*;
+
+    /// The keys of Istio ztunnel's "connection complete" line (its `proxy/metrics.rs`), and the
+    /// one we add: the response flags our metrics carry.
+    const ISTIO_KEYS: [&str; 14] = [
+        "src.addr",
+        "src.workload",
+        "src.namespace",
+        "src.identity",
+        "dst.addr",
+        "dst.hbone_addr",
+        "dst.service",
+        "dst.workload",
+        "dst.namespace",
+        "dst.identity",
+        "direction",
+        "bytes_sent",
+        "bytes_recv",
+        "duration",
+    ];
+    const OURS_TOO: [&str; 1] = ["response_flags"];
+
+    const PODS: &str = "workloads:
+  - {name: client, namespace: default, serviceAccount: client, addresses: [10.244.1.2], tunnelProtocol: HBONE}
+  - {name: server, namespace: default, serviceAccount: server, addresses: [10.244.2.2], tunnelProtocol: HBONE}
+services:
+  - {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: [10.96.0.10], ports: [{servicePort: 80, targetPort: 8080}]}
+";
+
+    fn pods() -> (Arc<Workload>, Arc<Workload>, Arc<Service>) {
+        let store = StateStore::new();
+        store.apply(Update {
+            upserts: LocalConfig::parse(PODS).unwrap().to_addresses(),
+            replace_all: true,
+            ..Default::default()
+        });
+        let state = store.load();
+        let get = |ip: &str| state.workload_by_ip(ip.parse().unwrap()).unwrap().clone();
+        let echo = state.service_by_vip("10.96.0.10".parse().unwrap());
+        (get("10.244.1.2"), get("10.244.2.2"), echo.unwrap().clone())
+    }
+
+    /// One GET seen by both ztunnels: 52 request bytes, 1,124 response bytes.
+    fn exchange(reporter: Reporter) -> ConnectionInfo {
+        let (client, server, echo) = pods();
+        ConnectionInfo {
+            reporter,
+            src_addr: "10.244.1.2:40000".parse().unwrap(),
+            src_identity: Some(client.identity.clone()),
+            src_workload: Some(client),
+            dst_addr: "10.244.2.2:15008".parse().unwrap(),
+            dst_hbone_addr: Some("10.244.2.2:8080".parse().unwrap()),
+            dst_identity: Some(server.identity.clone()),
+            dst_workload: Some(server),
+            dst_service: Some(echo),
+            security: Security::MutualTls,
+            response_flags: "-",
+        }
+    }
+
+    fn log_of(info: ConnectionInfo, format: LogFormat) -> String {
+        capture(format, || {
+            let record = ConnectionRecord::open(info);
+            record.request_bytes(52);
+            record.response_bytes(1124);
+        })
+    }
+
+    /// `key=value` pairs of a text line's last column.
+    fn text_fields(line: &str) -> Vec<(String, String)> {
+        let fields = line.trim_end().rsplit('\t').next().unwrap();
+        fields
+            .split(' ')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn access_log_has_istios_fields_and_meanings_in_text_and_json() {
+        for (reporter, direction, sent, recv) in [
+            (Reporter::Source, "outbound", "52", "1124"),
+            (Reporter::Destination, "inbound", "1124", "52"),
+        ] {
+            let text = log_of(exchange(reporter), LogFormat::Text);
+            let cols: Vec<&str> = text.trim_end().split('\t').collect();
+            assert_eq!(&cols[1..4], ["info", "access", "connection complete"]);
+            let fields = text_fields(&text);
+            let keys: BTreeSet<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+            let expected: BTreeSet<&str> = ISTIO_KEYS.into_iter().chain(OURS_TOO).collect();
+            assert_eq!(keys, expected, "{text}");
+            let get = |k: &str| fields.iter().find(|(n, _)| n == k).unwrap().1.as_str();
+            assert_eq!(get("direction"), direction);
+            assert_eq!(
+                (get("bytes_sent"), get("bytes_recv")),
+                (sent, recv),
+                "{text}"
+            );
+            assert_eq!(get("dst.addr"), "10.244.2.2:15008");
+            assert_eq!(get("dst.hbone_addr"), "10.244.2.2:8080");
+            assert_eq!(
+                get("src.identity"),
+                "spiffe://cluster.local/ns/default/sa/client"
+            );
+            assert!(get("duration").ends_with("ms"), "{text}");
+
+            let json = log_of(exchange(reporter), LogFormat::Json);
+            let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+            for key in ISTIO_KEYS {
+                assert!(v.get(key).is_some(), "{key} missing from {json}");
+            }
+            assert_eq!(v["scope"], "access");
+            assert_eq!(v["message"], "connection complete");
+            assert_eq!(v["bytes_sent"].to_string(), sent);
+            assert_eq!(v["bytes_recv"].to_string(), recv);
+            assert_eq!(v["dst.workload"], "server");
+            assert_eq!(v["dst.service"], "echo.default.svc.cluster.local");
+        }
+    }
+
+    #[test]
+    fn a_connection_that_failed_is_an_error_line_with_the_reason() {
+        let text = capture(LogFormat::Text, || {
+            let mut record = ConnectionRecord::open(exchange(Reporter::Source));
+            record.set_error("connect 10.244.2.2:15008: timed out");
+        });
+        let cols: Vec<&str> = text.trim_end().split('\t').collect();
+        assert_eq!(cols[1], "error", "{text}");
+        assert!(
+            text.contains(r#"error="connect 10.244.2.2:15008: timed out""#),
+            "{text}"
+        );
     }
 }

@@ -7,4 +7,4 @@ pub mod tokenreview;
 
 pub use auth::{Authenticator, Caller, NodeTokens};
 pub use authority::{CaError, CertificateAuthority};
-pub use service::CaService;
+pub use service::{CaService, DEFAULT_ZTUNNEL_ACCOUNT};

@@ -14,6 +14,9 @@ use super::auth::{Authenticator, Caller, caller};
 use super::authority::{CaError, CertificateAuthority};
 use crate::nodes::NodeDirectory;
 
+/// The service account ztunnels run as unless configured otherwise (Istio's).
+pub const DEFAULT_ZTUNNEL_ACCOUNT: &str = "istio-system/ztunnel";
+
 /// Metadata key ztunnel uses to ask for a workload's identity on its behalf.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
@@ -22,6 +25,9 @@ pub struct CaService {
     ca: Arc<CertificateAuthority>,
     auth: Arc<dyn Authenticator>,
     nodes: Arc<dyn NodeDirectory>,
+    /// Service accounts (`namespace/name`) ztunnels run as: a node's ztunnel may also obtain
+    /// these identities, its own (Istio's ztunnel asks for it for its own listener).
+    ztunnel_accounts: Vec<String>,
 }
 
 impl CaService {
@@ -30,7 +36,27 @@ impl CaService {
         auth: Arc<dyn Authenticator>,
         nodes: Arc<dyn NodeDirectory>,
     ) -> Self {
-        CaService { ca, auth, nodes }
+        CaService {
+            ca,
+            auth,
+            nodes,
+            ztunnel_accounts: vec![DEFAULT_ZTUNNEL_ACCOUNT.to_string()],
+        }
+    }
+
+    /// The service accounts ztunnels run as (default `istio-system/ztunnel`).
+    pub fn with_ztunnel_accounts(mut self, accounts: Vec<String>) -> Self {
+        self.ztunnel_accounts = accounts;
+        self
+    }
+
+    /// Whether `id` is the identity of a ztunnel service account.
+    fn is_ztunnel_identity(&self, id: &Identity) -> bool {
+        self.ztunnel_accounts.iter().any(|account| {
+            account.split_once('/').is_some_and(|(namespace, name)| {
+                Identity::new(self.ca.trust_domain(), namespace, name).is_ok_and(|own| own == *id)
+            })
+        })
     }
 
     /// Decides the identity to sign for, or why not.
@@ -65,7 +91,7 @@ impl CaService {
                         self.ca.trust_domain()
                     )));
                 }
-                if !self.nodes.runs_on(node, &id) {
+                if !self.nodes.runs_on(node, &id) && !self.is_ztunnel_identity(&id) {
                     return Err(Status::permission_denied(format!(
                         "node {node} runs no pod with identity {id}; a ztunnel may only obtain identities of pods on its own node"
                     )));
@@ -231,6 +257,42 @@ mod tests {
                 .unwrap_err()
                 .code(),
             tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn a_nodes_ztunnel_obtains_its_own_service_accounts_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let node = Caller::Node("node-a".into());
+        let own = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+        let service = CaService::new(Arc::new(ca), Arc::new(Refuse), Arc::new(NoNodes));
+        assert_eq!(
+            service
+                .authorize(&node, &request(Some(own)))
+                .unwrap()
+                .to_string(),
+            own,
+            "the default ztunnel account, with no such pod on the node"
+        );
+        // Only ztunnel accounts: not another pod's identity, not another trust domain's.
+        for other in [
+            "spiffe://cluster.local/ns/istio-system/sa/istiod",
+            "spiffe://example.org/ns/istio-system/sa/ztunnel",
+        ] {
+            let err = service.authorize(&node, &request(Some(other))).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{other}");
+        }
+        // Configured accounts replace the default.
+        let service = service.with_ztunnel_accounts(vec!["mesh/ztunnel".into()]);
+        assert!(service.authorize(&node, &request(Some(own))).is_err());
+        assert!(
+            service
+                .authorize(
+                    &node,
+                    &request(Some("spiffe://cluster.local/ns/mesh/sa/ztunnel"))
+                )
+                .is_ok()
         );
     }
 }

@@ -1,50 +1,65 @@
 //! The capture rules installed in each enrolled pod's network namespace (the job istio-cni
 //! does with iptables, here as one nf_tables table and one routing rule, written over
-//! netlink):
+//! netlink). Marks, connmark, routing table and rule priority are istio-cni's in-pod scheme,
+//! so Istio's ztunnel works behind this node agent and ours behind istio-cni:
 //!
 //! ```text
 //! table inet ambient {
+//!   chain prerouting_mark {   # type filter hook prerouting priority -150  (mangle)
+//!     meta mark & 0xfff == 0x539 ct mark set ct mark & ~0xfff ^ 0x111
+//!   }
+//!   chain route_output {      # type route hook output priority -150       (mangle)
+//!     ct mark & 0xfff == 0x111 meta mark set ct mark
+//!   }
 //!   chain output {            # type nat hook output priority -100
-//!     meta mark 0x539 accept          # the tunnel's own sockets
-//!     udp dport 53 redirect to :15053 # DNS, to any nameserver (loopback ones too)
+//!     meta mark & 0xfff == 0x539 accept   # the tunnel's own sockets
+//!     meta l4proto tcp meta mark & 0xfff == 0x111 accept
+//!     udp dport 53 redirect to :15053     # DNS, to any nameserver (loopback ones too)
 //!     tcp dport 53 redirect to :15053
-//!     oifname "lo" accept             # loopback, including the pod's own address
+//!     oifname "lo" accept                 # loopback, including the pod's own address
 //!     meta l4proto tcp redirect to :15001
 //!   }
 //!   chain prerouting {        # type nat hook prerouting priority -100
 //!     iifname "lo" accept
-//!     meta mark 0x539 accept
-//!     tcp dport 15008 accept          # HBONE goes straight to ztunnel's listener
+//!     meta mark & 0xfff == 0x539 accept
+//!     tcp dport 15008 accept              # HBONE goes straight to ztunnel's listener
 //!     meta l4proto tcp redirect to :15006
 //!   }
-//!   chain route_output {      # type route hook output priority -150
-//!     meta mark 0x111 ct mark set 0x111   # ztunnel → app, from the client's own address
-//!     ct mark 0x111 meta mark set 0x111   # the app's replies on those connections
-//!   }
 //! }
-//! ip rule fwmark 0x111/0xfff lookup 133;  ip route add local 0.0.0.0/0 dev lo table 133
+//! ip rule add fwmark 0x111/0xfff pref 32764 lookup 100        # and `ip -6` alike
+//! ip route add local 0.0.0.0/0 dev lo table 100             # and `local ::/0`
 //! ```
 //!
-//! The last two pieces keep the client's address visible to the app: ztunnel connects to the
-//! app from a transparent socket bound to the client's address, and the app's replies to
-//! that (non-local) address are routed back into the pod to ztunnel instead of out of it.
+//! The marking and routing keep the client's address visible to the app: ztunnel connects to
+//! the app from a transparent socket bound to the client's address and marked 0x539 like all
+//! its sockets; the SYN comes back in over `lo`, where PREROUTING stamps the connection 0x111.
+//! The app's replies to that (non-local) address get the mark back in OUTPUT, and the
+//! fwmark rule routes them into the pod's own `lo`, to ztunnel, instead of out of the pod.
+//! istio-cni intercepts inbound traffic with TPROXY where this uses `redirect`; ztunnel's
+//! in-pod listeners accept both (see `proxy::socket`).
 
 use crate::inpod::netns::Netns;
-use crate::proxy::socket::{TRANSPARENT_MARK, TUNNEL_MARK};
+use crate::proxy::socket::TUNNEL_MARK;
 use crate::proxy::{DNS_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 
 use super::nftables::{
     Batch, ChainType, CtKey, Expr, Hook, MetaKey, NFPROTO_INET, NfSocket, NftError, PayloadBase,
-    REG_1, Verdict, ifname,
+    REG_1, REG_2, Verdict, ifname,
 };
 use super::rtnl::{Rtnl, RtnlError};
+use netlink_packet_route::AddressFamily;
 
 /// The table every rule lives in; deleting it releases the pod.
 pub const TABLE: &str = "ambient";
-/// Routing table that delivers marked replies locally.
-pub const ROUTE_TABLE: u8 = 133;
-/// Priority of the fwmark rule: after `local` (0), before `main` (32766).
-pub const RULE_PRIORITY: u32 = 32000;
+/// The connection mark (and restored packet mark) of ztunnel's connections to an app; the
+/// fwmark rule routes packets carrying it to the pod's own `lo` (istio-cni's
+/// `InpodTProxyMark`).
+pub const REPLY_MARK: u32 = 0x111;
+/// Routing table that delivers marked replies locally (istio-cni's `RouteTableInbound`).
+pub const ROUTE_TABLE: u8 = 100;
+/// Priority of the fwmark rule: after `local` (0), before `main` (32766); istio-cni's.
+pub const RULE_PRIORITY: u32 = 32764;
+/// The bits of the packet and connection marks the scheme owns; the rest belong to others.
 const MARK_MASK: u32 = 0xfff;
 /// Netfilter's priorities for destination NAT and for mangling.
 const NAT_DST_PRIORITY: i32 = -100;
@@ -71,15 +86,21 @@ fn socket_in(netns: &Netns) -> Result<NfSocket, CaptureError> {
         .map_err(Into::into)
 }
 
-fn accept_if(load: Expr, value: Vec<u8>) -> Vec<Expr> {
+/// "if `load` equals `value`".
+fn is(load: Expr, value: Vec<u8>) -> Vec<Expr> {
     vec![
         load,
         Expr::CmpEq {
             sreg: REG_1,
             data: value,
         },
-        Expr::Verdict(Verdict::Accept),
     ]
+}
+
+fn accept_if(load: Expr, value: Vec<u8>) -> Vec<Expr> {
+    let mut exprs = is(load, value);
+    exprs.push(accept());
+    exprs
 }
 
 fn meta(key: MetaKey) -> Expr {
@@ -135,63 +156,114 @@ fn dport_redirect(protocol: u8, port: u16, to: u16) -> Vec<Expr> {
     exprs
 }
 
-/// "if `load` equals the transparent mark, store the mark with `store`".
-fn copy_mark(load: Expr, store: Expr) -> Vec<Expr> {
-    let mark = TRANSPARENT_MARK.to_ne_bytes().to_vec();
+/// "if `load` & [`MARK_MASK`] equals `value`", leaving `load`'s full value in `REG_1`.
+fn masked_is(load: Expr, value: u32) -> Vec<Expr> {
     vec![
         load,
-        Expr::CmpEq {
+        Expr::Bitwise {
             sreg: REG_1,
-            data: mark.clone(),
+            dreg: REG_2,
+            mask: MARK_MASK.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
         },
-        Expr::Immediate {
-            dreg: REG_1,
-            data: mark,
+        Expr::CmpEq {
+            sreg: REG_2,
+            data: value.to_ne_bytes().to_vec(),
         },
-        store,
     ]
+}
+
+fn meta_mark() -> Expr {
+    meta(MetaKey::Mark)
+}
+
+fn ct_mark() -> Expr {
+    Expr::CtGet {
+        key: CtKey::Mark,
+        dreg: REG_1,
+    }
+}
+
+fn accept() -> Expr {
+    Expr::Verdict(Verdict::Accept)
 }
 
 /// Installs (or reinstalls, atomically replacing what was there) the capture rules.
 pub fn install(netns: &Netns) -> Result<(), CaptureError> {
     let socket = socket_in(netns)?;
-    let mark = TUNNEL_MARK.to_ne_bytes().to_vec();
     let (family, t) = (NFPROTO_INET, TABLE);
     let mut b = Batch::new();
     // Create-then-delete makes the delete safe when the table is absent.
     b.add_table(family, t);
     b.delete_table(family, t);
     b.add_table(family, t);
-    b.add_base_chain(
-        family,
-        t,
-        "output",
-        ChainType::Nat,
-        Hook::LocalOut,
-        NAT_DST_PRIORITY,
-    );
-    b.add_base_chain(
-        family,
-        t,
-        "prerouting",
-        ChainType::Nat,
-        Hook::PreRouting,
-        NAT_DST_PRIORITY,
-    );
-    b.add_base_chain(
-        family,
-        t,
-        "route_output",
-        ChainType::Route,
-        Hook::LocalOut,
-        MANGLE_PRIORITY,
-    );
+    let chains = [
+        (
+            "prerouting_mark",
+            ChainType::Filter,
+            Hook::PreRouting,
+            MANGLE_PRIORITY,
+        ),
+        (
+            "route_output",
+            ChainType::Route,
+            Hook::LocalOut,
+            MANGLE_PRIORITY,
+        ),
+        ("output", ChainType::Nat, Hook::LocalOut, NAT_DST_PRIORITY),
+        (
+            "prerouting",
+            ChainType::Nat,
+            Hook::PreRouting,
+            NAT_DST_PRIORITY,
+        ),
+    ];
+    for (name, kind, hook, priority) in chains {
+        b.add_base_chain(family, t, name, kind, hook, priority);
+    }
+
+    // ztunnel's connections that loop back into the pod (to the app) are stamped 0x111;
+    // `ct mark set (ct mark & ~mask) ^ 0x111` keeps the bits outside the mask, like CONNMARK.
+    let mut stamp = masked_is(meta_mark(), TUNNEL_MARK);
+    stamp.extend([
+        ct_mark(),
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: (!MARK_MASK).to_ne_bytes().to_vec(),
+            xor: REPLY_MARK.to_ne_bytes().to_vec(),
+        },
+        Expr::CtSet {
+            key: CtKey::Mark,
+            sreg: REG_1,
+        },
+    ]);
+    b.add_rule(family, t, "prerouting_mark", &stamp);
+    // Every packet of such a connection leaving a socket here (the app's replies above all)
+    // gets the connection's mark back, which re-routes it by the fwmark rule.
+    let mut restore = masked_is(ct_mark(), REPLY_MARK);
+    restore.push(Expr::MetaSet {
+        key: MetaKey::Mark,
+        sreg: REG_1,
+    });
+    b.add_rule(family, t, "route_output", &restore);
 
     b.add_rule(
         family,
         t,
         "output",
-        &accept_if(meta(MetaKey::Mark), mark.clone()),
+        &[masked_is(meta_mark(), TUNNEL_MARK), vec![accept()]].concat(),
+    );
+    b.add_rule(
+        family,
+        t,
+        "output",
+        &[
+            is(meta(MetaKey::L4Proto), vec![IPPROTO_TCP]),
+            masked_is(meta_mark(), REPLY_MARK),
+            vec![accept()],
+        ]
+        .concat(),
     );
     // Before the loopback exemption, so that a stub resolver on 127.0.0.53 is captured too.
     for protocol in [IPPROTO_UDP, IPPROTO_TCP] {
@@ -220,17 +292,13 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
         family,
         t,
         "prerouting",
-        &accept_if(meta(MetaKey::Mark), mark),
+        &[masked_is(meta_mark(), TUNNEL_MARK), vec![accept()]].concat(),
     );
     b.add_rule(
         family,
         t,
         "prerouting",
-        &[
-            dport_is(IPPROTO_TCP, HBONE_PORT),
-            vec![Expr::Verdict(Verdict::Accept)],
-        ]
-        .concat(),
+        &[dport_is(IPPROTO_TCP, HBONE_PORT), vec![accept()]].concat(),
     );
     b.add_rule(
         family,
@@ -238,45 +306,28 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
         "prerouting",
         &tcp_redirect(INBOUND_PLAINTEXT_PORT),
     );
-
-    b.add_rule(
-        family,
-        t,
-        "route_output",
-        &copy_mark(
-            meta(MetaKey::Mark),
-            Expr::CtSet {
-                key: CtKey::Mark,
-                sreg: REG_1,
-            },
-        ),
-    );
-    b.add_rule(
-        family,
-        t,
-        "route_output",
-        &copy_mark(
-            Expr::CtGet {
-                key: CtKey::Mark,
-                dreg: REG_1,
-            },
-            Expr::MetaSet {
-                key: MetaKey::Mark,
-                sreg: REG_1,
-            },
-        ),
-    );
     b.commit(&socket)?;
 
     let mut rtnl = Rtnl::open_in(netns).map_err(route_error)?;
-    rtnl.ensure_local_default_route(ROUTE_TABLE)?;
+    install_routing(&mut rtnl, AddressFamily::Inet)?;
+    // IPv6 where the pod has it (istio-cni does the same when IPv6 is on); a namespace
+    // without IPv6 refuses the route, and then nothing there speaks IPv6 to reply to.
+    if let Err(e) = install_routing(&mut rtnl, AddressFamily::Inet6) {
+        tracing::debug!(error = %e, "no IPv6 routing for original-source replies");
+    }
+    Ok(())
+}
+
+/// The reply route and the fwmark rule of one address family.
+fn install_routing(rtnl: &mut Rtnl, family: AddressFamily) -> Result<(), RtnlError> {
+    rtnl.ensure_local_default_route(family, ROUTE_TABLE)?;
     rtnl.ensure_fwmark_rule(
-        TRANSPARENT_MARK,
+        family,
+        REPLY_MARK,
         MARK_MASK,
         u32::from(ROUTE_TABLE),
         RULE_PRIORITY,
-    )?;
-    Ok(())
+    )
 }
 
 fn route_error(e: RtnlError) -> CaptureError {
@@ -291,14 +342,22 @@ pub fn remove(netns: &Netns) -> Result<(), CaptureError> {
     b.delete_table(NFPROTO_INET, TABLE);
     b.commit(&socket)?;
     let mut rtnl = Rtnl::open_in(netns)?;
+    remove_routing(&mut rtnl, AddressFamily::Inet)?;
+    if let Err(e) = remove_routing(&mut rtnl, AddressFamily::Inet6) {
+        tracing::debug!(error = %e, "no IPv6 routing to remove");
+    }
+    Ok(())
+}
+
+fn remove_routing(rtnl: &mut Rtnl, family: AddressFamily) -> Result<(), RtnlError> {
     rtnl.remove_fwmark_rule(
-        TRANSPARENT_MARK,
+        family,
+        REPLY_MARK,
         MARK_MASK,
         u32::from(ROUTE_TABLE),
         RULE_PRIORITY,
     )?;
-    rtnl.remove_local_default_route(ROUTE_TABLE)?;
-    Ok(())
+    rtnl.remove_local_default_route(family, ROUTE_TABLE)
 }
 
 /// Whether the capture rules are present.

@@ -56,6 +56,8 @@ pub enum Hook {
 
 /// The first general-purpose 128-bit register.
 pub const REG_1: u32 = 1;
+/// The second, for a value kept while a masked copy of it is compared.
+pub const REG_2: u32 = 2;
 const REG_VERDICT: u32 = 0;
 
 /// `meta` keys used here.
@@ -105,6 +107,13 @@ pub enum Expr {
     CtGet { key: CtKey, dreg: u32 },
     /// Set connection-tracking state from `sreg`.
     CtSet { key: CtKey, sreg: u32 },
+    /// `dreg = (sreg & mask) ^ xor`, on `mask.len()` bytes (`mask` and `xor` alike long).
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
 }
 
 /// `ct` keys used here.
@@ -116,6 +125,8 @@ pub enum CtKey {
 /// Base chain types.
 #[derive(Clone, Copy, Debug)]
 pub enum ChainType {
+    /// Plain matching and marking (iptables' mangle on PREROUTING).
+    Filter,
     /// Address translation (redirect).
     Nat,
     /// Like filter, but a changed mark re-routes the packet.
@@ -125,6 +136,7 @@ pub enum ChainType {
 impl ChainType {
     fn as_str(self) -> &'static str {
         match self {
+            ChainType::Filter => "filter",
             ChainType::Nat => "nat",
             ChainType::Route => "route",
         }
@@ -198,6 +210,7 @@ impl Expr {
             Expr::CmpEq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Redirect { .. } => "redir",
+            Expr::Bitwise { .. } => "bitwise",
         }
     }
 
@@ -251,6 +264,18 @@ impl Expr {
             Expr::CtSet { key, sreg } => {
                 a.be32(2, *key as u32); // NFTA_CT_KEY
                 a.be32(4, *sreg); // NFTA_CT_SREG
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => {
+                a.be32(1, *sreg); // NFTA_BITWISE_SREG
+                a.be32(2, *dreg); // NFTA_BITWISE_DREG
+                a.be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
+                a.nested(4, |d| d.raw(NFTA_DATA_VALUE, mask)); // NFTA_BITWISE_MASK
+                a.nested(5, |d| d.raw(NFTA_DATA_VALUE, xor)); // NFTA_BITWISE_XOR
             }
         }
     }

@@ -299,16 +299,17 @@ impl Rtnl {
         )
     }
 
-    /// `ip rule add fwmark <mark>/<mask> lookup <table> priority <priority>` (IPv4); an
+    /// `ip [-6] rule add fwmark <mark>/<mask> lookup <table> priority <priority>`; an
     /// identical rule already present is fine.
     pub fn ensure_fwmark_rule(
         &mut self,
+        family: AddressFamily,
         mark: u32,
         mask: u32,
         table: u32,
         priority: u32,
     ) -> Result<(), RtnlError> {
-        let msg = fwmark_rule(mark, mask, table, priority);
+        let msg = fwmark_rule(family, mark, mask, table, priority);
         tolerate(
             self.change(
                 "add fwmark rule",
@@ -322,22 +323,27 @@ impl Rtnl {
     /// Removes that rule; an absent rule is fine.
     pub fn remove_fwmark_rule(
         &mut self,
+        family: AddressFamily,
         mark: u32,
         mask: u32,
         table: u32,
         priority: u32,
     ) -> Result<(), RtnlError> {
-        let msg = fwmark_rule(mark, mask, table, priority);
+        let msg = fwmark_rule(family, mark, mask, table, priority);
         tolerate(
             self.change("delete fwmark rule", RouteNetlinkMessage::DelRule(msg), 0),
             libc::ENOENT,
         )
     }
 
-    /// `ip route add local 0.0.0.0/0 dev lo table <table>`: everything looked up in that
-    /// table is delivered locally. Already present is fine.
-    pub fn ensure_local_default_route(&mut self, table: u8) -> Result<(), RtnlError> {
-        let msg = self.local_default_route(table)?;
+    /// `ip route add local 0.0.0.0/0 dev lo table <table>` (or `::/0`): everything looked up
+    /// in that table is delivered locally. Already present is fine.
+    pub fn ensure_local_default_route(
+        &mut self,
+        family: AddressFamily,
+        table: u8,
+    ) -> Result<(), RtnlError> {
+        let msg = self.local_default_route(family, table)?;
         tolerate(
             self.change(
                 "add local route",
@@ -349,18 +355,26 @@ impl Rtnl {
     }
 
     /// Removes that route; absent is fine.
-    pub fn remove_local_default_route(&mut self, table: u8) -> Result<(), RtnlError> {
-        let msg = self.local_default_route(table)?;
+    pub fn remove_local_default_route(
+        &mut self,
+        family: AddressFamily,
+        table: u8,
+    ) -> Result<(), RtnlError> {
+        let msg = self.local_default_route(family, table)?;
         tolerate(
             self.change("delete local route", RouteNetlinkMessage::DelRoute(msg), 0),
             libc::ESRCH,
         )
     }
 
-    fn local_default_route(&mut self, table: u8) -> Result<RouteMessage, RtnlError> {
+    fn local_default_route(
+        &mut self,
+        family: AddressFamily,
+        table: u8,
+    ) -> Result<RouteMessage, RtnlError> {
         let lo = self.index("lo")?;
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = family;
         msg.header.table = table;
         msg.header.protocol = RouteProtocol::Static;
         msg.header.scope = RouteScope::Host;
@@ -370,9 +384,15 @@ impl Rtnl {
     }
 }
 
-fn fwmark_rule(mark: u32, mask: u32, table: u32, priority: u32) -> RuleMessage {
+fn fwmark_rule(
+    family: AddressFamily,
+    mark: u32,
+    mask: u32,
+    table: u32,
+    priority: u32,
+) -> RuleMessage {
     let mut msg = RuleMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = family;
     msg.header.action = RuleAction::ToTable;
     msg.attributes.push(RuleAttribute::FwMark(mark));
     msg.attributes.push(RuleAttribute::FwMask(mask));

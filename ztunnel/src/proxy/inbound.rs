@@ -11,7 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::connection_manager::{Admission, Registration};
 use super::{
-    Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay, socket,
+    HBONE_PORT, Opened, PodContext, RESERVED_PORTS, UNKNOWN_POD, accept_loop, open_then_relay,
+    socket,
 };
 use crate::metrics::{self, ConnectionInfo, ConnectionRecord, Reporter, Security};
 use proxy_core::rbac::Connection;
@@ -117,7 +118,7 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
             src_addr: peer_addr,
             src_workload: None,
             src_identity: Some(peer_id),
-            dst_addr: dst,
+            dst_addr: SocketAddr::new(dst.ip(), HBONE_PORT),
             dst_hbone_addr: Some(dst),
             dst_workload: None,
             dst_identity: Some(ctx.identity.clone()),
@@ -143,7 +144,7 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
         src_addr: peer_addr,
         src_workload: src_workload.clone(),
         src_identity: Some(peer_id.clone()),
-        dst_addr: dst,
+        dst_addr: SocketAddr::new(dst.ip(), HBONE_PORT),
         dst_hbone_addr: Some(dst),
         dst_workload: Some(me.clone()),
         dst_identity: Some(ctx.identity.clone()),
@@ -193,10 +194,6 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
         inbound.reject(ConnectStatus::Denied);
         return None;
     }
-    let src_addr = SocketAddr::new(
-        inbound.forwarded_for().unwrap_or(peer_addr.ip()),
-        peer_addr.port(),
-    );
     let stream = match inbound.accept() {
         Ok(s) => s,
         Err(e) => {
@@ -204,9 +201,7 @@ async fn admit(ctx: Arc<PodContext>, inbound: InboundConnect) -> Option<Admitted
             return None;
         }
     };
-    let mut connection_info = info("-");
-    connection_info.src_addr = src_addr;
-    let record = ConnectionRecord::open(connection_info);
+    let record = ConnectionRecord::open(info("-"));
     Some(Admitted {
         upstream,
         stream,

@@ -15,7 +15,7 @@ pub mod outbound;
 pub mod relay;
 pub mod socket;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,18 +129,19 @@ impl PodContext {
 
     /// Binds the listeners in the pod's namespace and starts serving.
     pub fn start(self: &Arc<Self>) -> Result<(), StartError> {
-        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let bind = |port| {
-            socket::listen_in(&self.netns, any(port))
-                .map_err(|source| StartError::Bind { port, source })
-        };
-        let outbound = bind(OUTBOUND_PORT)?;
-        let plaintext = bind(INBOUND_PLAINTEXT_PORT)?;
-        let hbone = bind(HBONE_PORT)?;
+        let outbound = self.bind_both(OUTBOUND_PORT)?;
+        let plaintext = self.bind_both(INBOUND_PLAINTEXT_PORT)?;
+        let hbone = self.bind_both(HBONE_PORT)?;
         let dns = self.bind_dns()?;
-        tokio::spawn(outbound::serve(self.clone(), outbound));
-        tokio::spawn(inbound_passthrough::serve(self.clone(), plaintext));
-        tokio::spawn(inbound::serve(self.clone(), hbone));
+        for listener in outbound {
+            tokio::spawn(outbound::serve(self.clone(), listener));
+        }
+        for listener in plaintext {
+            tokio::spawn(inbound_passthrough::serve(self.clone(), listener));
+        }
+        for listener in hbone {
+            tokio::spawn(inbound::serve(self.clone(), listener));
+        }
         let resolver = Arc::new(dns::server::Resolver::new(
             self.shared.state.clone(),
             self.namespace.clone(),
@@ -156,6 +157,20 @@ impl PodContext {
             tokio::spawn(dns::server::serve_tcp(tcp, resolver.clone(), cancel));
         }
         Ok(())
+    }
+
+    /// Listeners on `port` for IPv4 and, when the pod has IPv6, IPv6 (an IPv6-only socket:
+    /// IPv4 peers keep plain IPv4 addresses rather than mapped ones).
+    fn bind_both(&self, port: u16) -> Result<Vec<TcpListener>, StartError> {
+        let v4 = socket::listen_in(&self.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|source| StartError::Bind { port, source })?;
+        let mut listeners = vec![v4];
+        match socket::listen_in(&self.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+            Ok(v6) => listeners.push(v6),
+            // IPv6 is off in this pod: no IPv6 peer can reach it either.
+            Err(e) => tracing::debug!(pod = %self.name, port, error = %e, "no IPv6 listener"),
+        }
+        Ok(listeners)
     }
 
     /// The DNS sockets, UDP and TCP, on IPv4 loopback and (when the pod has it) IPv6's.

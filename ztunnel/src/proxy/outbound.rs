@@ -124,8 +124,14 @@ fn info(
         src_addr: peer,
         src_workload: me,
         src_identity: Some(ctx.identity.clone()),
-        dst_addr: dst,
-        dst_hbone_addr: up.filter(|_| hbone).map(|u| u.waypoint.unwrap_or(u.addr)),
+        // Where the bytes go: the HBONE endpoint, the chosen plain endpoint, or (unresolved)
+        // the original destination; the tunnel's inner address apart.
+        dst_addr: match up {
+            Some(u) if hbone => hbone_endpoint(u),
+            Some(u) => u.addr,
+            None => dst,
+        },
+        dst_hbone_addr: up.filter(|_| hbone).map(|u| u.addr),
         dst_workload: up.map(|u| u.workload.clone()),
         dst_identity: up.filter(|_| hbone).map(|u| u.workload.identity.clone()),
         dst_service: up.and_then(|u| u.service.clone()),
@@ -136,6 +142,13 @@ fn info(
         },
         response_flags: flags,
     }
+}
+
+/// Where the HBONE connection for `up` goes: its waypoint, or its ztunnel's port on the
+/// endpoint's address.
+fn hbone_endpoint(up: &Upstream) -> SocketAddr {
+    up.waypoint
+        .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT))
 }
 
 /// Plain TCP from the pod's namespace to `target` (a non-mesh workload or outside the mesh).
@@ -184,9 +197,7 @@ async fn hbone(
     me: Option<Arc<Workload>>,
     up: Upstream,
 ) -> Option<Ready> {
-    let hbone_addr = up
-        .waypoint
-        .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT));
+    let hbone_addr = hbone_endpoint(&up);
     // The pool key and the CONNECT request (identities, baggage, traceparent: a few hundred
     // bytes of strings) are only needed to open the stream: scoped so they are freed before
     // the relay, which may hold the connection open for hours.

@@ -8,12 +8,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 use crate::inpod::netns::Netns;
 
-/// The packet mark on every socket ztunnel opens; capture rules let marked traffic pass.
+/// The packet mark on every socket ztunnel opens (istio-cni's `InpodMark`); capture rules let
+/// marked traffic pass, and stamp marked connections into the pod so the app's replies come
+/// back (`agent::capture`).
 pub const TUNNEL_MARK: u32 = 0x539;
-
-/// The mark of ztunnel's connections to an app that carry the client's own address; capture
-/// rules route the app's replies on them back to ztunnel.
-pub const TRANSPARENT_MARK: u32 = 0x111;
 
 /// Backlog for in-pod listeners.
 const BACKLOG: i32 = 1024;
@@ -38,9 +36,11 @@ fn new_socket_of(
     Ok(socket)
 }
 
-/// A listener bound to `addr` inside `netns`.
+/// A listener bound to `addr` inside `netns`. It is transparent, so that istio-cni's TPROXY
+/// rules (which deliver only to transparent sockets) reach it as well as our `redirect`.
 pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = new_socket(netns, &addr)?;
+    set_transparent(&socket, &addr)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -75,16 +75,19 @@ pub async fn connect_as(netns: &Netns, src: IpAddr, dst: SocketAddr) -> std::io:
         return connect_in(netns, dst).await;
     }
     let socket = new_socket(netns, &dst)?;
-    socket.set_mark(TRANSPARENT_MARK)?;
-    if src.is_ipv4() {
-        socket.set_ip_transparent_v4(true)?;
-    } else {
-        socket.set_ip_transparent_v6(true)?;
-    }
+    set_transparent(&socket, &dst)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&SocketAddr::new(src, 0).into())?;
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.connect(dst).await
+}
+
+fn set_transparent(socket: &Socket, addr: &SocketAddr) -> std::io::Result<()> {
+    if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    }
 }
 
 /// Where a redirected connection was going before capture sent it to us.
