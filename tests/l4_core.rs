@@ -38,7 +38,14 @@ fn pod_to_pod_and_service_across_nodes() {
                 PodSpec::new("server-1", "node-b").echo(),
                 PodSpec::new("server-2", "node-a").echo(),
             ],
-            vec![echo_service()],
+            vec![
+                echo_service(),
+                // node-a's place, for the locality labels; node-b has none.
+                (
+                    "node-a.yaml",
+                    "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels:\n    topology.kubernetes.io/region: lab\n    topology.kubernetes.io/zone: lab-a\n".into(),
+                ),
+            ],
             &["outside"],
             |_| {},
         )
@@ -133,7 +140,11 @@ fn pod_to_pod_and_service_across_nodes() {
                         "source_principal",
                         "spiffe://cluster.local/ns/default/sa/client"
                     ),
-                    ("destination_workload", "server-1")
+                    ("destination_workload", "server-1"),
+                    ("source_cluster", "Kubernetes"),
+                    ("source_region", "lab"),
+                    ("source_zone", "lab-a"),
+                    ("destination_zone", "unknown"),
                 ]
             ),
             1.0 + s1_via_vip
@@ -173,6 +184,15 @@ fn pod_to_pod_and_service_across_nodes() {
                 "istio_tcp_sent_bytes_total",
                 &[("destination_workload", "server-1")]
             ) > 3.0
+        );
+        // Istio's xDS client metrics: WDS messages and their resource bytes, by type URL.
+        let wds = [("url", ambient_proto::ADDRESS_TYPE_URL)];
+        assert!(metric(&a, "istio_xds_message_total", &wds) >= 1.0);
+        assert!(metric(&a, "istio_xds_message_bytes_total", &wds) > 100.0);
+        assert_eq!(
+            metric(&a, "istio_tcp_connections_failed_total", &[]),
+            0.0,
+            "nothing failed"
         );
         // The access log names both identities.
         let log = mesh.log("ztunnel-node-a");

@@ -106,6 +106,14 @@ fn policy_edit_closes_live_connection() {
                 &[("reporter", "destination"), ("response_flags", "DENY")]
             ) >= 1.0
         );
+        assert!(
+            metric(
+                &b,
+                "istio_tcp_connections_failed_total",
+                &[("reporter", "destination"), ("response_flags", "DENY")]
+            ) >= 1.0,
+            "a denied connection is a failed one"
+        );
         let a = mesh.metrics("node-a").await?;
         assert!(
             metric(

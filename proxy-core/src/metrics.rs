@@ -42,7 +42,7 @@ pub fn peer_labels(
             }
         }))
     };
-    const NAMES: [[&str; 7]; 2] = [
+    const NAMES: [[&str; 10]; 2] = [
         [
             "source_workload",
             "source_workload_namespace",
@@ -51,6 +51,9 @@ pub fn peer_labels(
             "source_version",
             "source_canonical_service",
             "source_canonical_revision",
+            "source_cluster",
+            "source_region",
+            "source_zone",
         ],
         [
             "destination_workload",
@@ -60,9 +63,12 @@ pub fn peer_labels(
             "destination_version",
             "destination_canonical_service",
             "destination_canonical_revision",
+            "destination_cluster",
+            "destination_region",
+            "destination_zone",
         ],
     ];
-    let mut labels = Vec::with_capacity(21);
+    let mut labels = Vec::with_capacity(27);
     labels.push(Label::new("reporter", reporter));
     for (names, peer) in NAMES.iter().zip([src, dst]) {
         let w = peer.workload;
@@ -78,6 +84,9 @@ pub fn peer_labels(
             or_unknown(w.map(|w| w.canonical_revision.as_str())),
             canonical(w),
             or_unknown(w.map(|w| w.canonical_revision.as_str())),
+            or_unknown(w.map(|w| w.cluster_id.as_str())),
+            or_unknown(w.map(|w| w.region.as_str())),
+            or_unknown(w.map(|w| w.zone.as_str())),
         ];
         labels.extend(names.iter().zip(values).map(|(&n, v)| Label::new(n, v)));
     }

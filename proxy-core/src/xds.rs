@@ -178,6 +178,7 @@ async fn session(
     info!(controller = %control_plane.address, "xDS stream open");
     while let Some(response) = responses.message().await? {
         let type_url = response.type_url.clone();
+        count_message(&response);
         let errors = apply_response(state, extra, known, &response);
         let error_detail = (!errors.is_empty()).then(|| {
             warn!(type_url, errors = %errors.join("; "), "rejecting part of the configuration (NACK)");
@@ -203,6 +204,19 @@ async fn session(
         }
     }
     Err(XdsError::Closed)
+}
+
+/// Istio's xDS client metrics: messages and resource bytes received, by type URL.
+fn count_message(response: &DeltaDiscoveryResponse) {
+    let bytes: usize = response
+        .resources
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .map(|any| any.value.len())
+        .sum();
+    let url = response.type_url.clone();
+    metrics::counter!("istio_xds_message_total", "url" => url.clone()).increment(1);
+    metrics::counter!("istio_xds_message_bytes_total", "url" => url).increment(bytes as u64);
 }
 
 /// Applies one response, of whichever subscribed type it is, to the store or to the extra

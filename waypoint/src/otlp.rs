@@ -646,6 +646,8 @@ mod tests {
             canonical_revision: "v1".into(),
             workload_name: "reviews-v1".into(),
             cluster_id: "Kubernetes".into(),
+            region: String::new(),
+            zone: String::new(),
             healthy: true,
             services: BTreeMap::new(),
             authorization_policies: Vec::new(),

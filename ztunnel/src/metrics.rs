@@ -24,6 +24,8 @@ use proxy_core::state::{Service, Workload};
 
 pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
+/// Connections that ended in an error (refused by policy, upstream failure, ...).
+pub const CONNECTIONS_FAILED: &str = "istio_tcp_connections_failed_total";
 pub const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
 pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 /// Peers refused by HBONE checks, by `direction` and `reason`.
@@ -35,6 +37,10 @@ pub const DNS_REQUESTS: &str = "istio_dns_requests_total";
 pub fn describe() {
     metrics::describe_counter!(CONNECTIONS_OPENED, "TCP connections opened");
     metrics::describe_counter!(CONNECTIONS_CLOSED, "TCP connections closed");
+    metrics::describe_counter!(
+        CONNECTIONS_FAILED,
+        "TCP connections that ended in an error (the response_flags label says which)"
+    );
     metrics::describe_counter!(
         SENT_BYTES,
         metrics::Unit::Bytes,
@@ -134,10 +140,11 @@ impl ConnectionInfo {
     }
 }
 
-/// The four counters of one label set.
+/// The counters of one label set.
 struct TcpCounters {
     opened: Counter,
     closed: Counter,
+    failed: Counter,
     sent: Counter,
     received: Counter,
 }
@@ -148,6 +155,7 @@ impl TcpCounters {
         TcpCounters {
             opened: counter!(CONNECTIONS_OPENED, labels.iter()),
             closed: counter!(CONNECTIONS_CLOSED, labels.iter()),
+            failed: counter!(CONNECTIONS_FAILED, labels.iter()),
             sent: counter!(SENT_BYTES, labels.iter()),
             received: counter!(RECEIVED_BYTES, labels.iter()),
         }
@@ -274,6 +282,9 @@ impl ConnectionRecord {
 impl Drop for ConnectionRecord {
     fn drop(&mut self) {
         self.counters.closed.increment(1);
+        if self.error.is_some() {
+            self.counters.failed.increment(1);
+        }
         // Istio ztunnel's access-log fields and meanings (docs/protocols.md): log pipelines
         // written for it read ours unchanged. Fields are borrowed, not formatted into new
         // strings, except the duration, which Istio writes with its unit.
@@ -382,8 +393,40 @@ mod tests {
     ];
     const OURS_TOO: [&str; 1] = ["response_flags"];
 
+    /// The labels of Istio ztunnel's `istio_tcp_*` series (its `CommonTrafficLabels`, locality
+    /// included).
+    const ISTIO_TCP_LABELS: [&str; 27] = [
+        "reporter",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_service",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_cluster",
+        "request_protocol",
+        "response_flags",
+        "connection_security_policy",
+        "source_region",
+        "source_zone",
+        "destination_region",
+        "destination_zone",
+    ];
+
     const PODS: &str = "workloads:
-  - {name: client, namespace: default, serviceAccount: client, addresses: [10.244.1.2], tunnelProtocol: HBONE}
+  - {name: client, namespace: default, serviceAccount: client, addresses: [10.244.1.2], tunnelProtocol: HBONE, clusterId: Kubernetes}
   - {name: server, namespace: default, serviceAccount: server, addresses: [10.244.2.2], tunnelProtocol: HBONE}
 services:
   - {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, addresses: [10.96.0.10], ports: [{servicePort: 80, targetPort: 8080}]}
@@ -480,6 +523,20 @@ services:
             assert_eq!(v["dst.workload"], "server");
             assert_eq!(v["dst.service"], "echo.default.svc.cluster.local");
         }
+    }
+
+    #[test]
+    fn tcp_metrics_carry_istios_label_set() {
+        let labels = exchange(Reporter::Destination).labels();
+        let names: BTreeSet<&str> = labels.iter().map(|l| l.key()).collect();
+        assert_eq!(names, BTreeSet::from(ISTIO_TCP_LABELS));
+        assert_eq!(labels.len(), ISTIO_TCP_LABELS.len(), "no label twice");
+        let value = |k: &str| labels.iter().find(|l| l.key() == k).unwrap().value();
+        assert_eq!(value("source_cluster"), "Kubernetes");
+        // Not described: Istio's `unknown`.
+        assert_eq!(value("destination_cluster"), "unknown");
+        assert_eq!(value("source_region"), "unknown");
+        assert_eq!(value("destination_zone"), "unknown");
     }
 
     #[test]

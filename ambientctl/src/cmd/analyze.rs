@@ -310,7 +310,7 @@ fn document_label(value: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_string);
     let namespace = match (namespace, Kind::from_type(api_version, kind)) {
-        (_, Some(Kind::Namespace)) => None,
+        (_, Some(Kind::Namespace | Kind::Node)) => None,
         (Some(ns), _) => Some(ns),
         // A kind we read is namespaced: the parser puts it in `default`. For others we
         // cannot tell, so they are named without a namespace.

@@ -385,7 +385,7 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
     out.push(to_value(&ClusterRole {
         metadata: meta(CONTROLLER, None, CONTROLLER),
         rules: Some(vec![
-            rule("", &["namespaces", "pods", "services"], READ),
+            rule("", &["namespaces", "nodes", "pods", "services"], READ),
             rule("discovery.k8s.io", &["endpointslices"], READ),
             rule(
                 "gateway.networking.k8s.io",

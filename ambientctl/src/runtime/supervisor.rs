@@ -238,7 +238,7 @@ impl StatusSource for Shared {
         for name in names {
             let key = ObjectKey {
                 kind,
-                namespace: if kind == Kind::Namespace {
+                namespace: if matches!(kind, Kind::Namespace | Kind::Node) {
                     String::new()
                 } else {
                     ns.clone()

@@ -89,6 +89,13 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: shop}
 spec: {mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {topology.kubernetes.io/region: eu-west, topology.kubernetes.io/zone: eu-west-1b}
+status: {nodeInfo: {kubeletVersion: v1.36.3}}
 "#;
 
 fn index() -> Index {
@@ -189,6 +196,21 @@ fn workload_fields() {
         panic!("workload waypoint")
     };
     assert_eq!(h.hostname, "shop-waypoint.shop.svc.cluster.local");
+}
+
+#[test]
+fn locality_comes_from_the_nodes_topology_labels() {
+    let idx = index();
+    let web = workload(&idx, "Kubernetes//Pod/shop/web-7d4b9c-x2x9q");
+    let locality = web.locality.expect("node-a is labelled");
+    assert_eq!(
+        (locality.region.as_str(), locality.zone.as_str()),
+        ("eu-west", "eu-west-1b")
+    );
+    assert_eq!(web.cluster_id, "Kubernetes");
+    // node-b has no Node object (or no labels): no locality, telemetry says `unknown`.
+    let volunteer = workload(&idx, "Kubernetes//Pod/plain/volunteer");
+    assert_eq!(volunteer.locality, None);
 }
 
 #[test]

@@ -180,6 +180,9 @@ pub fn from_pod(
             wds::WorkloadStatus::Unhealthy
         } as i32,
         cluster_id: ctx.config.cluster_id.clone(),
+        locality: spec
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(|node| locality(ctx, node)),
         network_mode: if host_network {
             wds::NetworkMode::HostNetwork
         } else {
@@ -188,6 +191,22 @@ pub fn from_pod(
         ..Default::default()
     })
 }
+
+/// Where a node is, from its well-known topology labels (telemetry's region and zone labels).
+fn locality(ctx: &Context<'_>, node: &str) -> Option<wds::Locality> {
+    let labels = ctx.state.node(node)?.metadata.labels.as_ref()?;
+    let get = |key: &str| labels.get(key).cloned().unwrap_or_default();
+    let locality = wds::Locality {
+        region: get(TOPOLOGY_REGION),
+        zone: get(TOPOLOGY_ZONE),
+        subzone: String::new(),
+    };
+    (!locality.region.is_empty() || !locality.zone.is_empty()).then_some(locality)
+}
+
+/// The Kubernetes well-known labels of a node's region and zone.
+pub const TOPOLOGY_REGION: &str = "topology.kubernetes.io/region";
+pub const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 
 /// Endpoints of a selector-less service's slices that are not pods: each becomes its own
 /// (plain TCP) workload.

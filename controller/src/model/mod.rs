@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -26,6 +26,8 @@ pub use route::{GrpcRoute, HttpRoute};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
+    /// Read for its topology labels only (a workload's region and zone).
+    Node,
     Pod,
     Service,
     EndpointSlice,
@@ -39,8 +41,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
+        Kind::Node,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
@@ -56,6 +59,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -90,6 +94,7 @@ impl Kind {
                 Some(Kind::DestinationRule)
             }
             ("", "Namespace") => Some(Kind::Namespace),
+            ("", "Node") => Some(Kind::Node),
             ("", "Pod") => Some(Kind::Pod),
             ("", "Service") => Some(Kind::Service),
             ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
@@ -132,6 +137,7 @@ impl fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
+    Node(Node),
     Pod(Pod),
     Service(Service),
     EndpointSlice(EndpointSlice),
@@ -145,9 +151,23 @@ pub enum Object {
 }
 
 impl Object {
+    /// A Node as the controller keeps it: its name and labels (its status, image lists and
+    /// all, would cost memory for nothing).
+    pub fn node(node: Node) -> Object {
+        Object::Node(Node {
+            metadata: ObjectMeta {
+                name: node.metadata.name,
+                labels: node.metadata.labels,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
@@ -164,6 +184,7 @@ impl Object {
     pub fn meta(&self) -> &ObjectMeta {
         match self {
             Object::Namespace(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
@@ -180,6 +201,7 @@ impl Object {
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Namespace(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
             Object::Pod(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
@@ -197,7 +219,7 @@ impl Object {
         let m = self.meta();
         ObjectKey {
             kind: self.kind(),
-            namespace: if self.kind() == Kind::Namespace {
+            namespace: if matches!(self.kind(), Kind::Namespace | Kind::Node) {
                 String::new()
             } else {
                 m.namespace.clone().unwrap_or_else(|| "default".into())
@@ -301,6 +323,17 @@ impl ClusterState {
             name: name.to_string(),
         }) {
             Some(Object::Namespace(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        match self.objects.get(&ObjectKey {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: name.to_string(),
+        }) {
+            Some(Object::Node(n)) => Some(n),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -25,6 +25,12 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             client.clone(),
             Kind::Namespace,
             Object::Namespace,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<Node>(
+            client.clone(),
+            Kind::Node,
+            Object::node,
             tx.clone(),
         )),
         tokio::spawn(watch::<Pod>(

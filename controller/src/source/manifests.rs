@@ -521,7 +521,7 @@ fn object_key(kind: Kind, value: &Value) -> ObjectKey {
         .and_then(|m| str_field(m, "namespace"))
         .map(str::to_string)
         .unwrap_or_else(|| {
-            if kind == Kind::Namespace {
+            if matches!(kind, Kind::Namespace | Kind::Node) {
                 String::new()
             } else {
                 "default".into()
@@ -537,6 +537,7 @@ fn object_key(kind: Kind, value: &Value) -> ObjectKey {
 fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), Invalid> {
     match kind {
         Kind::Namespace => typed(value, Object::Namespace),
+        Kind::Node => typed(value, Object::node),
         Kind::Pod => typed(value, Object::Pod),
         Kind::Service => typed(value, Object::Service),
         Kind::EndpointSlice => typed(value, Object::EndpointSlice),

@@ -56,6 +56,9 @@ pub struct Workload {
     pub canonical_revision: String,
     pub workload_name: String,
     pub cluster_id: String,
+    /// Region and zone of its node (`topology.kubernetes.io/region|zone`), empty if unknown.
+    pub region: String,
+    pub zone: String,
     pub healthy: bool,
     /// Services this workload backs (key `namespace/hostname`) and per-workload port overrides.
     pub services: BTreeMap<String, Vec<ServicePort>>,
@@ -205,6 +208,12 @@ impl TryFrom<wds::Workload> for Workload {
             canonical_revision: w.canonical_revision,
             workload_name: w.workload_name,
             cluster_id: w.cluster_id,
+            region: w
+                .locality
+                .as_ref()
+                .map(|l| l.region.clone())
+                .unwrap_or_default(),
+            zone: w.locality.map(|l| l.zone).unwrap_or_default(),
             services,
             authorization_policies: w.authorization_policies,
         })

@@ -104,6 +104,7 @@ const fn rt(
 /// waypoint deployer write.
 pub const TYPES: &[ResourceType] = &[
     rt("", "v1", "namespaces", "Namespace", false, true),
+    rt("", "v1", "nodes", "Node", false, true),
     rt("", "v1", "pods", "Pod", true, true),
     rt("", "v1", "services", "Service", true, true),
     rt("", "v1", "serviceaccounts", "ServiceAccount", true, false),

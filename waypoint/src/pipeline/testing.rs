@@ -94,6 +94,8 @@ fn workload(name: &str, ip: &str) -> Arc<Workload> {
         canonical_revision: String::new(),
         workload_name: name.into(),
         cluster_id: String::new(),
+        region: String::new(),
+        zone: String::new(),
         healthy: true,
         services: BTreeMap::new(),
         authorization_policies: Vec::new(),
