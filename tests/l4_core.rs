@@ -1012,6 +1012,277 @@ fn released_pod_leaves_the_mesh() {
     });
 }
 
+/// A ztunnel replaced the way a rolling update with surge replaces it (the new process ready
+/// first, then SIGTERM to the old) refuses no connection, and the old one keeps relaying the
+/// connections it holds until they end: on the server's node (inbound HBONE: the client's pool
+/// gets GOAWAY and dials the new process) and then on the client's (outbound listeners).
+#[test]
+fn ztunnel_restart_refuses_nothing() {
+    run_test("ztunnel_restart_refuses_nothing", |dir| async move {
+        let (mut mesh, client, server_addr) = client_and_server(&dir).await?;
+        let server = mesh.lab.pod("default", "server").netns.clone();
+        // The node agent let the pod's queued connections move between listeners.
+        let migrate =
+            server.run(|| std::fs::read_to_string(ztunnel::agent::capture::TCP_MIGRATE_REQ))??;
+        assert_eq!(migrate.trim(), "1");
+
+        // A connection opened before the restarts, through both old processes.
+        let established = connect_from(&client, server_addr).await?;
+        let (r, mut w) = established.into_split();
+        let mut replies = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(r));
+        let mut exchange =
+            async |line: &str| -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+                w.write_all(format!("{line}\n").as_bytes()).await?;
+                let reply = tokio::time::timeout(Duration::from_secs(5), replies.next_line())
+                    .await??
+                    .ok_or("the established connection closed")?;
+                Ok(reply)
+            };
+        assert!(exchange("before").await?.contains("\"before\""));
+
+        // New connections all along, two at a time.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load: Vec<_> = (0..2)
+            .map(|_| {
+                let (client, stop) = (client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let asked = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            ask(&client, server_addr, "new"),
+                        )
+                        .await;
+                        match asked {
+                            Ok(Ok(a)) if a.contains("\"new\"") => ok += 1,
+                            Ok(Ok(a)) => failed.push(format!("answer {a:?}")),
+                            Ok(Err(e)) => failed.push(e.to_string()),
+                            Err(_) => failed.push("timed out".into()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+
+        let mut drained = Vec::new();
+        for node in ["node-b", "node-a"] {
+            let mut old = mesh.upgrade_ztunnel(node).await?;
+            let replaced = std::time::Instant::now();
+            // The old process still carries the established connection.
+            let reply = exchange(&format!("during {node}")).await?;
+            assert!(reply.contains(&format!("\"during {node}\"")), "{reply}");
+            assert!(old.exited().is_none(), "the old {node} ztunnel drains");
+            drained.push((node, old, replaced));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for l in load {
+            let (o, f) = l.await?;
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} refused or failed, the first: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok >= 20, "only {ok} connections during the restarts");
+
+        // Once the last connection it carries ends, each old process exits, well before its
+        // 20 s drain period.
+        assert!(exchange("after").await?.contains("\"after\""));
+        drop((w, replies));
+        for (node, mut old, replaced) in drained {
+            let status = old
+                .exit_within(Duration::from_secs(15))
+                .await
+                .ok_or_else(|| format!("the old {node} ztunnel still runs"))?;
+            assert!(status.success(), "{node}: {status}");
+            assert!(
+                replaced.elapsed() < Duration::from_secs(19),
+                "{node} waited for its deadline"
+            );
+        }
+        // The new processes serve alone.
+        let answer = ask(&client, server_addr, "alone").await?;
+        assert!(answer.contains("\"alone\""), "{answer}");
+
+        // A port held by a process that does not share it (as a ztunnel from before port
+        // sharing would): ztunnel takes the pod anyway and listens once the port is free.
+        mesh.release("default", "server").await?;
+        let squatter = server.run(|| std::net::TcpListener::bind("0.0.0.0:15008"))??;
+        mesh.enrol("default", "server", "server").await?;
+        eventually(Duration::from_secs(10), || async {
+            if mesh
+                .log("ztunnel-node-b")
+                .contains("port held by another process")
+            {
+                Ok(())
+            } else {
+                Err("no word of the held port yet".to_string())
+            }
+        })
+        .await?;
+        drop(squatter);
+        let answer = eventually(Duration::from_secs(10), || async {
+            ask(&client, server_addr, "freed")
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        assert!(answer.contains("\"freed\""), "{answer}");
+        TestResult::Ok(())
+    });
+}
+
+/// istio-cni's in-pod rules with its defaults (`InpodMark` 0x539, `InpodTProxyMark` 0x111, mask
+/// 0xfff), in iptables-restore form: TPROXY for inbound (HBONE to 15008, plaintext to 15006),
+/// REDIRECT for outbound (15001), the mark-to-connmark step, and the connmark restored on
+/// replies. Left out: its kubelet-probe SNAT address and DNS capture, which this test does not
+/// use.
+const ISTIO_CNI_INPOD_RULES: &str = "\
+*mangle
+:ISTIO_PRERT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A PREROUTING -j ISTIO_PRERT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -i lo -p tcp -j ACCEPT
+-A ISTIO_PRERT -p tcp -m tcp --dport 15008 -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15008 --on-ip 0.0.0.0 --tproxy-mark 0x111/0xfff
+-A ISTIO_PRERT -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x111/0xfff
+-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+*nat
+:ISTIO_OUTPUT - [0:0]
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+COMMIT
+";
+
+/// Replaces our capture rules in `netns` with istio-cni's (`iptables-restore`, iptables' nft
+/// backend, as istio-cni runs it) and its policy routing, which is the same as ours.
+fn apply_istio_cni_rules(netns: &ztunnel::inpod::netns::Netns) -> TestResult {
+    use std::io::Write;
+    ztunnel::agent::capture::remove(netns)?;
+    let out = netns.run(|| {
+        let mut child = std::process::Command::new("iptables-restore")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(ISTIO_CNI_INPOD_RULES.as_bytes())?;
+        child.wait_with_output()
+    })?;
+    let out = out.map_err(|e| {
+        format!("iptables-restore: {e} (Debian's iptables package; .ci/run installs it)")
+    })?;
+    if !out.status.success() {
+        return Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    ip_in(
+        netns,
+        &[
+            "rule",
+            "add",
+            "fwmark",
+            "0x111/0xfff",
+            "pref",
+            "32764",
+            "lookup",
+            "100",
+        ],
+    )?;
+    ip_in(
+        netns,
+        &[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "100",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Our ztunnel behind istio-cni's own rules (the other half of swapping node agents): mesh
+/// traffic reaches the app from the client's address, and plaintext from outside the mesh
+/// reaches it through the TPROXY'd passthrough listener.
+#[test]
+fn our_ztunnel_under_istio_cni_rules() {
+    run_test("our_ztunnel_under_istio_cni_rules", |dir| async move {
+        let (mesh, client_ns, server_addr) = client_and_server(&dir).await?;
+        let client_ip = IpAddr::V4(mesh.lab.pod("default", "client").ip);
+        let server = mesh.lab.pod("default", "server");
+        for pod in [&client_ns, &server.netns] {
+            apply_istio_cni_rules(pod)?;
+            assert!(!ztunnel::agent::capture::installed(pod)?, "ours are gone");
+        }
+        let mangle = server.netns.run(|| {
+            std::process::Command::new("iptables-save")
+                .args(["-t", "mangle"])
+                .output()
+        })??;
+        let mangle = String::from_utf8_lossy(&mangle.stdout);
+        assert!(mangle.contains("TPROXY --on-port 15006"), "{mangle}");
+
+        // Mesh: captured by REDIRECT in the client pod, HBONE TPROXY'd to 15008 in the server
+        // pod, and the app sees the client's own address (its reply kept in the pod by the
+        // connmark Istio's rules set from our 0x539).
+        let answer = ask(&client_ns, server_addr, "via istio-cni rules").await?;
+        assert!(answer.contains(&format!("from {client_ip}:")), "{answer}");
+        let node_b = mesh.metrics("node-b").await?;
+        let mtls = metric(
+            &node_b,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        );
+        assert!(mtls >= 1.0, "the server's ztunnel took it over HBONE");
+
+        // Plaintext from the node (outside the mesh): TPROXY'd to 15006, whose accepted socket
+        // carries the original destination; the app sees the node's address.
+        let node_b_ns = mesh.lab.node("node-b").netns.clone();
+        let answer = {
+            let stream = connect_from(&node_b_ns, server_addr).await?;
+            let peer = stream.local_addr()?;
+            let (r, mut w) = stream.into_split();
+            w.write_all(b"from outside\n").await?;
+            let mut answer = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(r), &mut answer)
+                .await?;
+            assert!(answer.contains(&format!("from {}:", peer.ip())), "{answer}");
+            answer
+        };
+        assert!(answer.contains("from outside"), "{answer}");
+        let plaintext = metric(
+            &mesh.metrics("node-b").await?,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "unknown"),
+            ],
+        );
+        assert!(plaintext >= 1.0, "the passthrough listener took it");
+        TestResult::Ok(())
+    });
+}
+
 /// `ip <args>` run inside `netns` (the child inherits the calling thread's namespace).
 fn ip_in(netns: &ztunnel::inpod::netns::Netns, args: &[&str]) -> std::io::Result<String> {
     let out = netns.run(|| std::process::Command::new("ip").args(args).output())??;
@@ -1062,24 +1333,9 @@ fn istio_in_pod_marks_keep_original_source() {
     run_test(
         "istio_in_pod_marks_keep_original_source",
         |dir| async move {
-            let mesh = cluster(
-                &dir,
-                vec![
-                    PodSpec::new("client", "node-a"),
-                    PodSpec::new("server", "node-b"),
-                ],
-                vec![],
-                &[],
-                |_| {},
-            )
-            .await?;
-            let client = mesh.lab.pod("default", "client");
+            let (mesh, client_ns, server_addr) = client_and_server(&dir).await?;
+            let client_ip = IpAddr::V4(mesh.lab.pod("default", "client").ip);
             let server = mesh.lab.pod("default", "server");
-            let (client_ip, server_addr) = (
-                IpAddr::V4(client.ip),
-                SocketAddr::new(IpAddr::V4(server.ip), 8080),
-            );
-            serve_hello(&server.netns, 8080, "server".into())?;
 
             // The routing half of istio-cni's scheme, as the kernel reports it.
             let rules = ip_in(&server.netns, &["rule", "show"])?;
@@ -1093,7 +1349,7 @@ fn istio_in_pod_marks_keep_original_source() {
             let in_pod = Sniffer::start(&server.netns)?;
             let on_node = Sniffer::start(&mesh.lab.node("node-b").netns)?;
             // Through the mesh: our ztunnel reaches the app as the client.
-            let answer = ask(&client.netns, server_addr, "via ztunnel").await?;
+            let answer = ask(&client_ns, server_addr, "via ztunnel").await?;
             assert!(answer.contains(&format!("from {client_ip}:")), "{answer}");
             // As Istio's ztunnel would, behind this node agent.
             let answer = ask_as_istio_ztunnel(&server.netns, client_ip, server_addr).await?;

@@ -27,8 +27,8 @@ use crate::mesh::{Bench, BenchSettings, ECHO_PORT, HTTP_PORT, NODES, Path, reach
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// Only these events (default all): controller, agent, ztunnel, waypoint, rotation,
-    /// policy-storm.
+    /// Only these events (default all): controller, agent, ztunnel, ztunnel-upgrade, waypoint,
+    /// rotation, policy-storm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds the controller stays down.
@@ -40,6 +40,10 @@ pub struct Options {
     /// Lifetime of workload certificates, seconds.
     #[arg(long, default_value_t = 20)]
     cert_ttl: u64,
+    /// The ztunnels' drain period (`--drain-seconds`): how long a replaced ztunnel goes on
+    /// relaying its open connections.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
     /// Requests per second of each keep-alive load, and of new connections.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -85,16 +89,18 @@ enum Event {
     Controller,
     Agent,
     Ztunnel,
+    ZtunnelUpgrade,
     Waypoint,
     Rotation,
     PolicyStorm,
 }
 
 impl Event {
-    const ALL: [Event; 6] = [
+    const ALL: [Event; 7] = [
         Event::Controller,
         Event::Agent,
         Event::Ztunnel,
+        Event::ZtunnelUpgrade,
         Event::Waypoint,
         Event::Rotation,
         Event::PolicyStorm,
@@ -105,6 +111,7 @@ impl Event {
             Event::Controller => "controller",
             Event::Agent => "agent",
             Event::Ztunnel => "ztunnel",
+            Event::ZtunnelUpgrade => "ztunnel-upgrade",
             Event::Waypoint => "waypoint",
             Event::Rotation => "rotation",
             Event::PolicyStorm => "policy-storm",
@@ -119,6 +126,10 @@ impl Event {
             ),
             Event::Agent => "server node's agent restarted".into(),
             Event::Ztunnel => "server node's ztunnel killed and restarted".into(),
+            Event::ZtunnelUpgrade => format!(
+                "server node's ztunnel replaced (new one ready, old one drains {} s)",
+                opts.drain_seconds
+            ),
             Event::Waypoint => "waypoint killed and restarted".into(),
             Event::Rotation => format!("certificates rotating ({} s TTL)", opts.cert_ttl),
             Event::PolicyStorm => "50 unrelated policy edits/s for 10 s".into(),
@@ -132,6 +143,7 @@ impl Event {
                 "0 failed requests"
             }
             Event::Ztunnel => "new connections succeed within 1 s",
+            Event::ZtunnelUpgrade => "0 refused; open ones go on for the drain period",
             Event::Waypoint => "under 1 s of failures",
         }
     }
@@ -245,6 +257,7 @@ async fn chaos(run_dir: std::path::PathBuf, mut opts: Options) -> anyhow::Result
     let settings = BenchSettings {
         log: opts.log.clone(),
         workload_cert_ttl: Some(Duration::from_secs(opts.cert_ttl.max(1))),
+        ztunnel_drain: Some(Duration::from_secs(opts.drain_seconds)),
         ..BenchSettings::default()
     };
     let mut bench = Bench::start(run_dir, &settings).await?;
@@ -341,6 +354,21 @@ async fn inject(event: Event, bench: &mut Bench, opts: &Options) -> anyhow::Resu
         Event::Ztunnel => {
             bench.mesh.kill_ztunnel(server_node)?;
             bench.mesh.start_ztunnel(server_node).await?;
+        }
+        Event::ZtunnelUpgrade => {
+            let mut old = bench.mesh.upgrade_ztunnel(server_node).await?;
+            let replaced = Instant::now();
+            let limit = Duration::from_secs(opts.drain_seconds + 10);
+            match old.exit_within(limit).await {
+                Some(status) => eprintln!(
+                    "  the old ztunnel exited {:.2} s after SIGTERM ({status})",
+                    replaced.elapsed().as_secs_f64()
+                ),
+                None => {
+                    old.kill();
+                    anyhow::bail!("the old ztunnel was still running {limit:?} after SIGTERM");
+                }
+            }
         }
         Event::Waypoint => bench.restart_waypoint().await?,
         Event::Rotation => {

@@ -90,11 +90,12 @@ fn bench(args: &[&str]) -> String {
 
 #[test]
 fn chaos_benchmark_runs_every_event() {
-    let stdout = bench(&["chaos", "--quick"]);
+    let stdout = bench(&["chaos", "--quick", "--drain-seconds", "2"]);
     for event in [
         "controller",
         "agent",
         "ztunnel",
+        "ztunnel-upgrade",
         "waypoint",
         "rotation",
         "policy-storm",

@@ -138,6 +138,7 @@ pub async fn run_with(
     metrics: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    proxy_core::metrics::spawn_upkeep(metrics.clone(), proxy_core::metrics::UPKEEP_PERIOD);
     let ca = CertificateAuthority::load_or_generate(&config.ca_dir, &config.index.trust_domain)?
         .with_default_ttl(config.workload_ttl);
     let ca = Arc::new(ca);

@@ -34,6 +34,8 @@ pub struct MeshOptions {
     pub ztunnel_exe: Option<PathBuf>,
     /// Extra flags for every ztunnel.
     pub ztunnel_args: Vec<String>,
+    /// The ztunnels' drain period on SIGTERM (`--drain-seconds`; `None`: ztunnel's default).
+    pub ztunnel_drain: Option<Duration>,
     /// Run the controller in its Kubernetes mode on this kubeconfig instead of on the
     /// manifest directory (`ambientctl up --kubernetes`). Waypoint pods it deploys run
     /// `exe component waypoint` with the run directory's files: the local runtime is their
@@ -51,6 +53,7 @@ impl MeshOptions {
             debounce_quiet: Duration::from_millis(50),
             ztunnel_exe: None,
             ztunnel_args: Vec::new(),
+            ztunnel_drain: None,
             kubeconfig: None,
         }
     }
@@ -293,6 +296,30 @@ impl Mesh {
 
     /// Starts (or restarts) the ztunnel of `node` and waits for it to be ready.
     pub async fn start_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
+        let ztunnel = self.spawn_ztunnel(node)?;
+        self.nodes.get_mut(node).expect("checked").ztunnel = Some(ztunnel);
+        self.wait_ztunnel_ready(node, None).await
+    }
+
+    /// Replaces the ztunnel of `node` as a rolling update with surge does: a new process starts
+    /// beside the running one (their listeners share ports), and once the new one is ready the
+    /// old one gets SIGTERM and drains. Returns the old process, still draining.
+    pub async fn upgrade_ztunnel(&mut self, node: &str) -> Result<Proc, MeshError> {
+        let new = self.spawn_ztunnel(node)?;
+        let pid = new.pid();
+        let old = self
+            .nodes
+            .get_mut(node)
+            .expect("checked")
+            .ztunnel
+            .replace(new)
+            .ok_or_else(|| MeshError::Unknown(format!("a running ztunnel on {node}")))?;
+        self.wait_ztunnel_ready(node, Some(pid)).await?;
+        old.sigterm();
+        Ok(old)
+    }
+
+    fn spawn_ztunnel(&mut self, node: &str) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let netns = n.netns.clone();
         let procs = self
@@ -321,6 +348,9 @@ impl Mesh {
             )
         };
         args.control_plane.workload_cert_ttl_secs = self.options.workload_cert_ttl.as_secs().max(1);
+        if let Some(drain) = self.options.ztunnel_drain {
+            args.drain_seconds = drain.as_secs();
+        }
         let ztunnel = Proc::spawn(
             &format!("ztunnel-{node}"),
             &netns,
@@ -333,12 +363,20 @@ impl Mesh {
             &run.join("logs").join(format!("ztunnel-{node}.log")),
             &env,
         )?;
-        self.nodes.get_mut(node).expect("checked").ztunnel = Some(ztunnel);
+        Ok(ztunnel)
+    }
+
+    /// Waits until `node`'s ztunnel answers ready; with `pid`, until that process does (where
+    /// two processes share the readiness port, each answer names its own).
+    async fn wait_ztunnel_ready(&self, node: &str, pid: Option<u32>) -> Result<(), MeshError> {
+        let netns = self.lab.node(node).netns.clone();
+        let which = pid.map(|p| format!("pid {p}\n"));
         wait_for(
             &format!("ztunnel on {node}"),
             Duration::from_secs(30),
             || {
                 let netns = netns.clone();
+                let which = which.clone();
                 async move {
                     match http::get(
                         &netns,
@@ -347,7 +385,9 @@ impl Mesh {
                     )
                     .await
                     {
-                        Ok((200, _)) => Ok(Some(())),
+                        Ok((200, b)) if which.as_ref().is_none_or(|w| b.contains(w.as_str())) => {
+                            Ok(Some(()))
+                        }
                         Ok((s, b)) => Err(format!("{s}: {b}")),
                         Err(e) => Err(e.to_string()),
                     }

@@ -105,9 +105,13 @@ pub fn readiness_routes(
     readiness: Readiness,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
-        "/healthz/ready" if readiness.is_ready() => {
-            respond(StatusCode::OK, "text/plain", "ready\n")
-        }
+        // The process id tells processes apart where two share the port (a restart in the
+        // node's own network namespace: the new process is ready before the old one leaves).
+        "/healthz/ready" if readiness.is_ready() => respond(
+            StatusCode::OK,
+            "text/plain",
+            format!("ready\npid {}\n", std::process::id()),
+        ),
         "/healthz/ready" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

@@ -1,13 +1,37 @@
 //! Istio's standard metric labels, as both proxies attach them, and the per-thread cache that
-//! keeps a proxy from building them more than once per label set.
+//! keeps a proxy from building them more than once per label set; the recorder's upkeep.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ambient_proto::identity::Identity;
 use metrics::Label;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::state::{Service, Workload};
+
+/// How often [`spawn_upkeep`] drains histograms: the exporter's own default.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Drains the recorder's histograms every `period` on the current tokio runtime.
+///
+/// A histogram handle appends every sample to a queue that only a scrape or an upkeep empties
+/// into the exported buckets; a recorder installed with `install_recorder` runs no upkeep of its
+/// own, so without this a process nobody scrapes grows by every sample it records (the
+/// waypoint's four per request: +0.17 MB a minute in the soak). Every component that installs a
+/// recorder calls this once, inside its runtime.
+pub fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate: nothing to drain yet
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
 
 /// A label value, or Istio's `unknown` when there is none.
 pub fn or_unknown(s: Option<&str>) -> String {

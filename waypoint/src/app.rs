@@ -55,6 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), telemetry::SIZE_BUCKETS)?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    proxy_core::metrics::spawn_upkeep(metrics.clone(), proxy_core::metrics::UPKEEP_PERIOD);
     telemetry::describe();
     otlp::describe();
     otlp::set_sampling(args.trace_sampling);

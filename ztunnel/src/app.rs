@@ -10,7 +10,8 @@ use ambient_proto::tls::TrustBundle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::inpod::{WorkloadManager, zds_client};
@@ -53,6 +54,8 @@ pub struct Config {
     pub readiness_addr: SocketAddr,
     pub cert_wait: Duration,
     pub connect_timeout: Duration,
+    /// How long open connections may go on once a shutdown began (see [`run`]).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +73,22 @@ pub enum AppError {
     },
 }
 
+/// The admin, metrics and readiness listeners. They share their port (`SO_REUSEPORT`): where
+/// ztunnel runs in the node's own network namespace, a new process binds them beside the
+/// draining one during a restart.
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(128)
+    };
+    listen().map_err(|source| AppError::Bind { addr, source })
 }
 
 /// Runs ztunnel until `shutdown` is cancelled (SIGTERM or `/quitquitquit`).
@@ -83,6 +98,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     crate::metrics::describe();
+    proxy_core::metrics::spawn_upkeep(metrics.clone(), proxy_core::metrics::UPKEEP_PERIOD);
     let state = Arc::new(StateStore::new());
     let readiness = match &config.source {
         ConfigSource::File(path) => {
@@ -128,6 +144,8 @@ pub async fn run(
         cert_wait: config.cert_wait,
         connect_timeout: config.connect_timeout,
         connections: ConnectionManager::new(),
+        draining: CancellationToken::new(),
+        connection_tasks: TaskTracker::new(),
     });
     // Every configuration change may deny live connections: judge them again.
     tokio::spawn({
@@ -141,6 +159,7 @@ pub async fn run(
         }
     });
     let connections = shared.connections.clone();
+    let (draining, connection_tasks) = (shared.draining.clone(), shared.connection_tasks.clone());
     let pods = Arc::new(WorkloadManager::new(shared, config.trust_domain.clone()));
 
     let admin = bind(config.admin_addr).await?;
@@ -176,8 +195,25 @@ pub async fn run(
     info!(node = %config.node_name, admin = %config.admin_addr, "ztunnel running");
 
     shutdown.cancelled().await;
-    info!("shutting down");
+    // Drain: stop taking pods and connections, let open ones finish. With the pods' listeners
+    // shared (`SO_REUSEPORT`) and `tcp_migrate_req` on, a new ztunnel already listening in each
+    // pod takes every new connection, including those queued on the listeners closing here;
+    // inbound HBONE peers get GOAWAY and open their next streams there.
     zds.abort();
+    draining.cancel();
+    connection_tasks.close();
+    info!(
+        open = connection_tasks.len(),
+        drain_seconds = config.drain_timeout.as_secs(),
+        "draining: listeners closed"
+    );
+    match tokio::time::timeout(config.drain_timeout, connection_tasks.wait()).await {
+        Ok(()) => info!("drained: every connection ended"),
+        Err(_) => warn!(
+            open = connection_tasks.len(),
+            "drain period over: closing the connections still open"
+        ),
+    }
     pods.stop_all();
     Ok(())
 }

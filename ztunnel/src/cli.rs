@@ -51,6 +51,10 @@ pub struct ZtunnelArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
+    /// On SIGTERM, how long open connections may go on after the listeners closed (a new
+    /// ztunnel process takes the new ones). Keep it below the pod's termination grace period.
+    #[arg(long, default_value_t = 20)]
+    pub drain_seconds: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Parser, Serialize)]
@@ -148,6 +152,7 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,
         readiness_addr: args.readiness_addr,
+        drain_timeout: Duration::from_secs(args.drain_seconds),
         cert_wait: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
     };

@@ -221,6 +221,8 @@ pub(crate) struct BenchSettings {
     pub(crate) waypoint_args: Option<String>,
     /// Lifetime of workload certificates (default: the mesh's, 24 h).
     pub(crate) workload_cert_ttl: Option<Duration>,
+    /// The ztunnels' drain period (default: ztunnel's).
+    pub(crate) ztunnel_drain: Option<Duration>,
 }
 
 impl Options {
@@ -230,6 +232,7 @@ impl Options {
             ztunnel_args: self.ztunnel_args.clone(),
             waypoint_args: self.waypoint_args.clone(),
             workload_cert_ttl: None,
+            ztunnel_drain: None,
         }
     }
 }
@@ -307,6 +310,7 @@ impl Bench {
         options.log_filter = log.to_string();
         options.ztunnel_args = split_args(opts.ztunnel_args.as_deref());
         options.ztunnel_exe = standalone("ztunnel");
+        options.ztunnel_drain = opts.ztunnel_drain;
         if let Some(ttl) = opts.workload_cert_ttl {
             options.workload_cert_ttl = ttl;
         }

@@ -93,9 +93,17 @@ impl HboneConnection {
 
     /// Opens one CONNECT stream. Fails with [`HboneError::Status`] when the peer refuses.
     pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
-        let mut send = self.send.clone().ready().await?;
-        let (response, send_stream) = send.send_request(req.to_http()?, false)?;
-        let response = response.await?;
+        // A connection the peer is closing (GOAWAY) or that broke takes no more streams: marked
+        // closed at once, so a pool stops choosing it while its last streams finish.
+        let dead = |e: h2::Error| {
+            if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                self.closed.store(true, Ordering::Release);
+            }
+            HboneError::from(e)
+        };
+        let mut send = self.send.clone().ready().await.map_err(dead)?;
+        let (response, send_stream) = send.send_request(req.to_http()?, false).map_err(dead)?;
+        let response = response.await.map_err(dead)?;
         if response.status() != http::StatusCode::OK {
             return Err(HboneError::Status(response.status()));
         }

@@ -20,7 +20,9 @@ use crate::tls::Rejection;
 pub use client::HboneConnection;
 pub use pool::{Pool, PoolSettings, PooledStream, StreamGuard};
 pub use relay::{LeanBuffer, RelayObserver, relay};
-pub use server::{InboundConnect, connect_authority, forwarded_for, serve_connection};
+pub use server::{
+    InboundConnect, connect_authority, forwarded_for, serve_connection, serve_connection_until,
+};
 
 /// HBONE listens here, on every mesh address.
 pub const HBONE_PORT: u16 = 15008;

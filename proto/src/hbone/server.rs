@@ -134,6 +134,33 @@ where
     H: Fn(InboundConnect) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_connection_until(
+        io,
+        peer,
+        acceptor,
+        settings,
+        handler,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`serve_connection`], and when `drain` completes, a graceful GOAWAY: the streams already
+/// open run to their end, the peer opens new ones elsewhere (a pool dials a new connection),
+/// and the connection closes when its last stream does.
+pub async fn serve_connection_until<IO, H, F>(
+    io: IO,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    settings: H2Settings,
+    handler: H,
+    drain: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(InboundConnect) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let refuse = |reason: Rejection, detail: String| ServeError {
         peer,
         reason,
@@ -167,7 +194,22 @@ where
         Ok(Err(e)) => return Err(refuse(Rejection::Http2Protocol, e.to_string())),
         Ok(Ok(c)) => c,
     };
-    while let Some(next) = connection.accept().await {
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            connection.accept().await
+        } else {
+            tokio::select! {
+                next = connection.accept() => next,
+                () = &mut drain => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+            }
+        };
+        let Some(next) = next else { break };
         match next {
             Ok((request, respond)) => {
                 let inbound = InboundConnect {

@@ -315,8 +315,21 @@ pub fn install(netns: &Netns) -> Result<(), CaptureError> {
     if let Err(e) = install_routing(&mut rtnl, AddressFamily::Inet6) {
         tracing::debug!(error = %e, "no IPv6 routing for original-source replies");
     }
+    // Not a capture rule, but what a ztunnel restart needs from the pod: ztunnel's listeners
+    // share their ports with the next process's, and with this on, connections queued on a
+    // listener that closes move to the other one instead of being reset. Without it (an older
+    // kernel) a restart may reset the few connections in flight, nothing worse.
+    if let Err(e) = netns
+        .run(|| std::fs::write(TCP_MIGRATE_REQ, "1"))
+        .and_then(|r| r)
+    {
+        tracing::warn!(error = %e, "cannot set {TCP_MIGRATE_REQ}: a ztunnel restart may reset queued connections");
+    }
     Ok(())
 }
+
+/// Per network namespace (read and written through the calling thread's namespace).
+pub const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// The reply route and the fwmark rule of one address family.
 fn install_routing(rtnl: &mut Rtnl, family: AddressFamily) -> Result<(), RtnlError> {

@@ -93,7 +93,12 @@ pub(crate) struct Command {
 
 struct Inner {
     pods: BTreeMap<String, Pod>,
-    session: Option<mpsc::Sender<Command>>,
+    /// The newest ztunnel's session: it gets every change.
+    session: Option<(u64, mpsc::Sender<Command>)>,
+    /// Older sessions a newer one superseded (a ztunnel being replaced keeps its connection
+    /// while it drains). They get nothing; they are closed when the newest one ends, so an
+    /// older ztunnel that is still serving reconnects and gets a fresh snapshot.
+    superseded: Vec<(u64, mpsc::Sender<Command>)>,
 }
 
 pub struct NodeAgent {
@@ -152,6 +157,7 @@ impl NodeAgent {
             inner: Mutex::new(Inner {
                 pods,
                 session: None,
+                superseded: Vec::new(),
             }),
             state_file,
         })
@@ -187,7 +193,7 @@ impl NodeAgent {
                 },
             );
             self.persist(&inner)?;
-            inner.session.clone()
+            inner.session.as_ref().map(|(_, tx)| tx.clone())
         };
         info!(uid = %event.uid, pod = %event.name, "pod captured");
         match session {
@@ -205,7 +211,7 @@ impl NodeAgent {
             let mut inner = self.inner.lock().expect("poisoned");
             let pod = inner.pods.remove(uid);
             self.persist(&inner)?;
-            (pod, inner.session.clone())
+            (pod, inner.session.as_ref().map(|(_, tx)| tx.clone()))
         };
         let Some(pod) = pod else {
             return Ok(());
@@ -248,10 +254,13 @@ impl NodeAgent {
     /// one lock, so a pod added concurrently lands either in the snapshot or after it.
     pub(crate) fn start_session(
         &self,
+        id: u64,
         tx: mpsc::Sender<Command>,
     ) -> Vec<(WorkloadRequest, Option<Arc<Netns>>)> {
         let mut inner = self.inner.lock().expect("poisoned");
-        inner.session = Some(tx);
+        if let Some(previous) = inner.session.replace((id, tx)) {
+            inner.superseded.push(previous);
+        }
         inner
             .pods
             .values()
@@ -269,11 +278,15 @@ impl NodeAgent {
             .collect()
     }
 
-    /// Forgets a session that ended (unless a newer one replaced it).
-    pub(crate) fn end_session(&self, tx: &mpsc::Sender<Command>) {
+    /// Forgets a session that ended. When it was the newest, the superseded ones are closed
+    /// too: none of them has seen the changes since, so each must start over.
+    pub(crate) fn end_session(&self, id: u64) {
         let mut inner = self.inner.lock().expect("poisoned");
-        if inner.session.as_ref().is_some_and(|s| s.same_channel(tx)) {
+        if inner.session.as_ref().is_some_and(|(s, _)| *s == id) {
             inner.session = None;
+            inner.superseded.clear();
+        } else {
+            inner.superseded.retain(|(s, _)| *s != id);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `SnapshotSent`, then live changes, waiting for an ack after each.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ambient_proto::istio::workload::zds::{
@@ -17,7 +18,8 @@ use crate::inpod::netns::Netns;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Accepts ztunnel connections forever; a new one supersedes the previous.
+/// Accepts ztunnel connections forever; a new one supersedes the previous (which stays open,
+/// unused, while that ztunnel drains: [`NodeAgent::end_session`]).
 pub async fn serve(agent: Arc<NodeAgent>, mut listener: ZdsListener) {
     loop {
         match listener.accept().await {
@@ -33,13 +35,16 @@ pub async fn serve(agent: Arc<NodeAgent>, mut listener: ZdsListener) {
 }
 
 async fn session(agent: Arc<NodeAgent>, conn: ZdsConnection) {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    // The agent holds the only sender: when it drops it, this session ends.
     let (tx, rx) = mpsc::channel(64);
-    let result = run(&agent, &conn, tx.clone(), rx).await;
-    agent.end_session(&tx);
+    let result = run(&agent, &conn, id, tx, rx).await;
+    agent.end_session(id);
     match result {
         Err(ZdsError::Closed) => info!("ztunnel disconnected"),
         Err(e) => warn!(error = %e, "ZDS session ended"),
-        Ok(()) => {}
+        Ok(()) => info!("superseded ZDS session closed: a newer ztunnel's session ended"),
     }
 }
 
@@ -60,6 +65,7 @@ async fn exchange(
 async fn run(
     agent: &NodeAgent,
     conn: &ZdsConnection,
+    id: u64,
     tx: mpsc::Sender<Command>,
     mut rx: mpsc::Receiver<Command>,
 ) -> Result<(), ZdsError> {
@@ -67,7 +73,7 @@ async fn run(
         .await
         .map_err(|_| ZdsError::Protocol("no hello from ztunnel".into()))??;
     info!(version = hello.version, "ztunnel connected");
-    let snapshot = agent.start_session(tx);
+    let snapshot = agent.start_session(id, tx);
     let count = snapshot.len();
     for (request, netns) in snapshot {
         if let Err(e) = exchange(conn, &request, netns.as_deref()).await? {
@@ -81,6 +87,8 @@ async fn run(
         warn!(error = %e, "ztunnel refused the snapshot");
     }
     info!(pods = count, "snapshot sent to ztunnel");
+    // Ends when a newer session superseded this one and then ended itself (the agent drops
+    // this session's sender): the ztunnel on the other end reconnects if it is still serving.
     while let Some(command) = rx.recv().await {
         let outcome = exchange(conn, &command.request, command.netns.as_deref()).await;
         match outcome {

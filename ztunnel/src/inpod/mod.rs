@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::workload::zds::WorkloadInfo;
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::proxy::{PodContext, Shared};
+use crate::proxy::{PodContext, Shared, StartError};
 use netns::Netns;
 
 /// The identity a pod the node agent describes runs as (its certificates name it): its
@@ -31,6 +31,29 @@ pub fn pod_identity(trust_domain: &str, info: &WorkloadInfo) -> Result<Identity,
     };
     Identity::new(trust_domain, &info.namespace, account)
         .map_err(|e| format!("pod {}/{}: {e}", info.namespace, info.name))
+}
+
+/// Retries [`PodContext::start`] until the ports are free or the pod leaves.
+async fn start_when_free(ctx: Arc<PodContext>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = ctx.listening.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ctx.start() {
+            Ok(()) => {
+                info!(pod = %ctx.name, "ports free: listening");
+                return;
+            }
+            Err(StartError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => {
+                warn!(pod = %ctx.name, error = %e, "cannot listen in the pod");
+                return;
+            }
+        }
+    }
 }
 
 /// The pods this ztunnel currently serves.
@@ -98,7 +121,18 @@ impl WorkloadManager {
             self.shared.clone(),
         )
         .map_err(|e| e.to_string())?;
-        ctx.start().map_err(|e| e.to_string())?;
+        match ctx.start() {
+            Ok(()) => {}
+            // A process holds one of the ports without sharing it (a ztunnel from before port
+            // sharing, being replaced): bind as soon as it leaves rather than never.
+            Err(StartError::Bind { port, source })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(uid, pod = %info.name, port, "port held by another process; binding once it is free");
+                tokio::spawn(start_when_free(ctx.clone()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
         let old = self
             .pods
             .lock()

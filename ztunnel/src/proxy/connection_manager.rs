@@ -252,6 +252,8 @@ mod tests {
             cert_wait: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             connections: ConnectionManager::new(),
+            draining: CancellationToken::new(),
+            connection_tasks: tokio_util::task::TaskTracker::new(),
         });
         let pod = PodContext::new(
             "Kubernetes//Pod/default/server".into(),

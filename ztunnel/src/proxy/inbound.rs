@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambient_proto::hbone::{ConnectStatus, H2Stream, InboundConnect, relay, serve_connection};
+use ambient_proto::hbone::{
+    ConnectStatus, H2Stream, InboundConnect, relay, serve_connection_until,
+};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,7 +37,18 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     }
     let handler_ctx = ctx.clone();
     let handler = move |inbound: InboundConnect| connect(handler_ctx.clone(), inbound);
-    let served = serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.shared.h2, handler).await;
+    // A draining process sends GOAWAY: the peer's pool takes new streams to the process that
+    // now holds the listener, while this connection's streams finish here.
+    let draining = ctx.shared.draining.clone();
+    let served = serve_connection_until(
+        tcp,
+        peer,
+        ctx.acceptor.clone(),
+        ctx.shared.h2,
+        handler,
+        draining.cancelled_owned(),
+    )
+    .await;
     if let Err(e) = served {
         metrics::hbone_rejected("inbound", e.reason.as_str());
         warn!(

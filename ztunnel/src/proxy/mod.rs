@@ -29,6 +29,7 @@ use futures::task::{ArcWake, AtomicWaker};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 use crate::dns;
 use crate::inpod::netns::Netns;
@@ -67,6 +68,11 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Live inbound connections, re-checked when policies change.
     pub connections: Arc<connection_manager::ConnectionManager>,
+    /// Cancelled when this process starts draining (SIGTERM): every pod's listeners close and
+    /// inbound HBONE connections are asked to go elsewhere, while open connections go on.
+    pub draining: CancellationToken,
+    /// Every connection's task, so that a draining process can wait for the last one.
+    pub connection_tasks: TaskTracker,
 }
 
 /// Pool key: (source identity, destination identity, destination HBONE address).
@@ -84,6 +90,8 @@ pub struct PodContext {
     pub acceptor: TlsAcceptor,
     /// Cancelled when the pod leaves the node: listeners and connections stop.
     pub cancel: CancellationToken,
+    /// Cancelled when the pod leaves the node or the process drains: listeners stop.
+    pub listening: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +121,7 @@ impl PodContext {
             netns,
             pool: Pool::new(shared.pool),
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            listening: shared.draining.child_token(),
             shared,
             cancel: CancellationToken::new(),
         }))
@@ -148,7 +157,7 @@ impl PodContext {
             self.name.clone(),
         ));
         for (udp, tcp) in dns {
-            let cancel = self.cancel.clone();
+            let cancel = self.listening.clone();
             tokio::spawn(dns::server::serve_udp(
                 udp,
                 resolver.clone(),
@@ -197,12 +206,15 @@ impl PodContext {
     }
 
     pub fn stop(&self) {
+        self.listening.cancel();
         self.cancel.cancel();
         self.pool.clear();
     }
 }
 
-/// Accepts connections until the pod is stopped, running `handle` for each on its own task.
+/// Accepts connections until the pod is stopped or the process drains, running `handle` for
+/// each on its own task (tracked, so a draining process waits for it). Returning drops the
+/// listener.
 pub(crate) async fn accept_loop<F, Fut>(
     ctx: Arc<PodContext>,
     listener: tokio::net::TcpListener,
@@ -214,12 +226,14 @@ pub(crate) async fn accept_loop<F, Fut>(
 {
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
+            _ = ctx.listening.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let connection = handle(ctx.clone(), stream, peer);
-                    tokio::spawn(UntilCancelled::new(&ctx.cancel, connection));
+                    ctx.shared
+                        .connection_tasks
+                        .spawn(UntilCancelled::new(&ctx.cancel, connection));
                 }
                 Err(e) => {
                     tracing::warn!(pod = %ctx.name, listener = what, error = %e, "accept failed");

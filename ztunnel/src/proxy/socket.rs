@@ -37,11 +37,15 @@ fn new_socket_of(
 }
 
 /// A listener bound to `addr` inside `netns`. It is transparent, so that istio-cni's TPROXY
-/// rules (which deliver only to transparent sockets) reach it as well as our `redirect`.
+/// rules (which deliver only to transparent sockets) reach it as well as our `redirect`. It
+/// shares its port (`SO_REUSEPORT`) so that a new ztunnel process can listen beside this one
+/// before this one closes: with the pod's `tcp_migrate_req` on (the node agent sets it), the
+/// connections queued on a closing listener move to the other instead of being reset.
 pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = new_socket(netns, &addr)?;
     set_transparent(&socket, &addr)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -50,9 +54,10 @@ pub fn listen_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<TcpListener
     TcpListener::from_std(socket.into())
 }
 
-/// A UDP socket bound to `addr` inside `netns`.
+/// A UDP socket bound to `addr` inside `netns`, sharing its port as [`listen_in`]'s do.
 pub fn udp_in(netns: &Netns, addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = new_socket_of(netns, &addr, Type::DGRAM, Protocol::UDP)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
