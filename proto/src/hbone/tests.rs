@@ -27,6 +27,16 @@ struct EchoServer {
 }
 
 async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
+    echo_server_draining(ca, server_uri, tokio::sync::watch::channel(false).1).await
+}
+
+/// [`echo_server`] whose accepted connections drain (GOAWAY) once `drain` turns true; new
+/// connections are still accepted, as a replacement process would accept them.
+async fn echo_server_draining(
+    ca: &TestCa,
+    server_uri: &str,
+    drain: tokio::sync::watch::Receiver<bool>,
+) -> EchoServer {
     let slot = Arc::new(CertSlot::new());
     slot.store(ca.issue(server_uri));
     let config = tls::server_config(slot, &ca.bundle(TD)).unwrap();
@@ -39,6 +49,9 @@ async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
             let (tcp, peer) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            // Only connections accepted before the drain began are drained.
+            let mut drain = drain.clone();
+            let accepted_draining = *drain.borrow_and_update();
             tokio::spawn(async move {
                 let handler = |inbound: InboundConnect| async move {
                     if inbound.authority().unwrap().port() == 9 {
@@ -55,8 +68,20 @@ async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
                     });
                     let _ = relay(r, w, &mut stream, &()).await;
                 };
-                if let Err(e) =
-                    serve_connection(tcp, peer, acceptor, H2Settings::default(), handler).await
+                let draining = async move {
+                    if accepted_draining || drain.wait_for(|d| *d).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                if let Err(e) = serve_connection_until(
+                    tcp,
+                    peer,
+                    acceptor,
+                    H2Settings::default(),
+                    handler,
+                    draining,
+                )
+                .await
                 {
                     tx.send(e.reason).unwrap();
                 }
@@ -176,6 +201,67 @@ async fn pool_opens_another_connection_when_streams_run_out() {
         held.push(s);
     }
     assert_eq!(pool.connection_count(), 3);
+}
+
+/// A server that drains sends GOAWAY: the stream it carries goes on, the pool stops choosing
+/// that connection (one new dial, not one per stream) and new streams reach a new connection.
+#[tokio::test]
+async fn a_draining_peer_keeps_its_streams_and_the_pool_dials_anew() {
+    let ca = TestCa::new("root");
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let server = echo_server_draining(&ca, SERVER_ID, draining).await;
+    let pool: Pool<u8> = Pool::new(PoolSettings::default());
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = || {
+        let (config, dials) = (config.clone(), dials.clone());
+        let pool = &pool;
+        async move {
+            pool.stream(
+                &1,
+                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+                || {
+                    dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    dial(server.addr, config)
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A long stream on the first connection: the app side is a duplex the test holds.
+    let long = open().await;
+    let (mut stream, _guard) = long.into_parts();
+    let (app, test_side) = tokio::io::duplex(1024);
+    let (r, w) = tokio::io::split(app);
+    let relay_task = tokio::spawn(async move { relay(r, w, &mut stream, &()).await });
+    let (mut rd, mut wr) = tokio::io::split(test_side);
+    wr.write_all(b"before").await.unwrap();
+    let mut got = [0u8; 6];
+    rd.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"before");
+
+    drain.send(true).unwrap();
+    // Streams opened before the GOAWAY reaches the client still land on the old connection
+    // (which accepts them); wait for the one that needed a new dial.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dials.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no new connection");
+        drop(open().await);
+    }
+    // The old connection is out of the pool's choice: more streams, no more dials.
+    for _ in 0..5 {
+        drop(open().await);
+    }
+    assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The long stream still runs on the draining connection.
+    wr.write_all(b"after!").await.unwrap();
+    rd.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"after!");
+    wr.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    rd.read_to_end(&mut rest).await.unwrap();
+    relay_task.await.unwrap().unwrap();
 }
 
 /// Connects with a hand-made client certificate and returns what the server said.
