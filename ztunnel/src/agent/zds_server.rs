@@ -87,9 +87,24 @@ async fn run(
         warn!(error = %e, "ztunnel refused the snapshot");
     }
     info!(pods = count, "snapshot sent to ztunnel");
-    // Ends when a newer session superseded this one and then ended itself (the agent drops
-    // this session's sender): the ztunnel on the other end reconnects if it is still serving.
-    while let Some(command) = rx.recv().await {
+    loop {
+        let command = tokio::select! {
+            // None: a newer session superseded this one and then ended itself (the agent
+            // dropped this session's sender); the ztunnel on the other end reconnects if it is
+            // still serving.
+            command = rx.recv() => match command {
+                Some(command) => command,
+                None => return Ok(()),
+            },
+            // Between requests ztunnel sends nothing: a read that ends means it went away,
+            // which must end the session now (a newer one ending lets older ones start over).
+            unexpected = conn.recv::<WorkloadResponse>() => {
+                return match unexpected {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ZdsError::Protocol("a response to no request".into())),
+                };
+            }
+        };
         let outcome = exchange(conn, &command.request, command.netns.as_deref()).await;
         match outcome {
             Ok(answer) => {
@@ -101,5 +116,45 @@ async fn run(
             }
         }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ambient_proto::istio::workload::zds::{Ack, Version};
+
+    use super::*;
+
+    /// Connects as a ztunnel would and applies the (empty) snapshot.
+    async fn ztunnel(path: &std::path::Path) -> ZdsConnection {
+        let conn = ZdsConnection::connect(path).await.unwrap();
+        let hello = ZdsHello {
+            version: Version::V1 as i32,
+        };
+        conn.send(&hello, None).await.unwrap();
+        let (request, _) = conn.recv::<WorkloadRequest>().await.unwrap();
+        assert!(matches!(request.payload, Some(Payload::SnapshotSent(_))));
+        let ack = WorkloadResponse {
+            payload: Some(workload_response::Payload::Ack(Ack::default())),
+        };
+        conn.send(&ack, None).await.unwrap();
+        conn
+    }
+
+    /// A ztunnel replaced by a newer one keeps its session while it drains; if the newer one
+    /// goes away first, the older session is closed, so a ztunnel still serving reconnects and
+    /// gets a snapshot with the changes it missed.
+    #[tokio::test]
+    async fn when_the_newest_session_ends_the_superseded_ones_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ztunnel.sock");
+        let agent = Arc::new(NodeAgent::new(None).unwrap());
+        tokio::spawn(serve(agent, ZdsListener::bind(&path).unwrap()));
+        let older = ztunnel(&path).await;
+        let newer = ztunnel(&path).await;
+        drop(newer);
+        let ended = tokio::time::timeout(Duration::from_secs(5), older.recv::<WorkloadRequest>())
+            .await
+            .expect("the older session was closed");
+        assert!(matches!(ended, Err(ZdsError::Closed)), "{ended:?}");
+    }
 }
