@@ -587,8 +587,86 @@ fn is_informational(path: &yaml::Path) -> bool {
     envelope || status || path.starts_with_keys(&["metadata", "managedFields"])
 }
 
+/// Kubernetes' DNS-1123 label: lowercase letters, digits and `-`, starting and ending with a
+/// letter or digit, at most 63 characters (namespaces).
+fn is_dns1123_label(s: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    s.len() <= 63
+        && edge(s.bytes().next())
+        && edge(s.bytes().last())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Kubernetes' DNS-1123 subdomain: labels joined by dots, at most 253 characters (most object
+/// names, service accounts).
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// The names the API server would refuse. A namespace and a service account become path
+/// segments of a workload's SPIFFE identity: accepting a malformed one would give every proxy
+/// a workload it must reject.
+fn validate_names(object: &Object) -> Result<(), (yaml::Path, String)> {
+    let kind = object.kind();
+    let meta = object.meta();
+    let field = |name: &str| yaml::Path::root().key("metadata").key(name);
+    let name = meta.name.as_deref().unwrap_or_default();
+    let namespace_name = matches!(kind, Kind::Namespace);
+    let valid = if namespace_name {
+        is_dns1123_label(name)
+    } else {
+        is_dns1123_subdomain(name)
+    };
+    if !valid {
+        return Err((
+            field("name"),
+            format!(
+                "name {name:?} is not a valid {} (lowercase letters, digits, '-'{}); {kind} ignored",
+                if namespace_name {
+                    "DNS-1123 label"
+                } else {
+                    "DNS-1123 subdomain"
+                },
+                if namespace_name {
+                    ", at most 63"
+                } else {
+                    " and '.', at most 253"
+                },
+            ),
+        ));
+    }
+    if let Some(namespace) = meta.namespace.as_deref()
+        && !is_dns1123_label(namespace)
+    {
+        return Err((
+            field("namespace"),
+            format!(
+                "namespace {namespace:?} is not a valid DNS-1123 label (lowercase letters, digits, '-', at most 63); {kind} ignored"
+            ),
+        ));
+    }
+    if let Object::Pod(pod) = object
+        && let Some(account) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+        && !account.is_empty()
+        && !is_dns1123_subdomain(account)
+    {
+        return Err((
+            yaml::Path::root().key("spec").key("serviceAccountName"),
+            format!(
+                "service account {account:?} is not a valid DNS-1123 subdomain; {kind} ignored"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the API server would make that a manifest can violate, with the field at fault.
 fn validate(object: &Object) -> Result<(), (yaml::Path, String)> {
+    validate_names(object)?;
     if let Object::Service(s) = object {
         let ports = s
             .spec
@@ -662,6 +740,38 @@ metadata:
 
     fn parse(text: &str) -> ParsedFile {
         parse_file(Path::new("m.yaml"), text, None)
+    }
+
+    /// Found by the `manifests` fuzz target: a namespace the API server would refuse became
+    /// a workload identity no proxy accepts. Such objects are refused at their field; the rest
+    /// of the file applies.
+    #[test]
+    fn names_the_api_server_would_refuse_are_refused_at_their_field() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: s'op\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: Shop\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nspec:\n  serviceAccountName: web/admin\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: Web_2, namespace: shop}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-3.a, namespace: shop}\nspec: {serviceAccountName: \"\"}\n";
+        let p = parse(text);
+        let keys: Vec<String> = p.objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(keys, vec!["Pod/shop/web-3.a"], "{:?}", p.diagnostics);
+        let lines: Vec<(Option<usize>, bool)> = p
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.message.contains("DNS-1123")))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (Some(5), true),
+                (Some(10), true),
+                (Some(16), true),
+                (Some(20), true)
+            ],
+            "{:?}",
+            p.diagnostics
+        );
+        assert!(is_dns1123_subdomain("web-0.shop"));
+        for bad in ["", "-web", "web-", "we_b", "web..x", &"a".repeat(254)] {
+            assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+        }
+        assert!(!is_dns1123_label(&"a".repeat(64)));
     }
 
     #[test]
