@@ -19,7 +19,7 @@ pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 /// A histogram handle appends every sample to a queue that only a scrape or an upkeep empties
 /// into the exported buckets; a recorder installed with `install_recorder` runs no upkeep of its
 /// own, so without this a process nobody scrapes grows by every sample it records (the
-/// waypoint's four per request: +0.17 MB a minute in the soak). Every component that installs a
+/// waypoint's three per request: +0.17 MB a minute in the soak). Every component that installs a
 /// recorder calls this once, inside its runtime.
 pub fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
