@@ -319,7 +319,7 @@ impl Mesh {
         Ok(old)
     }
 
-    fn spawn_ztunnel(&mut self, node: &str) -> Result<Proc, MeshError> {
+    fn spawn_ztunnel(&self, node: &str) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let netns = n.netns.clone();
         let procs = self

@@ -17,7 +17,7 @@ use ambient_proto::istio::workload::zds::WorkloadInfo;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::proxy::{PodContext, Shared, StartError};
+use crate::proxy::{PodContext, Shared};
 use netns::Netns;
 
 /// The identity a pod the node agent describes runs as (its certificates name it): its
@@ -46,8 +46,7 @@ async fn start_when_free(ctx: Arc<PodContext>) {
                 info!(pod = %ctx.name, "ports free: listening");
                 return;
             }
-            Err(StartError::Bind { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) if e.held_port().is_some() => {}
             Err(e) => {
                 warn!(pod = %ctx.name, error = %e, "cannot listen in the pod");
                 return;
@@ -125,9 +124,7 @@ impl WorkloadManager {
             Ok(()) => {}
             // A process holds one of the ports without sharing it (a ztunnel from before port
             // sharing, being replaced): bind as soon as it leaves rather than never.
-            Err(StartError::Bind { port, source })
-                if source.kind() == std::io::ErrorKind::AddrInUse =>
-            {
+            Err(e) if let Some(port) = e.held_port() => {
                 warn!(uid, pod = %info.name, port, "port held by another process; binding once it is free");
                 tokio::spawn(start_when_free(ctx.clone()));
             }

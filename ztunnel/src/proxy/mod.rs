@@ -102,6 +102,18 @@ pub enum StartError {
     Tls(#[from] ambient_proto::tls::TlsError),
 }
 
+impl StartError {
+    /// The port another process holds without sharing it: worth binding again later.
+    pub fn held_port(&self) -> Option<u16> {
+        match self {
+            StartError::Bind { port, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                Some(*port)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl PodContext {
     pub fn new(
         uid: String,
