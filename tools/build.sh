@@ -3,7 +3,7 @@
 # into a cache outside the clone, and prints the path of each binary.
 #
 #   tools/build.sh            # every tool
-#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds)
+#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds, cni)
 #   tools/build.sh crds       # only download the upstream CRD modules (tools/crds)
 #
 # Binaries: ${AMBIENT_TOOLS_DIR:-~/.cache/ambient-rs/tools}/bin.
@@ -88,4 +88,15 @@ build kube-lab build_go kube-lab kube . $(kube_version_ldflags)
 build kubectl build_go kubectl kube k8s.io/kubernetes/cmd/kubectl $(kube_version_ldflags)
 # Upstream CRDs (Gateway API, Istio) that the Kubernetes e2e tests install: modules only.
 build crds go_modules crds crds
+# The reference CNI plugins (bridge, host-local, loopback) and libcni's runtime (cnitool),
+# which the CNI tests chain our plugin behind: CNI_PATH=$bin_dir/cni.
+build_cni() {
+  mkdir -p "$bin_dir/cni"
+  build_go cni/cnitool cni github.com/containernetworking/cni/cnitool
+  local p
+  for p in main/bridge main/loopback ipam/host-local; do
+    build_go "cni/${p#*/}" cni "github.com/containernetworking/plugins/plugins/$p"
+  done
+}
+build cni build_cni
 # e.g. build helm build_go helm helm helm.sh/helm/v3/cmd/helm   (tools/helm/go.mod)

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod command_line;
 pub mod control_plane;
+pub mod enrolment;
 pub mod exposition;
 pub mod identity;
 pub mod logging;

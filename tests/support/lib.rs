@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Packages whose binaries the tests run.
-const BINARIES: [&str; 2] = ["ambientctl", "demo-app"];
+/// Packages whose binaries the tests run (`ztunnel` for its CNI plugin, `ambient-cni`).
+const BINARIES: [&str; 3] = ["ambientctl", "demo-app", "ztunnel"];
 
 /// The directory cargo put this test executable's profile in (`target/<profile>`); test
 /// executables live in its `deps/`.
@@ -93,6 +93,11 @@ impl From<Exe> for PathBuf {
     fn from(e: Exe) -> PathBuf {
         e.path().to_path_buf()
     }
+}
+
+/// The CNI plugin under test (`ambient-cni`, a binary of the `ztunnel` package).
+pub fn cni_plugin() -> PathBuf {
+    bin_dir().join("ambient-cni")
 }
 
 /// The workspace's root directory.

@@ -66,9 +66,17 @@ pub struct AgentArgs {
     /// Where ztunnel connects for ZDS.
     #[arg(long, default_value = "/var/run/ztunnel/ztunnel.sock")]
     pub zds_socket: PathBuf,
-    /// Where pods are announced.
-    #[arg(long, default_value = "/var/run/ambient/cni.sock")]
+    /// Where pods are announced (the CNI plugin's `agentSocket`).
+    #[arg(long, default_value = crate::cni_plugin::spec::DEFAULT_AGENT_SOCKET)]
     pub cni_socket: PathBuf,
+    /// This node's name. With it the agent watches the node's pods on the API server,
+    /// decides enrolment for the CNI plugin and follows label changes (in a DaemonSet, from
+    /// the downward API); without it, pods arrive already decided (`/cmdadd`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The API server's kubeconfig, for `--node-name` (default: in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Persisted pod list, so a restarted agent still knows its pods.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
@@ -121,6 +129,8 @@ impl AgentArgs {
             zds_socket,
             cni_socket,
             state_file,
+            // Not from this process's `NODE_NAME`.
+            node_name: None,
             ..Self::parse_from(["node-agent"])
         }
     }
@@ -191,8 +201,19 @@ pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()
             .with_context(|| format!("binding {}", args.zds_socket.display()))?;
         let cni = agent::cni::bind(&args.cni_socket)
             .with_context(|| format!("binding {}", args.cni_socket.display()))?;
+        let kube_pods = match &args.node_name {
+            Some(node) => {
+                let client = agent::kube_pods::client(args.kubeconfig.as_deref())
+                    .await
+                    .context("connecting to the API server")?;
+                let pods = agent::kube_pods::KubePods::new(node_agent.clone(), client, node.clone());
+                tokio::spawn(pods.clone().run());
+                Some(pods)
+            }
+            None => None,
+        };
         tokio::spawn(agent::zds_server::serve(node_agent.clone(), zds));
-        tokio::spawn(agent::cni::serve(node_agent, cni));
+        tokio::spawn(agent::cni::serve(node_agent, kube_pods, cni));
         tracing::info!(zds = %args.zds_socket.display(), cni = %args.cni_socket.display(), "node agent running");
         let shutdown = CancellationToken::new();
         proxy_core::shutdown::on_signal(shutdown.clone());

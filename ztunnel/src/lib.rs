@@ -13,6 +13,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod cli;
+pub mod cni_plugin;
 pub mod dns;
 pub mod inpod;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+pub use proxy_core::enrolment::DATAPLANE_MODE;
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
@@ -35,11 +35,10 @@ pub fn enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     if annotated {
         return true;
     }
-    match label(&pod.metadata, DATAPLANE_MODE) {
-        Some("ambient") => true,
-        Some(_) => false,
-        None => namespace.is_some_and(|ns| label(&ns.metadata, DATAPLANE_MODE) == Some("ambient")),
-    }
+    proxy_core::enrolment::enrolled_by_labels(
+        labels(&pod.metadata),
+        namespace.map(|ns| labels(&ns.metadata)),
+    )
 }
 
 /// Every `selector` pair is among `labels` (an empty selector matches everything).

@@ -6,8 +6,17 @@
 //! | `POST /cmdadd` | [`PodEvent`] JSON | capture the pod and hand it to ztunnel |
 //! | `POST /cmddel` | `{"uid": "..."}` | release it |
 //! | `GET /pods` | | the pods the agent holds, as JSON |
+//! | `POST /cni/add` | [`CniAttachment`] | our CNI plugin's ADD: the agent decides enrolment from the pod's and its namespace's labels; answers [`CniAnswer`] |
+//! | `POST /cni/check` | [`CniAttachment`] | CHECK: whether the pod should be and is captured ([`CniAnswer`]) |
+//! | `POST /cni/del` | [`CniAttachment`] | DEL: release the pod if held |
+//! | `GET /healthz` | | `ok` (the plugin's STATUS) |
 //!
-//! Errors answer 400 (malformed request) or 500 with the reason as text.
+//! `/cmdadd` carries a decision already made (the local runtime decides from its manifests);
+//! `/cni/*` carry only what the CNI runtime knows, and need an agent that watches the API
+//! server (see [`super::kube_pods`]); without one they answer 503.
+//!
+//! Errors answer 400 (malformed request), 503 (no pod source) or 500 with the reason as
+//! text.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -21,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use super::kube_pods::KubePods;
 use super::{NodeAgent, PodEvent, PodStatus};
 
 /// Largest request body accepted.
@@ -30,6 +40,31 @@ const MAX_BODY: usize = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct DelRequest {
     pub uid: String,
+}
+
+/// A container attachment as the CNI plugin sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CniAttachment {
+    pub container_id: String,
+    /// The pod's network namespace; absent on a DEL after it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// `K8S_POD_UID`, when the runtime passes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+/// The agent's answer to a plugin's ADD or CHECK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CniAnswer {
+    /// The pod's and its namespace's labels put it in the mesh.
+    pub enrolled: bool,
+    /// Its capture rules are in place in the attachment's namespace.
+    pub captured: bool,
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -49,8 +84,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Serves pod events forever.
-pub async fn serve(agent: Arc<NodeAgent>, listener: UnixListener) {
+/// Serves pod events forever; `/cni/*` need `kube_pods`.
+pub async fn serve(
+    agent: Arc<NodeAgent>,
+    kube_pods: Option<Arc<KubePods>>,
+    listener: UnixListener,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -60,10 +99,12 @@ pub async fn serve(agent: Arc<NodeAgent>, listener: UnixListener) {
             }
         };
         let agent = agent.clone();
+        let kube_pods = kube_pods.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
-                async move { Ok::<_, Infallible>(route(agent, req).await) }
+                let kube_pods = kube_pods.clone();
+                async move { Ok::<_, Infallible>(route(agent, kube_pods, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -84,8 +125,44 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))
 }
 
-async fn route(agent: Arc<NodeAgent>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method().clone(), req.uri().path()) {
+async fn route(
+    agent: Arc<NodeAgent>,
+    kube_pods: Option<Arc<KubePods>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if let Some(command) = path.strip_prefix("/cni/")
+        && req.method() == Method::POST
+    {
+        let Some(kube_pods) = kube_pods else {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node agent has no pod source (run it with --node-name and a kubeconfig)\n",
+            );
+        };
+        let attachment = match read_json::<CniAttachment>(req).await {
+            Ok(a) => a,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+        };
+        let answer = match command {
+            "add" => kube_pods.cni_add(&attachment).await,
+            "check" => kube_pods.cni_check(&attachment).await,
+            "del" => kube_pods.cni_del(&attachment).await,
+            _ => return reply(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        return match answer {
+            Ok(a) => reply(
+                StatusCode::OK,
+                serde_json::to_vec(&a).expect("serializable"),
+            ),
+            Err(e) => {
+                warn!(pod = %format!("{}/{}", attachment.pod_namespace, attachment.pod_name), command, error = %e, "CNI request failed");
+                reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        };
+    }
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
         (Method::POST, "/cmdadd") => match read_json::<PodEvent>(req).await {
             Err(e) => reply(StatusCode::BAD_REQUEST, e),
             Ok(event) => match agent.add_pod(event).await {
@@ -128,6 +205,15 @@ pub enum CniClientError {
     Http(String),
     #[error("agent answered {status}: {body}")]
     Refused { status: StatusCode, body: String },
+    #[error("agent did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl CniClientError {
+    /// The agent could not be asked at all (as opposed to answering with a refusal).
+    pub fn unreachable(&self) -> bool {
+        !matches!(self, CniClientError::Refused { .. })
+    }
 }
 
 impl CniClient {
@@ -193,6 +279,30 @@ impl CniClient {
         self.call(Method::POST, "/cmddel", body).await.map(|_| ())
     }
 
+    /// The plugin's ADD, CHECK or DEL (`command`: `add`, `check`, `del`), bounded by
+    /// `timeout` (an ADD waits for ztunnel's acknowledgement).
+    pub async fn cni(
+        &self,
+        command: &str,
+        attachment: &CniAttachment,
+        timeout: std::time::Duration,
+    ) -> Result<CniAnswer, CniClientError> {
+        let body = serde_json::to_vec(attachment).expect("serializable");
+        let uri = format!("/cni/{command}");
+        let call = self.call(Method::POST, &uri, body);
+        let answer = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| CniClientError::Timeout(timeout))??;
+        serde_json::from_slice(&answer).map_err(|e| CniClientError::Http(e.to_string()))
+    }
+
+    /// Whether the agent answers at all.
+    pub async fn healthz(&self) -> Result<(), CniClientError> {
+        self.call(Method::GET, "/healthz", Vec::new())
+            .await
+            .map(|_| ())
+    }
+
     pub async fn pods(&self) -> Result<Vec<PodStatus>, CniClientError> {
         let body = self.call(Method::GET, "/pods", Vec::new()).await?;
         serde_json::from_slice(&body).map_err(|e| CniClientError::Http(e.to_string()))
@@ -226,9 +336,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("cni.sock");
         let agent = Arc::new(NodeAgent::new(Some(dir.path().join("state.json"))).unwrap());
-        tokio::spawn(serve(agent, bind(&sock).unwrap()));
+        tokio::spawn(serve(agent, None, bind(&sock).unwrap()));
         let client = CniClient::new(&sock);
         assert!(client.pods().await.unwrap().is_empty());
+        client.healthz().await.unwrap();
+
+        // The plugin's requests need a pod source; this agent was started without one.
+        let attachment = CniAttachment {
+            container_id: "c".into(),
+            netns: Some("/x".into()),
+            pod_namespace: "shop".into(),
+            pod_name: "web".into(),
+            pod_uid: None,
+        };
+        let err = client
+            .cni("add", &attachment, std::time::Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(!err.unreachable());
+        assert!(err.to_string().contains("no pod source"), "{err}");
 
         let (status, body) = raw_post(&sock, "/cmdadd", b"{not json").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

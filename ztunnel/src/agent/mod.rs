@@ -5,12 +5,17 @@
 //! - [`cni`]: where pods are announced (HTTP over a unix socket, like istio-cni's plugin
 //!   events) and its client.
 //! - [`zds_server`]: the ZDS session with ztunnel: snapshot on connect, then live changes.
+//! - [`kube_pods`]: on a Kubernetes node, the node's pods from the API server; it decides
+//!   enrolment for our CNI plugin's requests and follows label changes ([`netns_scan`] finds
+//!   pods that were running before the agent).
 //!
 //! The agent persists its pod list, so after a restart it can give a reconnecting ztunnel the
 //! same pods again.
 
 pub mod capture;
 pub mod cni;
+pub mod kube_pods;
+pub mod netns_scan;
 pub mod nftables;
 pub mod rtnl;
 pub mod zds_server;
