@@ -1,9 +1,10 @@
 //! Our CNI plugin (`ambient-cni`) driven through the real CNI exec protocol: libcni's runtime
 //! (`cnitool`) runs it chained after the reference plugins (bridge with host-local IPAM, and
 //! loopback), all built by `tools/build.sh cni`, on network namespaces the test creates as
-//! pods, with the node agent watching a real API server (kube-lab). The error cases run the
-//! plugin directly, as a runtime does (environment + configuration on stdin), to read the
-//! error result's code.
+//! pods, with the node agent watching a real API server (kube-lab). The agent itself puts the
+//! plugin in the node's configuration (install mode) and takes it out on uninstall. The error
+//! cases run the plugin directly, as a runtime does (environment + configuration on stdin),
+//! to read the error result's code.
 //!
 //! Nothing plays ztunnel here: whether a pod's traffic is captured is seen at the port the
 //! capture rules send it to (15001), where the test listens in the pod's namespace in
@@ -43,40 +44,45 @@ const OUTBOUND: u16 = 15001;
 /// Everything a CNI invocation needs: the configuration directory, plugin path, agent socket.
 struct Cni {
     dir: PathBuf,
+    /// The node's network configuration (`/etc/cni/net.d`).
     conf_dir: PathBuf,
+    /// The node's plugin binaries (`/opt/cni/bin`), where the agent puts ours.
+    bin_dir: PathBuf,
     agent_socket: PathBuf,
     kubeconfig: PathBuf,
 }
+
+/// The cluster's own pod network, before ambient-rs joins its chain.
+const PRIMARY: &str = "10-pods.conflist";
 
 impl Cni {
     fn new(dir: &Path, kubeconfig: &Path) -> std::io::Result<Cni> {
         let cni = Cni {
             dir: dir.to_path_buf(),
             conf_dir: dir.join("net.d"),
+            bin_dir: dir.join("opt-cni-bin"),
             agent_socket: dir.join("agent/cni.sock"),
             kubeconfig: kubeconfig.to_path_buf(),
         };
         std::fs::create_dir_all(&cni.conf_dir)?;
-        // As a kubelet's runtime has them: loopback on its own, then the pod network with our
-        // plugin chained after the cluster's network plugin.
-        let loopback = json!({"cniVersion": "1.1.0", "name": "loopback",
-                              "plugins": [{"type": "loopback"}]});
+        std::fs::create_dir_all(&cni.bin_dir)?;
+        // The cluster's pod network (first by name: the one a runtime uses, and the one the
+        // agent joins), and loopback, which runtimes run on their own.
         let pods = json!({"cniVersion": "1.1.0", "name": "k8s-pod-network", "plugins": [
             {"type": "bridge", "bridge": "cni0", "isGateway": true,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
                       "dataDir": dir.join("ipam")}},
-            cni.plugin_conf(),
         ]});
-        // Without our plugin: how pods started before ambient-rs was installed were set up.
-        let before = json!({"cniVersion": "1.1.0", "name": "before-install", "plugins": [
-            pods["plugins"][0].clone()]});
-        for (file, conf) in [
-            ("10-loopback.conflist", loopback),
-            ("20-pods.conflist", pods),
-            ("30-before.conflist", before),
-        ] {
-            std::fs::write(cni.conf_dir.join(file), conf.to_string())?;
-        }
+        let loopback = json!({"cniVersion": "1.1.0", "name": "loopback",
+                              "plugins": [{"type": "loopback"}]});
+        std::fs::write(
+            cni.conf_dir.join(PRIMARY),
+            serde_json::to_string_pretty(&pods).unwrap(),
+        )?;
+        std::fs::write(
+            cni.conf_dir.join("99-loopback.conflist"),
+            loopback.to_string(),
+        )?;
         Ok(cni)
     }
 
@@ -86,11 +92,12 @@ impl Cni {
                "kubeconfig": self.kubeconfig})
     }
 
+    /// CNI_PATH: the reference plugins, and the node's directory our plugin is installed in.
     fn path(&self) -> String {
         format!(
             "{}:{}",
             tools_dir().join("bin/cni").display(),
-            e2e::cni_plugin().parent().unwrap().display()
+            self.bin_dir.display()
         )
     }
 
@@ -209,6 +216,17 @@ impl Cni {
     }
 }
 
+fn daemonset() -> Value {
+    let (namespace, name) = DAEMONSET.split_once('/').unwrap();
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "node-agent", "image": "x"}]}}},
+    })
+}
+
 fn pod(namespace: &str, name: &str, labels: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -262,7 +280,9 @@ fn stand_in_for_ztunnel(netns: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn start_agent(dir: &Path, kubeconfig: &Path) -> std::io::Result<Proc> {
+fn start_agent(cni: &Cni) -> std::io::Result<Proc> {
+    let dir = &cni.dir;
+    let kubeconfig = &cni.kubeconfig;
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     let args: Vec<String> = [
@@ -278,6 +298,16 @@ fn start_agent(dir: &Path, kubeconfig: &Path) -> std::io::Result<Proc> {
         NODE,
         "--kubeconfig",
         &kubeconfig.display().to_string(),
+        "--cni-conf-dir",
+        &cni.conf_dir.display().to_string(),
+        "--cni-bin-dir",
+        &cni.bin_dir.display().to_string(),
+        "--cni-plugin",
+        &e2e::cni_plugin().display().to_string(),
+        "--daemonset",
+        DAEMONSET,
+        "--readiness-addr",
+        READINESS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -290,6 +320,35 @@ fn start_agent(dir: &Path, kubeconfig: &Path) -> std::io::Result<Proc> {
         &dir.join("node-agent.log"),
         &[("RUST_LOG", "info")],
     )
+}
+
+/// The DaemonSet the agent runs in: while it exists, an exiting agent leaves the plugin.
+const DAEMONSET: &str = "ambient-rs/ztunnel";
+const READINESS: &str = "127.0.0.1:15022";
+
+/// Waits until the agent reports ready (its pod watch listed, the plugin in the chain).
+async fn agent_ready() -> Result<(), String> {
+    common::eventually(Duration::from_secs(20), || async {
+        let mut stream = tokio::net::TcpStream::connect(READINESS)
+            .await
+            .map_err(|e| e.to_string())?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /healthz/ready HTTP/1.0\r\nHost: agent\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    })
+    .await
 }
 
 /// The agent's pods once `check` holds of them (the agent acts on watch events).
@@ -348,11 +407,17 @@ fn cni_plugin_enrols_pods_by_labels_behind_the_reference_plugins() {
             ] {
                 kube.apply(pod(ns, name, labels)).await?;
             }
+            // The DaemonSet the agent belongs to (an uninstall deletes it).
+            kube.apply(namespace("ambient-rs", false)).await?;
+            kube.apply(daemonset()).await?;
             let cni = Cni::new(&dir, kube.kubeconfig())?;
             let agent_client = CniClient::new(&cni.agent_socket);
+            let primary = cni.conf_dir.join(PRIMARY);
+            let original = std::fs::read(&primary)?;
 
-            // A pod running before ambient-rs: set up without our plugin, one process in it.
-            let (early_ns, early_ip) = cni.start_pod("before-install", ("shop", "early"))?;
+            // A pod running before ambient-rs was installed (the chain without our plugin),
+            // one process in it.
+            let (early_ns, early_ip) = cni.start_pod("k8s-pod-network", ("shop", "early"))?;
             kube.set_pod_running("shop", "early", &early_ip).await?;
             let _early_process = Proc::spawn(
                 "early",
@@ -365,7 +430,13 @@ fn cni_plugin_enrols_pods_by_labels_behind_the_reference_plugins() {
             // The node's side of the bridge now exists: the server pods connect to.
             answer_with(TcpListener::bind((GATEWAY, SERVER_PORT))?, "server");
 
-            let mut agent = start_agent(&dir, kube.kubeconfig())?;
+            let mut agent = start_agent(&cni)?;
+            // Ready once its plugin is in the node's chain (and its pod watch has listed).
+            agent_ready().await?;
+            let chain: Value = serde_json::from_slice(&std::fs::read(&primary)?)?;
+            assert_eq!(chain["plugins"][1]["type"], "ambient-cni", "{chain}");
+            assert!(cni.bin_dir.join("ambient-cni").is_file());
+            assert!(cni.conf_dir.join("ambient-cni-kubeconfig").is_file());
             // Found by its address, without any CNI event.
             agent_pods(&agent_client, "early enrolled by the watch", |p| {
                 holds(p, "shop", "early")
@@ -510,13 +581,37 @@ fn cni_plugin_enrols_pods_by_labels_behind_the_reference_plugins() {
             assert!(del.status.success(), "{}", text(&del.stderr));
 
             // The kubelet's retry once the agent is back starts the pod, captured.
-            let _agent = start_agent(&dir, kube.kubeconfig())?;
+            let mut agent = start_agent(&cni)?;
             let (late_ns, _) = common::eventually(Duration::from_secs(20), || async {
                 cni.start_pod("k8s-pod-network", ("shop", "late"))
             })
             .await?;
             stand_in_for_ztunnel(&late_ns)?;
             assert_eq!(reached(&late_ns).await?, "captured");
+
+            // A restart (its DaemonSet still there) leaves the plugin in the chain.
+            agent.sigterm();
+            assert!(agent.exit_within(Duration::from_secs(10)).await.is_some());
+            let chain: Value = serde_json::from_slice(&std::fs::read(&primary)?)?;
+            assert_eq!(chain["plugins"][1]["type"], "ambient-cni", "{chain}");
+            // An uninstall (the DaemonSet deleted) restores the configuration as it was.
+            let mut agent = start_agent(&cni)?;
+            agent_ready().await?;
+            kube.delete("apps/v1", "DaemonSet", "ambient-rs", "ztunnel")
+                .await?;
+            agent.sigterm();
+            assert!(agent.exit_within(Duration::from_secs(10)).await.is_some());
+            assert_eq!(
+                String::from_utf8_lossy(&std::fs::read(&primary)?),
+                String::from_utf8_lossy(&original)
+            );
+            assert!(!cni.bin_dir.join("ambient-cni").exists());
+            assert!(!cni.conf_dir.join("ambient-cni-kubeconfig").exists());
+            let left: Vec<_> = std::fs::read_dir(&cni.conf_dir)?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(left.len(), 2, "{left:?}");
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         },
     );

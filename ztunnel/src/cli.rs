@@ -74,14 +74,48 @@ pub struct AgentArgs {
     /// the downward API); without it, pods arrive already decided (`/cmdadd`).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// The API server's kubeconfig, for `--node-name` (default: in-cluster).
+    /// The API server's kubeconfig, for `--node-name` (default: in-cluster). Also what the
+    /// installed CNI plugin is given.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Install our CNI plugin into the node's network configuration in this directory (the
+    /// host's `/etc/cni/net.d`, mounted), and keep it there.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where the plugin binary goes (the host's `/opt/cni/bin`, mounted).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// The plugin binary to install (default: `ambient-cni` beside this program).
+    #[arg(long)]
+    pub cni_plugin: Option<PathBuf>,
+    /// When to take the plugin out of the node's configuration as the agent exits.
+    #[arg(long, value_enum, default_value_t = CniRemoval::WhenUninstalled)]
+    pub cni_remove_on_exit: CniRemoval,
+    /// The DaemonSet this agent runs in (`namespace/name`): while it exists, an exiting
+    /// agent is being restarted or upgraded and leaves the plugin in place.
+    #[arg(long)]
+    pub daemonset: Option<String>,
+    /// Serve readiness (`/healthz/ready`) here: ready once the pod watch has listed and the
+    /// plugin is in place.
+    #[arg(long)]
+    pub readiness_addr: Option<SocketAddr>,
     /// Persisted pod list, so a restarted agent still knows its pods.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// When an exiting node agent takes its CNI plugin out of the node's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CniRemoval {
+    /// Only when its DaemonSet (`--daemonset`) is gone or being deleted: an uninstall. A
+    /// restart or upgrade leaves the plugin, so pods that start meanwhile wait for the agent
+    /// instead of starting uncaptured.
+    WhenUninstalled,
+    Always,
+    Never,
 }
 
 impl ZtunnelArgs {
@@ -201,23 +235,80 @@ pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()
             .with_context(|| format!("binding {}", args.zds_socket.display()))?;
         let cni = agent::cni::bind(&args.cni_socket)
             .with_context(|| format!("binding {}", args.cni_socket.display()))?;
-        let kube_pods = match &args.node_name {
-            Some(node) => {
-                let client = agent::kube_pods::client(args.kubeconfig.as_deref())
+        let shutdown = CancellationToken::new();
+        proxy_core::shutdown::on_signal(shutdown.clone());
+        let mut gates = Vec::new();
+        if args.node_name.is_some() {
+            gates.push(agent::kube_pods::READY_GATE);
+        }
+        if args.cni_conf_dir.is_some() {
+            gates.push(agent::cni_install::READY_GATE);
+        }
+        let readiness = proxy_core::readiness::Readiness::new(&gates);
+        if let Some(addr) = args.readiness_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding readiness on {addr}"))?;
+            tokio::spawn(proxy_core::admin::serve(
+                listener,
+                shutdown.clone(),
+                proxy_core::admin::readiness_routes(readiness.clone()),
+            ));
+        }
+        let client = match &args.node_name {
+            Some(_) => Some(
+                agent::kube_pods::client(args.kubeconfig.as_deref())
                     .await
-                    .context("connecting to the API server")?;
-                let pods = agent::kube_pods::KubePods::new(node_agent.clone(), client, node.clone());
-                tokio::spawn(pods.clone().run());
+                    .context("connecting to the API server")?,
+            ),
+            None => None,
+        };
+        let kube_pods = match (&args.node_name, &client) {
+            (Some(node), Some(client)) => {
+                let pods = agent::kube_pods::KubePods::new(node_agent.clone(), client.clone(), node.clone());
+                tokio::spawn(pods.clone().run(readiness.clone()));
                 Some(pods)
+            }
+            _ => None,
+        };
+        let install = match &args.cni_conf_dir {
+            Some(conf_dir) => {
+                let plugin = match &args.cni_plugin {
+                    Some(p) => p.clone(),
+                    None => std::env::current_exe()
+                        .context("finding this program")?
+                        .with_file_name(agent::cni_install::PLUGIN_TYPE),
+                };
+                let mut install =
+                    agent::cni_install::CniInstall::new(conf_dir.clone(), args.cni_bin_dir.clone(), plugin);
+                install.agent_socket = args.cni_socket.clone();
+                let kubeconfig = match &args.kubeconfig {
+                    Some(path) => agent::cni_install::KubeconfigSource::File(path.clone()),
+                    None => agent::cni_install::KubeconfigSource::InCluster,
+                };
+                tokio::spawn(agent::cni_install::keep_in_place(
+                    install.clone(),
+                    kubeconfig,
+                    readiness.clone(),
+                    shutdown.clone(),
+                ));
+                Some(install)
             }
             None => None,
         };
         tokio::spawn(agent::zds_server::serve(node_agent.clone(), zds));
         tokio::spawn(agent::cni::serve(node_agent, kube_pods, cni));
         tracing::info!(zds = %args.zds_socket.display(), cni = %args.cni_socket.display(), "node agent running");
-        let shutdown = CancellationToken::new();
-        proxy_core::shutdown::on_signal(shutdown.clone());
         shutdown.cancelled().await;
+        if let Some(install) = install {
+            agent::cni_install::on_exit(
+                &install,
+                args.cni_remove_on_exit,
+                client.as_ref(),
+                args.daemonset.as_deref(),
+            )
+            .await;
+        }
         anyhow::Ok(())
     })
 }

@@ -9,6 +9,8 @@
 //! - `dns`: queries encoded with the DNS library the proxy uses;
 //! - `hbone_connect`: request heads written by our HBONE client;
 //! - `zds`: the messages of a node agent's session;
+//! - `cni`: `CNI_ARGS` as kubelets pass them and our plugin's entries of network
+//!   configuration lists, chained (with a bridge plugin's `prevResult`) and not;
 //! - `prometheus`: the exposition the proxies' `/metrics` serve, rendered by the same
 //!   exporter from ztunnel's metrics.
 //!
@@ -57,6 +59,7 @@ fn main() {
     hbone(&out);
     zds_messages(&out);
     prometheus(&out);
+    cni(&out);
     println!("seeds written under {}", out.corpus.display());
 }
 
@@ -744,4 +747,40 @@ fn prometheus(out: &Out) {
     let hand = "# HELP up Whether the target is up.\n# TYPE up gauge\nup 1\nweird{a=\"1\",} -Inf\nnan_metric NaN 1700000000000\nm{le=\"+Inf\",x=\"a\\\"b\\\\c\\nd\"} 7\n";
     proxy_core::exposition::parse(hand).expect("the hand-written text parses");
     write(&dir, "special-values", hand.as_bytes());
+}
+
+fn cni(out: &Out) {
+    let dir = out.start("cni");
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-7d4b9c-x2x9q;\
+                K8S_POD_INFRA_CONTAINER_ID=4f1c;K8S_POD_UID=6a0c7d1e-5b7a-4f0e-9c1d-2b8e3f4a5c6d";
+    let prev = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
+                       {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+                       {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/cni-1"}],
+        "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {}
+    });
+    let chained = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "ambient-cni",
+        "agentSocket": "/var/run/ambient/cni.sock",
+        "kubeconfig": "/etc/cni/net.d/ambient-cni-kubeconfig",
+        "excludeNamespaces": ["kube-system", "ambient-rs"],
+        "prevResult": prev,
+    });
+    let minimal = serde_json::json!({"cniVersion": "1.0.0", "name": "k8s", "type": "ambient-cni"});
+    let version = serde_json::json!({"cniVersion": "0.4.0"});
+    for (name, args, conf) in [
+        ("chained", args, &chained),
+        ("unchained", args, &minimal),
+        ("no-pod", "", &chained),
+        ("excluded", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1", &chained),
+        ("version", "", &version),
+    ] {
+        let mut bytes = args.as_bytes().to_vec();
+        bytes.push(0);
+        bytes.extend_from_slice(conf.to_string().as_bytes());
+        write(&dir, name, &bytes);
+    }
 }

@@ -35,6 +35,9 @@ pub enum KubePodsError {
     NoNetns(String),
 }
 
+/// The readiness gate the pod watch holds until its first list.
+pub const READY_GATE: &str = "pod-watch";
+
 /// What the mesh needs to know of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFacts {
@@ -249,7 +252,7 @@ impl KubePods {
 
     /// Watches the node's pods and every namespace, and brings the held pods in line with
     /// them after each change; runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
+    pub async fn run(self: Arc<Self>, readiness: proxy_core::readiness::Readiness) {
         let changed = Arc::new(Notify::new());
         let pods_api: Api<Pod> = Api::all(self.client.clone());
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
@@ -271,6 +274,7 @@ impl KubePods {
         info!(node = %self.node, pods = pods.state().len(), "watching the node's pods");
         loop {
             self.reconcile(&pods, &namespaces).await;
+            readiness.mark(READY_GATE);
             changed.notified().await;
             // Let a burst of events (a namespace relabelled, many pods) settle first.
             tokio::time::sleep(Duration::from_millis(50)).await;

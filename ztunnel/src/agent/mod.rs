@@ -8,12 +8,14 @@
 //! - [`kube_pods`]: on a Kubernetes node, the node's pods from the API server; it decides
 //!   enrolment for our CNI plugin's requests and follows label changes ([`netns_scan`] finds
 //!   pods that were running before the agent).
+//! - [`cni_install`]: puts our CNI plugin in the node's plugin chain, and takes it out.
 //!
 //! The agent persists its pod list, so after a restart it can give a reconnecting ztunnel the
 //! same pods again.
 
 pub mod capture;
 pub mod cni;
+pub mod cni_install;
 pub mod kube_pods;
 pub mod netns_scan;
 pub mod nftables;

@@ -66,7 +66,7 @@ pub async fn run(
 
 /// The attachment to tell the agent about, or None when the mesh has no business with it
 /// (not a Kubernetes pod, or a namespace the configuration excludes).
-fn attachment(conf: &NetConf, invocation: &Invocation) -> Option<CniAttachment> {
+pub fn attachment(conf: &NetConf, invocation: &Invocation) -> Option<CniAttachment> {
     let pod = invocation.pod()?;
     if conf.exclude_namespaces.contains(&pod.namespace) {
         return None;
@@ -82,7 +82,7 @@ fn attachment(conf: &NetConf, invocation: &Invocation) -> Option<CniAttachment> 
 
 /// The previous plugin's result in the configuration's version: what a chained plugin that
 /// changes nothing prints.
-fn passed_through(conf: &NetConf) -> Result<Output, CniError> {
+pub fn passed_through(conf: &NetConf) -> Result<Output, CniError> {
     let mut result = conf.prev_result.clone().ok_or_else(|| {
         CniError::new(
             ErrorCode::InvalidConfig,
