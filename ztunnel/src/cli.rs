@@ -95,6 +95,10 @@ pub struct AgentArgs {
     /// agent is being restarted or upgraded and leaves the plugin in place.
     #[arg(long)]
     pub daemonset: Option<String>,
+    /// Where the host's processes are listed (the host's `/proc`, mounted): pods that ran
+    /// before the agent are found among their network namespaces.
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
     /// Serve readiness (`/healthz/ready`) here: ready once the pod watch has listed and the
     /// plugin is in place.
     #[arg(long)]
@@ -265,7 +269,12 @@ pub fn agent_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()
         };
         let kube_pods = match (&args.node_name, &client) {
             (Some(node), Some(client)) => {
-                let pods = agent::kube_pods::KubePods::new(node_agent.clone(), client.clone(), node.clone());
+                let pods = agent::kube_pods::KubePods::new(
+                    node_agent.clone(),
+                    client.clone(),
+                    node.clone(),
+                    args.proc_root.clone(),
+                );
                 tokio::spawn(pods.clone().run(readiness.clone()));
                 Some(pods)
             }

@@ -67,6 +67,12 @@ const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 const TOKEN_FILE: &str = "ambient-token";
 const RUN_DIR: &str = "/var/run/ztunnel";
 const NETNS_DIR: &str = "/var/run/netns";
+/// The host's CNI configuration and plugin directories, and its /proc, in the agent.
+const HOST_CNI_CONF: (&str, &str) = ("/etc/cni/net.d", "/host/etc/cni/net.d");
+const HOST_CNI_BIN: (&str, &str) = ("/opt/cni/bin", "/host/opt/cni/bin");
+const HOST_PROC: (&str, &str) = ("/proc", "/host/proc");
+/// The node agent's readiness port (ready once the plugin is in the node's chain).
+pub const NODE_AGENT_READINESS_PORT: u16 = 15022;
 
 /// How to print the manifests.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,7 +430,11 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
     // The node agent enrols the pods of its node; the tunnel itself needs no API access.
     out.push(to_value(&ClusterRole {
         metadata: meta(ZTUNNEL, None, ZTUNNEL),
-        rules: Some(vec![rule("", &["pods"], READ)]),
+        rules: Some(vec![
+            rule("", &["pods", "namespaces"], READ),
+            // Whether its DaemonSet is gone as it exits: an uninstall takes the plugin out.
+            rule("apps", &["daemonsets"], &["get"]),
+        ]),
         ..Default::default()
     }));
     for account in [CONTROLLER, ZTUNNEL] {
@@ -533,13 +543,21 @@ pub fn ztunnel_args(opts: &InstallArgs) -> Vec<String> {
     .to_args()
 }
 
-/// Arguments of the node-agent container.
-pub fn node_agent_args() -> Vec<String> {
-    AgentArgs::new(
-        format!("{RUN_DIR}/ztunnel.sock").into(),
-        format!("{RUN_DIR}/cni.sock").into(),
-        Some(format!("{RUN_DIR}/agent-state.json").into()),
-    )
+/// Arguments of the node-agent container: the pod watch (its node from `NODE_NAME`), the
+/// plugin installed into the host's CNI directories, taken out when the DaemonSet goes.
+pub fn node_agent_args(opts: &InstallArgs) -> Vec<String> {
+    AgentArgs {
+        cni_conf_dir: Some(HOST_CNI_CONF.1.into()),
+        cni_bin_dir: HOST_CNI_BIN.1.into(),
+        proc_root: HOST_PROC.1.into(),
+        daemonset: Some(format!("{}/{ZTUNNEL}", opts.namespace)),
+        readiness_addr: Some(([0, 0, 0, 0], NODE_AGENT_READINESS_PORT).into()),
+        ..AgentArgs::new(
+            format!("{RUN_DIR}/ztunnel.sock").into(),
+            format!("{RUN_DIR}/cni.sock").into(),
+            Some(format!("{RUN_DIR}/agent-state.json").into()),
+        )
+    }
     .to_args()
 }
 
@@ -657,10 +675,21 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
         name: "node-agent".to_string(),
         image: Some(image.to_string()),
         command: Some(strings(&["node-agent"])),
-        args: Some(node_agent_args()),
+        args: Some(node_agent_args(opts)),
         env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
+        ports: Some(vec![port(
+            "http-agent-ready",
+            NODE_AGENT_READINESS_PORT.into(),
+        )]),
+        readiness_probe: Some(http_probe(
+            "/healthz/ready",
+            NODE_AGENT_READINESS_PORT.into(),
+        )),
         volume_mounts: Some(vec![
             mount("ztunnel-run", RUN_DIR, false),
+            mount("cni-conf", HOST_CNI_CONF.1, false),
+            mount("cni-bin", HOST_CNI_BIN.1, false),
+            mount("host-proc", HOST_PROC.1, true),
             // Pods' network namespaces, bind-mounted by the container runtime after this
             // container started: HostToContainer propagation makes them visible.
             VolumeMount {
@@ -668,7 +697,14 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
                 ..mount("netns", NETNS_DIR, true)
             },
         ]),
-        security_context: Some(node_security()),
+        security_context: Some({
+            // Opening another user's /proc/<pid>/ns/net (pods from before the agent).
+            let mut security = node_security();
+            if let Some(caps) = security.capabilities.as_mut().and_then(|c| c.add.as_mut()) {
+                caps.push("SYS_PTRACE".to_string());
+            }
+            security
+        }),
         ..Default::default()
     };
     DaemonSet {
@@ -716,6 +752,11 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
                         // CNI plugin can reach the agent and the state survives restarts.
                         host_path("ztunnel-run", RUN_DIR),
                         host_path("netns", NETNS_DIR),
+                        host_path("cni-conf", HOST_CNI_CONF.0),
+                        host_path("cni-bin", HOST_CNI_BIN.0),
+                        // Pods that ran before the agent are found by their address among
+                        // the host's processes' network namespaces.
+                        host_path("host-proc", HOST_PROC.0),
                         Volume {
                             name: "ambient-token".to_string(),
                             projected: Some(ProjectedVolumeSource {
@@ -1154,6 +1195,21 @@ mod tests {
         assert_eq!(
             parsed.cni_socket,
             PathBuf::from("/var/run/ztunnel/cni.sock")
+        );
+        assert_eq!(
+            parsed.cni_conf_dir,
+            Some(PathBuf::from("/host/etc/cni/net.d"))
+        );
+        assert_eq!(parsed.cni_bin_dir, PathBuf::from("/host/opt/cni/bin"));
+        assert_eq!(parsed.proc_root, PathBuf::from("/host/proc"));
+        assert_eq!(parsed.daemonset.as_deref(), Some("istio-system/ztunnel"));
+        assert_eq!(
+            parsed.readiness_addr.map(|a| a.port()),
+            Some(NODE_AGENT_READINESS_PORT)
+        );
+        assert_eq!(
+            parsed.cni_remove_on_exit,
+            ztunnel::cli::CniRemoval::WhenUninstalled
         );
     }
 

@@ -142,12 +142,18 @@ fn key(namespace: &str, name: &str) -> String {
 }
 
 impl KubePods {
-    pub fn new(agent: Arc<NodeAgent>, client: kube::Client, node: String) -> Arc<KubePods> {
+    /// `proc_root`: where the host's processes are listed (`/proc`, or the host's mounted).
+    pub fn new(
+        agent: Arc<NodeAgent>,
+        client: kube::Client,
+        node: String,
+        proc_root: PathBuf,
+    ) -> Arc<KubePods> {
         Arc::new(KubePods {
             agent,
             client,
             node,
-            proc_root: PathBuf::from("/proc"),
+            proc_root,
             attached: Mutex::new(BTreeMap::new()),
             deciding: tokio::sync::Mutex::new(()),
         })
