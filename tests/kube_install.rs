@@ -88,6 +88,45 @@ async fn owned(kube: &KubeLab, objects: &[Value]) -> Vec<(String, Value, Value)>
     out
 }
 
+/// `ambientctl uninstall`, with the test acting as the nodes' kubelets: a ztunnel pod
+/// marked for deletion is removed at once (its containers have exited). Returns the output.
+async fn uninstall(kube: &KubeLab, kubeconfig: &str) -> String {
+    let mut run = tokio::process::Command::new(e2e::EXE)
+        .args([
+            "uninstall",
+            "--kubeconfig",
+            kubeconfig,
+            "--wait-seconds",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ambientctl uninstall");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(kube.client(), "istio-system");
+    let output = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        for pod in pods.list(&Default::default()).await.unwrap().items {
+            if pod.metadata.deletion_timestamp.is_some() {
+                let name = pod.metadata.name.unwrap();
+                let _ = kube.delete("v1", "Pod", "istio-system", &name).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out = run.wait_with_output().await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        output.success(),
+        "uninstall failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    stdout
+}
+
 async fn install(kubeconfig: &str) -> String {
     let run = ambientctl(&["install", "--kubeconfig", kubeconfig]).await;
     let out = text(&run.stdout);
@@ -218,6 +257,29 @@ fn kube_install_applies_the_dry_run_objects_and_is_idempotent() {
                 }
             })
             .await?;
+
+            // Uninstall leaves nothing install created (a namespace and a CRD go once
+            // their finalizers have run).
+            let out = uninstall(&kube, &kubeconfig).await;
+            assert!(out.contains("daemonset/ztunnel deleted"), "{out}");
+            assert!(
+                out.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .starts_with("daemonset/"),
+                "{out}"
+            );
+            for want in &rendered {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                kube.wait_for(
+                    (&s(&want["apiVersion"]), &s(&want["kind"])),
+                    &s(&want["metadata"]["namespace"]),
+                    &s(&want["metadata"]["name"]),
+                    Duration::from_secs(60),
+                    |o| o.is_none(),
+                )
+                .await?;
+            }
             TestResult::Ok(())
         },
     );
@@ -310,6 +372,16 @@ fn kube_install_keeps_upstream_crds_and_reports_refusals() {
             let out = install(&kubeconfig).await;
             assert!(!out.contains(" created"), "{out}");
             assert!(out.contains("secret/cacerts kept (existing CA)"), "{out}");
+
+            // Uninstall takes what install made and leaves the upstream CRDs as they were.
+            let out = uninstall(&kube, &kubeconfig).await;
+            assert!(
+                out.contains("customresourcedefinition/gateways.gateway.networking.k8s.io kept"),
+                "{out}"
+            );
+            for (name, was) in READ_CRDS.iter().zip(&before) {
+                assert_eq!(upstream(name).await["spec"], was["spec"], "{name}");
+            }
 
             // Nobody listens any more.
             kube.stop().await;

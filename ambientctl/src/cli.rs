@@ -81,6 +81,8 @@ pub enum Command {
     Analyze(crate::cmd::analyze::AnalyzeArgs),
     /// Render (or apply to a cluster) the Kubernetes manifests that run ambient-rs.
     Install(crate::cmd::install::InstallArgs),
+    /// Remove from a cluster what install created (each node's CNI configuration restored).
+    Uninstall(crate::cmd::uninstall::UninstallArgs),
     /// Waypoints (L7 proxies): generate, apply, list, status, delete (as istioctl's).
     Waypoint {
         #[command(subcommand)]

@@ -65,6 +65,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::ProxyStatus { output } => proxy_config::proxy_status(output),
         Command::Analyze(args) => ambientctl::cmd::analyze::run(args),
         Command::Install(args) => ambientctl::cmd::install::run(args),
+        Command::Uninstall(args) => ambientctl::cmd::uninstall::run(args),
         Command::Waypoint { command } => ambientctl::cmd::waypoint::run(command),
         Command::Dashboard(args) => ambientctl::cmd::dashboard::run(args),
         Command::Completion { shell } => {

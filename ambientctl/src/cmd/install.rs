@@ -677,10 +677,7 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
         command: Some(strings(&["node-agent"])),
         args: Some(node_agent_args(opts)),
         env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
-        ports: Some(vec![port(
-            "http-agent-ready",
-            NODE_AGENT_READINESS_PORT.into(),
-        )]),
+        ports: Some(vec![port("http-agent", NODE_AGENT_READINESS_PORT.into())]),
         readiness_probe: Some(http_probe(
             "/healthz/ready",
             NODE_AGENT_READINESS_PORT.into(),
@@ -840,8 +837,37 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(apply(args))
 }
 
+/// The API of a rendered object's kind (namespaced ones in theirs, else in `namespace`).
+pub fn api_for(
+    client: &kube::Client,
+    object: &Value,
+    namespace: &str,
+) -> anyhow::Result<kube::Api<kube::api::DynamicObject>> {
+    use kube::api::{Api, ApiResource, GroupVersionKind};
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let (plural, namespaced) =
+        resource_of(kind).ok_or_else(|| anyhow!("no REST mapping for kind {kind}"))?;
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    Ok(if namespaced {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(namespace);
+        Api::namespaced_with(client.clone(), ns, &resource)
+    } else {
+        Api::all_with(client.clone(), &resource)
+    })
+}
+
+/// The label every object `install` creates carries (uninstall deletes only those).
+pub fn part_of() -> (&'static str, &'static str) {
+    PART_OF
+}
+
 async fn apply(args: InstallArgs) -> anyhow::Result<ExitCode> {
-    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use kube::api::{Api, Patch, PatchParams};
 
     let config = match super::kubeconfig::load(args.kubeconfig.as_deref()).await {
         Ok(config) => config,
@@ -880,22 +906,9 @@ async fn apply(args: InstallArgs) -> anyhow::Result<ExitCode> {
     };
 
     for object in render_with_ca(&args, &ca) {
-        let api_version = object["apiVersion"].as_str().unwrap_or_default();
         let kind = object["kind"].as_str().unwrap_or_default();
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let (plural, namespaced) =
-            resource_of(kind).ok_or_else(|| anyhow!("no REST mapping for kind {kind}"))?;
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let api: Api<DynamicObject> = if namespaced {
-            let ns = object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(&args.namespace);
-            Api::namespaced_with(client.clone(), ns, &resource)
-        } else {
-            Api::all_with(client.clone(), &resource)
-        };
+        let api = api_for(&client, &object, &args.namespace)?;
         let shown = format!("{}/{name}", kind.to_lowercase());
         let existed = api
             .get_opt(name)

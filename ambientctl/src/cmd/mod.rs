@@ -5,6 +5,7 @@
 //! - [`waypoint`]: `waypoint generate|apply|list|status|delete`.
 //! - [`dashboard`]: `dashboard` (the live service graph in a browser).
 //! - [`output`]: tables, JSON and YAML.
+//! - [`install`] / [`uninstall`]: ambient-rs on a Kubernetes cluster.
 //! - [`kubeconfig`]: reaching a Kubernetes cluster.
 
 pub mod analyze;
@@ -14,4 +15,5 @@ pub mod kubeconfig;
 pub mod mesh;
 pub mod output;
 pub mod proxy_config;
+pub mod uninstall;
 pub mod waypoint;

@@ -425,6 +425,14 @@ async fn uninstalled(client: &kube::Client, name: &str) -> bool {
     match api.get_opt(name).await {
         Ok(None) => true,
         Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        // Our account or its rights already removed: only an uninstall does that.
+        Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
+            info!(
+                code = status.code,
+                "the API server no longer knows this agent's account"
+            );
+            true
+        }
         Err(e) => {
             warn!(error = %e, "reading the DaemonSet; the CNI plugin stays");
             false
