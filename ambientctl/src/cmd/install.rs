@@ -94,8 +94,9 @@ pub struct InstallArgs {
     /// Namespace of the controller and the ztunnels (also the mesh root namespace).
     #[arg(short, long, default_value = "istio-system")]
     pub namespace: String,
-    /// Image registry: images are `<hub>/ambient-controller:<tag>` and `<hub>/ztunnel:<tag>`
-    /// (which also holds `node-agent`).
+    /// Image registry: images are `<hub>/ambient-controller:<tag>`, `<hub>/ztunnel:<tag>`,
+    /// `<hub>/node-agent:<tag>` (with the CNI plugin) and `<hub>/waypoint:<tag>`, as
+    /// `images/build.sh` builds them.
     #[arg(long, default_value = DEFAULT_HUB)]
     pub image_hub: String,
     /// Image tag.
@@ -326,12 +327,12 @@ fn node_security() -> SecurityContext {
     }
 }
 
-/// The images' names.
-pub fn images(opts: &InstallArgs) -> (String, String) {
-    let hub = opts.image_hub.trim_end_matches('/');
-    (
-        format!("{hub}/{CONTROLLER}:{}", opts.tag),
-        format!("{hub}/{ZTUNNEL}:{}", opts.tag),
+/// An image of `--image-hub` and `--tag` (the names `images/` builds).
+pub fn image(opts: &InstallArgs, name: &str) -> String {
+    format!(
+        "{}/{name}:{}",
+        opts.image_hub.trim_end_matches('/'),
+        opts.tag
     )
 }
 
@@ -345,7 +346,6 @@ pub fn render(opts: &InstallArgs) -> Vec<Value> {
 /// Every object `install` applies, in apply order, with the given CA.
 pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
     let ns = opts.namespace.as_str();
-    let (controller_image, ztunnel_image) = images(opts);
     let mut out = Vec::new();
 
     // Istio's own kinds, which only an Istio installation would have brought. The Gateway
@@ -503,8 +503,11 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
         ..Default::default()
     }));
 
-    out.push(to_value(&controller_deployment(opts, &controller_image)));
-    out.push(to_value(&ztunnel_daemonset(opts, &ztunnel_image)));
+    out.push(to_value(&controller_deployment(
+        opts,
+        &image(opts, CONTROLLER),
+    )));
+    out.push(to_value(&ztunnel_daemonset(opts)));
     out
 }
 
@@ -515,11 +518,7 @@ pub fn controller_args(opts: &InstallArgs) -> Vec<String> {
         root_namespace: opts.namespace.clone(),
         ztunnel_service_accounts: vec![format!("{}/{ZTUNNEL}", opts.namespace)],
         // Waypoints the controller deploys come from the same hub and tag.
-        waypoint_image: format!(
-            "{}/waypoint:{}",
-            opts.image_hub.trim_end_matches('/'),
-            opts.tag
-        ),
+        waypoint_image: image(opts, "waypoint"),
         ..ambient_controller::cli::Args::new(CA_DIR.into())
     }
     .to_args()
@@ -637,13 +636,13 @@ fn controller_deployment(opts: &InstallArgs, image: &str) -> Deployment {
     }
 }
 
-fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
+fn ztunnel_daemonset(opts: &InstallArgs) -> DaemonSet {
     let mut pod_labels = labels(ZTUNNEL);
     pod_labels.insert("istio.io/dataplane-mode".into(), "none".into());
     pod_labels.insert("sidecar.istio.io/inject".into(), "false".into());
     let ztunnel = Container {
         name: ZTUNNEL.to_string(),
-        image: Some(image.to_string()),
+        image: Some(image(opts, ZTUNNEL)),
         command: Some(strings(&[ZTUNNEL])),
         args: Some(ztunnel_args(opts)),
         env: Some(
@@ -673,7 +672,7 @@ fn ztunnel_daemonset(opts: &InstallArgs, image: &str) -> DaemonSet {
     };
     let node_agent = Container {
         name: "node-agent".to_string(),
-        image: Some(image.to_string()),
+        image: Some(image(opts, "node-agent")),
         command: Some(strings(&["node-agent"])),
         args: Some(node_agent_args(opts)),
         env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
@@ -1046,10 +1045,17 @@ mod tests {
         );
         let ds: DaemonSet = parse(find(&objects, "DaemonSet", "ztunnel"));
         let pod = ds.spec.template.spec.unwrap();
-        assert!(
-            pod.containers
-                .iter()
-                .all(|c| c.image.as_deref() == Some("registry.example/x/ztunnel:v9"))
+        let images: Vec<&str> = pod
+            .containers
+            .iter()
+            .map(|c| c.image.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            images,
+            [
+                "registry.example/x/ztunnel:v9",
+                "registry.example/x/node-agent:v9"
+            ]
         );
         let args = pod.containers[0].args.clone().unwrap();
         assert!(args.windows(2).any(|w| w
