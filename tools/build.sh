@@ -3,7 +3,7 @@
 # into a cache outside the clone, and prints the path of each binary.
 #
 #   tools/build.sh            # every tool
-#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds, cni)
+#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds, cni, helm)
 #   tools/build.sh crds       # only download the upstream CRD modules (tools/crds)
 #
 # Binaries: ${AMBIENT_TOOLS_DIR:-~/.cache/ambient-rs/tools}/bin.
@@ -99,4 +99,5 @@ build_cni() {
   done
 }
 build cni build_cni
-# e.g. build helm build_go helm helm helm.sh/helm/v3/cmd/helm   (tools/helm/go.mod)
+# Helm, for the chart tests (helm lint, helm template).
+build helm build_go helm helm helm.sh/helm/v4/cmd/helm

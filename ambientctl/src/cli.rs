@@ -8,6 +8,16 @@ use crate::cmd::mesh::UpArgs;
 use crate::cmd::output::Format;
 use crate::cmd::proxy_config::ZtunnelView;
 
+#[derive(clap::Subcommand, Debug)]
+pub enum CaCommand {
+    /// Write `root-cert.pem`, `ca-cert.pem` and `ca-key.pem` (owner-only) into DIR.
+    Create {
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = ambient_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+}
+
 #[derive(Parser)]
 #[command(
     name = "ambientctl",
@@ -81,6 +91,12 @@ pub enum Command {
     Analyze(crate::cmd::analyze::AnalyzeArgs),
     /// Render (or apply to a cluster) the Kubernetes manifests that run ambient-rs.
     Install(crate::cmd::install::InstallArgs),
+    /// The mesh CA: `ca create DIR` writes a new root as Istio's plug-in CA files (for the Helm
+    /// chart's `ca` values or `install --ca-dir`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Remove from a cluster what install created (each node's CNI configuration restored).
     Uninstall(crate::cmd::uninstall::UninstallArgs),
     /// Waypoints (L7 proxies): generate, apply, list, status, delete (as istioctl's).

@@ -66,6 +66,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Analyze(args) => ambientctl::cmd::analyze::run(args),
         Command::Install(args) => ambientctl::cmd::install::run(args),
         Command::Uninstall(args) => ambientctl::cmd::uninstall::run(args),
+        Command::Ca {
+            command: ambientctl::cli::CaCommand::Create { dir, trust_domain },
+        } => {
+            ambientctl::cmd::install::CaMaterial::generate(&trust_domain)?.write(&dir)?;
+            println!("CA written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Waypoint { command } => ambientctl::cmd::waypoint::run(command),
         Command::Dashboard(args) => ambientctl::cmd::dashboard::run(args),
         Command::Completion { shell } => {

@@ -109,6 +109,14 @@ pub struct InstallArgs {
     /// in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Use this CA instead of generating one: a directory with Istio's plug-in CA files
+    /// (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`), as `ambientctl ca create` writes them.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Log filter of every component (`RUST_LOG` syntax: `debug`, `info,ztunnel=debug`);
+    /// default: each component's own (`info`).
+    #[arg(long)]
+    pub log_level: Option<String>,
 }
 
 impl Default for InstallArgs {
@@ -121,6 +129,8 @@ impl Default for InstallArgs {
             tag: env!("CARGO_PKG_VERSION").to_string(),
             trust_domain: ambient_proto::identity::DEFAULT_TRUST_DOMAIN.to_string(),
             kubeconfig: None,
+            ca_dir: None,
+            log_level: None,
         }
     }
 }
@@ -135,6 +145,41 @@ pub struct CaMaterial {
 }
 
 impl CaMaterial {
+    /// Istio's plug-in CA files from `dir`.
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("reading {}", dir.join(name).display()))
+        };
+        Ok(CaMaterial {
+            root_pem: read("root-cert.pem")?,
+            signing: Some((read("ca-cert.pem")?, read("ca-key.pem")?)),
+        })
+    }
+
+    /// Writes the files [`CaMaterial::load`] reads (the key readable by its owner only).
+    pub fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let (cert, key) = self.signing.as_ref().context("no signing key to write")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, text, mode) in [
+            ("root-cert.pem", &self.root_pem, 0o644),
+            ("ca-cert.pem", cert, 0o644),
+            ("ca-key.pem", key, 0o600),
+        ] {
+            let path = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// A fresh self-signed root for `trust_domain` (the controller's own kind of root).
     pub fn generate(trust_domain: &str) -> anyhow::Result<Self> {
         let (pem, key) =
@@ -327,6 +372,18 @@ fn node_security() -> SecurityContext {
     }
 }
 
+/// `RUST_LOG` for every container, when `--log-level` is given.
+fn log_env(opts: &InstallArgs) -> Vec<EnvVar> {
+    opts.log_level
+        .iter()
+        .map(|level| EnvVar {
+            name: "RUST_LOG".to_string(),
+            value: Some(level.clone()),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// An image of `--image-hub` and `--tag` (the names `images/` builds).
 pub fn image(opts: &InstallArgs, name: &str) -> String {
     format!(
@@ -338,9 +395,12 @@ pub fn image(opts: &InstallArgs, name: &str) -> String {
 
 /// Every object `install` applies, in apply order (CRDs and the namespace first), with a
 /// freshly generated CA.
-pub fn render(opts: &InstallArgs) -> Vec<Value> {
-    let ca = CaMaterial::generate(&opts.trust_domain).expect("generating a CA");
-    render_with_ca(opts, &ca)
+pub fn render(opts: &InstallArgs) -> anyhow::Result<Vec<Value>> {
+    let ca = match &opts.ca_dir {
+        Some(dir) => CaMaterial::load(dir)?,
+        None => CaMaterial::generate(&opts.trust_domain)?,
+    };
+    Ok(render_with_ca(opts, &ca))
 }
 
 /// Every object `install` applies, in apply order, with the given CA.
@@ -596,6 +656,7 @@ fn controller_deployment(opts: &InstallArgs, image: &str) -> Deployment {
                     containers: vec![Container {
                         name: "controller".to_string(),
                         image: Some(image.to_string()),
+                        env: Some(log_env(opts)).filter(|e| !e.is_empty()),
                         command: Some(strings(&[CONTROLLER])),
                         args: Some(controller_args(opts)),
                         ports: Some(vec![
@@ -658,6 +719,7 @@ fn ztunnel_daemonset(opts: &InstallArgs) -> DaemonSet {
                 value: Some(value.to_string()),
                 ..Default::default()
             }))
+            .chain(log_env(opts))
             .collect(),
         ),
         ports: Some(vec![port("http-metrics", 15020), port("http-ready", 15021)]),
@@ -675,7 +737,11 @@ fn ztunnel_daemonset(opts: &InstallArgs) -> DaemonSet {
         image: Some(image(opts, "node-agent")),
         command: Some(strings(&["node-agent"])),
         args: Some(node_agent_args(opts)),
-        env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
+        env: Some(
+            std::iter::once(field_env("NODE_NAME", "spec.nodeName"))
+                .chain(log_env(opts))
+                .collect(),
+        ),
         ports: Some(vec![port("http-agent", NODE_AGENT_READINESS_PORT.into())]),
         readiness_probe: Some(http_probe(
             "/healthz/ready",
@@ -822,7 +888,7 @@ pub fn resource_of(kind: &str) -> Option<(&'static str, bool)> {
 
 pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run || args.output.is_some() {
-        let objects = render(&args);
+        let objects = render(&args)?;
         let text = match args.output.unwrap_or(InstallFormat::Yaml) {
             InstallFormat::Yaml => to_yaml(&objects)?,
             InstallFormat::Json => to_json_list(&objects)?,
@@ -901,7 +967,10 @@ async fn apply(args: InstallArgs) -> anyhow::Result<ExitCode> {
                 signing: None,
             }
         }
-        None => CaMaterial::generate(&args.trust_domain)?,
+        None => match &args.ca_dir {
+            Some(dir) => CaMaterial::load(dir)?,
+            None => CaMaterial::generate(&args.trust_domain)?,
+        },
     };
 
     for object in render_with_ca(&args, &ca) {
@@ -955,7 +1024,7 @@ mod tests {
 
     #[test]
     fn install_objects_round_trip_into_typed_kinds() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         for object in &objects {
             let kind = object["kind"].as_str().unwrap();
             let back = match kind {
@@ -1022,7 +1091,7 @@ mod tests {
             trust_domain: "example.org".into(),
             ..InstallArgs::default()
         };
-        let objects = render(&opts);
+        let objects = render(&opts).unwrap();
         for object in &objects {
             if let Some(ns) = object["metadata"]["namespace"].as_str() {
                 assert_eq!(ns, "mesh");
@@ -1072,7 +1141,7 @@ mod tests {
 
     #[test]
     fn install_daemonset_has_node_privileges_and_shared_paths() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         let ds: DaemonSet = parse(find(&objects, "DaemonSet", "ztunnel"));
         let pod = ds.spec.template.spec.unwrap();
         assert_eq!(pod.host_network, None);
@@ -1116,7 +1185,7 @@ mod tests {
 
     #[test]
     fn install_ca_secret_matches_the_published_root() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         let secret: Secret = parse(find(&objects, "Secret", CA_SECRET));
         let config_map: ConfigMap = parse(find(&objects, "ConfigMap", CA_ROOT_CONFIGMAP));
         let data = secret.string_data.unwrap();
@@ -1164,7 +1233,7 @@ mod tests {
 
     #[test]
     fn install_container_args_parse_with_the_components_clis() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         let controller = container_args(&objects, "Deployment", "ambient-controller");
         assert_eq!(controller.len(), 1);
         let (command, args) = &controller[0];
@@ -1234,7 +1303,7 @@ mod tests {
 
     #[test]
     fn install_mounted_paths_match_the_args() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         let ds: DaemonSet = parse(find(&objects, "DaemonSet", "ztunnel"));
         let ztunnel = &ds.spec.template.spec.unwrap().containers[0];
         let mounts = ztunnel.volume_mounts.clone().unwrap();
@@ -1253,7 +1322,7 @@ mod tests {
 
     #[test]
     fn install_yaml_and_json_outputs() {
-        let objects = render(&InstallArgs::default());
+        let objects = render(&InstallArgs::default()).unwrap();
         let yaml = to_yaml(&objects).unwrap();
         assert_eq!(yaml.lines().filter(|l| *l == "---").count(), objects.len());
         let json: Value = serde_json::from_str(&to_json_list(&objects).unwrap()).unwrap();

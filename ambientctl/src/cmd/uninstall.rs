@@ -54,7 +54,7 @@ async fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
         ..InstallArgs::default()
     };
     // Only kinds and names matter here (the CA it generates is thrown away).
-    let mut objects = install::render(&opts);
+    let mut objects = install::render(&opts)?;
     // The DaemonSet first; then the rest in reverse apply order (the namespace last).
     objects.reverse();
     objects.sort_by_key(|o| o["kind"] != "DaemonSet");
