@@ -75,6 +75,9 @@ pub enum MeshError {
     Cni(#[from] CniClientError),
     #[error("{0}")]
     Config(String),
+    /// The CNI plugin refused (its error result) or is missing.
+    #[error("{0}")]
+    CniPlugin(String),
 }
 
 struct NodeProcs {
@@ -245,11 +248,17 @@ impl Mesh {
     fn spawn_agent(&self, node: &str, dir: &Path) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let env = [("RUST_LOG", self.options.log_filter.as_str())];
-        let args = AgentArgs::new(
+        let mut args = AgentArgs::new(
             dir.join("ztunnel.sock"),
             dir.join("cni.sock"),
             Some(dir.join("agent-state.json")),
         );
+        // On an API server the agent watches its node's pods and decides enrolment for the
+        // CNI plugin ([`Mesh::run_cni_plugin`]), as on a real node.
+        if let Some(kubeconfig) = &self.options.kubeconfig {
+            args.node_name = Some(node.to_string());
+            args.kubeconfig = Some(kubeconfig.clone());
+        }
         let program = Program::multi_call(&self.options.exe, "node-agent");
         Ok(Proc::spawn(
             &format!("node-agent-{node}"),
@@ -425,6 +434,78 @@ impl Mesh {
             .del(&format!("Kubernetes//Pod/{namespace}/{name}"))
             .await?;
         Ok(())
+    }
+
+    /// Runs the CNI plugin (`ambient-cni`, beside the multi-call binary) for a pod as a
+    /// container runtime does, `command` being `ADD`, `CHECK` or `DEL`: the pod's network
+    /// (its interface and address, set up by the lab) is the previous result, and the node's
+    /// agent decides from the API server's labels. Kubernetes mode only (the agent needs its
+    /// pod watch).
+    pub async fn run_cni_plugin(
+        &self,
+        command: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), MeshError> {
+        let key = format!("{namespace}/{name}");
+        let pod = self
+            .lab
+            .pods
+            .get(&key)
+            .ok_or_else(|| MeshError::Unknown(format!("pod {key}")))?;
+        let procs = self
+            .nodes
+            .get(&pod.node)
+            .ok_or_else(|| MeshError::Unknown(format!("node {}", pod.node)))?;
+        let plugin = self.options.exe.with_file_name("ambient-cni");
+        if !plugin.is_file() {
+            return Err(MeshError::CniPlugin(format!(
+                "no CNI plugin at {} (build it: cargo build -p ztunnel)",
+                plugin.display()
+            )));
+        }
+        let config = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "ambient-local",
+            "type": "ambient-cni",
+            "agentSocket": procs.dir.join("cni.sock"),
+            "kubeconfig": self.options.kubeconfig,
+            "excludeNamespaces": [],
+            "prevResult": {
+                "cniVersion": "1.1.0",
+                "interfaces": [{"name": "eth0", "sandbox": pod.netns_path}],
+                "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
+            },
+        });
+        let mut child = tokio::process::Command::new(&plugin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("{namespace}_{name}"))
+            .env("CNI_NETNS", &pod.netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+            )
+            .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin.write_all(config.to_string().as_bytes()).await?;
+        }
+        let out = child.wait_with_output().await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(MeshError::CniPlugin(format!(
+                "CNI {command} of pod {key}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            )))
+        }
     }
 
     /// What `node`'s agent holds.

@@ -61,6 +61,8 @@ struct RunningPod {
     /// Handed to the node agent (captured, served by ztunnel).
     captured: bool,
     service_account: String,
+    /// On an API server: the CNI plugin's ADD went through, so the pod may start.
+    attached: bool,
 }
 
 /// A pod as `ambientctl status` shows it.
@@ -237,7 +239,11 @@ impl Cluster {
             let (ns, name) = key.split_once('/').expect("ns/name");
             if let Some(mut p) = self.pods.remove(&key) {
                 p.processes.stop(Duration::from_secs(2));
-                if p.captured
+                if p.attached {
+                    if let Err(e) = self.mesh.run_cni_plugin("DEL", ns, name).await {
+                        warn!(pod = %key, error = %e, "CNI DEL");
+                    }
+                } else if p.captured
                     && let Err(e) = self.mesh.release(ns, name).await
                 {
                     warn!(pod = %key, error = %e, "releasing the pod");
@@ -344,6 +350,21 @@ impl Cluster {
     /// Brings every placed pod in line with `objects`: enrols or releases it as its labels
     /// and its namespace's say, then starts, restarts or stops its containers.
     pub async fn converge(&mut self, objects: &[Object]) {
+        let kubernetes = self.mesh.options.kubeconfig.is_some();
+        // What the node agents hold (they decide enrolment on an API server).
+        let mut held = std::collections::BTreeSet::new();
+        if kubernetes {
+            let nodes: Vec<String> = self.mesh.lab.nodes.keys().cloned().collect();
+            for node in nodes {
+                match self.mesh.agent_pods(&node).await {
+                    Ok(pods) => held.extend(
+                        pods.into_iter()
+                            .map(|p| format!("{}/{}", p.pod.namespace, p.pod.name)),
+                    ),
+                    Err(e) => warn!(node, error = %e, "asking the node agent for its pods"),
+                }
+            }
+        }
         let namespaces: BTreeMap<String, &Namespace> = objects
             .iter()
             .filter_map(|o| match o {
@@ -387,8 +408,36 @@ impl Cluster {
                         ),
                         captured: false,
                         service_account: sa.clone(),
+                        attached: false,
                     },
                 );
+            }
+            if kubernetes {
+                // As a node does: the CNI plugin tells the node agent, which decides from
+                // the API server's labels (and follows their changes itself).
+                let running = self.pods.get_mut(&key).expect("inserted above");
+                if !running.attached {
+                    match self.mesh.run_cni_plugin("ADD", &ns, &name).await {
+                        Ok(()) => {
+                            running.attached = true;
+                            held.extend(
+                                self.mesh
+                                    .agent_pods(&placed.node)
+                                    .await
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|p| format!("{}/{}", p.pod.namespace, p.pod.name)),
+                            );
+                        }
+                        Err(e) => {
+                            warn!(pod = %key, error = %e, "CNI ADD refused; the pod waits");
+                            continue;
+                        }
+                    }
+                }
+                running.captured = held.contains(&key);
+                running.processes.apply(pod);
+                continue;
             }
             let ambient = labels::enrolled(pod, namespaces.get(&ns).copied());
             let running = self.pods.get_mut(&key).expect("inserted above");
@@ -428,7 +477,10 @@ impl Cluster {
             .map(|(key, p)| {
                 let id = p.processes.identity();
                 let waypoint = self.waypoints.get(key).cloned();
+                let waiting_for_cni = self.mesh.options.kubeconfig.is_some() && !p.attached;
                 let phase = match (&waypoint, self.allocations.pods.get(key)) {
+                    // Its network is not set up (the CNI plugin refused): nothing started.
+                    _ if waiting_for_cni => PENDING.to_string(),
                     (Some(_), Some(a)) if p.processes.phase() == RUNNING => a.phase.clone(),
                     _ => p.processes.phase().to_string(),
                 };

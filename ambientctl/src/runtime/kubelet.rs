@@ -102,6 +102,12 @@ impl Kubelet {
             KubeLabOptions {
                 field_manager: FIELD_MANAGER.into(),
                 log: Some(run_dir.join("logs").join("kube-lab.log")),
+                // On the underlay's bridge: the controller and every node's agent (which
+                // watches its pods, as on a real node) reach it there.
+                args: vec![format!(
+                    "--bind-address={}",
+                    ambient_lab::topology::UNDERLAY_GATEWAY
+                )],
                 ..KubeLabOptions::default()
             },
         )

@@ -38,9 +38,15 @@ pub enum KubePodsError {
 /// The readiness gate the pod watch holds until its first list.
 pub const READY_GATE: &str = "pod-watch";
 
+/// The cluster id in the workload uids the controller gives pods (its `--cluster-id`
+/// default). The agent names pods the same way, so ztunnel finds a pod's workload by key
+/// rather than by searching every workload for its namespace and name.
+pub const CLUSTER_ID: &str = "Kubernetes";
+
 /// What the mesh needs to know of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFacts {
+    /// The workload uid: `Kubernetes//Pod/<namespace>/<name>`.
     pub uid: String,
     pub service_account: String,
     /// Its labels (or its namespace's) put it in the mesh and it can be captured: a pod on
@@ -74,7 +80,11 @@ impl PodFacts {
             ips.push(ip);
         }
         PodFacts {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            uid: format!(
+                "{CLUSTER_ID}//Pod/{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .filter(|s| !s.is_empty())
@@ -412,7 +422,7 @@ mod tests {
         }));
         let facts = PodFacts::of(&web, Some(&ns));
         assert!(facts.enrolled);
-        assert_eq!(facts.uid, "u1");
+        assert_eq!(facts.uid, "Kubernetes//Pod/shop/web");
         assert_eq!(facts.service_account, "web");
         assert_eq!(facts.ips.len(), 2);
         assert!(!PodFacts::of(&web, None).enrolled);
