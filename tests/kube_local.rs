@@ -1,7 +1,9 @@
 //! `ambientctl up --kubernetes` as a user drives it, with the kubectl of the same release as
 //! the API server (built by `tools/build.sh`): the directory applied to a real API server, a
 //! Deployment run through the real Deployment, ReplicaSet and EndpointSlice controllers and
-//! the scheduler, with the runtime as the nodes' kubelet; enrolment by `kubectl label`; a
+//! the scheduler, with the runtime as the nodes' kubelet; enrolment by `kubectl label`,
+//! through our CNI plugin and node agents that watch the API server (pods found again by a
+//! restarted agent that lost its state); a
 //! waypoint from `kubectl apply`, an L7 policy applied and removed; a pod deleted and
 //! replaced; garbage collection of the waypoint's objects; a namespace deleted; `down`.
 
@@ -231,6 +233,20 @@ fn post_control(socket: &Path, path: &str, body: &str) -> String {
     answer
 }
 
+/// The pid of the node agent whose files are in `node_dir`.
+fn agent_pid(node_dir: &Path) -> Option<i32> {
+    let needle = node_dir.join("cni.sock").display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.iter().any(|a| a == "node-agent") && args.contains(&needle)).then_some(pid)
+    })
+}
+
 /// The runtime's pods of the namespace, as `ambientctl status` shows them.
 fn runtime_pods(ctl: &Ctl) -> Vec<Value> {
     ctl.json(&["status", "-o", "json"])["pods"]
@@ -346,6 +362,49 @@ fn kubectl_drives_the_local_mesh_on_a_real_api_server() {
     let body = until("sleep → ratings", Duration::from_secs(30), || {
         get_ratings(&ctl, "/ratings/0")
     });
+    assert!(body.contains("ratings"), "{body}");
+
+    // Pods started before their node agent: node-1's agent crashes and comes back (the
+    // runtime restarts it, as a kubelet would) with no memory of its pods; its pod watch finds
+    // them again by address and captures them.
+    let node_dir = ctl.home.join("run/node-node-1");
+    let on_node_1: Vec<String> = runtime_pods(&ctl)
+        .iter()
+        .filter(|p| p["node"] == "node-1")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!on_node_1.is_empty());
+    let old_agent = agent_pid(&node_dir).expect("node-1's agent");
+    std::fs::remove_file(node_dir.join("agent-state.json")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let agent = ztunnel::agent::cni::CniClient::new(node_dir.join("cni.sock"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    until(
+        "node-1's pods captured by a new agent",
+        Duration::from_secs(60),
+        || {
+            let new_agent = agent_pid(&node_dir).filter(|p| *p != old_agent);
+            let held = runtime.block_on(agent.pods()).map_err(|e| e.to_string())?;
+            let captured = on_node_1
+                .iter()
+                .all(|name| held.iter().any(|p| &p.pod.name == name && p.captured));
+            (new_agent.is_some() && captured)
+                .then_some(())
+                .ok_or(format!("agent {new_agent:?} holds {held:?}"))
+        },
+    );
+    let body = until(
+        "sleep → ratings after the agent came back",
+        Duration::from_secs(30),
+        || get_ratings(&ctl, "/ratings/0"),
+    );
     assert!(body.contains("ratings"), "{body}");
 
     // A CRD-invalid object never reaches the mesh: the API server refuses it.

@@ -303,6 +303,22 @@ impl Mesh {
         self.wait_agent(node).await
     }
 
+    /// Starts again every node agent that exited, as a node's kubelet restarts a crashed
+    /// container; returns those nodes, each with how its restart went.
+    pub async fn revive_agents(&mut self) -> Vec<(String, Result<(), MeshError>)> {
+        let dead: Vec<String> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(node, p)| p.agent.exited().map(|_| node.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for node in dead {
+            let restarted = self.restart_agent(&node).await;
+            out.push((node, restarted));
+        }
+        out
+    }
+
     /// Starts (or restarts) the ztunnel of `node` and waits for it to be ready.
     pub async fn start_ztunnel(&mut self, node: &str) -> Result<(), MeshError> {
         let ztunnel = self.spawn_ztunnel(node)?;

@@ -534,6 +534,14 @@ pub async fn run(
             _ = shared.wake.notified() => {}
             _ = api_changed.notified() => {}
         }
+        // A crashed node agent comes back (a kubelet restarts the container); it finds its
+        // pods again from its state file, or on an API server from its pod watch.
+        for (node, restarted) in shared.cluster.lock().await.mesh.revive_agents().await {
+            match restarted {
+                Ok(()) => warn!(node, "node agent exited; started again"),
+                Err(e) => warn!(node, error = %e, "node agent exited; restarting it failed"),
+            }
+        }
         let scan = source.scan();
         if let Some(k) = &kubelet {
             if scan.changed {
