@@ -3,7 +3,7 @@
 # into a cache outside the clone, and prints the path of each binary.
 #
 #   tools/build.sh            # every tool
-#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds, cni, helm)
+#   tools/build.sh kube-lab   # only the ones named (kube-lab, kubectl, crds, cni, helm, jaeger)
 #   tools/build.sh crds       # only download the upstream CRD modules (tools/crds)
 #
 # Binaries: ${AMBIENT_TOOLS_DIR:-~/.cache/ambient-rs/tools}/bin.
@@ -101,3 +101,6 @@ build_cni() {
 build cni build_cni
 # Helm, for the chart tests (helm lint, helm template).
 build helm build_go helm helm helm.sh/helm/v4/cmd/helm
+# Jaeger's all-in-one program (OTLP gRPC and HTTP receivers, in-memory storage, the query
+# API), which the tracing test exports the waypoints' spans to.
+build jaeger build_go jaeger jaeger github.com/jaegertracing/jaeger/cmd/jaeger

@@ -107,6 +107,9 @@ pub enum Command {
     /// A local web page with the live service graph: requests/s or bytes/s, errors, p99
     /// and mTLS per edge, golden signals per workload, certificate expiry.
     Dashboard(crate::cmd::dashboard::DashboardArgs),
+    /// Print a Prometheus configuration that scrapes every proxy of the running mesh
+    /// (through its scrape port; `--kubernetes`: the pod-annotation job for a cluster).
+    PrometheusConfig(crate::cmd::prometheus::PrometheusArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completion { shell: clap_complete::Shell },
     /// Print the version.

@@ -75,6 +75,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Waypoint { command } => ambientctl::cmd::waypoint::run(command),
         Command::Dashboard(args) => ambientctl::cmd::dashboard::run(args),
+        Command::PrometheusConfig(args) => {
+            ambientctl::cmd::prometheus::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use super::output::{Format, print, table};
 use crate::runtime::control::{self, StatusReport};
 use crate::runtime::home::{Home, HomeError, Phase};
-use crate::runtime::{api_port, enter, supervisor};
+use crate::runtime::{api_port, enter, scrape_port, supervisor};
 use ambient_lab::sandbox::{INSIDE_ENV, RUN_DIR_ENV};
 use ambient_lab::spawn::{self, Entry, Lifetime};
 
@@ -55,6 +55,10 @@ pub struct UpArgs {
     /// The host's loopback port to the API server with `--kubernetes` (0: any free one).
     #[arg(long, default_value_t = 0, requires = "kubernetes")]
     pub api_port: u16,
+    /// The host's loopback port Prometheus scrapes the mesh through (0: any free one;
+    /// `ambientctl prometheus-config` names it).
+    #[arg(long, default_value_t = 0)]
+    pub scrape_port: u16,
 }
 
 /// The first two octets of an `a.b.0.0/16`.
@@ -126,6 +130,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let scrape_listener = std::net::TcpListener::bind(("127.0.0.1", args.scrape_port))
+        .with_context(|| format!("binding 127.0.0.1:{} for Prometheus", args.scrape_port))?;
+    spawn::pass_listener(&mut cmd, &scrape_listener, scrape_port::LISTENER_ENV)?;
     if args.detach {
         let log = std::fs::File::create(logs.join("runtime.log"))?;
         cmd.stdin(Stdio::null())
@@ -134,6 +141,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         spawn::configure_with(&mut cmd, Entry::NewSandbox, Lifetime::Detached);
         let mut child = cmd.spawn().context("starting the mesh")?;
         drop(api_listener);
+        drop(scrape_listener);
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -182,6 +190,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     spawn::configure_with(&mut cmd, Entry::NewSandbox, Lifetime::WithParent);
     let mut child = cmd.spawn().context("starting the mesh")?;
     drop(api_listener);
+    drop(scrape_listener);
     let mut forwarded = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -228,6 +237,8 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.kubernetes && api_listener.is_none() {
         anyhow::bail!("--kubernetes needs the API port `ambientctl up` passes down");
     }
+    let scrape_listener = spawn::inherited_listener(scrape_port::LISTENER_ENV)
+        .context("adopting the host's scrape port")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -236,7 +247,10 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
         home.clone(),
         options,
         std::env::current_exe()?,
-        api_listener,
+        supervisor::HostPorts {
+            api: api_listener,
+            scrape: scrape_listener,
+        },
     ));
     if let Err(e) = &result {
         tracing::error!("{e:#}");

@@ -4,6 +4,7 @@
 //! - [`proxy_config`]: `ztunnel-config`, `proxy-status`.
 //! - [`waypoint`]: `waypoint generate|apply|list|status|delete`.
 //! - [`dashboard`]: `dashboard` (the live service graph in a browser).
+//! - [`prometheus`]: `prometheus-config` (Prometheus scraping the mesh).
 //! - [`output`]: tables, JSON and YAML.
 //! - [`install`] / [`uninstall`]: ambient-rs on a Kubernetes cluster.
 //! - [`kubeconfig`]: reaching a Kubernetes cluster.
@@ -14,6 +15,7 @@ pub mod install;
 pub mod kubeconfig;
 pub mod mesh;
 pub mod output;
+pub mod prometheus;
 pub mod proxy_config;
 pub mod uninstall;
 pub mod waypoint;

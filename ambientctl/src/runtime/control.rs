@@ -253,6 +253,16 @@ async fn route<S: StatusSource>(
     if req.method() != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n", false);
     }
+    get_path(&path, source.as_ref(), &endpoints).await
+}
+
+/// The answer to `GET path` (status, or a proxy's port reached inside the mesh); also what
+/// the scrape port ([`super::scrape_port`]) serves its few paths with.
+pub async fn get_path<S: StatusSource>(
+    path: &str,
+    source: &S,
+    endpoints: &Endpoints,
+) -> Response<Full<Bytes>> {
     if path == "/status" {
         let body = serde_json::to_vec(&source.status().await).expect("plain data");
         return reply(StatusCode::OK, body, true);
@@ -262,7 +272,7 @@ async fn route<S: StatusSource>(
         return forward(&endpoints.underlay, endpoints.controller_monitoring, rest).await;
     }
     if let Some(rest) = path.strip_prefix("/pod/") {
-        return pod_get(rest, source.as_ref(), &endpoints).await;
+        return pod_get(rest, source, endpoints).await;
     }
     if let Some(rest) = path.strip_prefix("/ztunnel/") {
         let mut parts = rest.splitn(3, '/');

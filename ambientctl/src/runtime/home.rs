@@ -39,6 +39,9 @@ pub struct MeshInfo {
     /// The host's kubeconfig, when the mesh runs on a Kubernetes API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
+    /// The scrape port on the host's loopback ([`super::scrape_port`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_address: Option<std::net::SocketAddr>,
     /// Why the supervisor stopped, when it did on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -233,6 +236,7 @@ mod tests {
             phase: Phase::Ready,
             started: 0,
             kubeconfig: None,
+            scrape_address: None,
             error: None,
         })
         .unwrap();

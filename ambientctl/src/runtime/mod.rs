@@ -14,6 +14,7 @@
 //! - [`deployments`]: a Deployment's pods, as Kubernetes' controllers make them.
 //! - [`kubelet`]: `up --kubernetes`, the same pods on a real API server (kube-lab).
 //! - [`api_port`]: the host's port to that API server (for kubectl).
+//! - [`scrape_port`]: the host's port for Prometheus (service discovery and metrics).
 
 pub mod api_port;
 pub mod cluster;
@@ -24,5 +25,6 @@ pub mod generated;
 pub mod home;
 pub mod kubelet;
 pub mod pod;
+pub mod scrape_port;
 pub mod supervisor;
 pub mod waypoints;

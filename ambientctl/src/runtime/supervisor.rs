@@ -17,7 +17,6 @@ use anyhow::Context;
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
-use super::api_port;
 use super::cluster::{self, Cluster};
 use super::control::{
     self, ApiError, Applied, ApplyRequest, ApplyResult, DeleteRequest, DeleteResult, Endpoints,
@@ -27,6 +26,7 @@ use super::generated::{self, Store, key_string};
 use super::home::{Home, MeshInfo, Phase, now_secs};
 use super::kubelet::{Kubelet, NodeSpec};
 use super::waypoints::{READINESS_PATH, READINESS_PORT, WaypointEnv};
+use super::{api_port, scrape_port};
 use ambient_lab::http;
 use ambient_lab::mesh::{controller_grpc, controller_monitoring};
 use ambient_lab::{Lab, Mesh, MeshOptions};
@@ -377,13 +377,23 @@ async fn probe_waypoints(shared: &Shared) {
     }
 }
 
+/// Listeners `ambientctl up` bound on the host's loopback, where the sandbox cannot bind.
+#[derive(Debug, Default)]
+pub struct HostPorts {
+    /// The API server's port (`--kubernetes` only).
+    pub api: Option<std::net::TcpListener>,
+    /// Prometheus' port ([`scrape_port`]).
+    pub scrape: Option<std::net::TcpListener>,
+}
+
 /// Runs the mesh until SIGTERM/SIGINT. Call inside the sandbox, holding the home's lock.
 pub async fn run(
     home: Home,
     options: UpOptions,
     exe: PathBuf,
-    api_listener: Option<std::net::TcpListener>,
+    host_ports: HostPorts,
 ) -> anyhow::Result<()> {
+    let api_listener = host_ports.api;
     let started = now_secs();
     let node_names: Vec<String> = (1..=options.nodes).map(|i| format!("node-{i}")).collect();
     let mut info = MeshInfo {
@@ -393,6 +403,7 @@ pub async fn run(
         phase: Phase::Starting,
         started,
         kubeconfig: None,
+        scrape_address: None,
         error: None,
     };
     home.write_info(&info)?;
@@ -503,6 +514,19 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
+    let scrape_server = match host_ports.scrape {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            info.scrape_address = Some(listener.local_addr()?);
+            Some(tokio::spawn(scrape_port::serve(
+                listener,
+                shared.clone(),
+                endpoints.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(control::serve(listener, shared.clone(), endpoints));
 
     wait_until_served(&shared).await;
@@ -576,6 +600,9 @@ pub async fn run(
     *shared.phase.lock().expect("poisoned") = Phase::Stopping;
     home.write_info(&info)?;
     server.abort();
+    if let Some(s) = scrape_server {
+        s.abort();
+    }
     let mut cluster = shared.cluster.lock().await;
     cluster.stop_pods();
     cluster.mesh.stop();
