@@ -230,7 +230,7 @@ pub async fn run_with(
             }),
             workload_cert_ttl_secs: config.workload_ttl.as_secs(),
             ca_root_pem: ca.root_pem().to_string(),
-            otlp_endpoint: None,
+            otlp: None,
             pod: waypoints.pod.clone(),
         };
         info!(image = %deployer.image, "deploying waypoints for waypoint Gateways");

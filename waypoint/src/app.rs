@@ -63,7 +63,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .otlp_endpoint
         .as_deref()
         .filter(|e| !e.trim().is_empty())
-        .map(otlp::Target::parse)
+        .map(|endpoint| {
+            otlp::Export {
+                endpoint: endpoint.to_string(),
+                protocol: args.otlp_protocol,
+                ca_cert: args.otlp_ca_cert.clone(),
+            }
+            .target()
+        })
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--otlp-endpoint")?;

@@ -23,7 +23,7 @@ mod context;
 pub mod http_server;
 mod inbound;
 pub mod l7;
-mod otlp;
+pub mod otlp;
 mod pipeline;
 mod rewind;
 mod routing;

@@ -1,4 +1,6 @@
-//! Request spans over OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+//! Request spans over OTLP: gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`)
+//! or HTTP with protobuf bodies (`POST /v1/traces`), in plaintext or TLS (`https://`, the
+//! collector's certificate checked against `--otlp-ca-cert` or the system's bundle).
 //!
 //! The request path only ever calls [`Exporter::record`], which puts the span in a bounded
 //! queue with `try_send`: it never waits, never allocates a connection, and when the queue is
@@ -13,8 +15,9 @@
 //! The endpoint may name a Service of the mesh (`http://<svc>.<ns>.svc.cluster.local:4317`,
 //! `<svc>.<ns>:4317`): the waypoint is not captured by ztunnel and cannot use the mesh's
 //! DNS, so it resolves such names from its own xDS view (one healthy endpoint of that
-//! Service, at the port's target port) and connects to the pod directly, in plaintext. An IP
-//! address is used as is; any other name goes to the system resolver.
+//! Service, at the port's target port) and connects to the pod directly; TLS still checks
+//! the certificate against the name in the endpoint. An IP address is used as is; any other
+//! name goes to the system resolver.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,8 +25,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ambient_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
 use ambient_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
+use ambient_proto::opentelemetry::proto::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use ambient_proto::opentelemetry::proto::common::v1::{
     AnyValue, InstrumentationScope, KeyValue, any_value,
 };
@@ -44,6 +49,15 @@ pub const SPANS_EXPORTED: &str = "ambient_spans_exported_total";
 pub const SPANS_DROPPED: &str = "ambient_spans_dropped_total";
 /// OTLP/gRPC's well-known port.
 pub const DEFAULT_PORT: u16 = 4317;
+/// OTLP/HTTP's well-known port.
+pub const DEFAULT_HTTP_PORT: u16 = 4318;
+/// OTLP/HTTP's path for traces.
+pub const TRACES_PATH: &str = "/v1/traces";
+/// Where a CA bundle usually is when `--otlp-ca-cert` is not given (Debian, then Fedora).
+pub const SYSTEM_BUNDLES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
 /// The instrumentation scope our spans are reported under.
 pub const SCOPE: &str = "ambient-rs/waypoint";
 
@@ -84,44 +98,107 @@ impl Default for Settings {
     }
 }
 
-/// Where spans go: `--otlp-endpoint`, parsed.
+/// OTLP's transports (`OTEL_EXPORTER_OTLP_PROTOCOL`'s values).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Protocol {
+    /// gRPC (port 4317).
+    #[default]
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// HTTP/1.1 POSTs of protobuf bodies (port 4318, `/v1/traces`).
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The name `--otlp-protocol` and `OTEL_EXPORTER_OTLP_PROTOCOL` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// What a waypoint is told about span export, as tools that start waypoints pass it on
+/// (`--otlp-endpoint`, `--otlp-protocol`, `--otlp-ca-cert`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Export {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl Export {
+    /// The endpoint parsed for the protocol, with its TLS roots read.
+    pub fn target(&self) -> Result<Target, String> {
+        Target::parse_as(&self.endpoint, self.protocol)?.with_roots(self.ca_cert.as_deref())
+    }
+}
+
+/// Where spans go: `--otlp-endpoint` and `--otlp-protocol`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub port: u16,
+    pub protocol: Protocol,
+    /// `https://`: TLS, the certificate checked for `host`.
+    pub tls: bool,
+    /// The HTTP path (OTLP/HTTP only; empty for gRPC).
+    pub path: String,
+    /// PEM roots for TLS (`--otlp-ca-cert`, else the system's bundle); set by [`Target::with_roots`].
+    pub roots: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            write!(f, "http://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
 
 impl Target {
-    /// `http://host[:port][/]` or `host[:port]` (port 4317 when absent). Plaintext only:
-    /// `https://` is refused rather than silently sent in the clear.
+    /// An OTLP/gRPC endpoint: see [`Target::parse_as`].
     pub fn parse(endpoint: &str) -> Result<Target, String> {
+        Target::parse_as(endpoint, Protocol::Grpc)
+    }
+
+    /// `http[s]://host[:port][/path]` or `host[:port]`. The port defaults to the protocol's
+    /// (4317, 4318); gRPC takes no path; OTLP/HTTP posts to the path given, else
+    /// `/v1/traces`.
+    pub fn parse_as(endpoint: &str, protocol: Protocol) -> Result<Target, String> {
         let e = endpoint.trim();
-        let rest = if let Some(r) = e.strip_prefix("http://") {
-            r
-        } else if e.starts_with("https://") {
-            return Err(format!(
-                "{endpoint}: TLS to the OTLP receiver is not supported yet; use http://"
-            ));
+        let (tls, rest) = if let Some(r) = e.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = e.strip_prefix("https://") {
+            (true, r)
         } else if e.contains("://") {
-            return Err(format!("{endpoint}: expected http://HOST[:PORT]"));
+            return Err(format!("{endpoint}: expected http[s]://HOST[:PORT]"));
         } else {
-            e
+            (false, e)
         };
-        let authority = rest.trim_end_matches('/');
-        if authority.contains('/') || authority.is_empty() {
-            return Err(format!(
-                "{endpoint}: expected http://HOST[:PORT] (OTLP/gRPC has no path)"
-            ));
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let path = match (protocol, path.trim_end_matches('/')) {
+            (Protocol::Grpc, "") => String::new(),
+            (Protocol::Grpc, _) => {
+                return Err(format!(
+                    "{endpoint}: expected http[s]://HOST[:PORT] (OTLP/gRPC has no path)"
+                ));
+            }
+            (Protocol::HttpProtobuf, "") => TRACES_PATH.to_string(),
+            (Protocol::HttpProtobuf, p) => p.to_string(),
+        };
+        if authority.is_empty() || path.contains(['?', '#', ' ']) {
+            return Err(format!("{endpoint}: expected http[s]://HOST[:PORT][/PATH]"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
@@ -144,6 +221,7 @@ impl Target {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("{endpoint}: bad port {p:?}"))?,
+            None if protocol == Protocol::HttpProtobuf => DEFAULT_HTTP_PORT,
             None => DEFAULT_PORT,
         };
         if host.is_empty() {
@@ -152,7 +230,44 @@ impl Target {
         Ok(Target {
             host: host.to_ascii_lowercase(),
             port,
+            protocol,
+            tls,
+            path,
+            roots: None,
         })
+    }
+
+    /// Reads the roots a TLS endpoint is checked against: `ca_cert`, else the first system
+    /// bundle found. A plaintext endpoint needs none (and a CA given for one is an error: it
+    /// says the user expected TLS).
+    pub fn with_roots(mut self, ca_cert: Option<&std::path::Path>) -> Result<Target, String> {
+        if !self.tls {
+            return match ca_cert {
+                Some(p) => Err(format!(
+                    "{}: a CA ({}) is given for a plaintext endpoint; use https://",
+                    self,
+                    p.display()
+                )),
+                None => Ok(self),
+            };
+        }
+        let path = match ca_cert {
+            Some(p) => p.to_path_buf(),
+            None => SYSTEM_BUNDLES
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "{self}: TLS needs the collector's CA (--otlp-ca-cert): no system \
+                         bundle at {SYSTEM_BUNDLES:?}"
+                    )
+                })?,
+        };
+        let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        ambient_proto::tls::certs_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.roots = Some(pem.into());
+        Ok(self)
     }
 }
 
@@ -386,10 +501,19 @@ struct Batcher {
     settings: Settings,
     resolver: Option<MeshResolver>,
     stats: Arc<Stats>,
-    client: Option<TraceServiceClient<tonic::transport::Channel>>,
+    client: Option<Client>,
     /// The receiver is known to be failing (reported once, until it recovers).
     failing: bool,
 }
+
+/// A connection to the receiver, kept between batches.
+enum Client {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    /// One HTTP/1.1 connection; a new one after any failure.
+    Http(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Batcher {
     async fn run(mut self, shutdown: CancellationToken) {
@@ -468,11 +592,30 @@ impl Batcher {
                 schema_url: String::new(),
             }],
         };
-        let mut call = client.clone();
-        match tokio::time::timeout(timeout, call.export(request)).await {
-            Ok(Ok(response)) => {
+        let sent = match client {
+            Client::Grpc(client) => {
+                let mut call = client.clone();
+                match tokio::time::timeout(timeout, call.export(request)).await {
+                    Ok(Ok(response)) => Ok((Client::Grpc(client), response.into_inner())),
+                    Ok(Err(status)) => Err(format!(
+                        "export refused: {:?} {}",
+                        status.code(),
+                        status.message()
+                    )),
+                    Err(_) => Err("export timed out".to_string()),
+                }
+            }
+            Client::Http(mut sender) => {
+                match tokio::time::timeout(timeout, self.post(&mut sender, &request)).await {
+                    Ok(Ok(response)) => Ok((Client::Http(sender), response)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("export timed out".to_string()),
+                }
+            }
+        };
+        match sent {
+            Ok((client, response)) => {
                 let rejected = response
-                    .into_inner()
                     .partial_success
                     .map(|p| p.rejected_spans.clamp(0, n as i64) as u64)
                     .unwrap_or(0);
@@ -488,12 +631,51 @@ impl Batcher {
                 self.client = Some(client);
                 true
             }
-            Ok(Err(status)) => self.failed(
-                n,
-                &format!("export refused: {:?} {}", status.code(), status.message()),
-            ),
-            Err(_) => self.failed(n, "export timed out"),
+            Err(why) => self.failed(n, &why),
         }
+    }
+
+    /// One OTLP/HTTP export: the request as a protobuf body; a 2xx answer's body is an
+    /// `ExportTraceServiceResponse` (empty means full success).
+    async fn post(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<ExportTraceServiceResponse, String> {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection lost: {e}"))?;
+        let authority = match self.target.host.contains(':') {
+            true => format!("[{}]:{}", self.target.host, self.target.port),
+            false => format!("{}:{}", self.target.host, self.target.port),
+        };
+        let req = http::Request::post(self.target.path.as_str())
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                request.encode_to_vec(),
+            )))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("export failed: {}", chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(format!("export refused: HTTP {status} {}", text.trim()));
+        }
+        ExportTraceServiceResponse::decode(body)
+            .map_err(|e| format!("export answered with a body that is not OTLP: {e}"))
     }
 
     /// Counts a batch that could not be delivered; warns once per outage.
@@ -508,27 +690,56 @@ impl Batcher {
         false
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        TraceServiceClient<tonic::transport::Channel>,
-        Box<dyn std::error::Error + Send + Sync>,
-    > {
+    async fn connect(&self) -> Result<Client, BoxError> {
         let addr = self.resolve().await?;
-        let origin: http::Uri = self.target.to_string().parse()?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .origin(origin)
-            .connect_timeout(self.settings.timeout)
-            .timeout(self.settings.timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        let client = match self.target.protocol {
+            Protocol::Grpc => {
+                let origin: http::Uri = self.target.to_string().parse()?;
+                let scheme = if self.target.tls { "https" } else { "http" };
+                let mut endpoint =
+                    tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+                        .origin(origin)
+                        .connect_timeout(self.settings.timeout)
+                        .timeout(self.settings.timeout)
+                        .tcp_nodelay(true);
+                if let Some(roots) = self.tls_roots()? {
+                    endpoint = endpoint.tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(roots))
+                            .domain_name(self.target.host.clone()),
+                    )?;
+                }
+                Client::Grpc(TraceServiceClient::new(endpoint.connect().await?))
+            }
+            Protocol::HttpProtobuf => {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                match self.tls_roots()? {
+                    Some(roots) => {
+                        let connector = tokio_rustls::TlsConnector::from(http_tls(roots)?);
+                        let name =
+                            rustls::pki_types::ServerName::try_from(self.target.host.clone())?;
+                        Client::Http(http1(connector.connect(name, tcp).await?).await?)
+                    }
+                    None => Client::Http(http1(tcp).await?),
+                }
+            }
+        };
         debug!(endpoint = %self.target, %addr, "connected to the OTLP receiver");
-        Ok(TraceServiceClient::new(channel))
+        Ok(client)
+    }
+
+    /// The PEM roots when the endpoint is TLS.
+    fn tls_roots(&self) -> Result<Option<&[u8]>, BoxError> {
+        match (&self.target.roots, self.target.tls) {
+            (_, false) => Ok(None),
+            (Some(roots), true) => Ok(Some(roots)),
+            (None, true) => Err(format!("{}: TLS without roots", self.target).into()),
+        }
     }
 
     async fn resolve(&self) -> Result<SocketAddr, String> {
-        let Target { host, port } = &self.target;
+        let Target { host, port, .. } = &self.target;
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, *port));
         }
@@ -541,6 +752,39 @@ impl Batcher {
             .next()
             .ok_or_else(|| format!("{host}: no address"))
     }
+}
+
+/// An HTTP/1.1 client connection over `io`, its connection task spawned.
+async fn http1<S>(
+    io: S,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "OTLP/HTTP connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// TLS for OTLP/HTTP: the given roots, ring, HTTP/1.1 by ALPN.
+fn http_tls(roots_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in ambient_proto::tls::certs_from_pem(roots_pem)? {
+        roots.add(der)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// An error with its causes (`transport error: tcp connect error: Connection refused`).
@@ -601,12 +845,10 @@ mod tests {
     #[test]
     fn endpoints_parse() {
         let t = |s: &str| Target::parse(s);
+        let grpc = t("http://sink.obs.svc.cluster.local:4317").unwrap();
         assert_eq!(
-            t("http://sink.obs.svc.cluster.local:4317").unwrap(),
-            Target {
-                host: "sink.obs.svc.cluster.local".into(),
-                port: 4317
-            }
+            (grpc.host.as_str(), grpc.port, grpc.tls, grpc.path.as_str()),
+            ("sink.obs.svc.cluster.local", 4317, false, "")
         );
         assert_eq!(t("http://10.0.0.1/").unwrap().port, 4317);
         assert_eq!(t("collector:55680").unwrap().port, 55680);
@@ -615,8 +857,8 @@ mod tests {
             t("http://[fd00::1]:4317").unwrap().to_string(),
             "http://[fd00::1]:4317"
         );
+        assert!(t("https://collector").unwrap().tls);
         for bad in [
-            "https://collector:4317",
             "grpc://x:1",
             "http://x:0",
             "http://x:port",
@@ -626,6 +868,44 @@ mod tests {
         ] {
             assert!(t(bad).is_err(), "{bad}");
         }
+
+        let h = |s: &str| Target::parse_as(s, Protocol::HttpProtobuf);
+        let http = h("http://jaeger.obs").unwrap();
+        assert_eq!((http.port, http.path.as_str()), (4318, "/v1/traces"));
+        assert_eq!(http.to_string(), "http://jaeger.obs:4318/v1/traces");
+        let custom = h("https://collector:443/otlp/v1/traces/").unwrap();
+        assert_eq!(
+            (custom.port, custom.path.as_str(), custom.tls),
+            (443, "/otlp/v1/traces", true)
+        );
+        for bad in ["http://x/a?b", "http://x/a#b", "http:///v1/traces"] {
+            assert!(h(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_endpoints_need_roots_and_plaintext_ones_refuse_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["collector".into()]).unwrap();
+        let pem_path = dir.path().join("ca.pem");
+        std::fs::write(&pem_path, ca.cert.pem()).unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+
+        let tls = Target::parse("https://collector:4317").unwrap();
+        let with = tls.clone().with_roots(Some(&pem_path)).unwrap();
+        assert_eq!(with.roots.as_deref(), Some(ca.cert.pem().as_bytes()));
+        let err = tls.clone().with_roots(Some(&garbage)).unwrap_err();
+        assert!(err.contains("garbage.pem"), "{err}");
+        let err = tls
+            .with_roots(Some(&dir.path().join("missing.pem")))
+            .unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
+
+        let plain = Target::parse("http://collector:4317").unwrap();
+        assert!(plain.clone().with_roots(None).unwrap().roots.is_none());
+        let err = plain.with_roots(Some(&pem_path)).unwrap_err();
+        assert!(err.contains("use https://"), "{err}");
     }
 
     #[test]
@@ -817,10 +1097,7 @@ mod tests {
     }
 
     fn target(addr: SocketAddr) -> Target {
-        Target {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        }
+        Target::parse(&addr.to_string()).unwrap()
     }
 
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -829,6 +1106,207 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A certificate for `collector.test` signed by a new CA: (CA PEM, cert PEM, key PEM).
+    fn collector_certificate() -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["collector.test".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    /// An OTLP/HTTP receiver over TLS; the first export is answered with one span rejected.
+    async fn serve_http_tls(receiver: Receiver, cert: &str, key: &str) -> SocketAddr {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let certs = ambient_proto::tls::certs_from_pem(cert.as_bytes()).unwrap();
+        let key: rustls::pki_types::PrivateKeyDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue; // a client that refused our certificate
+                };
+                let receiver = receiver.clone();
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let receiver = receiver.clone();
+                        async move {
+                            assert_eq!(req.uri().path(), "/v1/traces");
+                            assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                            assert_eq!(req.headers()["host"], format!("collector.test:{}", 4318));
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let export = ExportTraceServiceRequest::decode(body).unwrap();
+                            let spans: Vec<OtlpSpan> = export
+                                .resource_spans
+                                .into_iter()
+                                .flat_map(|r| r.scope_spans)
+                                .flat_map(|s| s.spans)
+                                .collect();
+                            let first = receiver.requests.lock().unwrap().is_empty();
+                            receiver.requests.lock().unwrap().push(spans.len());
+                            receiver.spans.lock().unwrap().extend(spans);
+                            let answer = ExportTraceServiceResponse {
+                            partial_success: first.then_some(
+                                ambient_proto::opentelemetry::proto::collector::trace::v1::ExportTracePartialSuccess {
+                                    rejected_spans: 1,
+                                    error_message: "one too many".into(),
+                                },
+                            ),
+                        };
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(
+                                    answer.encode_to_vec(),
+                                )),
+                            ))
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service),
+                );
+            }
+        });
+        addr
+    }
+
+    /// Resolves `collector.test` to `addr`, as the mesh resolver resolves a Service.
+    fn resolve_to(addr: SocketAddr) -> MeshResolver {
+        Arc::new(move |host: &str, _| (host == "collector.test").then_some(addr))
+    }
+
+    #[tokio::test]
+    async fn otlp_http_over_tls_posts_protobuf_and_counts_rejections() {
+        let (ca, cert, key) = collector_certificate();
+        let receiver = Receiver::default();
+        let addr = serve_http_tls(receiver.clone(), &cert, &key).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+        let target = Export {
+            endpoint: "https://collector.test".into(),
+            protocol: Protocol::HttpProtobuf,
+            ca_cert: Some(dir.path().join("ca.pem")),
+        }
+        .target()
+        .unwrap();
+        let settings = Settings {
+            batch: 10,
+            ..Settings::default()
+        };
+        let (exporter, _task) = Exporter::start(
+            target,
+            "shop",
+            resource("waypoint", "shop", ""),
+            settings,
+            Some(resolve_to(addr)),
+            CancellationToken::new(),
+        );
+        for i in 0..25 {
+            exporter.record(span(i));
+        }
+        wait_for("25 spans delivered, one rejected", || {
+            exporter.stats().exported.load(Ordering::Relaxed) == 24
+                && exporter.stats().dropped.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(*receiver.requests.lock().unwrap(), vec![10, 10, 5]);
+        // One connection carried all three exports (kept alive between batches).
+        assert_eq!(exporter.stats().batches.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn tls_to_a_collector_whose_certificate_is_not_trusted_delivers_nothing() {
+        let (_, cert, key) = collector_certificate();
+        let (other_ca, _, _) = collector_certificate();
+        let receiver = Receiver::default();
+        let addr = serve_http_tls(receiver.clone(), &cert, &key).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("other.pem"), &other_ca).unwrap();
+        let target = Export {
+            endpoint: "https://collector.test".into(),
+            protocol: Protocol::HttpProtobuf,
+            ca_cert: Some(dir.path().join("other.pem")),
+        }
+        .target()
+        .unwrap();
+        let (exporter, _task) = Exporter::start(
+            target,
+            "shop",
+            resource("waypoint", "shop", ""),
+            Settings::default(),
+            Some(resolve_to(addr)),
+            CancellationToken::new(),
+        );
+        exporter.record(span(0));
+        wait_for("the span dropped", || {
+            exporter.stats().dropped.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(exporter.stats().exported.load(Ordering::Relaxed), 0);
+        assert!(receiver.requests.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn otlp_grpc_over_tls() {
+        let (ca, cert, key) = collector_certificate();
+        let receiver = Receiver::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()),
+                ))
+                .unwrap()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+        let target = Export {
+            endpoint: format!("https://collector.test:{}", addr.port()),
+            protocol: Protocol::Grpc,
+            ca_cert: Some(dir.path().join("ca.pem")),
+        }
+        .target()
+        .unwrap();
+        let (exporter, _task) = Exporter::start(
+            target,
+            "shop",
+            resource("waypoint", "shop", ""),
+            Settings::default(),
+            Some(resolve_to(addr)),
+            CancellationToken::new(),
+        );
+        for i in 0..3 {
+            exporter.record(span(i));
+        }
+        wait_for("3 spans over gRPC with TLS", || {
+            exporter.stats().exported.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        assert_eq!(receiver.spans.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

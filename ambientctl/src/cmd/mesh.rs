@@ -46,6 +46,13 @@ pub struct UpArgs {
     /// is resolved by the waypoints themselves; see docs/observability.md.
     #[arg(long, value_name = "URL", value_parser = waypoint::cli::parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
+    /// The waypoints' OTLP transport: `grpc` (port 4317) or `http/protobuf` (4318,
+    /// `/v1/traces`).
+    #[arg(long, value_enum, default_value_t, requires = "otlp_endpoint")]
+    pub otlp_protocol: waypoint::otlp::Protocol,
+    /// PEM roots for an `https://` OTLP endpoint (default: the system's CA bundle).
+    #[arg(long, value_name = "PEM", requires = "otlp_endpoint")]
+    pub otlp_ca_cert: Option<PathBuf>,
     /// Back the mesh with a real Kubernetes control plane (kube-lab, built by
     /// `tools/build.sh`): DIR is applied to its API server, the controller watches it, and
     /// this runtime is the kubelet of the simulated nodes. `ambientctl kubeconfig` prints
@@ -113,13 +120,29 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .args(["--pod-cidr", &args.pod_cidr])
         .args(["--service-cidr", &args.service_cidr])
         .args(["--log-level", &args.log_level])
-        .args(
-            args.otlp_endpoint
-                .iter()
-                .flat_map(|e| ["--otlp-endpoint", e.as_str()]),
-        )
         .env(INSIDE_ENV, "up")
         .env(RUN_DIR_ENV, home.run_dir());
+    if let Some(endpoint) = &args.otlp_endpoint {
+        // Checked here, with the CA read, rather than by each waypoint as it starts.
+        let ca_cert = args
+            .otlp_ca_cert
+            .as_deref()
+            .map(std::fs::canonicalize)
+            .transpose()
+            .context("--otlp-ca-cert")?;
+        waypoint::otlp::Export {
+            endpoint: endpoint.clone(),
+            protocol: args.otlp_protocol,
+            ca_cert: ca_cert.clone(),
+        }
+        .target()
+        .map_err(anyhow::Error::msg)?;
+        cmd.args(["--otlp-endpoint", endpoint]);
+        cmd.args(["--otlp-protocol", args.otlp_protocol.name()]);
+        if let Some(ca) = &ca_cert {
+            cmd.arg("--otlp-ca-cert").arg(ca);
+        }
+    }
     // Bound here, in the host's network namespace, and inherited by the supervisor.
     let api_listener = if args.kubernetes {
         let listener = std::net::TcpListener::bind(("127.0.0.1", args.api_port))
@@ -229,7 +252,11 @@ pub fn supervise(args: UpArgs) -> anyhow::Result<ExitCode> {
         pod_prefix: slash16(&args.pod_cidr)?,
         service_prefix: slash16(&args.service_cidr)?,
         log_filter: args.log_level,
-        otlp_endpoint: args.otlp_endpoint,
+        otlp: args.otlp_endpoint.map(|endpoint| waypoint::otlp::Export {
+            endpoint,
+            protocol: args.otlp_protocol,
+            ca_cert: args.otlp_ca_cert,
+        }),
         kubernetes: args.kubernetes,
     };
     let api_listener = spawn::inherited_listener(api_port::LISTENER_ENV)

@@ -41,8 +41,8 @@ pub struct UpOptions {
     /// First two octets of the services' /16.
     pub service_prefix: [u8; 2],
     pub log_filter: String,
-    /// Where waypoints export request spans (OTLP/gRPC), if anywhere.
-    pub otlp_endpoint: Option<String>,
+    /// Where and how waypoints export request spans, if anywhere.
+    pub otlp: Option<waypoint::otlp::Export>,
     /// Run on a Kubernetes API server (kube-lab) as the nodes' kubelet ([`kubelet`]).
     pub kubernetes: bool,
 }
@@ -447,7 +447,7 @@ pub async fn run(
         controller_address: format!("https://{}", controller_grpc()),
         workload_cert_ttl_secs: mesh_options.workload_cert_ttl.as_secs(),
         log_filter: options.log_filter.clone(),
-        otlp_endpoint: options.otlp_endpoint.clone(),
+        otlp: options.otlp.clone(),
     };
     let mut kubelet = None;
     if options.kubernetes {

@@ -39,8 +39,8 @@ pub struct WaypointEnv {
     pub workload_cert_ttl_secs: u64,
     /// `RUST_LOG` for the waypoint.
     pub log_filter: String,
-    /// `--otlp-endpoint` for the waypoint (request spans over OTLP/gRPC).
-    pub otlp_endpoint: Option<String>,
+    /// Where the waypoints export request spans (`--otlp-*`), if anywhere.
+    pub otlp: Option<waypoint::otlp::Export>,
 }
 
 /// The objects deployed for one waypoint Gateway.
@@ -87,7 +87,7 @@ fn deployer_config(env: &WaypointEnv) -> DeployerConfig {
         workload_cert_ttl_secs: env.workload_cert_ttl_secs,
         // The local runtime's waypoints read the mesh root from the run directory.
         ca_root_pem: String::new(),
-        otlp_endpoint: env.otlp_endpoint.clone(),
+        otlp: env.otlp.clone(),
         pod: PodRuntime::Local {
             exe: env.exe.clone(),
             run_dir: env.run_dir.clone(),
@@ -169,7 +169,7 @@ pub(crate) mod tests {
             controller_address: "https://172.30.0.1:15012".into(),
             workload_cert_ttl_secs: 3600,
             log_filter: "info".into(),
-            otlp_endpoint: None,
+            otlp: None,
         }
     }
 
@@ -237,7 +237,11 @@ pub(crate) mod tests {
     #[test]
     fn the_mesh_otlp_endpoint_reaches_the_waypoint() {
         let mut traced = env();
-        traced.otlp_endpoint = Some("http://otel-sink.observability:4317".into());
+        traced.otlp = Some(waypoint::otlp::Export {
+            endpoint: "https://otel-sink.observability:4318".into(),
+            protocol: waypoint::otlp::Protocol::HttpProtobuf,
+            ca_cert: Some("/etc/otel/ca.pem".into()),
+        });
         let d = &render(&objects(GATEWAY), &traced)[0];
         let args: Vec<&str> = d.objects[2]["spec"]["containers"][0]["args"]
             .as_array()
@@ -246,7 +250,11 @@ pub(crate) mod tests {
             .map(|a| a.as_str().unwrap())
             .collect();
         let at = args.iter().position(|a| *a == "--otlp-endpoint").unwrap();
-        assert_eq!(args[at + 1], "http://otel-sink.observability:4317");
+        assert_eq!(args[at + 1], "https://otel-sink.observability:4318");
+        let at = args.iter().position(|a| *a == "--otlp-protocol").unwrap();
+        assert_eq!(args[at + 1], "http/protobuf");
+        let at = args.iter().position(|a| *a == "--otlp-ca-cert").unwrap();
+        assert_eq!(args[at + 1], "/etc/otel/ca.pem");
         // What the pod runs changed: a new pod, as a rollout would make.
         assert_ne!(d.pod_name, render(&objects(GATEWAY), &env())[0].pod_name);
     }

@@ -44,8 +44,8 @@ pub struct DeployerConfig {
     pub workload_cert_ttl_secs: u64,
     /// The mesh root (PEM), published in each waypoint namespace's CA root ConfigMap.
     pub ca_root_pem: String,
-    /// Where spans of the waypoint's requests go (`--otlp-endpoint`), if anywhere.
-    pub otlp_endpoint: Option<String>,
+    /// Where and how spans of the waypoint's requests go (`--otlp-*`), if anywhere.
+    pub otlp: Option<waypoint::otlp::Export>,
     pub pod: PodRuntime,
 }
 
@@ -122,7 +122,6 @@ pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> WaypointArg
         trust_domain: config.trust_domain.clone(),
         node_name: "$(NODE_NAME)".into(),
         instance_ip: "$(POD_IP)".into(),
-        otlp_endpoint: config.otlp_endpoint.clone(),
         ..WaypointArgs::new(
             &format!("{namespace}/{name}"),
             &config.controller_address,
@@ -131,6 +130,7 @@ pub fn args(namespace: &str, name: &str, config: &DeployerConfig) -> WaypointArg
         )
     };
     args.control_plane.workload_cert_ttl_secs = config.workload_cert_ttl_secs.max(1);
+    args.set_otlp(config.otlp.as_ref());
     args
 }
 
@@ -334,7 +334,7 @@ pub(crate) mod tests {
             controller_address: "https://ambient-controller.istio-system.svc:15012".into(),
             workload_cert_ttl_secs: 3600,
             ca_root_pem: "ROOT".into(),
-            otlp_endpoint: None,
+            otlp: None,
             pod: PodRuntime::Kubernetes,
         }
     }
