@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ambient/waypoint/v1/waypoint.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
         "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
+        "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

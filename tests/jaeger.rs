@@ -11,7 +11,6 @@
 #[path = "support/ctl.rs"]
 mod ctl;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -138,27 +137,9 @@ spec:
     )
 }
 
-/// `GET path` on the mesh's control socket: status and body.
-fn control_get(ctl: &Ctl, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(ctl.home.join("control.sock")) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: mesh\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
-
 /// Jaeger's query API, reached in the Jaeger pod through the control socket.
 fn jaeger_api(ctl: &Ctl, path: &str) -> (u16, String) {
-    control_get(ctl, &format!("/pod/observability/jaeger/16686{path}"))
+    ctl.control_get(&format!("/pod/observability/jaeger/16686{path}"))
 }
 
 /// One mesh exporting to Jaeger with `otlp` flags; a trace sent through two hops is read

@@ -59,12 +59,28 @@ fn client_get(ctl: &Ctl, url: &str, headers: &[&str]) -> String {
     ctl.ok(&args)
 }
 
-/// The spans the sink printed so far (one JSON line each).
-fn spans(ctl: &Ctl) -> Vec<Value> {
+/// What the sink printed so far (one JSON line each): spans and log records.
+fn received(ctl: &Ctl) -> Vec<Value> {
     let out = ctl.ok(&["logs", "-n", "observability", "otel-sink"]);
     out.lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The spans the sink printed so far.
+fn spans(ctl: &Ctl) -> Vec<Value> {
+    received(ctl)
+        .into_iter()
+        .filter(|v| v["signal"] != "log")
+        .collect()
+}
+
+/// The access log records the sink printed so far.
+fn log_records(ctl: &Ctl) -> Vec<Value> {
+    received(ctl)
+        .into_iter()
+        .filter(|v| v["signal"] == "log")
         .collect()
 }
 
@@ -284,6 +300,145 @@ fn one_trace_across_two_services_reaches_an_otlp_receiver() {
         "{metrics}"
     );
     ctl.ok(&["down"]);
+}
+
+/// Connections each node's ztunnel closed, from its own metrics.
+fn closed_connections(ctl: &Ctl) -> Vec<(String, u64)> {
+    ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let (status, metrics) = ctl.control_get(&format!("/ztunnel/{node}/15020/metrics"));
+            assert_eq!(status, 200, "{node}: {metrics}");
+            let n = sum(&metrics, "istio_tcp_connections_closed_total", &[]);
+            (node.to_string(), n)
+        })
+        .collect()
+}
+
+/// The ztunnel access log records of each node.
+fn ztunnel_records(records: &[Value]) -> Vec<(String, Vec<Value>)> {
+    ["node-1", "node-2"]
+        .iter()
+        .map(|node| {
+            let of_node = records
+                .iter()
+                .filter(|r| r["service_name"] == "ztunnel" && r["node"] == *node)
+                .cloned()
+                .collect();
+            (node.to_string(), of_node)
+        })
+        .collect()
+}
+
+#[test]
+fn access_logs_reach_an_otlp_receiver_one_record_each() {
+    let _one = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
+    let (_scratch, ctl, dir) = mesh("shop");
+    up(&ctl, &dir, Some(SINK));
+
+    // A quiet point: every connection closed so far has its record (or was dropped while the
+    // sink was not up yet, before this point; nothing is retried).
+    let baseline = until_stable(&ctl);
+    eprintln!("baseline: {baseline:?}");
+
+    // Known traffic: 5 product pages (client → productpage → reviews, through the waypoint),
+    // each with its own trace.
+    let traces: Vec<String> = (1..=5).map(|i| format!("{i:032x}")).collect();
+    for trace in &traces {
+        let page = client_get(
+            &ctl,
+            PAGE,
+            &[&format!("traceparent: 00-{trace}-00f067aa0ba902b7-01")],
+        );
+        assert!(page.contains("reviews-version: v1"), "{page}");
+    }
+    let after = until_stable(&ctl);
+    eprintln!("after: {after:?}");
+
+    // ztunnel: exactly one record per connection closed since the baseline, on each node,
+    // and no connection twice.
+    let mut new_connections = 0;
+    for ((node, (closed0, records0)), (_, (closed1, records1))) in baseline.iter().zip(&after) {
+        assert_eq!(
+            records1 - records0,
+            closed1 - closed0,
+            "{node}: records vs connections closed since the baseline"
+        );
+        new_connections += closed1 - closed0;
+    }
+    assert!(
+        new_connections >= 10,
+        "5 pages make connections: {new_connections}"
+    );
+    let records = log_records(&ctl);
+    for (node, of_node) in ztunnel_records(&records) {
+        let mut keys: Vec<String> = of_node
+            .iter()
+            .map(|r| {
+                let a = &r["attributes"];
+                format!("{} {} {}", a["src.addr"], a["dst.addr"], a["direction"])
+            })
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{node}: a connection logged twice");
+        for r in &of_node {
+            assert_eq!(r["body"], "connection complete", "{r}");
+            assert!(r["attributes"]["src.addr"].is_string(), "{r}");
+        }
+    }
+
+    // The waypoint: exactly one record per request (two per page), carrying the request's
+    // trace and span ids, so each joins its span.
+    let spans = spans(&ctl);
+    for trace in &traces {
+        let of_trace: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["service_name"] == "waypoint.shop" && r["trace_id"] == *trace)
+            .collect();
+        assert_eq!(of_trace.len(), 2, "{trace}: {of_trace:?}");
+        for r in of_trace {
+            assert_eq!(r["body"], "request", "{r}");
+            assert_eq!(r["severity"], "INFO", "{r}");
+            let span_id = r["span_id"].as_str().unwrap();
+            let span = spans
+                .iter()
+                .find(|s| s["trace_id"] == *trace && s["span_id"] == span_id)
+                .unwrap_or_else(|| panic!("no span {span_id} for {r}"));
+            assert_eq!(r["attributes"]["path"], attr(span, "url.path"), "{r}");
+        }
+    }
+    ctl.ok(&["down"]);
+}
+
+/// Waits until, on every node, the ztunnel's closed connections and the sink's records of
+/// them stop changing (two looks a few batch intervals apart agree); per node (closed,
+/// records).
+fn until_stable(ctl: &Ctl) -> Vec<(String, (u64, u64))> {
+    let look = || -> Vec<(String, (u64, u64))> {
+        let records = log_records(ctl);
+        closed_connections(ctl)
+            .into_iter()
+            .zip(ztunnel_records(&records))
+            .map(|((node, closed), (_, recs))| (node, (closed, recs.len() as u64)))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = look();
+    loop {
+        // The exporters send a batch at most a second after its first record.
+        std::thread::sleep(Duration::from_millis(2500));
+        let now = look();
+        if now == last {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never quiet: {last:?} then {now:?}"
+        );
+        last = now;
+    }
 }
 
 /// `demo-app get --summary` of `count` product page requests; the summary.

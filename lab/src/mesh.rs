@@ -41,6 +41,8 @@ pub struct MeshOptions {
     /// `exe component waypoint` with the run directory's files: the local runtime is their
     /// kubelet.
     pub kubeconfig: Option<PathBuf>,
+    /// Where the ztunnels export their access log as OTLP log records, if anywhere.
+    pub otlp: Option<proxy_core::otlp::Export>,
 }
 
 impl MeshOptions {
@@ -55,6 +57,7 @@ impl MeshOptions {
             ztunnel_args: Vec::new(),
             ztunnel_drain: None,
             kubeconfig: None,
+            otlp: None,
         }
     }
 }
@@ -376,6 +379,7 @@ impl Mesh {
         if let Some(drain) = self.options.ztunnel_drain {
             args.drain_seconds = drain.as_secs();
         }
+        args.otlp = proxy_core::otlp::OtlpArgs::from_export(self.options.otlp.as_ref());
         let ztunnel = Proc::spawn(
             &format!("ztunnel-{node}"),
             &netns,

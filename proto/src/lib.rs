@@ -2,7 +2,8 @@
 //!
 //! - [`istio`], [`envoy`], [`google`]: generated protobuf types and gRPC stubs, with Istio's
 //!   package names and field numbers so Istio's own components can talk to ours.
-//! - [`opentelemetry`]: OTLP trace export (the waypoint's spans), with OTLP's names.
+//! - [`opentelemetry`]: OTLP trace and log export (the waypoint's spans, the proxies' access
+//!   logs), with OTLP's names.
 //! - [`identity`]: SPIFFE identities as the mesh uses them (`ns/<ns>/sa/<sa>`).
 //! - [`tls`]: X.509-SVIDs and the rustls configurations for mutual TLS 1.3 between them.
 //! - [`hbone`]: HTTP/2 CONNECT over that TLS: client, connection pool, server, byte relay.
@@ -63,7 +64,7 @@ pub mod envoy {
     }
 }
 
-/// Generated from `proto/opentelemetry/**`: OTLP trace export (the waypoint's spans), with
+/// Generated from `proto/opentelemetry/**`: OTLP trace and log export, with
 /// OTLP's package names and field numbers so any OpenTelemetry receiver accepts them.
 #[allow(clippy::all, missing_docs)]
 pub mod opentelemetry {
@@ -89,12 +90,25 @@ pub mod opentelemetry {
                 include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.trace.v1.rs"));
             }
         }
+        pub mod logs {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.logs.v1.rs"));
+            }
+        }
         pub mod collector {
             pub mod trace {
                 pub mod v1 {
                     include!(concat!(
                         env!("OUT_DIR"),
                         "/opentelemetry.proto.collector.trace.v1.rs"
+                    ));
+                }
+            }
+            pub mod logs {
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/opentelemetry.proto.collector.logs.v1.rs"
                     ));
                 }
             }

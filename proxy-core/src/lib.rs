@@ -5,7 +5,8 @@
 //! policies of [`rbac`]); it gets certificates for the identities it serves from the CA
 //! ([`identity`]); it answers admin, readiness and metrics requests ([`admin`],
 //! [`readiness`]) and labels its metrics the way Istio does ([`metrics`], read back by
-//! [`exposition`]); and it starts with
+//! [`exposition`]); it exports telemetry over OTLP ([`otlp`]: spans, and access logs as
+//! log records); and it starts with
 //! the same logging and memory settings ([`logging`], [`memory`]) and stops on the same
 //! signals ([`shutdown`]). Every component's typed command line renders itself back into
 //! arguments through [`command_line`], so whoever starts a component spells no flag.
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod otlp;
 pub mod rbac;
 pub mod readiness;
 pub mod shutdown;

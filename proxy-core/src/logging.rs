@@ -42,6 +42,7 @@ pub fn init_logging(format: LogFormat) {
     tracing_subscriber::registry()
         .with(filter)
         .with(output)
+        .with(crate::otlp::access_log::AccessLogLayer)
         .init();
     if let Some(e) = refused {
         tracing::warn!(error = %e, "RUST_LOG not understood; logging at info");

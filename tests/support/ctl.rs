@@ -76,6 +76,30 @@ impl Ctl {
         serde_json::from_str(&self.ok(args)).expect("JSON output")
     }
 
+    /// `GET path` on the running mesh's control socket (a proxy's port reached inside the
+    /// mesh: `/ztunnel/<node>/15020/metrics`, `/pod/<ns>/<name>/<port>/<path>`): status and
+    /// body; status 0 when the socket does not answer.
+    pub fn control_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.home.join("control.sock"))
+        else {
+            return (0, String::new());
+        };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        if write!(s, "GET {path} HTTP/1.0\r\nHost: mesh\r\n\r\n").is_err() {
+            return (0, String::new());
+        }
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
+    }
+
     /// Runs `args` until `done` accepts the output, for at most `timeout`.
     pub fn until(
         &self,

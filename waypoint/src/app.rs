@@ -60,17 +60,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     otlp::describe();
     otlp::set_sampling(args.trace_sampling);
     let otlp_target = args
-        .otlp_endpoint
-        .as_deref()
-        .filter(|e| !e.trim().is_empty())
-        .map(|endpoint| {
-            otlp::Export {
-                endpoint: endpoint.to_string(),
-                protocol: args.otlp_protocol,
-                ca_cert: args.otlp_ca_cert.clone(),
-            }
-            .target()
-        })
+        .otlp
+        .export()
+        .map(|export| export.target())
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--otlp-endpoint")?;
@@ -150,17 +142,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     proxy_core::shutdown::on_signal(shutdown.clone());
-    let otlp_task = otlp_target.map(|target| {
-        let (exporter, task) = otlp::Exporter::start(
-            target,
+    // Spans, and the access log as log records, to the same receiver.
+    let otlp_tasks = otlp_target.map(|target| {
+        let resource = otlp::resource(gw_name, gw_ns, &pod_name);
+        let (exporter, spans) = otlp::SpanExporter::start(
+            target.clone(),
             gw_ns,
-            otlp::resource(gw_name, gw_ns, &pod_name),
+            resource.clone(),
             otlp::Settings::default(),
             Some(otlp::mesh_resolver(state.clone())),
             shutdown.clone(),
         );
         otlp::install(exporter);
-        task
+        let (logs_exporter, logs) = proxy_core::otlp::Exporter::<proxy_core::otlp::Logs>::start(
+            target,
+            resource,
+            otlp::scope(),
+            otlp::Settings::default(),
+            Some(otlp::mesh_resolver(state.clone())),
+            shutdown.clone(),
+        );
+        proxy_core::otlp::access_log::install(logs_exporter);
+        [spans, logs]
     });
     let hbone = bind(args.hbone_addr).await?;
     let admin_listener = bind(args.admin_addr).await?;
@@ -185,15 +188,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(gateway = %args.gateway, %identity, hbone = %args.hbone_addr, "waypoint running");
     shutdown.cancelled().await;
     info!("shutting down");
-    if let Some(task) = otlp_task {
-        // The last spans, within a bound.
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-        if let Some(stats) = otlp::exporter().map(|e| e.stats()) {
-            info!(
-                exported = stats.exported.load(std::sync::atomic::Ordering::Relaxed),
-                dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
-                "request spans"
-            );
+    if let Some(tasks) = otlp_tasks {
+        // The last spans and log records, within a bound.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
+        for (what, stats) in [
+            ("request spans", otlp::exporter().map(|e| e.stats())),
+            (
+                "access log records",
+                proxy_core::otlp::access_log::exporter().map(|e| e.stats()),
+            ),
+        ] {
+            if let Some(stats) = stats {
+                info!(
+                    exported = stats.exported.load(std::sync::atomic::Ordering::Relaxed),
+                    dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                    "{what}"
+                );
+            }
         }
     }
     Ok(())

@@ -44,19 +44,10 @@ pub struct Args {
     pub log_format: LogFormat,
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
-    /// Export one span per request over OTLP to this receiver (`http[s]://HOST[:PORT]`; the
-    /// port defaults to 4317 for gRPC, 4318 for HTTP, whose path defaults to `/v1/traces`). A
-    /// mesh Service's name (`<svc>.<ns>[.svc.cluster.local]`) is resolved from the
-    /// waypoint's xDS view. Unset: no spans are exported.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-    /// OTLP over gRPC or over HTTP with protobuf bodies.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t)]
-    pub otlp_protocol: crate::otlp::Protocol,
-    /// PEM roots the receiver's certificate is checked against (`https://` endpoints;
-    /// default: the system's CA bundle).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", value_name = "PEM")]
-    pub otlp_ca_cert: Option<PathBuf>,
+    /// Where request spans and access log records go (OTLP).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub otlp: proxy_core::otlp::OtlpArgs,
     /// Percentage of the traces this waypoint starts that are sampled (requests without a
     /// valid `traceparent`); a caller's `traceparent` keeps its own sampled flag.
     #[arg(long, value_name = "PERCENT", default_value_t = 100.0, value_parser = percent)]
@@ -89,9 +80,7 @@ impl Args {
             service_account: None,
             node_name: String::new(),
             instance_ip: String::new(),
-            otlp_endpoint: None,
-            otlp_protocol: crate::otlp::Protocol::Grpc,
-            otlp_ca_cert: None,
+            otlp: proxy_core::otlp::OtlpArgs::default(),
             ..Self::parse_from(required)
         }
     }
@@ -103,9 +92,7 @@ impl Args {
 
     /// Sets where spans go (`None`: nowhere).
     pub fn set_otlp(&mut self, export: Option<&crate::otlp::Export>) {
-        self.otlp_endpoint = export.map(|e| e.endpoint.clone());
-        self.otlp_protocol = export.map(|e| e.protocol).unwrap_or_default();
-        self.otlp_ca_cert = export.and_then(|e| e.ca_cert.clone());
+        self.otlp = proxy_core::otlp::OtlpArgs::from_export(export);
     }
 }
 
@@ -157,9 +144,11 @@ mod tests {
         args.service_account = Some("waypoint".into());
         args.node_name = "$(NODE_NAME)".into();
         args.instance_ip = "$(POD_IP)".into();
-        args.otlp_endpoint = Some("https://otel-sink.observability:4318/v1/traces".into());
-        args.otlp_protocol = crate::otlp::Protocol::HttpProtobuf;
-        args.otlp_ca_cert = Some("/etc/otlp/ca.pem".into());
+        args.set_otlp(Some(&crate::otlp::Export {
+            endpoint: "https://otel-sink.observability:4318/otlp".into(),
+            protocol: crate::otlp::Protocol::HttpProtobuf,
+            ca_cert: Some("/etc/otlp/ca.pem".into()),
+        }));
         args.trace_sampling = 12.5;
         args.log_format = LogFormat::Json;
         assert_eq!(parse(&args), args);

@@ -227,6 +227,7 @@ impl RequestLog {
             bytes_sent = response_bytes,
             duration_ms = format_args!("{elapsed:.2}"),
             trace_id = %self.trace_id,
+            span_id = %format_args!("{:016x}", self.span.span_id),
             "request"
         );
     }

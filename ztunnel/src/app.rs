@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_proto::hbone::{H2Settings, PoolSettings};
+use ambient_proto::opentelemetry::proto::common::v1::InstrumentationScope;
+use ambient_proto::opentelemetry::proto::resource::v1::Resource;
 use ambient_proto::tls::TrustBundle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -56,6 +58,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long open connections may go on once a shutdown began (see [`run`]).
     pub drain_timeout: Duration,
+    /// Where the access log also goes as OTLP log records, if anywhere.
+    pub otlp: Option<proxy_core::otlp::Target>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,35 @@ pub async fn run(
     crate::metrics::describe();
     proxy_core::metrics::spawn_upkeep(metrics.clone(), proxy_core::metrics::UPKEEP_PERIOD);
     let state = Arc::new(StateStore::new());
+    // The access log as OTLP log records; stopped only after the drain, so the connections
+    // that end during it are exported too.
+    let otlp_stop = CancellationToken::new();
+    let otlp_task = config.otlp.clone().map(|target| {
+        use proxy_core::otlp::{Exporter, Logs, Settings, access_log, mesh_resolver, string};
+        let resource = Resource {
+            attributes: vec![
+                string("service.name", "ztunnel"),
+                string("k8s.node.name", &config.node_name),
+            ],
+            dropped_attributes_count: 0,
+        };
+        let scope = InstrumentationScope {
+            name: "ambient-rs/ztunnel".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+        };
+        let (exporter, task) = Exporter::<Logs>::start(
+            target,
+            resource,
+            scope,
+            Settings::default(),
+            Some(mesh_resolver(state.clone())),
+            otlp_stop.clone(),
+        );
+        access_log::install(exporter);
+        task
+    });
     let readiness = match &config.source {
         ConfigSource::File(path) => {
             let readiness = Readiness::new(&["zds"]);
@@ -215,5 +248,10 @@ pub async fn run(
         ),
     }
     pods.stop_all();
+    otlp_stop.cancel();
+    if let Some(task) = otlp_task {
+        // The last access log records, within a bound.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     Ok(())
 }

@@ -55,6 +55,10 @@ pub struct ZtunnelArgs {
     /// ztunnel process takes the new ones). Keep it below the pod's termination grace period.
     #[arg(long, default_value_t = 20)]
     pub drain_seconds: u64,
+    /// Where the access log also goes, as OTLP log records.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub otlp: proxy_core::otlp::OtlpArgs,
 }
 
 #[derive(Clone, Debug, PartialEq, Parser, Serialize)]
@@ -185,6 +189,13 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
     let args = ZtunnelArgs::parse_from(args);
     init_logging(args.log_format);
     let control_plane = args.control_plane.control_plane()?;
+    let otlp = args
+        .otlp
+        .export()
+        .map(|export| export.target())
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--otlp-endpoint")?;
     let config = Config {
         node_name: args.node_name,
         instance_ip: args.instance_ip,
@@ -203,6 +214,7 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
         drain_timeout: Duration::from_secs(args.drain_seconds),
         cert_wait: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
+        otlp,
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

@@ -439,6 +439,7 @@ pub async fn run(
 
     let mut mesh_options = MeshOptions::new(exe);
     mesh_options.log_filter = options.log_filter.clone();
+    mesh_options.otlp = options.otlp.clone();
     mesh_options.debounce_quiet = Duration::from_millis(100);
     let waypoint_env = WaypointEnv {
         exe: mesh_options.exe.clone(),

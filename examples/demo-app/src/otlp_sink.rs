@@ -9,11 +9,24 @@
 //! ```
 //!
 //! Ids are lowercase hex (as in `traceparent`); a root span's `parent_span_id` is `""`.
+//!
+//! It also takes log records (`LogsService/Export`: the proxies' access logs), one line each:
+//!
+//! ```text
+//! {"signal":"log","service_name":"ztunnel","severity":"INFO","body":"connection complete",
+//!  "trace_id":"…","span_id":"…","attributes":{…},"time_unix_nano":…}
+//! ```
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use ambient_proto::opentelemetry::proto::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use ambient_proto::opentelemetry::proto::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use ambient_proto::opentelemetry::proto::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -30,9 +43,42 @@ pub struct OtlpSink<W> {
     out: Arc<Mutex<W>>,
 }
 
-impl<W> OtlpSink<W> {
+impl<W> Clone for OtlpSink<W> {
+    fn clone(&self) -> Self {
+        OtlpSink {
+            out: self.out.clone(),
+        }
+    }
+}
+
+impl<W: Write> OtlpSink<W> {
     pub fn new(out: Arc<Mutex<W>>) -> Self {
         OtlpSink { out }
+    }
+
+    fn write(&self, lines: Vec<String>) -> Result<(), tonic::Status> {
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?;
+        for line in lines {
+            writeln!(out, "{line}").map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        }
+        out.flush()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl<W: Write + Send + 'static> LogsService for OtlpSink<W> {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.write(log_lines(&request.into_inner()))?;
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -42,16 +88,7 @@ impl<W: Write + Send + 'static> TraceService for OtlpSink<W> {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let lines = lines(&request.into_inner());
-        let mut out = self
-            .out
-            .lock()
-            .map_err(|_| tonic::Status::internal("poisoned"))?;
-        for line in lines {
-            writeln!(out, "{line}").map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        }
-        out.flush()
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        self.write(lines(&request.into_inner()))?;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -62,7 +99,8 @@ impl<W: Write + Send + 'static> TraceService for OtlpSink<W> {
 pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
     let sink = OtlpSink::new(Arc::new(Mutex::new(std::io::stdout())));
     tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(sink))
+        .add_service(TraceServiceServer::new(sink.clone()))
+        .add_service(LogsServiceServer::new(sink))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
         .await
 }
@@ -89,6 +127,39 @@ pub fn lines(request: &ExportTraceServiceRequest) -> Vec<String> {
         for scope in &resource_spans.scope_spans {
             for span in &scope.spans {
                 out.push(span_json(span, &service).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The JSON line of every log record of `request`.
+pub fn log_lines(request: &ExportLogsServiceRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    for resource_logs in &request.resource_logs {
+        let resource = resource_logs
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource
+            .get("service.name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for scope in &resource_logs.scope_logs {
+            for record in &scope.log_records {
+                let line = json!({
+                    "signal": "log",
+                    "service_name": service,
+                    "node": resource.get("k8s.node.name").cloned().unwrap_or(Value::Null),
+                    "severity": record.severity_text,
+                    "body": value(record.body.as_ref()),
+                    "trace_id": hex(&record.trace_id),
+                    "span_id": hex(&record.span_id),
+                    "attributes": attributes(&record.attributes),
+                    "time_unix_nano": record.time_unix_nano,
+                });
+                out.push(line.to_string());
             }
         }
     }
@@ -230,6 +301,61 @@ mod tests {
         let root: Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(root["parent_span_id"], "");
         assert_eq!(root["status"], "unset");
+    }
+
+    #[test]
+    fn one_line_per_log_record() {
+        use ambient_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv(
+                            "service.name",
+                            any_value::Value::StringValue("ztunnel".into()),
+                        ),
+                        kv(
+                            "k8s.node.name",
+                            any_value::Value::StringValue("node-1".into()),
+                        ),
+                    ],
+                    dropped_attributes_count: 0,
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: None,
+                    log_records: vec![LogRecord {
+                        time_unix_nano: 5,
+                        severity_text: "ERROR".into(),
+                        body: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(
+                                "connection complete".into(),
+                            )),
+                        }),
+                        attributes: vec![kv(
+                            "direction",
+                            any_value::Value::StringValue("inbound".into()),
+                        )],
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![1; 8],
+                        ..Default::default()
+                    }],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let lines = log_lines(&request);
+        assert_eq!(lines.len(), 1);
+        let v: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["signal"], "log");
+        assert_eq!(v["service_name"], "ztunnel");
+        assert_eq!(v["node"], "node-1");
+        assert_eq!(v["severity"], "ERROR");
+        assert_eq!(v["body"], "connection complete");
+        assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["span_id"], "0101010101010101");
+        assert_eq!(v["attributes"]["direction"], "inbound");
+        assert_eq!(v["time_unix_nano"], 5);
     }
 
     #[tokio::test]
