@@ -11,6 +11,8 @@
 //! - `pipeline`: one HTTP request through the waypoint, a stage a file in the order a request
 //!   meets them (authorize, route, fault, redirect / rewrite, backend and limits, send with
 //!   retries and timeouts, respond with telemetry), calling the decisions of [`l7`].
+//! - [`otlp`]: one span per request, exported with `proxy_core::otlp` (the access log goes
+//!   out as OTLP log records through the logging layer).
 //! - [`cli`]: command-line flags and the entry point.
 
 #![forbid(unsafe_code)]
