@@ -57,9 +57,9 @@ pub struct OtlpArgs {
     /// view. Unset: nothing is exported.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// OTLP over gRPC or over HTTP with protobuf bodies.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t)]
-    pub otlp_protocol: Protocol,
+    /// OTLP over gRPC (the default) or over HTTP with protobuf bodies.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<Protocol>,
     /// PEM roots the receiver's certificate is checked against (`https://` endpoints;
     /// default: the system's CA bundle).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", value_name = "PEM")]
@@ -72,7 +72,7 @@ impl OtlpArgs {
         let endpoint = self.otlp_endpoint.as_deref()?.trim();
         (!endpoint.is_empty()).then(|| Export {
             endpoint: endpoint.to_string(),
-            protocol: self.otlp_protocol,
+            protocol: self.otlp_protocol.unwrap_or_default(),
             ca_cert: self.otlp_ca_cert.clone(),
         })
     }
@@ -81,7 +81,7 @@ impl OtlpArgs {
     pub fn from_export(export: Option<&Export>) -> OtlpArgs {
         OtlpArgs {
             otlp_endpoint: export.map(|e| e.endpoint.clone()),
-            otlp_protocol: export.map(|e| e.protocol).unwrap_or_default(),
+            otlp_protocol: export.map(|e| e.protocol),
             otlp_ca_cert: export.and_then(|e| e.ca_cert.clone()),
         }
     }
