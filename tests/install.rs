@@ -164,12 +164,15 @@ fn install_options_change_the_output() {
     }
     let ds: DaemonSet = typed(docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap());
     let pod = ds.spec.template.spec.unwrap();
+    // Each container its own image: ztunnel, and the node agent (with the CNI plugin).
     for c in &pod.containers {
         assert_eq!(
             c.image.as_deref(),
-            Some("registry.example/ambient/ztunnel:dev")
+            Some(format!("registry.example/ambient/{}:dev", c.name).as_str())
         );
     }
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ztunnel", "node-agent"]);
     let args = pod.containers[0].args.clone().unwrap().join(" ");
     assert!(args.contains("--controller-address https://ambient-controller.mesh-system.svc:15012"));
     assert!(args.contains("--trust-domain example.org"));
