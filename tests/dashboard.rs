@@ -3,20 +3,21 @@
 //! `.ci/run` installs), and a proxy that is down.
 //!
 //! Without `chromium` in `$PATH` the browser checks fail (saying how to get it), unless
-//! `AMBIENT_SKIP_BROWSER=1`.
+//! `AMBIENT_SKIP_BROWSER=1`. The large generated mesh is `dashboard_large.rs`.
 
 #![forbid(unsafe_code)]
 
 #[path = "support/ctl.rs"]
 mod ctl;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
+use e2e::browser::{attr, browse, chromium, dom_until, edge_tag, output_dir};
+use e2e::loopback::{free_port, http_get};
 use serde_json::Value;
 
 /// The call chain of the demo, as the graph's edge ids.
@@ -25,71 +26,6 @@ const CHAIN: [&str; 3] = [
     "bookinfo/productpage->bookinfo/reviews",
     "bookinfo/reviews->bookinfo/ratings",
 ];
-
-/// Where the screenshot goes: `<target>/dashboard-test/`.
-fn output_dir() -> PathBuf {
-    let target = EXE
-        .path()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir");
-    let dir = target.join("dashboard-test");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Debian's `chromium`, or why the browser checks are skipped (`None`). Panics when it is
-/// missing and not skipped.
-fn chromium() -> Option<PathBuf> {
-    if std::env::var("AMBIENT_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        eprintln!("AMBIENT_SKIP_BROWSER=1: browser checks skipped");
-        return None;
-    }
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("chromium"))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p),
-        None => panic!(
-            "the dashboard test needs Debian's `chromium` (headless) in $PATH: .ci/run installs \
-             it (`apt-get install -y --no-install-recommends chromium`, as root); set \
-             AMBIENT_SKIP_BROWSER=1 to skip the browser checks"
-        ),
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(ctl: &Ctl, args: &[&str]) -> Background {
-    eprintln!("$ ambientctl {} &", args.join(" "));
-    Background(
-        Command::new(EXE)
-            .args(args)
-            .env("AMBIENT_HOME", &ctl.home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning ambientctl"),
-    )
-}
 
 /// The bookinfo demo with its namespace's waypoint, and 20 requests through it.
 fn demo(scratch: &Path) -> Ctl {
@@ -127,108 +63,6 @@ fn demo(scratch: &Path) -> Ctl {
     ctl
 }
 
-/// `GET path` on the dashboard: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
-}
-
-/// Runs headless Chromium on `url` with `extra` arguments (at most 60 s); its stdout.
-fn browse(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> String {
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=8000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running chromium");
-    let mut out = String::new();
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("waiting for chromium").is_some() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    reader.join().expect("reader")
-}
-
-/// The opening tag of the SVG group of edge `id` in a dumped DOM (attribute values have
-/// `>` escaped, so the tag ends at the first `>`), and what follows up to the next edge.
-fn edge_tag<'a>(dom: &'a str, id: &str) -> Option<(&'a str, &'a str)> {
-    let escaped = id.replace('>', "&gt;");
-    let at = dom
-        .find(&format!("data-edge=\"{escaped}\""))
-        .or_else(|| dom.find(&format!("data-edge=\"{id}\"")))?;
-    let start = dom[..at].rfind('<')?;
-    let end = at + dom[at..].find('>')?;
-    let rest = &dom[end..];
-    let body_end = rest[1..]
-        .find("data-edge=")
-        .or_else(|| rest.find("class=\"nodes\""))
-        .unwrap_or(rest.len());
-    Some((&dom[start..=end], &rest[..body_end]))
-}
-
-/// The value of attribute `name` in a tag.
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    Some(&tag[at..at + tag[at..].find('"')?])
-}
-
-/// Dumps the page's DOM until `done` accepts it (at most `timeout`).
-fn dom_until(
-    chromium: &Path,
-    profile: &Path,
-    url: &str,
-    timeout: Duration,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let start = Instant::now();
-    loop {
-        let dom = browse(chromium, profile, url, &["--dump-dom"]);
-        if done(&dom) {
-            return dom;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "the page did not show what was expected in {timeout:?}; last DOM:\n{dom}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn service_graph_in_a_browser() {
     let Some(chromium) = chromium() else {
@@ -238,28 +72,22 @@ fn service_graph_in_a_browser() {
     let scratch = tempfile::tempdir().unwrap();
     let ctl = demo(scratch.path());
     let port = free_port();
-    let _dashboard = spawn(
-        &ctl,
-        &["dashboard", "--port", &port.to_string(), "--interval", "1s"],
-    );
+    let _dashboard = ctl.spawn(&["dashboard", "--port", &port.to_string(), "--interval", "1s"]);
     // Traffic while the page is looked at, so that the edges carry rates.
-    let traffic = spawn(
-        &ctl,
-        &[
-            "exec",
-            "-n",
-            "bookinfo",
-            "sleep",
-            "--",
-            "demo-app",
-            "get",
-            "http://productpage:9080/productpage",
-            "--count",
-            "600",
-            "--interval-ms",
-            "50",
-        ],
-    );
+    let traffic = ctl.spawn(&[
+        "exec",
+        "-n",
+        "bookinfo",
+        "sleep",
+        "--",
+        "demo-app",
+        "get",
+        "http://productpage:9080/productpage",
+        "--count",
+        "600",
+        "--interval-ms",
+        "50",
+    ]);
     let url = format!("http://127.0.0.1:{port}/");
     let profile = scratch.path().join("chromium");
     let dom = dom_until(&chromium, &profile, &url, Duration::from_secs(60), |dom| {
@@ -296,7 +124,7 @@ fn service_graph_in_a_browser() {
     );
 
     // The JSON the page draws from: rates, p99, certificates.
-    let (status, body) = http_get(port, "/api/graph").unwrap();
+    let (status, body) = http_get(SocketAddr::from(([127, 0, 0, 1], port)), "/api/graph").unwrap();
     assert_eq!(status, 200, "{body}");
     let graph: Value = serde_json::from_str(&body).unwrap();
     let edge = graph["edges"]
@@ -435,10 +263,7 @@ fn an_unreachable_proxy_is_shown_and_the_rest_of_the_graph_stays() {
     // The page says so too.
     if let Some(chromium) = chromium() {
         let port = free_port();
-        let _dashboard = spawn(
-            &ctl,
-            &["dashboard", "--port", &port.to_string(), "--interval", "1s"],
-        );
+        let _dashboard = ctl.spawn(&["dashboard", "--port", &port.to_string(), "--interval", "1s"]);
         let profile = scratch.path().join("chromium");
         let dom = dom_until(
             &chromium,

@@ -13,9 +13,10 @@ mod ctl;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
+use e2e::until;
 use serde_json::Value;
 
 const PAGE: &str = "http://productpage:9080/productpage";
@@ -254,17 +255,6 @@ fn two_hops_reach_jaeger(name: &str, otlp: &[&str], trace: &str) {
         assert_eq!(tag("span.kind"), "server");
     }
     ctl.ok(&["down"]);
-}
-
-fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => panic!("{what}: not in {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ctl::{Ctl, ensure_demo_app};
+use e2e::until;
 use serde_json::Value;
 
 const NAMESPACE: &str = "shop";
@@ -185,18 +186,6 @@ impl Kubectl {
     fn delete(&self, name: &str) {
         let file = self.scratch.join(format!("{name}.yaml"));
         self.ok(&["delete", "-f", file.to_str().unwrap()]);
-    }
-}
-
-/// Polls `check` until it passes (returns `Ok`), for at most `timeout`.
-fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => panic!("{what}: not in {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
     }
 }
 

@@ -49,9 +49,10 @@ impl Ctl {
         }
     }
 
-    /// Runs ambientctl on this home, kept away from any real cluster the machine knows.
-    pub fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(EXE)
+    /// ambientctl on this home, kept away from any real cluster the machine knows.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(EXE);
+        command
             .args(args)
             .env("AMBIENT_HOME", &self.home)
             .env("KUBECONFIG", self.home.join("no-such-kubeconfig"))
@@ -59,11 +60,28 @@ impl Ctl {
             // Where tools/build.sh put kube-lab and the CRD modules (under the real HOME).
             .env("AMBIENT_TOOLS_DIR", ambient_lab::kube::tools_dir())
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .output()
-            .expect("running ambientctl");
+            .env_remove("KUBERNETES_SERVICE_PORT");
+        command
+    }
+
+    /// Runs ambientctl on this home to the end.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("running ambientctl");
         show("ambientctl", args, &out);
         out
+    }
+
+    /// Starts ambientctl on this home beside the test (a dashboard, a traffic loop); its
+    /// stdout discarded, its stderr in the test's output. Killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> e2e::Background {
+        eprintln!("$ ambientctl {} &", args.join(" "));
+        e2e::Background(
+            self.command(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .expect("spawning ambientctl"),
+        )
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

@@ -11,6 +11,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod background;
+pub mod browser;
+pub mod loopback;
+pub mod poll;
+
+pub use background::Background;
+pub use poll::until;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

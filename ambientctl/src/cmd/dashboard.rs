@@ -28,6 +28,7 @@ use sources::Source;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
+const VIEW_JS: &str = include_str!("dashboard/view.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 
 /// Scrapes kept per proxy: rates cover up to this many intervals (minus one).
@@ -218,6 +219,7 @@ fn route(req: &Request<Incoming>, latest: &Latest) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         "/app.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+        "/view.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", VIEW_JS),
         "/style.css" => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
         "/api/graph" => match latest.lock().expect("poisoned").clone() {
             Some(body) => reply(StatusCode::OK, "application/json", body),
@@ -254,7 +256,7 @@ mod tests {
     #[test]
     fn the_page_is_self_contained() {
         // Nothing is loaded from elsewhere (the SVG namespace URI is only a name).
-        for text in [INDEX_HTML, APP_JS, STYLE_CSS] {
+        for text in [INDEX_HTML, APP_JS, VIEW_JS, STYLE_CSS] {
             for remote in [
                 "src=\"http",
                 "href=\"http",
@@ -265,7 +267,9 @@ mod tests {
                 assert!(!text.contains(remote), "{remote}");
             }
         }
-        assert!(INDEX_HTML.contains("/app.js") && INDEX_HTML.contains("/style.css"));
+        for file in ["/app.js", "/view.js", "/style.css"] {
+            assert!(INDEX_HTML.contains(file), "{file}");
+        }
         assert!(APP_JS.contains("/api/graph"));
     }
 }

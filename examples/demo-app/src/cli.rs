@@ -99,6 +99,18 @@ pub struct EchoArgs {
     /// The status of the requests failed by --fail-every.
     #[arg(long, value_name = "CODE", default_value = "503", value_parser = parse_status)]
     pub fail_status: StatusCode,
+    /// An upstream to GET every --call-interval-ms while serving (repeatable): a service with
+    /// dependencies, for meshes generated with a call graph.
+    #[arg(long = "call", value_name = "URL", value_parser = parse_call)]
+    pub calls: Vec<String>,
+    /// How often each --call upstream is called.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub call_interval_ms: u64,
+}
+
+fn parse_call(raw: &str) -> Result<String, String> {
+    client::check_url(raw).map_err(|e| e.to_string())?;
+    Ok(raw.to_owned())
 }
 
 #[derive(Debug, Args)]

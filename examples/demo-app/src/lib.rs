@@ -1,11 +1,12 @@
 //! The demo application of `examples/bookinfo`: the productpage, reviews and ratings roles of
 //! Istio's bookinfo over HTTP/1.1, `echo`, which describes any request it gets (HTTP/1.1 or
-//! HTTP/2), `get`, a small curl to call them with, and `otlp-sink`, which prints the spans an
-//! OTLP exporter (a waypoint) sends it.
+//! HTTP/2) and may call other services on a timer, `get`, a small curl to call them with,
+//! and `otlp-sink`, which prints the spans an OTLP exporter (a waypoint) sends it.
 
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod caller;
 pub mod cli;
 pub mod client;
 pub mod echo;

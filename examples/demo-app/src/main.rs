@@ -68,6 +68,12 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
         echo.name(),
         echo.version()
     );
+    // Dropped (and so stopped) when the server returns.
+    let mut calls = tokio::task::JoinSet::new();
+    let interval = std::time::Duration::from_millis(args.call_interval_ms);
+    for url in args.calls {
+        calls.spawn(demo_app::caller::call_forever(url, interval));
+    }
     tokio::select! {
         () = Arc::new(echo).run(server.into_listener()) => Ok(()),
         signal = shutdown_signal() => {

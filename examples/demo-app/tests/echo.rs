@@ -358,3 +358,53 @@ fn concurrency_without_summary_prints_every_body() {
     numbers.sort_unstable();
     assert_eq!(numbers, [1, 2, 3, 4, 5]);
 }
+
+/// `--call`: the echo server GETs its upstreams on a timer and says when each starts or stops
+/// answering (once per change, not per request).
+#[test]
+fn echo_calls_its_upstreams_and_reports_changes() {
+    let upstream = Echo::start(&[]);
+    let ok = upstream.url("/");
+    let failing = upstream.url("/status/503");
+    let mut caller = Command::new(BIN)
+        .args(["echo", "--address", "127.0.0.1", "--port", "0"])
+        .args([
+            "--call",
+            &ok,
+            "--call",
+            &failing,
+            "--call-interval-ms",
+            "20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the calling echo");
+    let mut lines = BufReader::new(caller.stdout.take().unwrap()).lines();
+    let mut next_call_line = || loop {
+        let line = lines.next().expect("caller exited").expect("read a line");
+        if line.starts_with("demo-app: calling ") {
+            return line;
+        }
+    };
+    let mut first = [next_call_line(), next_call_line()];
+    first.sort();
+    assert_eq!(
+        first,
+        [
+            format!("demo-app: calling {ok}: ok"),
+            format!("demo-app: calling {failing}: status 503"),
+        ]
+    );
+    // The upstream goes away: one line for the URL that was answering, none for the one that
+    // was already failing (its failure changes reason, not state).
+    drop(upstream);
+    let gone = next_call_line();
+    assert!(
+        gone.starts_with(&format!("demo-app: calling {ok}: failed to connect")),
+        "{gone}"
+    );
+    let _ = caller.kill();
+    let _ = caller.wait();
+}
