@@ -148,6 +148,8 @@ fn helm_template_renders_what_install_applies() {
             "ztunnel.nodeSelector.kubernetes\\.io/os=linux",
             "--set",
             "controller.resources.limits.memory=256Mi",
+            "--set",
+            "otlp.endpoint=http://jaeger.observability:4318,otlp.protocol=http/protobuf",
         ],
         &ca,
     ));
@@ -161,6 +163,10 @@ fn helm_template_renders_what_install_applies() {
             "example.org",
             "--log-level",
             "debug",
+            "--otlp-endpoint",
+            "http://jaeger.observability:4318",
+            "--otlp-protocol",
+            "http/protobuf",
         ],
         &ca,
     ));
@@ -186,6 +192,21 @@ fn helm_template_renders_what_install_applies() {
         assert_eq!(h["image"], i["image"]);
         assert_eq!(h["env"], i["env"], "RUST_LOG on container {c}");
     }
+    // OTLP export: the same flags through both (the rest of the ztunnel's arguments differ
+    // only by --log-format, which install leaves at text).
+    let args_but_log_format = |c: &Value| {
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .filter(|a| a != "json" && a != "text")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        args_but_log_format(&pod["containers"][0]),
+        args_but_log_format(&install_ds["spec"]["template"]["spec"]["containers"][0])
+    );
     let args = pod["containers"][0]["args"].as_array().unwrap();
     assert!(
         args.windows(2)
@@ -198,6 +219,20 @@ fn helm_template_renders_what_install_applies() {
     let controller = find(&helm, "Deployment", "ambient-controller");
     let container = &controller["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
+    let install_controller = find(&install, "Deployment", "ambient-controller");
+    assert_eq!(
+        args_but_log_format(container),
+        args_but_log_format(&install_controller["spec"]["template"]["spec"]["containers"][0]),
+        "the controller's arguments, --waypoint-otlp-* included"
+    );
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w[0] == "--waypoint-otlp-endpoint"
+                && w[1] == "http://jaeger.observability:4318")
+    );
     assert_eq!(
         container["env"],
         find(&install, "Deployment", "ambient-controller")["spec"]["template"]["spec"]["containers"]

@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 const WAIT: Duration = Duration::from_secs(60);
+/// Where the deployed waypoints are told to export spans and access logs.
+const OTLP: &str = "http://otel-collector.observability:4318";
 
 fn gateway(name: &str) -> Value {
     json!({
@@ -121,6 +123,12 @@ fn check_template(dep: &Value) -> TestResult {
         "https://ambient-controller.istio-system.svc:15012"
     );
     assert_eq!(parsed.instance_ip, "10.244.1.9");
+    // The controller's --waypoint-otlp-* reach every waypoint it deploys.
+    assert_eq!(parsed.otlp.otlp_endpoint.as_deref(), Some(OTLP));
+    assert_eq!(
+        parsed.otlp.otlp_protocol,
+        Some(waypoint::otlp::Protocol::HttpProtobuf)
+    );
     let volumes = pod["volumes"].as_array().unwrap();
     let token = volumes
         .iter()
@@ -153,7 +161,17 @@ fn kube_waypoint_deployed_programmed_and_collected() {
             ztunnel_accounts(&kube).await?;
             kube.apply(namespace("shop", true)).await?;
             let kubeconfig = kube.kubeconfig().display().to_string();
-            let root = String::from_utf8(start_controller(&dir, kube.kubeconfig()).await?)?;
+            let waypoints = ambient_controller::server::WaypointDeployment {
+                otlp: Some(waypoint::otlp::Export {
+                    endpoint: OTLP.into(),
+                    protocol: waypoint::otlp::Protocol::HttpProtobuf,
+                    ca_cert: None,
+                }),
+                ..Default::default()
+            };
+            let root = String::from_utf8(
+                start_controller_with(&dir, kube.kubeconfig(), waypoints).await?,
+            )?;
 
             // A waypoint Gateway: its objects appear, owned by it and applied by the
             // controller's field manager.

@@ -86,12 +86,39 @@ pub struct Args {
     /// `RUST_LOG` of local waypoint pods.
     #[arg(long, default_value = "info")]
     pub waypoint_local_log_filter: String,
+    /// The deployed waypoints export their request spans and access logs over OTLP to this
+    /// receiver (their `--otlp-endpoint`; a mesh Service's name works).
+    #[arg(long, value_name = "URL", value_parser = waypoint::cli::parse_otlp_endpoint)]
+    pub waypoint_otlp_endpoint: Option<String>,
+    /// The waypoints' `--otlp-protocol` (default grpc).
+    #[arg(long, value_enum, requires = "waypoint_otlp_endpoint")]
+    pub waypoint_otlp_protocol: Option<waypoint::otlp::Protocol>,
+    /// The waypoints' `--otlp-ca-cert`: a path the waypoint can read, so for pods of the
+    /// local runtime (`--waypoint-local-exe`) only; the waypoint image carries no such file.
+    #[arg(long, value_name = "PEM", requires = "waypoint_local_exe")]
+    pub waypoint_otlp_ca_cert: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl Args {
+    /// Where the deployed waypoints export (`--waypoint-otlp-*`), if anywhere.
+    pub fn waypoint_otlp(&self) -> Option<waypoint::otlp::Export> {
+        Some(waypoint::otlp::Export {
+            endpoint: self.waypoint_otlp_endpoint.clone()?,
+            protocol: self.waypoint_otlp_protocol.unwrap_or_default(),
+            ca_cert: self.waypoint_otlp_ca_cert.clone(),
+        })
+    }
+
+    /// Sets `--waypoint-otlp-*` from where the waypoints should export (none: unset).
+    pub fn set_waypoint_otlp(&mut self, export: Option<&waypoint::otlp::Export>) {
+        self.waypoint_otlp_endpoint = export.map(|e| e.endpoint.clone());
+        self.waypoint_otlp_protocol = export.map(|e| e.protocol);
+        self.waypoint_otlp_ca_cert = export.and_then(|e| e.ca_cert.clone());
+    }
+
     /// The controller's defaults, keeping its CA material in `ca_dir`.
     pub fn new(ca_dir: PathBuf) -> Self {
         Self::parse_from([
@@ -111,6 +138,7 @@ impl Args {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
     init_logging(args.log_format);
+    let waypoint_otlp = args.waypoint_otlp();
     let source = match args.manifests {
         Some(dir) => SourceConfig::Manifests {
             dir,
@@ -141,6 +169,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         workload_ttl: Duration::from_secs(args.workload_ttl_secs),
     };
     let waypoints = WaypointDeployment {
+        otlp: waypoint_otlp,
         enabled: args.deploy_waypoints,
         image: args.waypoint_image,
         controller_address: args.waypoint_controller_address,
@@ -201,5 +230,50 @@ mod tests {
         args.waypoint_controller_address = Some("https://c:15012".into());
         args.log_format = LogFormat::Json;
         assert_eq!(parse(&args), args);
+        let export = waypoint::otlp::Export {
+            endpoint: "http://collector.observability:4318".into(),
+            protocol: waypoint::otlp::Protocol::HttpProtobuf,
+            ca_cert: Some("/run/collector-ca.pem".into()),
+        };
+        args.waypoint_local_exe = Some("/usr/bin/ambientctl".into());
+        args.waypoint_local_run_dir = Some("/run/mesh".into());
+        args.set_waypoint_otlp(Some(&export));
+        assert_eq!(parse(&args), args);
+        assert_eq!(parse(&args).waypoint_otlp(), Some(export));
+        args.set_waypoint_otlp(None);
+        assert!(!args.to_args().iter().any(|a| a.contains("otlp")));
+    }
+
+    #[test]
+    fn waypoint_otlp_flags_are_checked() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(
+                ["ambient-controller", "--ca-dir", "/ca"]
+                    .iter()
+                    .chain(extra)
+                    .copied(),
+            )
+        };
+        let grpc = parse(&["--waypoint-otlp-endpoint", "http://c.observability:4317"]).unwrap();
+        assert_eq!(
+            grpc.waypoint_otlp().map(|e| e.protocol),
+            Some(waypoint::otlp::Protocol::Grpc),
+            "gRPC unless told otherwise"
+        );
+        for bad in [
+            // A protocol with nowhere to send.
+            &["--waypoint-otlp-protocol", "grpc"][..],
+            // Not a URL the exporter can use.
+            &["--waypoint-otlp-endpoint", "ftp://collector:4317"][..],
+            // A CA file in a cluster's waypoint pod, where the image has none.
+            &[
+                "--waypoint-otlp-endpoint",
+                "https://c:4317",
+                "--waypoint-otlp-ca-cert",
+                "/ca.pem",
+            ][..],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

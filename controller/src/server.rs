@@ -103,6 +103,8 @@ pub struct WaypointDeployment {
     /// What runs the waypoint pods: a kubelet (the image), or the local runtime of
     /// `ambientctl up --kubernetes`, which plays the kubelet and runs this build's binary.
     pub pod: crate::deployer::render::PodRuntime,
+    /// Where the waypoints export spans and access logs over OTLP, if anywhere.
+    pub otlp: Option<waypoint::otlp::Export>,
 }
 
 /// The waypoint image matching this build (`ambientctl install`'s default hub and tag).
@@ -116,6 +118,7 @@ impl Default for WaypointDeployment {
             image: DEFAULT_WAYPOINT_IMAGE.to_string(),
             controller_address: None,
             pod: crate::deployer::render::PodRuntime::Kubernetes,
+            otlp: None,
         }
     }
 }
@@ -230,7 +233,7 @@ pub async fn run_with(
             }),
             workload_cert_ttl_secs: config.workload_ttl.as_secs(),
             ca_root_pem: ca.root_pem().to_string(),
-            otlp: None,
+            otlp: waypoints.otlp.clone(),
             pod: waypoints.pod.clone(),
         };
         info!(image = %deployer.image, "deploying waypoints for waypoint Gateways");

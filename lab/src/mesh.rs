@@ -702,6 +702,8 @@ fn spawn_controller(lab: &Lab, options: &MeshOptions, manifests: &Path) -> std::
             args.waypoint_local_exe = Some(options.exe.clone());
             args.waypoint_local_run_dir = Some(run.clone());
             args.waypoint_local_log_filter = options.log_filter.clone();
+            // The waypoints the controller deploys export where the local ones would.
+            args.set_waypoint_otlp(options.otlp.as_ref());
         }
     }
     let program = Program::multi_call(&options.exe, "controller");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ambient_controller::index::IndexConfig;
 use ambient_controller::push::Debounce;
-use ambient_controller::server::{ControllerConfig, SourceConfig};
+use ambient_controller::server::{ControllerConfig, SourceConfig, WaypointDeployment};
 use ambient_lab::kube::KubeLab;
 use ambient_proto::identity::Identity;
 use proxy_core::control_plane::ControlPlane;
@@ -33,6 +33,15 @@ pub async fn start_controller(
     dir: &Path,
     kubeconfig: &Path,
 ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    start_controller_with(dir, kubeconfig, WaypointDeployment::default()).await
+}
+
+/// [`start_controller`], deploying waypoints as `waypoints` says.
+pub async fn start_controller_with(
+    dir: &Path,
+    kubeconfig: &Path,
+    waypoints: WaypointDeployment,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
     let config = ControllerConfig {
         grpc_addr: XDS.parse()?,
         monitoring_addr: "127.0.0.1:15014".parse()?,
@@ -53,7 +62,8 @@ pub async fn start_controller(
         .handle();
     tokio::spawn(async move {
         if let Err(e) =
-            ambient_controller::server::run(config, handle, std::future::pending()).await
+            ambient_controller::server::run_with(config, waypoints, handle, std::future::pending())
+                .await
         {
             panic!("controller: {e}");
         }

@@ -117,6 +117,25 @@ pub struct InstallArgs {
     /// default: each component's own (`info`).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Export the ztunnels' and waypoints' access logs and the waypoints' request spans over
+    /// OTLP to this receiver (`http://HOST:4317` for gRPC; an OpenTelemetry Collector,
+    /// Jaeger, ...). A mesh Service's name works.
+    #[arg(long, value_name = "URL", value_parser = waypoint::cli::parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport of --otlp-endpoint (default grpc).
+    #[arg(long, value_enum, requires = "otlp_endpoint")]
+    pub otlp_protocol: Option<waypoint::otlp::Protocol>,
+}
+
+impl InstallArgs {
+    /// Where the proxies export over OTLP, if anywhere (no CA file: the images carry none).
+    fn otlp(&self) -> Option<waypoint::otlp::Export> {
+        Some(waypoint::otlp::Export {
+            endpoint: self.otlp_endpoint.clone()?,
+            protocol: self.otlp_protocol.unwrap_or_default(),
+            ca_cert: None,
+        })
+    }
 }
 
 impl Default for InstallArgs {
@@ -131,6 +150,8 @@ impl Default for InstallArgs {
             kubeconfig: None,
             ca_dir: None,
             log_level: None,
+            otlp_endpoint: None,
+            otlp_protocol: None,
         }
     }
 }
@@ -573,15 +594,16 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
 
 /// Arguments of the controller container.
 pub fn controller_args(opts: &InstallArgs) -> Vec<String> {
-    ambient_controller::cli::Args {
+    let mut args = ambient_controller::cli::Args {
         trust_domain: opts.trust_domain.clone(),
         root_namespace: opts.namespace.clone(),
         ztunnel_service_accounts: vec![format!("{}/{ZTUNNEL}", opts.namespace)],
         // Waypoints the controller deploys come from the same hub and tag.
         waypoint_image: image(opts, "waypoint"),
         ..ambient_controller::cli::Args::new(CA_DIR.into())
-    }
-    .to_args()
+    };
+    args.set_waypoint_otlp(opts.otlp().as_ref());
+    args.to_args()
 }
 
 /// Arguments of the ztunnel container (`$(VAR)` expanded by the kubelet).
@@ -591,6 +613,7 @@ pub fn ztunnel_args(opts: &InstallArgs) -> Vec<String> {
     ZtunnelArgs {
         trust_domain: opts.trust_domain.clone(),
         zds_socket: format!("{RUN_DIR}/ztunnel.sock").into(),
+        otlp: proxy_core::otlp::OtlpArgs::from_export(opts.otlp().as_ref()),
         ..ZtunnelArgs::new(
             "$(NODE_NAME)",
             "$(INSTANCE_IP)",
@@ -1299,6 +1322,42 @@ mod tests {
             parsed.cni_remove_on_exit,
             ztunnel::cli::CniRemoval::WhenUninstalled
         );
+    }
+
+    #[test]
+    fn install_otlp_reaches_the_ztunnels_and_the_waypoints() {
+        let opts = InstallArgs {
+            otlp_endpoint: Some("http://jaeger.observability:4317".into()),
+            ..InstallArgs::default()
+        };
+        let objects = render(&opts).unwrap();
+        let (command, args) = &container_args(&objects, "DaemonSet", "ztunnel")[0];
+        let ztunnel = ztunnel::cli::ZtunnelArgs::try_parse_from(
+            std::iter::once(command.clone()).chain(args.iter().cloned()),
+        )
+        .unwrap();
+        assert_eq!(
+            ztunnel.otlp.otlp_endpoint.as_deref(),
+            Some("http://jaeger.observability:4317")
+        );
+        assert_eq!(
+            ztunnel.otlp.otlp_protocol,
+            Some(waypoint::otlp::Protocol::Grpc)
+        );
+        let (command, args) = &container_args(&objects, "Deployment", "ambient-controller")[0];
+        let controller = ambient_controller::cli::Args::try_parse_from(
+            std::iter::once(command.clone()).chain(args.iter().cloned()),
+        )
+        .unwrap();
+        assert_eq!(controller.waypoint_otlp(), opts.otlp());
+        // Nothing exported unless asked.
+        let quiet = render(&InstallArgs::default()).unwrap();
+        for (_, args) in container_args(&quiet, "DaemonSet", "ztunnel")
+            .into_iter()
+            .chain(container_args(&quiet, "Deployment", "ambient-controller"))
+        {
+            assert!(!args.iter().any(|a| a.contains("otlp")), "{args:?}");
+        }
     }
 
     #[test]
