@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use e2e::EXE;
+use e2e::{EXE, copy_dir};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -156,6 +156,29 @@ fn bookinfo_example_is_clean_apart_from_infos() {
             .any(|m| m["code"] == "AMB0004" && m["object"] == "ServiceAccount bookinfo/sleep"),
         "{v:#?}"
     );
+}
+
+/// The waypoint examples on top of bookinfo (a copy of both in one directory, the namespace
+/// using the waypoint as `waypoint apply --enroll-namespace` labels it) draw no warning:
+/// every field they use is supported.
+#[test]
+fn bookinfo_waypoint_examples_are_clean() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("mesh");
+    copy_dir(&workspace().join("examples/bookinfo"), &dir);
+    copy_dir(&workspace().join("examples/bookinfo-waypoint"), &dir);
+    let namespace = std::fs::read_to_string(dir.join("namespace.yaml")).unwrap();
+    let enrolled = namespace.replace(
+        "    istio.io/dataplane-mode: ambient\n",
+        "    istio.io/dataplane-mode: ambient\n    istio.io/use-waypoint: waypoint\n",
+    );
+    assert_ne!(namespace, enrolled);
+    std::fs::write(dir.join("namespace.yaml"), enrolled).unwrap();
+    let out = analyze(&[dir.to_str().unwrap(), "-o", "json"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    assert!(v.iter().all(|m| m["level"] == "Info"), "{v:#?}");
 }
 
 #[test]

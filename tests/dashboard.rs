@@ -15,8 +15,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, EXE, ensure_demo_app, workspace};
 use e2e::browser::{attr, browse, chromium, dom_until, edge_tag, output_dir};
+use e2e::copy_dir;
 use e2e::loopback::{free_port, http_get};
 use serde_json::Value;
 

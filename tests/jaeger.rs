@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, ensure_demo_app, workspace};
+use e2e::copy_dir;
 use e2e::until;
 use serde_json::Value;
 

@@ -13,7 +13,8 @@ mod ctl;
 use std::process::Command;
 use std::time::Duration;
 
-use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, EXE, ensure_demo_app, workspace};
+use e2e::copy_dir;
 
 /// Processes (not zombies) whose user namespace is `userns` (an inode).
 fn processes_in(userns: u64) -> BTreeSet<u32> {

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, ensure_demo_app, workspace};
+use e2e::copy_dir;
 use e2e::loopback::{free_port, http_get};
 use e2e::{Background, until};
 use serde_json::Value;

@@ -15,7 +15,8 @@ mod ctl;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, ensure_demo_app, workspace};
+use e2e::copy_dir;
 use serde_json::Value;
 
 /// The tests run one mesh at a time: the latency figures mean more on a quiet machine.

@@ -13,7 +13,8 @@ mod ctl;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ctl::{Ctl, EXE, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, EXE, ensure_demo_app, workspace};
+use e2e::copy_dir;
 use serde_json::Value;
 
 /// `demo-app get URL --summary ...` from the `client` pod; the summary's JSON.
@@ -571,6 +572,73 @@ fn l7_features_through_the_waypoint() {
         wp_after.contains("grpc_response_status=\""),
         "waypoint carries grpc_response_status"
     );
+
+    // Circuit breaking (`pooled`: one connection, one request waiting, two requests a
+    // connection). Six requests one after the other ride three connections, two each: the
+    // echo sees three peers (one per upstream connection), each twice.
+    let mut peers: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        let out = ctl.ok(&[
+            "exec",
+            "-n",
+            "shop",
+            "client",
+            "--",
+            "demo-app",
+            "get",
+            "http://pooled/",
+        ]);
+        let body: Value = serde_json::from_str(out.trim()).expect("the echo's JSON");
+        peers.push(body["peer"].as_str().expect("a peer").to_string());
+    }
+    let runs: Vec<&[String]> = peers.chunk_by(|a, b| a == b).collect();
+    assert_eq!(
+        runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+        [2, 2, 2],
+        "maxRequestsPerConnection 2: {peers:?}"
+    );
+    // Ten slow requests at once: one on the connection, one waiting for it, the rest refused
+    // at once with 503 UO, which the waypoint's metrics count.
+    let wp = waypoint_ip(&ctl);
+    let uo_before = sum(
+        &waypoint_metrics(&ctl, &wp),
+        "istio_requests_total",
+        &[
+            ("destination_service_name", "pooled"),
+            ("response_flags", "UO"),
+        ],
+    );
+    let burst = summary(
+        &ctl,
+        "http://pooled/delay/500",
+        &[
+            "--count",
+            "10",
+            "--concurrency",
+            "10",
+            "--timeout-ms",
+            "10000",
+        ],
+    );
+    let (ok, refused) = (
+        count(&burst, "status", "200"),
+        count(&burst, "status", "503"),
+    );
+    assert_eq!(ok + refused, 10, "{burst}");
+    assert!(
+        ok >= 2,
+        "the waiting request is served after the first: {burst}"
+    );
+    assert!(refused >= 1, "past one waiting, requests overflow: {burst}");
+    let uo = sum(
+        &waypoint_metrics(&ctl, &wp),
+        "istio_requests_total",
+        &[
+            ("destination_service_name", "pooled"),
+            ("response_flags", "UO"),
+        ],
+    ) - uo_before;
+    assert_eq!(uo, refused, "every refusal is a 503 UO in the metrics");
 
     // Removing the label returns `flaky` to L4 (no retries: every other request fails),
     // live, while a slow request to `echo` through the waypoint keeps going.

@@ -13,7 +13,8 @@ mod ctl;
 use std::process::Output;
 use std::time::Duration;
 
-use ctl::{Ctl, copy_dir, ensure_demo_app, workspace};
+use ctl::{Ctl, ensure_demo_app, workspace};
+use e2e::copy_dir;
 use serde_json::Value;
 
 fn stderr(out: &Output) -> String {

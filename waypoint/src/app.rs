@@ -120,6 +120,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         cert_wait: Duration::from_secs(10),
     });
+    // Upstream connections idle past their service's idleTimeout are closed.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                ctx.upstreams.close_idle(std::time::Instant::now());
+            }
+        }
+    });
     // Recompile routes whenever the L7 configuration or the endpoints change.
     tokio::spawn({
         let ctx = ctx.clone();

@@ -1,5 +1,5 @@
-//! Plain TCP through the waypoint: L4 authorization, one endpoint, bytes relayed between the
-//! two tunnels.
+//! Plain TCP through the waypoint: L4 authorization, the service's `maxConnections` (over
+//! it: refused, `UO`), one endpoint, bytes relayed between the two tunnels.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,11 +59,34 @@ pub async fn passthrough(
         record.finish("UH", None, 0, 0, started);
         return;
     };
+    let limits = service
+        .as_ref()
+        .and_then(|s| routing.service(&s.key()))
+        .map(|s| s.limits.clone());
+    // Counted against the service's maxConnections for as long as the relay lasts.
+    let _connection = match &limits {
+        Some(l) => match l.try_connection() {
+            Some(permit) => Some(permit),
+            None => {
+                info!(src = %downstream.identity, dst = %downstream.dst, "connection refused: the service's maxConnections is reached");
+                record.finish("UO", Some(&endpoint), 0, 0, started);
+                return;
+            }
+        },
+        None => None,
+    };
+    let connect_timeout = limits
+        .as_ref()
+        .map_or(ctx.connect_timeout, |l| l.pool().connect_timeout);
     let tunnel = TunnelContext {
         client_ip: Some(downstream.addr.ip()),
         traceparent: None,
     };
-    let (up, _guard) = match ctx.upstreams.tunnel(&ctx, &endpoint, &tunnel).await {
+    let (up, _guard) = match ctx
+        .upstreams
+        .tunnel(&ctx, &endpoint, &tunnel, connect_timeout)
+        .await
+    {
         Ok(x) => x,
         Err(e) => {
             debug!(error = %e, "upstream tunnel failed");

@@ -1,14 +1,20 @@
 //! Connections to endpoints: HBONE to the endpoint's ztunnel (pooled per destination
 //! identity and address, as ztunnel pools them), and HTTP connections riding on those
-//! tunnels (HTTP/1.1 kept alive and reused, HTTP/2 multiplexed on one connection).
+//! tunnels (HTTP/1.1 kept alive and reused, HTTP/2 multiplexed on one connection), pooled
+//! per service so that its `DestinationRule` `connectionPool` applies: at most
+//! `maxConnections` (past it a request waits, counted against `http1MaxPendingRequests`:
+//! overflow is 503 `UO`), `maxRequestsPerConnection` exchanges each, closed after
+//! `idleTimeout` unused, opened within `connectTimeout`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ambient_proto::hbone::pool::StreamGuard;
 use ambient_proto::hbone::{
-    ConnectRequest, H2Stream, HBONE_PORT, HboneConnection, HboneError, Pool, PoolSettings,
+    ConnectRequest, H2Stream, HBONE_PORT, HboneConnection, HboneError, Pool,
+    PoolSettings as HbonePoolSettings,
 };
 use ambient_proto::identity::Identity;
 use ambient_proto::tls;
@@ -21,6 +27,7 @@ use proxy_core::state::Workload;
 use tracing::debug;
 
 use crate::context::Ctx;
+use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PoolSettings};
 use crate::stream::StreamIo;
 
 /// Request and response bodies as the proxy passes them on.
@@ -32,6 +39,33 @@ pub type PoolKey = (Identity, Identity, SocketAddr);
 
 /// HTTP/1 connections kept per endpoint; more are closed when their exchange ends.
 const MAX_IDLE_HTTP1: usize = 256;
+/// How often a request waiting for a connection of a full pool looks again, besides being
+/// woken when one comes back (a connection returned before its response body ended becomes
+/// usable later, silently).
+const POOL_RECHECK: Duration = Duration::from_millis(20);
+
+/// HTTP connections are pooled per service (its limits' pool id; 0 for workload-addressed
+/// traffic) and endpoint.
+type HttpKey = (u64, SocketAddr);
+
+/// An HTTP/1 connection in the pool.
+struct Http1 {
+    sender: http1::SendRequest<Body>,
+    /// Exchanges it carried.
+    served: u32,
+    /// When it came back from its last exchange.
+    since: Instant,
+    idle_timeout: Duration,
+}
+
+/// A service's HTTP/2 connection to an endpoint.
+struct Http2 {
+    sender: http2::SendRequest<Body>,
+    /// Requests sent on it.
+    served: u32,
+    last_used: Instant,
+    idle_timeout: Duration,
+}
 
 /// One endpoint of a service: the workload and the address its app listens on.
 #[derive(Clone, Debug)]
@@ -50,6 +84,9 @@ pub enum HttpVersion {
 /// Why an upstream exchange failed (the response flag tells which).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The service's connections are all in use and too many requests wait already (`UO`).
+    #[error("connection pool overflow (max_connections and max_pending_requests reached)")]
+    Overflow,
     /// No tunnel to the endpoint (`UF`).
     #[error("connecting to {endpoint}: {source}")]
     Connect {
@@ -68,6 +105,7 @@ impl UpstreamError {
     /// Envoy's response flag for this failure.
     pub fn response_flag(&self) -> &'static str {
         match self {
+            UpstreamError::Overflow => "UO",
             UpstreamError::Connect { .. } => "UF",
             UpstreamError::Exchange { .. } => "UC",
         }
@@ -84,12 +122,12 @@ pub struct TunnelContext {
 /// HBONE and HTTP connections to endpoints.
 pub struct Upstreams {
     pool: Pool<PoolKey>,
-    http1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    http1: Mutex<HashMap<HttpKey, Vec<Http1>>>,
+    http2: Mutex<HashMap<HttpKey, Http2>>,
 }
 
 impl Upstreams {
-    pub fn new(settings: PoolSettings) -> Self {
+    pub fn new(settings: HbonePoolSettings) -> Self {
         Upstreams {
             pool: Pool::new(settings),
             http1: Mutex::new(HashMap::new()),
@@ -97,12 +135,14 @@ impl Upstreams {
         }
     }
 
-    /// A CONNECT stream to `endpoint` through its ztunnel.
+    /// A CONNECT stream to `endpoint` through its ztunnel (a new HBONE connection is given
+    /// `connect_timeout`).
     pub async fn tunnel(
         &self,
         ctx: &Ctx,
         endpoint: &Endpoint,
         tunnel: &TunnelContext,
+        connect_timeout: Duration,
     ) -> Result<(H2Stream, StreamGuard), UpstreamError> {
         let hbone_addr = SocketAddr::new(endpoint.addr.ip(), HBONE_PORT);
         let expected = endpoint.workload.identity.clone();
@@ -114,7 +154,9 @@ impl Upstreams {
             traceparent: tunnel.traceparent.clone(),
         };
         self.pool
-            .stream(&key, &request, || dial(ctx, hbone_addr, expected))
+            .stream(&key, &request, || {
+                dial(ctx, hbone_addr, expected, connect_timeout)
+            })
             .await
             .map(|s| s.into_parts())
             .map_err(|source| UpstreamError::Connect {
@@ -123,7 +165,8 @@ impl Upstreams {
             })
     }
 
-    /// Sends `req` to `endpoint`, reusing an HTTP connection when one is free.
+    /// Sends `req` to `endpoint` on a connection of the service whose `limits` apply (none:
+    /// workload-addressed traffic, unlimited), reusing one when it is free.
     pub async fn send(
         &self,
         ctx: &Ctx,
@@ -131,95 +174,283 @@ impl Upstreams {
         version: HttpVersion,
         req: http::Request<Body>,
         tunnel: &TunnelContext,
+        limits: Option<&ConnectionLimits>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let exchange = |source| UpstreamError::Exchange {
-            endpoint: endpoint.addr,
-            source,
-        };
+        let key = (limits.map_or(0, ConnectionLimits::pool_id), endpoint.addr);
+        let settings = limits.map_or_else(|| PoolSettings::new(None), |l| *l.pool());
         match version {
             HttpVersion::Http1 => {
-                let mut sender = match self.idle_http1(endpoint.addr) {
-                    Some(s) => s,
-                    None => {
-                        let (stream, guard) = self.tunnel(ctx, endpoint, tunnel).await?;
-                        let (sender, conn) = http1::handshake(TokioIo::new(StreamIo::new(stream)))
-                            .await
-                            .map_err(exchange)?;
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            if let Err(e) = conn.await {
-                                debug!(error = %e, "upstream HTTP/1 connection ended");
-                            }
+                let (mut sender, served) = self
+                    .http1_connection(ctx, endpoint, tunnel, key, &settings, limits)
+                    .await?;
+                let response =
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|source| UpstreamError::Exchange {
+                            endpoint: endpoint.addr,
+                            source,
                         });
-                        sender
+                let served = served + 1;
+                // maxRequestsPerConnection: dropping the sender closes the connection once
+                // this exchange's body is done.
+                let spent = settings
+                    .max_requests_per_connection
+                    .is_some_and(|max| served >= max.get());
+                if !spent {
+                    // Reusable once this exchange's body is done; `idle_http1` checks readiness.
+                    self.return_http1(
+                        key,
+                        Http1 {
+                            sender,
+                            served,
+                            since: Instant::now(),
+                            idle_timeout: settings.idle_timeout,
+                        },
+                    );
+                    if let Some(l) = limits {
+                        l.connection_returned();
                     }
-                };
-                let response = sender.send_request(req).await.map_err(exchange);
-                // Reusable once this exchange's body is done; `idle_http1` checks readiness.
-                self.return_http1(endpoint.addr, sender);
+                }
                 response
             }
             HttpVersion::Http2 => {
-                let mut sender = match self.live_http2(endpoint.addr) {
-                    Some(s) => s,
+                let mut sender = self
+                    .http2_connection(ctx, endpoint, tunnel, key, &settings, limits)
+                    .await?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|source| UpstreamError::Exchange {
+                        endpoint: endpoint.addr,
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// An HTTP/1 connection for one exchange and the exchanges it carried before: a free one
+    /// of the pool, else a new one if `maxConnections` allows, else the next to come free
+    /// (waiting counted against `maxPendingRequests`).
+    async fn http1_connection(
+        &self,
+        ctx: &Ctx,
+        endpoint: &Endpoint,
+        tunnel: &TunnelContext,
+        key: HttpKey,
+        settings: &PoolSettings,
+        limits: Option<&ConnectionLimits>,
+    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+        let mut waiting = None;
+        loop {
+            let released = limits.map(ConnectionLimits::released);
+            tokio::pin!(released);
+            if let Some(r) = released.as_mut().as_pin_mut() {
+                r.enable();
+            }
+            if let Some(idle) = self.idle_http1(key, Instant::now(), true) {
+                return Ok((idle.sender, idle.served));
+            }
+            let permit = match limits {
+                None => None,
+                Some(l) => match l.try_connection() {
+                    Some(p) => Some(p),
                     None => {
-                        let (stream, guard) = self.tunnel(ctx, endpoint, tunnel).await?;
-                        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                            .initial_stream_window_size(1024 * 1024)
-                            .initial_connection_window_size(4 * 1024 * 1024)
-                            .handshake(TokioIo::new(StreamIo::new(stream)))
-                            .await
-                            .map_err(exchange)?;
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            if let Err(e) = conn.await {
-                                debug!(error = %e, "upstream HTTP/2 connection ended");
+                        if waiting.is_none() {
+                            waiting = Some(l.try_pending().map_err(|_| UpstreamError::Overflow)?);
+                        }
+                        // A connection of the pool still finishing its exchange: take it and
+                        // wait for it to be free.
+                        if let Some(mut busy) = self.idle_http1(key, Instant::now(), false)
+                            && busy.sender.ready().await.is_ok()
+                        {
+                            return Ok((busy.sender, busy.served));
+                        }
+                        let recheck = tokio::time::sleep(POOL_RECHECK);
+                        match released.as_mut().as_pin_mut() {
+                            Some(r) => {
+                                tokio::select! { () = r => {}, () = recheck => {} }
                             }
-                        });
-                        self.http2
-                            .lock()
-                            .expect("poisoned")
-                            .insert(endpoint.addr, sender.clone());
-                        sender
+                            None => recheck.await,
+                        }
+                        continue;
                     }
-                };
-                sender.send_request(req).await.map_err(exchange)
+                },
+            };
+            let sender = self
+                .open_http1(ctx, endpoint, tunnel, settings, permit)
+                .await?;
+            return Ok((sender, 0));
+        }
+    }
+
+    async fn open_http1(
+        &self,
+        ctx: &Ctx,
+        endpoint: &Endpoint,
+        tunnel: &TunnelContext,
+        settings: &PoolSettings,
+        permit: Option<ConnectionPermit>,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let (stream, guard) = self
+            .tunnel(ctx, endpoint, tunnel, settings.connect_timeout)
+            .await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(StreamIo::new(stream)))
+            .await
+            .map_err(|source| UpstreamError::Exchange {
+                endpoint: endpoint.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            // Counted against maxConnections for as long as it is open.
+            let _permit = permit;
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/1 connection ended");
             }
+        });
+        Ok(sender)
+    }
+
+    /// The service's HTTP/2 connection to the endpoint, opened if there is none (or the last
+    /// one carried `maxRequestsPerConnection` requests) and `maxConnections` allows, else
+    /// after waiting for one to close.
+    async fn http2_connection(
+        &self,
+        ctx: &Ctx,
+        endpoint: &Endpoint,
+        tunnel: &TunnelContext,
+        key: HttpKey,
+        settings: &PoolSettings,
+        limits: Option<&ConnectionLimits>,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let mut waiting = None;
+        loop {
+            let released = limits.map(ConnectionLimits::released);
+            tokio::pin!(released);
+            if let Some(r) = released.as_mut().as_pin_mut() {
+                r.enable();
+            }
+            if let Some(sender) = self.live_http2(key, settings) {
+                return Ok(sender);
+            }
+            let permit = match limits {
+                None => None,
+                Some(l) => match l.try_connection() {
+                    Some(p) => Some(p),
+                    None => {
+                        if waiting.is_none() {
+                            waiting = Some(l.try_pending().map_err(|_| UpstreamError::Overflow)?);
+                        }
+                        let recheck = tokio::time::sleep(POOL_RECHECK);
+                        match released.as_mut().as_pin_mut() {
+                            Some(r) => {
+                                tokio::select! { () = r => {}, () = recheck => {} }
+                            }
+                            None => recheck.await,
+                        }
+                        continue;
+                    }
+                },
+            };
+            let (stream, guard) = self
+                .tunnel(ctx, endpoint, tunnel, settings.connect_timeout)
+                .await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(1024 * 1024)
+                .initial_connection_window_size(4 * 1024 * 1024)
+                .handshake(TokioIo::new(StreamIo::new(stream)))
+                .await
+                .map_err(|source| UpstreamError::Exchange {
+                    endpoint: endpoint.addr,
+                    source,
+                })?;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _guard = guard;
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.http2.lock().expect("poisoned").insert(
+                key,
+                Http2 {
+                    sender: sender.clone(),
+                    served: 1,
+                    last_used: Instant::now(),
+                    idle_timeout: settings.idle_timeout,
+                },
+            );
+            return Ok(sender);
         }
     }
 
-    fn idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    /// A pooled HTTP/1 connection: a free one (`ready`), or else (`!ready`) one still
+    /// finishing its exchange. Connections closed or idle past their timeout are dropped.
+    fn idle_http1(&self, key: HttpKey, now: Instant, ready: bool) -> Option<Http1> {
         let mut all = self.http1.lock().expect("poisoned");
-        let list = all.get_mut(&addr)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(ready))
+        let list = all.get_mut(&key)?;
+        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < c.idle_timeout);
+        let at = list.iter().position(|c| c.sender.is_ready() == ready)?;
+        Some(list.swap_remove(at))
     }
 
-    fn return_http1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+    fn return_http1(&self, key: HttpKey, conn: Http1) {
         let mut all = self.http1.lock().expect("poisoned");
-        let list = all.entry(addr).or_default();
-        if list.len() < MAX_IDLE_HTTP1 && !sender.is_closed() {
-            list.push(sender);
+        let list = all.entry(key).or_default();
+        if list.len() < MAX_IDLE_HTTP1 && !conn.sender.is_closed() {
+            list.push(conn);
         }
     }
 
-    fn live_http2(&self, addr: SocketAddr) -> Option<http2::SendRequest<Body>> {
+    /// The pooled HTTP/2 connection, counting one more request on it; none (and forgotten)
+    /// when closed, idle past its timeout, or done with `maxRequestsPerConnection`.
+    fn live_http2(
+        &self,
+        key: HttpKey,
+        settings: &PoolSettings,
+    ) -> Option<http2::SendRequest<Body>> {
         let mut all = self.http2.lock().expect("poisoned");
-        match all.get(&addr) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                all.remove(&addr);
-                None
-            }
-            None => None,
+        let now = Instant::now();
+        let conn = all.get_mut(&key)?;
+        let spent = settings
+            .max_requests_per_connection
+            .is_some_and(|max| conn.served >= max.get());
+        if conn.sender.is_closed()
+            || spent
+            || now.duration_since(conn.last_used) >= conn.idle_timeout
+        {
+            // Requests in flight keep their clones; the connection closes after them.
+            all.remove(&key);
+            return None;
         }
+        conn.served += 1;
+        conn.last_used = now;
+        Some(conn.sender.clone())
+    }
+
+    /// Closes pooled connections idle past their service's `idleTimeout` (run periodically;
+    /// a connection in use is never closed by this).
+    pub fn close_idle(&self, now: Instant) {
+        self.http1.lock().expect("poisoned").retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < c.idle_timeout);
+            !list.is_empty()
+        });
+        self.http2.lock().expect("poisoned").retain(|_, c| {
+            !c.sender.is_closed() && now.duration_since(c.last_used) < c.idle_timeout
+        });
     }
 
     /// Forgets HTTP connections to endpoints that are gone.
     pub fn retain_endpoints(&self, live: impl Fn(&SocketAddr) -> bool) {
-        self.http1.lock().expect("poisoned").retain(|a, _| live(a));
-        self.http2.lock().expect("poisoned").retain(|a, _| live(a));
+        self.http1
+            .lock()
+            .expect("poisoned")
+            .retain(|(_, a), _| live(a));
+        self.http2
+            .lock()
+            .expect("poisoned")
+            .retain(|(_, a), _| live(a));
     }
 }
 
@@ -228,6 +459,7 @@ async fn dial(
     ctx: &Ctx,
     addr: SocketAddr,
     expected: Identity,
+    connect_timeout: Duration,
 ) -> Result<HboneConnection, HboneError> {
     let cert = ctx
         .certs
@@ -235,10 +467,70 @@ async fn dial(
         .await
         .map_err(|e| HboneError::NoCertificate(e.to_string()))?;
     let config = tls::client_config(&cert, &ctx.bundle, vec![expected])?;
-    let tcp = tokio::time::timeout(ctx.connect_timeout, tokio::net::TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| HboneError::Timeout(ctx.connect_timeout))?
+        .map_err(|_| HboneError::Timeout(connect_timeout))?
         .map_err(|source| HboneError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
     HboneConnection::handshake(tcp, addr, Arc::new(config), &ctx.h2).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1 client connection over an in-memory pipe (nothing answers on the other end;
+    /// the pool never sends on it here).
+    async fn http1_sender() -> (http1::SendRequest<Body>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        (sender, theirs)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_their_services_timeout() {
+        let upstreams = Upstreams::new(HbonePoolSettings::default());
+        let addr: SocketAddr = "10.244.1.5:8080".parse().unwrap();
+        let now = Instant::now();
+        let (fresh, _a) = http1_sender().await;
+        let (stale, _b) = http1_sender().await;
+        let idle = |sender, since, secs| Http1 {
+            sender,
+            served: 1,
+            since,
+            idle_timeout: Duration::from_secs(secs),
+        };
+        // Service 1's connection has been idle 5 s of its 2 s; service 2's 5 s of its 60 s.
+        let five_ago = now - Duration::from_secs(5);
+        upstreams.return_http1((1, addr), idle(stale, five_ago, 2));
+        upstreams.return_http1((2, addr), idle(fresh, five_ago, 60));
+        let pooled = |u: &Upstreams| {
+            let mut keys: Vec<u64> = u.http1.lock().unwrap().keys().map(|k| k.0).collect();
+            keys.sort_unstable();
+            keys
+        };
+        assert_eq!(pooled(&upstreams), [1, 2]);
+        upstreams.close_idle(now);
+        assert_eq!(pooled(&upstreams), [2], "service 1's connection closed");
+        // Service 2's, idle 55 s of its 60, stays; at 125 s it goes.
+        upstreams.close_idle(now + Duration::from_secs(50));
+        assert_eq!(pooled(&upstreams), [2]);
+        upstreams.close_idle(now + Duration::from_secs(120));
+        assert!(pooled(&upstreams).is_empty());
+        // Taking one also drops what expired meanwhile, and pools are per service.
+        let (sender, _c) = http1_sender().await;
+        upstreams.return_http1((2, addr), idle(sender, five_ago, 2));
+        assert!(upstreams.idle_http1((2, addr), now, false).is_none());
+        assert!(pooled(&upstreams).iter().all(|k| *k == 2));
+        let (sender, _d) = http1_sender().await;
+        upstreams.return_http1((2, addr), idle(sender, now, 60));
+        assert!(
+            upstreams.idle_http1((1, addr), now, false).is_none(),
+            "not service 1's"
+        );
+        assert!(upstreams.idle_http1((2, addr), now, false).is_some());
+    }
 }

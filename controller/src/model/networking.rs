@@ -386,7 +386,37 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Raw,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_budget: Raw,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Istio's `trafficPolicy.retryBudget`: concurrent retries as a share of the requests in
+/// flight, never fewer than `minRetryConcurrency`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Percent (0–100), as a number or as Istio's `Percent` object (`{value: N}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<BudgetPercent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<String>,
+}
+
+/// A percentage written either way Istio's CRDs allow.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BudgetPercent {
+    Number(f64),
+    Object { value: f64 },
+}
+
+impl BudgetPercent {
+    pub fn value(self) -> f64 {
+        match self {
+            BudgetPercent::Number(v) | BudgetPercent::Object { value: v } => v,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -126,9 +126,10 @@ fn spawn_mirror<B, U: Upstream>(
     }
     let tunnel = tunnel(x.downstream, None);
     let upstream = upstream.clone();
+    let limits = service.limits.clone();
     tokio::spawn(async move {
         let _picked = picked;
-        let send = upstream.send(&endpoint, version(h2), request, &tunnel);
+        let send = upstream.send(&endpoint, version(h2), request, &tunnel, Some(&limits));
         match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             Ok(Ok(r)) => {
                 // Drain so the connection can be reused.

@@ -21,6 +21,7 @@ use super::{Exchange, InboundBody, Local};
 use crate::context::Ctx;
 use crate::inbound::Downstream;
 use crate::l7::Outcome;
+use crate::l7::limits::ConnectionLimits;
 use crate::l7::retry::RetryDecision;
 use crate::upstream::{Body, BoxError, Endpoint, HttpVersion, TunnelContext, UpstreamError};
 
@@ -28,12 +29,15 @@ use crate::upstream::{Body, BoxError, Endpoint, HttpVersion, TunnelContext, Upst
 pub trait Upstream: Send + Sync + 'static {
     type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static;
 
+    /// `limits`: the service's connection pool settings and limits (none: workload-addressed
+    /// traffic).
     fn send(
         &self,
         endpoint: &Endpoint,
         version: HttpVersion,
         req: Request<Body>,
         tunnel: &TunnelContext,
+        limits: Option<&ConnectionLimits>,
     ) -> impl Future<Output = Result<Response<Self::Body>, UpstreamError>> + Send;
 }
 
@@ -47,8 +51,10 @@ impl Upstream for Ctx {
         version: HttpVersion,
         req: Request<Body>,
         tunnel: &TunnelContext,
+        limits: Option<&ConnectionLimits>,
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send {
-        self.upstreams.send(self, endpoint, version, req, tunnel)
+        self.upstreams
+            .send(self, endpoint, version, req, tunnel, limits)
     }
 }
 
@@ -73,7 +79,8 @@ pub async fn send<'r, B: InboundBody, U: Upstream>(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Attempts until one is final, the retry budget is spent (`URX`) or no endpoint is left.
+/// Attempts until one is final, the route's retries are spent or the service's retry limit
+/// refuses one (`URX` either way), or no endpoint is left.
 async fn attempts<'r, B: InboundBody, U: Upstream>(
     x: &mut Exchange<'r, B>,
     routed: Routed<'r>,
@@ -87,6 +94,8 @@ async fn attempts<'r, B: InboundBody, U: Upstream>(
     let mut retry = route.retry.as_ref().map(|r| r.start());
     let mut last: Option<Result<Response<Body>, Local>> = None;
     let mut avoid = None;
+    // Held through each retry's backoff and attempt (max_retries, the retry budget).
+    let mut _retry_permit = None;
     loop {
         x.log.attempts += 1;
         let picked = balancer.pick(
@@ -106,12 +115,20 @@ async fn attempts<'r, B: InboundBody, U: Upstream>(
         };
         let request = upstream_request(&x.parts, body, h2);
         let tunnel = tunnel(x.downstream, Some(&x.log.span.traceparent()));
-        let send = upstream.send(&endpoint, version(h2), request, &tunnel);
+        let send = upstream.send(
+            &endpoint,
+            version(h2),
+            request,
+            &tunnel,
+            Some(&chosen.service.limits),
+        );
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, send).await.ok(),
             None => Some(send.await),
         };
         let (outcome, result) = match sent {
+            // The service's pool is full: not the endpoint's fault, and no retry helps.
+            Some(Err(UpstreamError::Overflow)) => return Err(Local::OVERFLOW),
             None => (Outcome::Timeout, Err(Local::TIMEOUT)),
             Some(sent) => judge(sent),
         };
@@ -131,6 +148,16 @@ async fn attempts<'r, B: InboundBody, U: Upstream>(
                 return result;
             }
             RetryDecision::Retry { backoff } => {
+                _retry_permit = None;
+                match chosen.service.limits.try_retry() {
+                    Ok(permit) => _retry_permit = Some(permit),
+                    Err(overflow) => {
+                        // Envoy's retry overflow: no more attempts, the last answer stands.
+                        debug!(%overflow, "retry refused");
+                        x.log.flags = "URX";
+                        return result;
+                    }
+                }
                 last = Some(result);
                 tokio::time::sleep(backoff).await;
             }
@@ -172,7 +199,7 @@ pub async fn direct<B: InboundBody, U: Upstream>(
     let request = upstream_request(&x.parts, body, h2);
     let tunnel = tunnel(x.downstream, Some(&x.log.span.traceparent()));
     match upstream
-        .send(&endpoint, version(h2), request, &tunnel)
+        .send(&endpoint, version(h2), request, &tunnel, None)
         .await
     {
         Ok(r) => Ok(boxed(r)),
@@ -539,5 +566,51 @@ mod tests {
         };
         let result = direct(&mut x, endpoint, &*upstream).await;
         assert_eq!(status(&result), Err(Local::upstream_failed("UF")));
+    }
+
+    /// Twenty requests at once against a backend answering nothing but 503, each route
+    /// allowing five retries: `(upstream attempts, requests refused a retry)`.
+    async fn storm(pool: Option<pb::ConnectionPool>) -> (usize, usize) {
+        let mut f = Fixture::one_route(|r| r.retry = Some(retry(5, &[503])));
+        f.traffic(
+            API,
+            pb::TrafficPolicy {
+                connection_pool: pool,
+                ..Default::default()
+            },
+        );
+        let upstream = FakeUpstream::replying(std::iter::repeat_n(Reply::Status(503), 1000));
+        let results =
+            futures::future::join_all((0..20).map(|_| run(&f, get("/"), &upstream))).await;
+        assert!(results.iter().all(|(r, _)| status(r) == Ok(503)));
+        assert!(
+            results.iter().all(|(_, log)| log.flags == "URX"),
+            "exhausted or refused, the last answer stands with URX"
+        );
+        let refused = results.iter().filter(|(_, log)| log.attempts == 1).count();
+        let sent = upstream.sent().len();
+        (sent, refused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_storm_is_held_to_the_budget() {
+        // Unbounded (Istio's default): every request retries five times.
+        assert_eq!(storm(None).await, (20 * 6, 0));
+        // A budget with no share of the load and a floor of two: two requests retry, one
+        // retry outstanding each at a time; the other eighteen are answered at once.
+        let budget = pb::ConnectionPool {
+            retry_budget: Some(pb::RetryBudget {
+                percent: 0.0,
+                min_retry_concurrency: 2,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(storm(Some(budget)).await, (20 + 2 * 5, 18));
+        // maxRetries: 3 the same way.
+        let fixed = pb::ConnectionPool {
+            max_retries: 3,
+            ..Default::default()
+        };
+        assert_eq!(storm(Some(fixed)).await, (20 + 3 * 5, 17));
     }
 }

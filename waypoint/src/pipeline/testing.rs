@@ -385,6 +385,7 @@ impl Upstream for FakeUpstream {
         version: HttpVersion,
         req: http::Request<Body>,
         tunnel: &TunnelContext,
+        _limits: Option<&ConnectionLimits>,
     ) -> Result<http::Response<Full<Bytes>>, UpstreamError> {
         let reply = self
             .replies

@@ -14,7 +14,8 @@ use ambient_proto::ambient::waypoint::v1 as l7;
 use super::{Out, ServiceKey, duration_field, resolve_host};
 use crate::index::Context;
 use crate::model::networking::{
-    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
+    BudgetPercent, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
+    RetryBudget, TrafficPolicy,
 };
 
 /// Istio's defaults for fields of `outlierDetection` left out.
@@ -132,7 +133,12 @@ fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::Traffi
         (!tp.port_level_settings.is_empty(), "portLevelSettings"),
         (tp.tunnel.is_some(), "tunnel"),
         (tp.proxy_protocol.is_some(), "proxyProtocol"),
-        (tp.retry_budget.is_some(), "retryBudget"),
+        (
+            tp.retry_budget
+                .as_ref()
+                .is_some_and(|b| b.budget_interval.is_some()),
+            "retryBudget.budgetInterval (the budget counts requests in flight now)",
+        ),
     ] {
         if set {
             out.warn(
@@ -150,11 +156,41 @@ fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::Traffi
             .outlier_detection
             .as_ref()
             .map(|od| outlier_detection(out, object, od)),
-        connection_pool: tp
-            .connection_pool
-            .as_ref()
-            .map(|cp| connection_pool(out, object, cp)),
+        connection_pool: match (&tp.connection_pool, &tp.retry_budget) {
+            (None, None) => None,
+            (cp, budget) => {
+                let mut pool = cp
+                    .as_ref()
+                    .map(|cp| connection_pool(out, object, cp))
+                    .unwrap_or_default();
+                pool.retry_budget = budget.as_ref().and_then(|b| retry_budget(out, object, b));
+                Some(pool)
+            }
+        },
     }
+}
+
+/// Envoy's defaults: 20 % of the requests in flight, at least 3.
+const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
+const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+
+fn retry_budget(out: &mut Out, object: &str, b: &RetryBudget) -> Option<l7::RetryBudget> {
+    let percent = b
+        .percent
+        .map_or(DEFAULT_RETRY_BUDGET_PERCENT, BudgetPercent::value);
+    if !(0.0..=100.0).contains(&percent) {
+        out.warn(
+            object,
+            format!("trafficPolicy.retryBudget.percent {percent} is not in 0–100; ignored"),
+        );
+        return None;
+    }
+    Some(l7::RetryBudget {
+        percent,
+        min_retry_concurrency: b
+            .min_retry_concurrency
+            .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+    })
 }
 
 fn load_balancer(out: &mut Out, object: &str, lb: &LoadBalancerSettings) -> l7::LoadBalancer {
@@ -289,6 +325,7 @@ fn connection_pool(out: &mut Out, object: &str, cp: &ConnectionPoolSettings) -> 
         pool.max_pending_requests = http.http1_max_pending_requests.unwrap_or(0);
         pool.max_requests = http.http2_max_requests.unwrap_or(0);
         pool.max_requests_per_connection = http.max_requests_per_connection.unwrap_or(0);
+        pool.max_retries = http.max_retries.unwrap_or(0);
         pool.idle_timeout_ms = duration_field(
             out,
             object,
@@ -296,7 +333,6 @@ fn connection_pool(out: &mut Out, object: &str, cp: &ConnectionPoolSettings) -> 
             http.idle_timeout.as_deref(),
         );
         for (set, name) in [
-            (http.max_retries.is_some(), "http.maxRetries"),
             (http.h2_upgrade_policy.is_some(), "http.h2UpgradePolicy"),
             (http.use_client_protocol.is_some(), "http.useClientProtocol"),
             (

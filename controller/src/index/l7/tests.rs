@@ -925,6 +925,51 @@ spec:
 }
 
 #[test]
+fn retry_budget_alone_defaults_and_bad_percent() {
+    let idx = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: budget, namespace: bookinfo}
+spec:
+  host: reviews
+  trafficPolicy:
+    retryBudget: {}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bad, namespace: bookinfo}
+spec:
+  host: ratings
+  trafficPolicy:
+    retryBudget: {percent: 150, budgetInterval: 10s}
+"#,
+    );
+    let pool = service(&idx, "bookinfo", "reviews")
+        .traffic_policy
+        .unwrap()
+        .connection_pool
+        .unwrap();
+    assert_eq!(
+        pool.retry_budget,
+        Some(l7::RetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: 3,
+        }),
+        "Envoy's defaults"
+    );
+    let ratings = service(&idx, "bookinfo", "ratings").traffic_policy.unwrap();
+    assert_eq!(ratings.connection_pool.unwrap().retry_budget, None);
+    for expected in ["percent 150 is not in 0–100", "budgetInterval"] {
+        assert!(
+            warned(&idx, "DestinationRule/bookinfo/bad", expected),
+            "{expected}: {:?}",
+            idx.warnings
+        );
+    }
+}
+
+#[test]
 fn destination_rule_translation() {
     let idx = index(
         r#"
@@ -937,7 +982,8 @@ spec:
     loadBalancer: {simple: ROUND_ROBIN}
     connectionPool:
       tcp: {maxConnections: 1, connectTimeout: 30ms}
-      http: {http1MaxPendingRequests: 1, http2MaxRequests: 7, maxRequestsPerConnection: 1, idleTimeout: 1m}
+      http: {http1MaxPendingRequests: 1, http2MaxRequests: 7, maxRequestsPerConnection: 1, idleTimeout: 1m, maxRetries: 4}
+    retryBudget: {percent: {value: 25}, minRetryConcurrency: 5}
     outlierDetection:
       consecutive5xxErrors: 1
       interval: 1s
@@ -993,6 +1039,11 @@ spec:
             max_requests_per_connection: 1,
             connect_timeout_ms: 30,
             idle_timeout_ms: 60_000,
+            max_retries: 4,
+            retry_budget: Some(l7::RetryBudget {
+                percent: 25.0,
+                min_retry_concurrency: 5,
+            }),
         })
     );
     assert_eq!(
