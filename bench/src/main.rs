@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod balance;
 mod chaos;
 mod mesh;
 mod server;
@@ -29,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The waypoint's load balancers (least-request, peak-EWMA, round robin, random) against
+    /// a backend set where one endpoint is slow: latency percentiles, in a simulation.
+    Balance(balance::Options),
     /// Control plane at scale: a simulated cluster on a fake API server, many xDS clients.
     Xds(xds_scale::Options),
     /// Mesh overhead against direct TCP: throughput, latency, request and connection rates,
@@ -63,6 +67,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Balance(opts) => balance::run(opts),
         Command::Xds(opts) => xds_scale::run(opts),
         Command::Mesh(opts) => mesh::run(opts),
         Command::Chaos(opts) => chaos::run(opts),

@@ -100,13 +100,7 @@ impl Ctl {
         }
         let mut raw = String::new();
         let _ = s.read_to_string(&mut raw);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, body.to_string())
+        e2e::loopback::split_response(&raw)
     }
 
     /// Runs `args` until `done` accepts the output, for at most `timeout`.

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,10 +25,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_core::state::Workload;
+use tokio::sync::futures::Notified;
 use tracing::debug;
 
 use crate::context::Ctx;
-use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PoolSettings};
+use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PendingPermit, PoolSettings};
 use crate::stream::StreamIo;
 
 /// Request and response bodies as the proxy passes them on.
@@ -251,36 +253,24 @@ impl Upstreams {
             if let Some(idle) = self.idle_http1(key, Instant::now(), true) {
                 return Ok((idle.sender, idle.served));
             }
-            let permit = match limits {
-                None => None,
-                Some(l) => match l.try_connection() {
-                    Some(p) => Some(p),
-                    None => {
-                        if waiting.is_none() {
-                            waiting = Some(l.try_pending().map_err(|_| UpstreamError::Overflow)?);
-                        }
-                        // A connection of the pool still finishing its exchange: take it and
-                        // wait for it to be free.
-                        if let Some(mut busy) = self.idle_http1(key, Instant::now(), false)
-                            && busy.sender.ready().await.is_ok()
-                        {
-                            return Ok((busy.sender, busy.served));
-                        }
-                        let recheck = tokio::time::sleep(POOL_RECHECK);
-                        match released.as_mut().as_pin_mut() {
-                            Some(r) => {
-                                tokio::select! { () = r => {}, () = recheck => {} }
-                            }
-                            None => recheck.await,
-                        }
-                        continue;
+            match slot(limits, &mut waiting)? {
+                Slot::Open(permit) => {
+                    let sender = self
+                        .open_http1(ctx, endpoint, tunnel, settings, permit)
+                        .await?;
+                    return Ok((sender, 0));
+                }
+                Slot::Full => {
+                    // A connection of the pool still finishing its exchange: take it and wait
+                    // for it to be free.
+                    if let Some(mut busy) = self.idle_http1(key, Instant::now(), false)
+                        && busy.sender.ready().await.is_ok()
+                    {
+                        return Ok((busy.sender, busy.served));
                     }
-                },
-            };
-            let sender = self
-                .open_http1(ctx, endpoint, tunnel, settings, permit)
-                .await?;
-            return Ok((sender, 0));
+                    until_released(released.as_mut().as_pin_mut()).await;
+                }
+            }
         }
     }
 
@@ -301,14 +291,7 @@ impl Upstreams {
                 endpoint: endpoint.addr,
                 source,
             })?;
-        tokio::spawn(async move {
-            // Counted against maxConnections for as long as it is open.
-            let _permit = permit;
-            let _guard = guard;
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream HTTP/1 connection ended");
-            }
-        });
+        drive(conn, permit, guard, "HTTP/1");
         Ok(sender)
     }
 
@@ -334,24 +317,12 @@ impl Upstreams {
             if let Some(sender) = self.live_http2(key, settings) {
                 return Ok(sender);
             }
-            let permit = match limits {
-                None => None,
-                Some(l) => match l.try_connection() {
-                    Some(p) => Some(p),
-                    None => {
-                        if waiting.is_none() {
-                            waiting = Some(l.try_pending().map_err(|_| UpstreamError::Overflow)?);
-                        }
-                        let recheck = tokio::time::sleep(POOL_RECHECK);
-                        match released.as_mut().as_pin_mut() {
-                            Some(r) => {
-                                tokio::select! { () = r => {}, () = recheck => {} }
-                            }
-                            None => recheck.await,
-                        }
-                        continue;
-                    }
-                },
+            let permit = match slot(limits, &mut waiting)? {
+                Slot::Open(permit) => permit,
+                Slot::Full => {
+                    until_released(released.as_mut().as_pin_mut()).await;
+                    continue;
+                }
             };
             let (stream, guard) = self
                 .tunnel(ctx, endpoint, tunnel, settings.connect_timeout)
@@ -365,13 +336,7 @@ impl Upstreams {
                     endpoint: endpoint.addr,
                     source,
                 })?;
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _guard = guard;
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+            drive(conn, permit, guard, "HTTP/2");
             self.http2.lock().expect("poisoned").insert(
                 key,
                 Http2 {
@@ -452,6 +417,59 @@ impl Upstreams {
             .expect("poisoned")
             .retain(|(_, a), _| live(a));
     }
+}
+
+/// Whether a request may open a connection of its service.
+enum Slot {
+    /// Yes, counted by the permit (none: no limits).
+    Open(Option<ConnectionPermit>),
+    /// No: `maxConnections` is reached; the request is counted as waiting.
+    Full,
+}
+
+/// A slot for a new connection of the service, or, past `maxConnections`, the request counted
+/// as waiting (once; past `http1MaxPendingRequests`: overflow, 503 `UO`).
+fn slot(
+    limits: Option<&ConnectionLimits>,
+    waiting: &mut Option<PendingPermit>,
+) -> Result<Slot, UpstreamError> {
+    let Some(l) = limits else {
+        return Ok(Slot::Open(None));
+    };
+    if let Some(permit) = l.try_connection() {
+        return Ok(Slot::Open(Some(permit)));
+    }
+    if waiting.is_none() {
+        *waiting = Some(l.try_pending().map_err(|_| UpstreamError::Overflow)?);
+    }
+    Ok(Slot::Full)
+}
+
+/// Waits until a connection of the service closes or comes back to the pool, or
+/// `POOL_RECHECK` passes.
+async fn until_released(released: Option<Pin<&mut Notified<'_>>>) {
+    let recheck = tokio::time::sleep(POOL_RECHECK);
+    match released {
+        Some(r) => tokio::select! { () = r => {}, () = recheck => {} },
+        None => recheck.await,
+    }
+}
+
+/// Drives an upstream HTTP connection until it ends, counted against its service's
+/// `maxConnections` and holding its tunnel meanwhile.
+fn drive(
+    conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    permit: Option<ConnectionPermit>,
+    guard: StreamGuard,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _guard = guard;
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream {what} connection ended");
+        }
+    });
 }
 
 /// A new HBONE connection as the waypoint's identity, expecting `expected` on the other end.

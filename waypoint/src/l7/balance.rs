@@ -3,6 +3,10 @@
 //!
 //! - `LEAST_REQUEST`: power of two choices — two distinct random endpoints, the one with fewer
 //!   requests in flight wins (counted by [`Pick`] guards).
+//! - `PEAK_EWMA`: power of two choices by cost = latency estimate × (requests in flight + 1),
+//!   the estimate a peak-sensitive moving average of response times (a slower response
+//!   replaces it at once, faster ones pull it down with a 10 s decay, and it decays while
+//!   nothing is observed so a once-slow endpoint is tried again): Linkerd's balancer.
 //! - `ROUND_ROBIN`: a shared atomic cursor; an ejected endpoint's turn goes to the next one.
 //! - `RANDOM`: uniform.
 //! - `CONSISTENT_HASH`: a hash ring (virtual nodes hashed from each endpoint's key, so the
@@ -16,8 +20,9 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ambient_proto::ambient::waypoint::v1 as pb;
 use http::{HeaderMap, HeaderName};
@@ -33,6 +38,54 @@ const VNODES: usize = 128;
 const MAX_RING: usize = 1 << 17;
 /// Random draws tried before counting the usable endpoints.
 const DRAWS: usize = 8;
+/// Peak-EWMA: a response time observed this long ago weighs 1/e (Linkerd's default).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Peak-EWMA: the response time assumed of an endpoint not yet observed (Linkerd's default).
+const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// Nanoseconds since the first call (timestamps fit one atomic).
+fn nanos(now: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(|| now);
+    now.saturating_duration_since(base).as_nanos() as u64
+}
+
+/// An endpoint's peak-EWMA response time. Two atomics, not one lock: a race between two
+/// observations loses one of them, which an estimate can afford.
+#[derive(Debug, Default)]
+struct LatencyEstimate {
+    /// Nanoseconds, as `f64` bits; 0: nothing observed yet.
+    ewma: AtomicU64,
+    /// When it was last updated ([`nanos`]).
+    at: AtomicU64,
+}
+
+impl LatencyEstimate {
+    /// The estimate at `now`, decayed since its last update (`None`: never observed).
+    fn at(&self, now: u64) -> Option<f64> {
+        let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
+        if ewma == 0.0 {
+            return None;
+        }
+        let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed)) as f64;
+        Some(ewma * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp())
+    }
+
+    fn observe(&self, rtt: Duration, now: u64) {
+        let rtt = (rtt.as_nanos() as f64).max(1.0);
+        let next = match self.at(now) {
+            // A peak replaces the estimate at once.
+            Some(current) if rtt < current => {
+                let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed)) as f64;
+                let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+                current * w + rtt * (1.0 - w)
+            }
+            _ => rtt,
+        };
+        self.ewma.store(next.to_bits(), Ordering::Relaxed);
+        self.at.store(now, Ordering::Relaxed);
+    }
+}
 
 /// A service's load-balancing settings, compiled once per configuration update and shared by
 /// every [`Balancer`] built for the service's endpoint sets.
@@ -80,6 +133,7 @@ pub struct Endpoint<K> {
     key: K,
     in_flight: AtomicU64,
     health: EndpointHealth,
+    latency: LatencyEstimate,
 }
 
 impl<K> Endpoint<K> {
@@ -94,6 +148,22 @@ impl<K> Endpoint<K> {
 
     pub fn health(&self) -> &EndpointHealth {
         &self.health
+    }
+
+    /// Its peak-EWMA response time at `now` (`None`: never observed).
+    pub fn latency(&self, now: Instant) -> Option<Duration> {
+        self.latency
+            .at(nanos(now))
+            .map(|ns| Duration::from_nanos(ns as u64))
+    }
+
+    /// Peak-EWMA's cost: the latency estimate (or the default) × (requests in flight + 1).
+    fn cost(&self, now: u64) -> f64 {
+        let rtt = self
+            .latency
+            .at(now)
+            .unwrap_or(EWMA_DEFAULT_RTT.as_nanos() as f64);
+        rtt * (self.in_flight() + 1) as f64
     }
 }
 
@@ -174,6 +244,7 @@ impl<K: Hash + Eq + Clone> Balancer<K> {
                     key,
                     in_flight: AtomicU64::new(0),
                     health: EndpointHealth::new(now),
+                    latency: LatencyEstimate::default(),
                 }),
             };
             endpoints.push(endpoint);
@@ -233,7 +304,11 @@ impl<K: PartialEq> Balancer<K> {
                         .find_map(|&l| (0..n).map(|o| (start + o) % n).find(|&i| usable(i, l)))
                         .unwrap_or(start)
                 }
-                Kind::LeastRequest => self.least_request(n, &usable, rng),
+                Kind::LeastRequest => self.two_choices(n, &usable, rng, |e| e.in_flight() as f64),
+                Kind::PeakEwma => {
+                    let t = nanos(now);
+                    self.two_choices(n, &usable, rng, |e| e.cost(t))
+                }
                 Kind::ConsistentHash => {
                     let value = self
                         .policy
@@ -262,6 +337,13 @@ impl<K: PartialEq> Balancer<K> {
             now,
             self.endpoints.iter().map(|e| &e.health),
         )
+    }
+
+    /// Records how long a picked endpoint took to answer (response head), for `PEAK_EWMA`.
+    pub fn observe(&self, pick: &Pick<K>, rtt: Duration, now: Instant) {
+        if self.policy.kind == Kind::PeakEwma {
+            pick.endpoint.latency.observe(rtt, nanos(now));
+        }
     }
 
     /// The endpoints, e.g. for the admin dump.
@@ -318,11 +400,13 @@ impl<K: PartialEq> Balancer<K> {
             .unwrap_or(0)
     }
 
-    fn least_request(
+    /// Power of two choices: two distinct random usable endpoints, the one of lower `cost`.
+    fn two_choices(
         &self,
         n: usize,
         usable: &impl Fn(usize, Level) -> bool,
         rng: &mut (impl RngCore + ?Sized),
+        cost: impl Fn(&Endpoint<K>) -> f64,
     ) -> usize {
         for level in LEVELS {
             let Some(a) = self.random_at(n, level, usable, rng, None) else {
@@ -332,11 +416,7 @@ impl<K: PartialEq> Balancer<K> {
                 return a;
             };
             let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-            return if eb.in_flight() < ea.in_flight() {
-                b
-            } else {
-                a
-            };
+            return if cost(eb) < cost(ea) { b } else { a };
         }
         0
     }
@@ -444,6 +524,63 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, ["ep0", "ep1", "ep2", "ep0", "ep1", "ep2"]);
+    }
+
+    #[test]
+    fn the_latency_estimate_follows_peaks_at_once_and_falls_slowly() {
+        let e = LatencyEstimate::default();
+        assert_eq!(e.at(0), None);
+        let ms = |v: u64| Duration::from_millis(v);
+        let sec = 1_000_000_000u64;
+        e.observe(ms(10), 0);
+        assert_eq!(e.at(0), Some(10e6));
+        // A slower response replaces the estimate at once.
+        e.observe(ms(100), sec);
+        assert_eq!(e.at(sec), Some(100e6));
+        // A fast one a second later barely moves it (decay 10 s: weight e^-0.1 ≈ 0.905).
+        e.observe(ms(1), 2 * sec);
+        let after = e.at(2 * sec).unwrap();
+        let expected = 100e6 * (-0.1f64).exp() * (-0.1f64).exp() + 1e6 * (1.0 - (-0.1f64).exp());
+        assert!((after - expected).abs() < 1e3, "{after} vs {expected}");
+        // Untouched, it decays: by e after 10 s.
+        let later = e.at(12 * sec).unwrap();
+        assert!((later - after / std::f64::consts::E).abs() < 1e3, "{later}");
+    }
+
+    #[test]
+    fn peak_ewma_prefers_the_fast_endpoint_until_it_is_loaded() {
+        let b = balancer(Kind::PeakEwma, 2, false);
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let headers = HeaderMap::new();
+        // ep0 answered in 100 ms, ep1 in 5 ms.
+        let p0 = loop {
+            let p = b.pick(&headers, None, now, &mut rng).unwrap();
+            if p.key() == "ep0" {
+                break p;
+            }
+        };
+        b.observe(&p0, Duration::from_millis(100), now);
+        drop(p0);
+        let p1 = b.pick(&headers, None, now, &mut rng).unwrap();
+        assert_eq!(p1.key(), "ep1", "ep0 now costs more than the 30 ms default");
+        b.observe(&p1, Duration::from_millis(5), now);
+        drop(p1);
+        // With two endpoints both are always the candidates: the cheaper one wins.
+        for _ in 0..100 {
+            assert_eq!(b.pick(&headers, None, now, &mut rng).unwrap().key(), "ep1");
+        }
+        // Twenty requests in flight on ep1 cost 5 × 21 = 105 > 100 × 1: ep0 again.
+        let held: Vec<_> = (0..20)
+            .map(|_| b.pick(&headers, None, now, &mut rng).unwrap())
+            .collect();
+        assert!(held.iter().all(|p| p.key() == "ep1"));
+        assert_eq!(b.pick(&headers, None, now, &mut rng).unwrap().key(), "ep0");
+        // Other algorithms ignore response times.
+        let least = balancer(Kind::LeastRequest, 2, false);
+        let p = least.pick(&headers, None, now, &mut rng).unwrap();
+        least.observe(&p, Duration::from_secs(1), now);
+        assert!(least.endpoints().all(|e| e.latency(now).is_none()));
     }
 
     #[test]

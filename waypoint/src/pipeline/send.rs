@@ -122,10 +122,17 @@ async fn attempts<'r, B: InboundBody, U: Upstream>(
             &tunnel,
             Some(&chosen.service.limits),
         );
+        let started = Instant::now();
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, send).await.ok(),
             None => Some(send.await),
         };
+        // Response times (and per-try timeouts, as what they cost) feed peak-EWMA; failures
+        // do not: a fast refusal must not make an endpoint look attractive.
+        if matches!(sent, None | Some(Ok(_))) {
+            let now = Instant::now();
+            balancer.observe(&picked, now.saturating_duration_since(started), now);
+        }
         let (outcome, result) = match sent {
             // The service's pool is full: not the endpoint's fault, and no retry helps.
             Some(Err(UpstreamError::Overflow)) => return Err(Local::OVERFLOW),

@@ -113,11 +113,37 @@ pub fn convert(out: &mut Out, dr: &DestinationRule) -> l7::TrafficPolicy {
             "workloadSelector is not supported; applied to every client",
         );
     }
-    match &spec.traffic_policy {
+    let mut policy = match &spec.traffic_policy {
         Some(tp) => traffic_policy(out, &object, tp),
         None => l7::TrafficPolicy::default(),
+    };
+    let algorithm = dr
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ALGORITHM_ANNOTATION));
+    match algorithm.map(String::as_str) {
+        None => {}
+        Some("peak-ewma") => {
+            let lb = policy.load_balancer.get_or_insert_default();
+            if lb.kind == l7::load_balancer::Kind::ConsistentHash as i32 {
+                out.warn(
+                    &object,
+                    format!("{ALGORITHM_ANNOTATION} replaces loadBalancer.consistentHash"),
+                );
+            }
+            lb.kind = l7::load_balancer::Kind::PeakEwma as i32;
+        }
+        Some(other) => out.warn(
+            &object,
+            format!("{ALGORITHM_ANNOTATION}: {other:?} is not an algorithm (peak-ewma); ignored"),
+        ),
     }
+    policy
 }
+
+/// Chooses a load balancer Istio's API has no name for (`peak-ewma`).
+pub const ALGORITHM_ANNOTATION: &str = "balancer.ambient-rs.io/algorithm";
 
 fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::TrafficPolicy {
     if let Some(tls) = &tp.tls {

@@ -925,6 +925,48 @@ spec:
 }
 
 #[test]
+fn peak_ewma_is_chosen_by_annotation() {
+    let idx = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ewma
+  namespace: bookinfo
+  annotations: {balancer.ambient-rs.io/algorithm: peak-ewma}
+spec:
+  host: reviews
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: typo
+  namespace: bookinfo
+  annotations: {balancer.ambient-rs.io/algorithm: fastest}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+"#,
+    );
+    let lb = |name| {
+        service(&idx, "bookinfo", name)
+            .traffic_policy
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .kind
+    };
+    assert_eq!(lb("reviews"), l7::load_balancer::Kind::PeakEwma as i32);
+    assert_eq!(lb("ratings"), l7::load_balancer::Kind::RoundRobin as i32);
+    assert!(warned(
+        &idx,
+        "DestinationRule/bookinfo/typo",
+        "\"fastest\" is not an algorithm"
+    ));
+}
+
+#[test]
 fn retry_budget_alone_defaults_and_bad_percent() {
     let idx = index(
         r#"
