@@ -61,25 +61,28 @@ struct LatencyEstimate {
 }
 
 impl LatencyEstimate {
-    /// The estimate at `now`, decayed since its last update (`None`: never observed).
-    fn at(&self, now: u64) -> Option<f64> {
+    /// The estimate at `now`, decayed since its last update (`None`: never observed), and
+    /// the decay's weight.
+    fn decayed(&self, now: u64) -> Option<(f64, f64)> {
         let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         if ewma == 0.0 {
             return None;
         }
         let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed)) as f64;
-        Some(ewma * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp())
+        let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+        Some((ewma * w, w))
+    }
+
+    fn at(&self, now: u64) -> Option<f64> {
+        self.decayed(now).map(|(estimate, _)| estimate)
     }
 
     fn observe(&self, rtt: Duration, now: u64) {
         let rtt = (rtt.as_nanos() as f64).max(1.0);
-        let next = match self.at(now) {
-            // A peak replaces the estimate at once.
-            Some(current) if rtt < current => {
-                let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed)) as f64;
-                let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
-                current * w + rtt * (1.0 - w)
-            }
+        let next = match self.decayed(now) {
+            // Below the estimate: blended in (the stored value weighs w, already applied).
+            Some((current, w)) if rtt < current => current + rtt * (1.0 - w),
+            // A peak (or a first response) replaces the estimate at once.
             _ => rtt,
         };
         self.ewma.store(next.to_bits(), Ordering::Relaxed);
@@ -540,7 +543,7 @@ mod tests {
         // A fast one a second later barely moves it (decay 10 s: weight e^-0.1 ≈ 0.905).
         e.observe(ms(1), 2 * sec);
         let after = e.at(2 * sec).unwrap();
-        let expected = 100e6 * (-0.1f64).exp() * (-0.1f64).exp() + 1e6 * (1.0 - (-0.1f64).exp());
+        let expected = 100e6 * (-0.1f64).exp() + 1e6 * (1.0 - (-0.1f64).exp());
         assert!((after - expected).abs() < 1e3, "{after} vs {expected}");
         // Untouched, it decays: by e after 10 s.
         let later = e.at(12 * sec).unwrap();

@@ -95,23 +95,17 @@ const View = (() => {
     return "namespace:" + (ns || OUTSIDE);
   }
 
-  function sumOrNull(a, b) {
-    if (a === null || a === undefined) return b === undefined ? null : b;
-    if (b === null || b === undefined) return a;
-    return a + b;
+  // Combines two values that may be missing (null or undefined): `f` of both, else whichever
+  // is there, else null.
+  function combine(f, a, b) {
+    const missing = (x) => x === null || x === undefined;
+    if (missing(a)) return missing(b) ? null : b;
+    if (missing(b)) return a;
+    return f(a, b);
   }
-
-  function maxOrNull(a, b) {
-    if (a === null || a === undefined) return b === undefined ? null : b;
-    if (b === null || b === undefined) return a;
-    return Math.max(a, b);
-  }
-
-  function minOrNull(a, b) {
-    if (a === null || a === undefined) return b === undefined ? null : b;
-    if (b === null || b === undefined) return a;
-    return Math.min(a, b);
-  }
+  const sumOrNull = (a, b) => combine((x, y) => x + y, a, b);
+  const maxOrNull = (a, b) => combine(Math.max, a, b);
+  const minOrNull = (a, b) => combine(Math.min, a, b);
 
   // Adds one edge's or node's signals into an aggregate: rates summed, the error rate
   // weighted by requests, p99 the worst (a sum of histograms is not at hand here).
