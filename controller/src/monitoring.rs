@@ -2,7 +2,8 @@
 //! views for the CLI: `/debug/proxies` (connected proxies and their sync state),
 //! `/debug/diagnostics` (manifest problems and index warnings) and `/debug/gateways` (each
 //! waypoint Gateway: `namespace`, `name`, `class`, `trafficType`, `address` (string or null),
-//! `programmed`, `reason`, `message`).
+//! `programmed`, `reason`, `message`) and `/debug/policies` (each LocalRateLimitPolicy: `kind`,
+//! `namespace`, `name`, `accepted`, `reason`, `message`, `attached`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,10 @@ fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Body> {
         "/debug/proxies" => json(&m.registry.list()),
         "/debug/gateways" => match m.registry.served() {
             Some(snapshot) => json(snapshot.gateways.as_ref()),
+            None => json(&Vec::<()>::new()),
+        },
+        "/debug/policies" => match m.registry.served() {
+            Some(snapshot) => json(snapshot.policies.as_ref()),
             None => json(&Vec::<()>::new()),
         },
         "/debug/diagnostics" => json(&DiagnosticsView {

@@ -120,14 +120,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         cert_wait: Duration::from_secs(10),
     });
-    // Upstream connections idle past their service's idleTimeout are closed.
+    // Upstream connections idle past their service's idleTimeout are closed; rate-limit
+    // buckets of clients that have gone quiet are dropped.
     tokio::spawn({
         let ctx = ctx.clone();
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                ctx.upstreams.close_idle(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                ctx.upstreams.close_idle(now);
+                for limiter in ctx.routing.load().rate_limiters.all() {
+                    limiter.sweep(now);
+                }
             }
         }
     });

@@ -269,6 +269,7 @@ mod tests {
             flags: "-",
             request_bytes: 0,
             attempts: 1,
+            rate_limit: None,
             trace_id: String::new(),
             span: crate::trace::Span {
                 trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,

@@ -19,6 +19,7 @@ use crate::l7::authz::{self, Policies};
 use crate::l7::backend::BackendRef;
 use crate::l7::balance::{Balancer, BalancerPolicy, Pick};
 use crate::l7::limits::ConnectionLimits;
+use crate::l7::ratelimit::{Limiters, RateLimiter};
 use crate::l7::route::RouteTable;
 use crate::upstream::Endpoint;
 
@@ -52,6 +53,8 @@ pub struct ServiceRouting {
     /// Policies targeting the service.
     pub policies: Policies,
     pub limits: ConnectionLimits,
+    /// LocalRateLimitPolicies targeting the service.
+    pub rate_limits: Box<[Arc<RateLimiter>]>,
     /// Endpoints and the choice among them.
     pub balancer: Balancer<EndpointKey>,
 }
@@ -63,6 +66,10 @@ pub struct RoutingSnapshot {
     pub services: HashMap<String, Arc<ServiceRouting>>,
     /// Policies targeting this waypoint's Gateway.
     pub gateway_policies: Policies,
+    /// LocalRateLimitPolicies targeting this waypoint's Gateway.
+    pub gateway_rate_limits: Box<[Arc<RateLimiter>]>,
+    /// Every rate limiter in use (kept for the next rebuild and swept of idle clients).
+    pub rate_limiters: Limiters,
     /// Configuration problems found while compiling (shown in `/config_dump`).
     pub errors: Vec<String>,
 }
@@ -83,13 +90,20 @@ impl Routing {
     pub fn rebuild(&self, gateway_key: &str, l7: &L7Snapshot, state: &Snapshot) {
         let previous = self.current.load_full();
         let mut errors = Vec::new();
-        let gateway_policies = match l7.gateways.get(gateway_key) {
+        let mut limiters = Limiters::rebuilding(&previous.rate_limiters);
+        let mut limit_errors = Vec::new();
+        let (gateway_policies, gateway_rate_limits) = match l7.gateways.get(gateway_key) {
             Some(g) => {
                 let (p, errs) = Policies::compile(&g.policies);
                 errors.extend(errs.iter().map(|e| e.to_string()));
-                p
+                let limits = limiters.attach(
+                    &format!("gateway {gateway_key}"),
+                    &g.rate_limits,
+                    &mut limit_errors,
+                );
+                (p, limits)
             }
-            None => Policies::default(),
+            None => (Policies::default(), Box::default()),
         };
         let mut services = HashMap::new();
         for service in state.services() {
@@ -114,7 +128,7 @@ impl Routing {
                     service: key.as_str().into(),
                     port: port.service_port,
                 };
-                let (table, errs) = RouteTable::compile(&port_config, default);
+                let (table, errs) = RouteTable::compile_with(&port_config, default, &mut limiters);
                 errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
                 ports.insert(port.service_port, table);
             }
@@ -123,6 +137,11 @@ impl Routing {
                 None => (Policies::default(), Vec::new()),
             };
             errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
+            let rate_limits = limiters.attach(
+                &format!("service {key}"),
+                config.as_ref().map(|c| &c.rate_limits[..]).unwrap_or(&[]),
+                &mut limit_errors,
+            );
             let traffic = config.as_ref().and_then(|c| c.traffic_policy.as_ref());
             let limits = ConnectionLimits::new(
                 traffic.and_then(|t| t.connection_pool.as_ref()),
@@ -144,13 +163,17 @@ impl Routing {
                     ports,
                     policies,
                     limits,
+                    rate_limits,
                     balancer,
                 }),
             );
         }
+        errors.extend(limit_errors.iter().map(|e| e.to_string()));
         self.current.store(Arc::new(RoutingSnapshot {
             services,
             gateway_policies,
+            gateway_rate_limits,
+            rate_limiters: limiters,
             errors,
         }));
     }

@@ -71,6 +71,10 @@ pub fn describe() {
         "Bytes received from the client"
     );
     metrics::describe_counter!(HBONE_REJECTED, "HBONE peers refused, by reason");
+    metrics::describe_counter!(
+        crate::pipeline::limit::RATE_LIMITED,
+        "Requests refused by a LocalRateLimitPolicy, by policy and bucket"
+    );
 }
 
 pub fn hbone_rejected(reason: &'static str) {
@@ -143,6 +147,8 @@ pub struct RequestLog {
     pub flags: &'static str,
     pub request_bytes: u64,
     pub attempts: u32,
+    /// The LocalRateLimitPolicy and bucket that refused the request (`ns/name:identity`).
+    pub rate_limit: Option<String>,
     pub trace_id: String,
     /// This request's span (exported over OTLP when sampled and an endpoint is set).
     pub span: Span,
@@ -190,6 +196,7 @@ impl RequestLog {
             flags: "-",
             request_bytes: 0,
             attempts: 0,
+            rate_limit: None,
             trace_id: span.trace_id_hex(),
             span,
         }
@@ -223,6 +230,7 @@ impl RequestLog {
             upstream = %OrDash(self.upstream.as_ref().map(|e| e.addr)),
             dst_principal = %OrDash(self.upstream.as_ref().map(|e| &e.workload.identity)),
             attempts = self.attempts,
+            rate_limit = self.rate_limit.as_deref().unwrap_or("-"),
             bytes_received = self.request_bytes,
             bytes_sent = response_bytes,
             duration_ms = format_args!("{elapsed:.2}"),

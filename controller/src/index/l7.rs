@@ -13,6 +13,7 @@
 
 pub mod destination_rule;
 pub mod policy;
+pub mod ratelimit;
 pub mod routes;
 pub mod status;
 pub mod virtual_service;
@@ -263,8 +264,16 @@ pub fn tcp_ports(svc: &Service) -> Vec<&ServicePort> {
         .collect()
 }
 
-/// Computes every L7 resource.
-pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String, l7::L7Resource> {
+/// Computes every L7 resource, and the status of every LocalRateLimitPolicy. `instances`:
+/// running instances of each waypoint (see [`status::running_instances`]).
+pub fn build(
+    ctx: &Context<'_>,
+    instances: &BTreeMap<ServiceKey, usize>,
+    warnings: &mut Vec<Warning>,
+) -> (
+    BTreeMap<String, l7::L7Resource>,
+    Vec<ratelimit::PolicyStatus>,
+) {
     let mut out = Out::default();
     let mut gateways: BTreeMap<ServiceKey, l7::GatewayConfig> = BTreeMap::new();
     for g in ctx.state.gateways() {
@@ -288,11 +297,13 @@ pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String,
                 name,
                 traffic_type,
                 policies: Vec::new(),
+                rate_limits: Vec::new(),
             },
         );
     }
     let service_policies = policy::attach(ctx, &mut out, &mut gateways);
-    let gateway_routes = routes::collect(ctx, &mut out);
+    let (limits, policy_statuses) = ratelimit::attach(ctx, &mut out, &mut gateways, instances);
+    let mut gateway_routes = routes::collect(ctx, &mut out);
     let vs_rules = virtual_service::collect(ctx, &mut out);
     let traffic = destination_rule::collect(ctx, &mut out);
 
@@ -317,21 +328,34 @@ pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String,
             Traffic::Service,
             &mut Vec::new(),
         )
-        .map(|(ns, name, _)| format!("{ns}/{name}"));
+        .map(|(ns, name, _)| (ns, name));
+        if let Some(entries) = gateway_routes.get_mut(&key) {
+            let replicas = waypoint
+                .as_ref()
+                .and_then(|w| instances.get(w))
+                .copied()
+                .unwrap_or(0);
+            ratelimit::attach_to_routes(&limits, entries, replicas);
+        }
+        let waypoint = waypoint.map(|(ns, name)| format!("{ns}/{name}"));
         let entries = gateway_routes.get(&key);
         let rules = vs_rules.get(&key);
         let policies = service_policies.get(&key);
+        let rate_limits = limits.services.get(&key);
         let included = waypoint.is_some()
             || out.referenced.contains(&key)
             || entries.is_some()
             || rules.is_some()
             || policies.is_some()
+            || rate_limits.is_some()
             || traffic.contains_key(&key);
         if !included {
             continue;
         }
         let object = format!("Service/{namespace}/{name}");
-        if waypoint.is_none() && (entries.is_some() || rules.is_some() || policies.is_some()) {
+        if waypoint.is_none()
+            && (entries.is_some() || rules.is_some() || policies.is_some() || rate_limits.is_some())
+        {
             out.warn(
                 &object,
                 "has routes or policies but uses no waypoint (istio.io/use-waypoint); they apply only where a waypoint carries its traffic",
@@ -347,6 +371,7 @@ pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String,
             ports,
             traffic_policy: traffic.get(&key).cloned(),
             policies: policies.cloned().unwrap_or_default(),
+            rate_limits: rate_limits.cloned().unwrap_or_default(),
         };
         resources.insert(
             service_resource_name(&namespace, &hostname),
@@ -356,7 +381,7 @@ pub fn build(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> BTreeMap<String,
         );
     }
     warnings.extend(out.warnings);
-    resources
+    (resources, policy_statuses)
 }
 
 /// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it.

@@ -87,6 +87,8 @@ pub struct Index {
     pub identities_by_node: BTreeMap<String, BTreeSet<Identity>>,
     /// Status of every waypoint Gateway.
     pub gateways: Vec<l7::status::GatewayStatus>,
+    /// Status of every LocalRateLimitPolicy.
+    pub policies: Vec<l7::ratelimit::PolicyStatus>,
     pub warnings: Vec<Warning>,
 }
 
@@ -333,8 +335,9 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
                 .insert(authorization::resource_name(&c.namespace, &c.name), c);
         }
     }
-    index.l7 = l7::build(&ctx, &mut warnings);
-    index.gateways = l7::gateway_statuses(&ctx);
+    let instances = l7::status::running_instances(&ctx);
+    (index.l7, index.policies) = l7::build(&ctx, &instances, &mut warnings);
+    index.gateways = l7::gateway_statuses(&ctx, &instances);
     warnings.sort();
     warnings.dedup();
     index.warnings = warnings;

@@ -7,6 +7,7 @@
 pub mod gateway;
 pub mod istio;
 pub mod networking;
+pub mod policy;
 pub mod route;
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use gateway::Gateway;
 pub use istio::{AuthorizationPolicy, PeerAuthentication};
 pub use networking::{DestinationRule, VirtualService};
+pub use policy::LocalRateLimitPolicy;
 pub use route::{GrpcRoute, HttpRoute};
 
 /// The kinds the controller reads.
@@ -38,10 +40,11 @@ pub enum Kind {
     GrpcRoute,
     VirtualService,
     DestinationRule,
+    LocalRateLimitPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -54,6 +57,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::VirtualService,
         Kind::DestinationRule,
+        Kind::LocalRateLimitPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
         }
     }
 
@@ -92,6 +97,9 @@ impl Kind {
                 if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
             {
                 Some(Kind::DestinationRule)
+            }
+            (policy::GROUP, "LocalRateLimitPolicy") if version == policy::VERSION => {
+                Some(Kind::LocalRateLimitPolicy)
             }
             ("", "Namespace") => Some(Kind::Namespace),
             ("", "Node") => Some(Kind::Node),
@@ -148,6 +156,7 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
+    LocalRateLimitPolicy(LocalRateLimitPolicy),
 }
 
 impl Object {
@@ -178,6 +187,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
         }
     }
 
@@ -195,6 +205,7 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::LocalRateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -212,6 +223,7 @@ impl Object {
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
+            Object::LocalRateLimitPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -409,6 +421,14 @@ impl ClusterState {
             _ => None,
         })
     }
+
+    pub fn local_rate_limit_policies(&self) -> impl Iterator<Item = &LocalRateLimitPolicy> {
+        self.of_kind(Kind::LocalRateLimitPolicy)
+            .filter_map(|o| match o {
+                Object::LocalRateLimitPolicy(p) => Some(p),
+                _ => None,
+            })
+    }
 }
 
 /// Implements `kube::Resource` for our own namespaced kinds, so kube-rs can watch them.
@@ -488,4 +508,11 @@ namespaced_resource!(
     "networking.istio.io",
     "v1",
     "destinationrules"
+);
+namespaced_resource!(
+    LocalRateLimitPolicy,
+    "LocalRateLimitPolicy",
+    "policy.ambient-rs.io",
+    "v1alpha1",
+    "localratelimitpolicies"
 );

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::model::{
-    AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind, Object,
-    PeerAuthentication, VirtualService,
+    AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
+    LocalRateLimitPolicy, Object, PeerAuthentication, VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes.
@@ -88,9 +88,15 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             tx.clone(),
         )),
         tokio::spawn(watch::<DestinationRule>(
-            client,
+            client.clone(),
             Kind::DestinationRule,
             Object::DestinationRule,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<LocalRateLimitPolicy>(
+            client,
+            Kind::LocalRateLimitPolicy,
+            Object::LocalRateLimitPolicy,
             tx,
         )),
     ];

@@ -548,6 +548,7 @@ fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), I
         Kind::GrpcRoute => typed(value, Object::GrpcRoute),
         Kind::VirtualService => typed(value, Object::VirtualService),
         Kind::DestinationRule => typed(value, Object::DestinationRule),
+        Kind::LocalRateLimitPolicy => typed(value, Object::LocalRateLimitPolicy),
     }
 }
 

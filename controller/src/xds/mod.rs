@@ -10,6 +10,7 @@ use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL};
 use prost::Message;
 
 use crate::index::Index;
+use crate::index::l7::ratelimit::PolicyStatus;
 use crate::index::l7::status::GatewayStatus;
 
 /// The resource types served. A client is sent only the types it subscribes to: ztunnel
@@ -36,8 +37,10 @@ pub struct Snapshot {
     pub changed: BTreeMap<&'static str, BTreeSet<String>>,
     /// The waypoint Gateways' status (for the monitoring port; not sent over xDS).
     pub gateways: Arc<Vec<GatewayStatus>>,
-    /// Whether `gateways` differs from generation - 1.
+    /// Whether `gateways` or `policies` differs from generation - 1.
     pub gateways_changed: bool,
+    /// The LocalRateLimitPolicies' status (monitoring port only).
+    pub policies: Arc<Vec<PolicyStatus>>,
 }
 
 /// A stable 64-bit FNV-1a hash: versions must survive controller restarts, so a
@@ -127,12 +130,19 @@ impl Snapshot {
         } else {
             previous.gateways.clone()
         };
+        let policies_changed = *previous.policies != index.policies;
+        let policies = if policies_changed {
+            Arc::new(index.policies.clone())
+        } else {
+            previous.policies.clone()
+        };
         Snapshot {
             generation: previous.generation + 1,
             sets,
             changed,
             gateways,
-            gateways_changed,
+            gateways_changed: gateways_changed || policies_changed,
+            policies,
         }
     }
 
@@ -206,6 +216,7 @@ mod tests {
                     name: "waypoint".into(),
                     traffic_type: "service".into(),
                     policies: vec![],
+                    rate_limits: vec![],
                 })),
             },
         );

@@ -129,7 +129,8 @@ pub struct GetArgs {
     /// Extra request header, 'Name: value' (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Print the status line and the response headers before the body.
+    /// Print the status line and the response headers before the body (of failed
+    /// responses too; the exit code still says they failed).
     #[arg(short = 'i', long = "include")]
     pub include: bool,
     /// Deadline of each request (resolve, connect, request and response).

@@ -79,6 +79,9 @@ pub struct Summary {
     pub by: BTreeMap<String, u64>,
     /// Response times of the requests that got a response.
     pub latency_ms: Latency,
+    /// From the first request sent to the last one ended (what a rate is measured over).
+    #[serde(default)]
+    pub elapsed_ms: f64,
 }
 
 /// Percentiles (nearest rank) of response times, in milliseconds; `null` when nothing
@@ -199,6 +202,7 @@ pub async fn run(args: &GetArgs) -> i32 {
         by_header: args.by_header.clone(),
         code: AtomicI32::new(OK),
     });
+    let began = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency.min(args.count) {
         workers.spawn(worker(Arc::clone(&shared)));
@@ -213,9 +217,13 @@ pub async fn run(args: &GetArgs) -> i32 {
             }
         }
     }
+    let elapsed = began.elapsed();
     if args.summary {
-        let line = serde_json::to_string(&Summary::from_samples(&samples))
-            .expect("a summary is always JSON");
+        let summary = Summary {
+            elapsed_ms: millis(elapsed),
+            ..Summary::from_samples(&samples)
+        };
+        let line = serde_json::to_string(&summary).expect("a summary is always JSON");
         let mut out = io::stdout().lock();
         if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
             eprintln!("demo-app get: cannot write the summary: {e}");
@@ -271,10 +279,13 @@ async fn worker(shared: Arc<Shared>) -> Vec<Sample> {
 
 fn report(response: &Response, include: bool) -> i32 {
     let status = response.status;
-    if status.as_u16() >= 400 {
+    let failed = status.as_u16() >= 400;
+    if failed && !include {
         eprintln!("HTTP {}", status.as_u16());
         return HTTP_ERROR;
     }
+    // With -i a failed response is shown whole (its headers say why: Retry-After, ...); the
+    // exit code still says it failed.
     let mut out = io::stdout().lock();
     let written = (|| -> io::Result<()> {
         if include {
@@ -294,6 +305,7 @@ fn report(response: &Response, include: bool) -> i32 {
         out.flush()
     })();
     match written {
+        Ok(()) if failed => HTTP_ERROR,
         Ok(()) => OK,
         Err(e) => {
             eprintln!("demo-app get: cannot write the response: {e}");
@@ -363,7 +375,9 @@ mod tests {
         assert_eq!(summary.latency_ms, Latency::default());
         let line = serde_json::to_string(&summary).unwrap();
         assert!(
-            line.ends_with(r#""latency_ms":{"p50":null,"p90":null,"p99":null,"max":null}}"#),
+            line.ends_with(
+                r#""latency_ms":{"p50":null,"p90":null,"p99":null,"max":null},"elapsed_ms":0.0}"#
+            ),
             "{line}"
         );
     }

@@ -30,6 +30,7 @@ pub mod matcher;
 pub mod outlier;
 pub mod path;
 pub mod protocol;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 

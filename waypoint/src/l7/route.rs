@@ -12,6 +12,7 @@ use super::backend::{BackendRef, Backends};
 use super::fault::Fault;
 use super::filters::Filters;
 use super::matcher::{PathCapture, PathMatcher, StringMatcher};
+use super::ratelimit::{Limiters, RateLimiter};
 use super::retry::RetryPolicy;
 use super::{ConfigError, Problem};
 
@@ -100,7 +101,7 @@ impl QueryCondition {
 
 /// One `RouteMatch`: every condition set must hold.
 #[derive(Clone, Debug)]
-struct Match {
+pub(super) struct Match {
     path: PathMatcher,
     method: Option<Method>,
     headers: Box<[HeaderCondition]>,
@@ -108,7 +109,7 @@ struct Match {
 }
 
 impl Match {
-    fn compile(m: &pb::RouteMatch) -> Result<Self, Problem> {
+    pub(super) fn compile(m: &pb::RouteMatch) -> Result<Self, Problem> {
         let path = match &m.path {
             Some(p) => PathMatcher::compile(p)?,
             None => PathMatcher::any(),
@@ -149,7 +150,7 @@ impl Match {
         })
     }
 
-    fn matches<'s>(&'s self, req: &http::request::Parts) -> Option<PathCapture<'s>> {
+    pub(super) fn matches<'s>(&'s self, req: &http::request::Parts) -> Option<PathCapture<'s>> {
         if self.method.as_ref().is_some_and(|m| *m != req.method) {
             return None;
         }
@@ -179,6 +180,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub fault: Option<Fault>,
+    /// LocalRateLimitPolicies attached to this route rule.
+    pub rate_limits: Box<[Arc<RateLimiter>]>,
     invalid: bool,
 }
 
@@ -199,11 +202,18 @@ impl Route {
             timeout: None,
             retry: None,
             fault: None,
+            rate_limits: Box::default(),
             invalid: false,
         }
     }
 
-    fn compile(r: &pb::Route, origin: &str, errors: &mut Vec<ConfigError>) -> Self {
+    fn compile(
+        r: &pb::Route,
+        origin: &str,
+        limits_at: &str,
+        limiters: &mut Limiters,
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
         let mut problems = Vec::new();
         let mut invalid = false;
         let mut fail = |p: Problem, problems: &mut Vec<Problem>| {
@@ -260,6 +270,7 @@ impl Route {
             origin: origin.to_string(),
             problem,
         }));
+        let rate_limits = limiters.attach(&format!("{limits_at} {origin}"), &r.rate_limits, errors);
         Route {
             name: origin.into(),
             matches,
@@ -268,6 +279,7 @@ impl Route {
             timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
             retry,
             fault,
+            rate_limits,
             invalid,
         }
     }
@@ -301,7 +313,18 @@ impl RouteTable {
     /// `default_backend` (the service itself, same port). Problems are returned alongside:
     /// a broken match never matches; any other problem makes its route invalid (500).
     pub fn compile(port: &pb::PortConfig, default_backend: BackendRef) -> (Self, Vec<ConfigError>) {
+        Self::compile_with(port, default_backend, &mut Limiters::default())
+    }
+
+    /// As [`RouteTable::compile`], taking route rules' rate limiters from `limiters` (which
+    /// keeps their buckets across rebuilds).
+    pub fn compile_with(
+        port: &pb::PortConfig,
+        default_backend: BackendRef,
+        limiters: &mut Limiters,
+    ) -> (Self, Vec<ConfigError>) {
         let mut errors = Vec::new();
+        let limits_at = format!("{}:{}", default_backend.service, port.port);
         let port_number = u16::try_from(port.port).unwrap_or_else(|_| {
             errors.push(ConfigError {
                 origin: format!("port {}", port.port),
@@ -321,7 +344,7 @@ impl RouteTable {
                     } else {
                         r.name.clone()
                     };
-                    Route::compile(r, &origin, &mut errors)
+                    Route::compile(r, &origin, &limits_at, limiters, &mut errors)
                 })
                 .collect()
         };

@@ -1,4 +1,4 @@
-//! Stage 5: the backend: drawn by weight, its request filters applied, mirrors sent a copy,
+//! Stage 6: the backend: drawn by weight, its request filters applied, mirrors sent a copy,
 //! the body held when it may be sent more than once, and the backend service's request
 //! limit taken.
 

@@ -1,4 +1,4 @@
-//! Stage 3: fault injection: a delay (response flag `DI`), then maybe an abort (`FI`)
+//! Stage 4: fault injection: a delay (response flag `DI`), then maybe an abort (`FI`)
 //! answered instead of forwarding.
 
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! One HTTP request through the waypoint, as a pipeline of stages in the order a request
 //! meets them, each in its own file:
 //!
-//! [`authorize`] → [`route`] → [`fault`] → [`redirect`] (and request rewrites) → [`backend`]
+//! [`authorize`] → [`route`] → [`limit`] → [`fault`] → [`redirect`] (and request rewrites) → [`backend`]
 //! (weighted choice, mirrors, body hold, limits) → [`send`] (endpoint, retries, timeouts) →
 //! [`respond`] (hop-by-hop headers, telemetry).
 //!
@@ -17,6 +17,7 @@
 mod authorize;
 mod backend;
 mod fault;
+pub mod limit;
 mod redirect;
 mod respond;
 mod route;
@@ -67,9 +68,11 @@ async fn run<B: InboundBody, U: Upstream>(
     let routed = match route::select(x)? {
         route::Decision::Route(routed) => routed,
         route::Decision::Direct(endpoint) => {
+            limit::check(x, None)?;
             return Ok(send::direct(x, endpoint, &**upstream).await?);
         }
     };
+    limit::check(x, Some(routed.route))?;
     fault::inject(x, routed.route).await?;
     redirect::apply(x, routed)?;
     let chosen = backend::choose(x, routed, upstream).await?;

@@ -1,4 +1,4 @@
-//! Stage 4: the route's redirect, answered instead of forwarding (with the route's response
+//! Stage 5: the route's redirect, answered instead of forwarding (with the route's response
 //! header edits); otherwise the route's request filters (header edits, URL rewrites).
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! Stage 7: the response on its way back: a local answer made a response, its status and
+//! Stage 8: the response on its way back: a local answer made a response, its status and
 //! `grpc-status` recorded, hop-by-hop headers removed, and the body metered so the request's
 //! metrics, access-log line and span are recorded when it ends.
 

@@ -1,4 +1,4 @@
-//! Stage 6: sending upstream: an endpoint picked by the balancer for each attempt, retries
+//! Stage 7: sending upstream: an endpoint picked by the balancer for each attempt, retries
 //! with backoff, per-try and route timeouts, outcomes recorded for outlier detection, and
 //! the response header filters on the answer.
 //!

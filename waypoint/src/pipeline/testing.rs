@@ -136,6 +136,7 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
         ports: HashMap::new(),
         policies: Policies::default(),
         limits: ConnectionLimits::new(None, None),
+        rate_limits: Box::default(),
         balancer: Balancer::new(
             BalancerPolicy::compile(None).0,
             endpoints,
@@ -252,6 +253,16 @@ impl Fixture {
 
     pub fn service(&self, key: &str) -> &ServiceRouting {
         &self.routing.services[key]
+    }
+
+    /// Rate limits on the waypoint's Gateway, on `WEB`, and on `WEB`'s routes (each route's
+    /// own `rate_limits` are compiled with it by [`Fixture::routes`]).
+    pub fn rate_limits(&mut self, gateway: &[pb::RateLimit], web: &[pb::RateLimit]) {
+        let mut errors = Vec::new();
+        let mut limiters = crate::l7::ratelimit::Limiters::default();
+        self.routing.gateway_rate_limits = limiters.attach("gateway", gateway, &mut errors);
+        self.service_mut(WEB).rate_limits = limiters.attach("web", web, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     /// A service's load balancing, outlier detection and limits.

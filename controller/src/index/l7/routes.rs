@@ -81,6 +81,12 @@ impl Entry {
         matches!(&self.ports, Ports::Only(p) if p.contains(&port))
     }
 
+    /// The HTTPRoute (namespace, name) and rule index this entry comes from.
+    pub fn http_rule(&self) -> Option<(&str, &str, usize)> {
+        let p = &self.precedence;
+        (p.kind == Kind::HttpRoute).then_some((p.namespace.as_str(), p.name.as_str(), p.rule))
+    }
+
     /// Whether both come from the same rule of the same route.
     pub fn same_rule(&self, other: &Entry) -> bool {
         let (a, b) = (&self.precedence, &other.precedence);
@@ -384,6 +390,19 @@ fn http_match(
         class,
         len,
     ))
+}
+
+/// An HTTPRoute match written in another object (`object`, for warnings), as the waypoint
+/// matches requests; `None` (reported) when it cannot be translated.
+pub fn request_match(out: &mut Out, object: &str, m: &HttpRouteMatch) -> Option<l7::RouteMatch> {
+    let src = Source {
+        kind: Kind::HttpRoute,
+        namespace: String::new(),
+        name: String::new(),
+        created: None,
+        object: object.to_string(),
+    };
+    http_match(out, &src, m).map(|(m, _, _)| m)
 }
 
 /// One GRPCRoute match as an HTTP match on the request path.

@@ -55,10 +55,10 @@ fn condition(kind: &str, status: bool, reason: &str, message: String) -> Gateway
     }
 }
 
-/// The status of every waypoint Gateway, by namespace and name.
-pub fn gateway_statuses(ctx: &Context<'_>) -> Vec<GatewayStatus> {
-    // (namespace, gateway) → running instances, counted in one pass over the pods.
-    let mut running: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+/// Running instances of each waypoint, by (namespace, Gateway name): pods labelled
+/// `gateway.networking.k8s.io/gateway-name`, running and not being deleted.
+pub fn running_instances(ctx: &Context<'_>) -> BTreeMap<(String, String), usize> {
+    let mut running = BTreeMap::new();
     for p in ctx.state.pods() {
         let Some(gateway) = labels::labels(&p.metadata).get(GATEWAY_NAME_LABEL) else {
             continue;
@@ -67,15 +67,29 @@ pub fn gateway_statuses(ctx: &Context<'_>) -> Vec<GatewayStatus> {
             && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-            *running.entry((ns, gateway.as_str())).or_default() += 1;
+            *running
+                .entry((ns.to_string(), gateway.to_string()))
+                .or_default() += 1;
         }
     }
+    running
+}
+
+/// The status of every waypoint Gateway, by namespace and name.
+pub fn gateway_statuses(
+    ctx: &Context<'_>,
+    running: &BTreeMap<(String, String), usize>,
+) -> Vec<GatewayStatus> {
     ctx.state
         .gateways()
         .filter(|g| g.spec.gateway_class_name == WAYPOINT_CLASS)
         .map(|g| {
-            let ns = g.metadata.namespace.as_deref().unwrap_or("default");
-            let name = g.metadata.name.as_deref().unwrap_or_default();
+            let ns = g
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = g.metadata.name.clone().unwrap_or_default();
             status(ctx, g, running.get(&(ns, name)).copied().unwrap_or(0))
         })
         .collect()

@@ -1416,3 +1416,215 @@ fn gateway_status() {
     );
     assert_eq!(bad.traffic_type, "all");
 }
+
+const RATE_LIMITS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - name: slow
+    matches: [{path: {type: PathPrefix, value: /slow}}]
+    backendRefs: [{name: reviews-v1, port: 9080}]
+  - backendRefs: [{name: reviews-v2, port: 9080}]
+---
+apiVersion: policy.ambient-rs.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: ratings, namespace: bookinfo, generation: 3}
+spec:
+  targetRefs: [{group: "", kind: Service, name: ratings}]
+  total: {requestsPerSecond: 100}
+  identity: {requestsPerSecond: 20, burst: 5}
+  overrides:
+  - requestsPerSecond: 50
+    clientRefs: [{kind: ServiceAccount, name: productpage}]
+  - requestsPerSecond: 2
+    clientRefs: [{kind: ServiceAccount, name: batch, namespace: jobs}]
+    matches: [{method: POST, path: {type: PathPrefix, value: /ratings}}]
+---
+apiVersion: policy.ambient-rs.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: slow-rule, namespace: bookinfo}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: reviews, sectionName: slow}
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: reviews, sectionName: nope}
+  total: {requestsPerSecond: 1}
+---
+apiVersion: policy.ambient-rs.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: everything, namespace: bookinfo}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  identity: {requestsPerSecond: 1000}
+---
+apiVersion: policy.ambient-rs.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: above-total, namespace: bookinfo}
+spec:
+  targetRefs: [{group: "", kind: Service, name: ratings}]
+  total: {requestsPerSecond: 10}
+  identity: {requestsPerSecond: 20}
+---
+apiVersion: policy.ambient-rs.io/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: lost, namespace: bookinfo}
+spec:
+  targetRefs: [{group: "", kind: Service, name: gone}]
+  total: {requestsPerSecond: 10}
+"#;
+
+#[test]
+fn rate_limit_policies_attach_to_services_rules_and_gateways() {
+    let idx = index(&format!("{RATE_LIMITS}---\n{WAYPOINT_DEPLOYMENT}"));
+    let ratings = service(&idx, "bookinfo", "ratings");
+    assert_eq!(
+        ratings.rate_limits.len(),
+        1,
+        "the invalid policy is not applied"
+    );
+    let rl = &ratings.rate_limits[0];
+    assert_eq!((rl.name.as_str(), rl.replicas), ("ratings", 1));
+    assert_eq!(rl.total.unwrap().requests_per_second, 100.0);
+    assert_eq!(rl.total.unwrap().burst, 0);
+    assert_eq!(rl.identity.unwrap().burst, 5);
+    assert_eq!(
+        rl.overrides[0].principals,
+        ["cluster.local/ns/bookinfo/sa/productpage"]
+    );
+    assert_eq!(
+        rl.overrides[1].principals,
+        ["cluster.local/ns/jobs/sa/batch"]
+    );
+    assert_eq!(rl.overrides[1].matches[0].method, "POST");
+    assert_eq!(
+        path(&rl.overrides[1].matches[0]),
+        Some(P::Prefix("/ratings".into()))
+    );
+
+    let reviews = port(&service(&idx, "bookinfo", "reviews"), 9080);
+    let limited: Vec<_> = reviews
+        .routes
+        .iter()
+        .map(|r| {
+            r.rate_limits
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        limited,
+        vec![vec!["slow-rule"], vec![]],
+        "only the named rule"
+    );
+
+    let Some(l7::l7_resource::Kind::Gateway(g)) = idx.l7["gateway/bookinfo/waypoint"].kind.clone()
+    else {
+        panic!()
+    };
+    assert_eq!(g.rate_limits[0].name, "everything");
+    assert_eq!(g.rate_limits[0].replicas, 1);
+
+    let status = |name: &str| idx.policies.iter().find(|p| p.name == name).unwrap();
+    let s = status("ratings");
+    assert_eq!((s.accepted, s.reason.as_str()), (true, "Accepted"));
+    assert_eq!(s.attached, ["Service bookinfo/ratings"]);
+    let s = status("slow-rule");
+    assert!(s.accepted);
+    assert!(
+        s.message
+            .contains("not found: HTTPRoute bookinfo/reviews rule nope"),
+        "{s:?}"
+    );
+    let s = status("above-total");
+    assert_eq!((s.accepted, s.reason.as_str()), (false, "Invalid"));
+    assert!(
+        s.message
+            .contains("identity.requestsPerSecond (20) is above total")
+    );
+    assert!(warned(
+        &idx,
+        "LocalRateLimitPolicy/bookinfo/above-total",
+        "not applied"
+    ));
+    let s = status("lost");
+    assert_eq!((s.accepted, s.reason.as_str()), (false, "TargetNotFound"));
+    assert!(warned(
+        &idx,
+        "LocalRateLimitPolicy/bookinfo/lost",
+        "Service bookinfo/gone does not exist"
+    ));
+}
+
+#[test]
+fn rate_limit_replicas_follow_the_running_waypoint_instances() {
+    let second = WAYPOINT_DEPLOYMENT
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("waypoint-0", "waypoint-1")
+        .replace("10.244.3.7", "10.244.3.8");
+    let idx = index(&format!(
+        "{RATE_LIMITS}---\n{WAYPOINT_DEPLOYMENT}---\n{second}"
+    ));
+    assert_eq!(
+        service(&idx, "bookinfo", "ratings").rate_limits[0].replicas,
+        2
+    );
+    let reviews = port(&service(&idx, "bookinfo", "reviews"), 9080);
+    assert_eq!(reviews.routes[0].rate_limits[0].replicas, 2);
+    // Without instances the limit still holds, as if there were one.
+    let idx = index(RATE_LIMITS);
+    assert_eq!(
+        service(&idx, "bookinfo", "ratings").rate_limits[0].replicas,
+        0
+    );
+}
+
+#[test]
+fn rate_limit_policy_errors() {
+    for (spec, why) in [
+        (
+            "targetRefs: [{kind: Service, name: ratings}]",
+            "sets no limit",
+        ),
+        (
+            "targetRefs: [{kind: Service, name: ratings}]\n  total: {requestsPerSecond: 0}",
+            "total.requestsPerSecond must be a positive number",
+        ),
+        (
+            "targetRefs: [{kind: Service, name: ratings}]\n  total: {requestsPerSecond: 5, burst: 0}",
+            "total.burst must be at least 1",
+        ),
+        (
+            "targetRefs: [{kind: Service, name: ratings}]\n  overrides: [{requestsPerSecond: 5, clientRefs: [{kind: User, name: bob}]}]",
+            "is not a ServiceAccount",
+        ),
+        (
+            "targetRefs: [{kind: Service, name: ratings}]\n  total: {requestsPerSecond: 5}\n  overrides: [{requestsPerSecond: 6}]",
+            "overrides[0].requestsPerSecond (6) is above total",
+        ),
+        (
+            "targetRefs: [{kind: Service, name: ratings}]\n  overrides: [{requestsPerSecond: 6, matches: [{path: {type: RegularExpression, value: '('}}]}]",
+            "overrides[0].matches[0] cannot be used",
+        ),
+    ] {
+        let idx = index(&format!(
+            "apiVersion: policy.ambient-rs.io/v1alpha1\nkind: LocalRateLimitPolicy\nmetadata: {{name: p, namespace: bookinfo}}\nspec:\n  {spec}\n"
+        ));
+        let s = &idx.policies[0];
+        assert_eq!(
+            (s.accepted, s.reason.as_str()),
+            (false, "Invalid"),
+            "{spec}"
+        );
+        assert!(s.message.contains(why), "{spec}: {}", s.message);
+        assert!(
+            idx.l7
+                .get("service/bookinfo/ratings.bookinfo.svc.cluster.local")
+                .is_none_or(|r| matches!(&r.kind, Some(l7::l7_resource::Kind::Service(s)) if s.rate_limits.is_empty()))
+        );
+    }
+}
