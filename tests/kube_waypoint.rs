@@ -6,7 +6,9 @@
 //! Running. The controller then writes the Gateway's status (Programmed, with the address)
 //! by server-side apply of the status subresource. The waypoint's bound token gets it its
 //! own certificate and no other; the CLI reads and writes Gateways; deleting the Gateway
-//! lets the real garbage collector remove what was deployed for it.
+//! lets the real garbage collector remove what was deployed for it. LocalRateLimitPolicies
+//! (the chart's own CRD) get their `Accepted` status written the same way, with the running
+//! waypoint instances they are shared by.
 //!
 //! This replaces the fake-API-server test of the same flow, where the test itself played
 //! the allocator, the Deployment controller and the garbage collector.
@@ -76,6 +78,32 @@ async fn condition_true(
         )
         .await?;
     Ok(found.ok_or(format!("Gateway {name} is gone"))?)
+}
+
+const RATE_LIMIT_POLICY: (&str, &str) = ("policy.ambient-rs.io/v1alpha1", "LocalRateLimitPolicy");
+
+/// The chart's own CRDs (charts/ambient-rs/crds that are ours: LocalRateLimitPolicy).
+fn own_crds() -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/ambient-rs/crds/localratelimitpolicies.policy.ambient-rs.io.yaml");
+    let text = std::fs::read_to_string(path)?;
+    Ok(ambient_controller::source::yaml::parse(&text)?
+        .into_iter()
+        .map(|d| d.value)
+        .collect())
+}
+
+/// A LocalRateLimitPolicy in `shop` on one target: 100 requests a second in all.
+fn rate_limit(name: &str, group: &str, kind: &str, target: &str) -> Value {
+    json!({
+        "apiVersion": "policy.ambient-rs.io/v1alpha1",
+        "kind": "LocalRateLimitPolicy",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "targetRefs": [{"group": group, "kind": kind, "name": target}],
+            "total": {"requestsPerSecond": 100},
+        },
+    })
 }
 
 /// The kinds the deployer makes for a waypoint, each `(apiVersion, kind)`.
@@ -158,6 +186,7 @@ fn kube_waypoint_deployed_programmed_and_collected() {
             let kube = KubeLab::start(&dir, KubeLabOptions::default()).await?;
             kube.add_node("node-a").await?;
             kube.install_upstream_crds().await?;
+            kube.install_crds(&own_crds()?).await?;
             ztunnel_accounts(&kube).await?;
             kube.apply(namespace("shop", true)).await?;
             let kubeconfig = kube.kubeconfig().display().to_string();
@@ -306,6 +335,39 @@ fn kube_waypoint_deployed_programmed_and_collected() {
                 status_manager["operation"], "Apply",
                 "status by server-side apply"
             );
+
+            // Rate-limit policies: one on the waypoint is accepted (and its status written by
+            // server-side apply), one naming a missing Service is not.
+            kube.apply(rate_limit(
+                "everything",
+                "gateway.networking.k8s.io",
+                "Gateway",
+                "waypoint",
+            ))
+            .await?;
+            kube.apply(rate_limit("lost", "", "Service", "gone"))
+                .await?;
+            for (name, status, reason) in [
+                ("everything", "True", "Accepted"),
+                ("lost", "False", "TargetNotFound"),
+            ] {
+                let p = kube
+                    .wait_for(RATE_LIMIT_POLICY, "shop", name, WAIT, |p| {
+                        p.and_then(|p| condition(p, "Accepted"))
+                            .is_some_and(|c| c.0 == status && c.1 == reason)
+                    })
+                    .await?
+                    .ok_or("policy gone")?;
+                let c = &p["status"]["conditions"][0];
+                assert_eq!(c["observedGeneration"], 1, "{p}");
+                let manager = p["metadata"]["managedFields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["subresource"] == "status")
+                    .ok_or("no status field manager")?;
+                assert_eq!(manager["manager"], "ambient-controller");
+            }
 
             // The waypoint's bound token (projected for the CA's audience) gets it its own
             // identity and no other; a token bound to another account's pod is refused.

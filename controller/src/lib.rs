@@ -18,6 +18,7 @@ pub mod index;
 pub mod model;
 pub mod monitoring;
 pub mod nodes;
+pub mod policy_status;
 pub mod push;
 pub mod server;
 pub mod source;

@@ -221,6 +221,9 @@ pub async fn run_with(
         published.clone(),
     ));
 
+    if let Some(client) = kube_client.clone() {
+        tokio::spawn(crate::policy_status::run(client, snapshot_rx.clone()));
+    }
     if let Some(client) = kube_client.filter(|_| waypoints.enabled) {
         let deployer = crate::deployer::DeployerConfig {
             trust_domain: config.index.trust_domain.clone(),

@@ -5,7 +5,7 @@
 //!
 //! | object | why |
 //! |---|---|
-//! | CRDs `authorizationpolicies` / `peerauthentications.security.istio.io`, `gateways.gateway.networking.k8s.io` | kinds the controller watches that a bare cluster lacks |
+//! | CRDs `authorizationpolicies` / `peerauthentications.security.istio.io`, `gateways.gateway.networking.k8s.io`, `localratelimitpolicies.policy.ambient-rs.io` | kinds the controller watches that a bare cluster lacks |
 //! | Namespace (default `istio-system`) | home of the control plane and the node tunnels |
 //! | ServiceAccounts `ambient-controller`, `ztunnel` + ClusterRoles / ClusterRoleBindings | least-privilege RBAC |
 //! | Secret `cacerts` | the mesh CA (Istio's plug-in CA Secret name and file names) |
@@ -427,33 +427,41 @@ pub fn render(opts: &InstallArgs) -> anyhow::Result<Vec<Value>> {
 /// Every object `install` applies, in apply order, with the given CA.
 pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
     let ns = opts.namespace.as_str();
-    let mut out = Vec::new();
-
     // Istio's own kinds, which only an Istio installation would have brought. The Gateway
     // API CRDs are normally installed from the upstream bundle
     // (kubernetes-sigs/gateway-api standard-install.yaml); a minimal Gateway CRD is included
     // so that a bare cluster works, and an existing one is never replaced when applying.
-    out.push(crd(
-        "security.istio.io",
-        "AuthorizationPolicy",
-        "authorizationpolicies",
-        "v1",
-        &["ap"],
-    ));
-    out.push(crd(
-        "security.istio.io",
-        "PeerAuthentication",
-        "peerauthentications",
-        "v1",
-        &["pa"],
-    ));
-    out.push(crd(
-        "gateway.networking.k8s.io",
-        "Gateway",
-        "gateways",
-        "v1",
-        &["gtw"],
-    ));
+    // Then ambient-rs's own policy kind.
+    let mut out = vec![
+        crd(
+            "security.istio.io",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+            "v1",
+            &["ap"],
+        ),
+        crd(
+            "security.istio.io",
+            "PeerAuthentication",
+            "peerauthentications",
+            "v1",
+            &["pa"],
+        ),
+        crd(
+            "gateway.networking.k8s.io",
+            "Gateway",
+            "gateways",
+            "v1",
+            &["gtw"],
+        ),
+        crd(
+            "policy.ambient-rs.io",
+            "LocalRateLimitPolicy",
+            "localratelimitpolicies",
+            "v1alpha1",
+            &["lrl"],
+        ),
+    ];
 
     let mut ns_meta = meta(ns, None, "ambient-rs");
     ns_meta.labels.get_or_insert_default().remove("app");
@@ -502,6 +510,12 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
                 "networking.istio.io",
                 &["virtualservices", "destinationrules"],
                 READ,
+            ),
+            rule("policy.ambient-rs.io", &["localratelimitpolicies"], READ),
+            rule(
+                "policy.ambient-rs.io",
+                &["localratelimitpolicies/status"],
+                &["update", "patch"],
             ),
             // Authenticating ztunnels and waypoints by their service account tokens.
             rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
