@@ -82,15 +82,25 @@ async fn condition_true(
 
 const RATE_LIMIT_POLICY: (&str, &str) = ("policy.ambient-rs.io/v1alpha1", "LocalRateLimitPolicy");
 
-/// The chart's own CRDs (charts/ambient-rs/crds that are ours: LocalRateLimitPolicy).
+/// The chart's own CRDs (charts/ambient-rs/crds that are ours: LocalRateLimitPolicy,
+/// Rollout).
 fn own_crds() -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/ambient-rs/crds/localratelimitpolicies.policy.ambient-rs.io.yaml");
-    let text = std::fs::read_to_string(path)?;
-    Ok(ambient_controller::source::yaml::parse(&text)?
-        .into_iter()
-        .map(|d| d.value)
-        .collect())
+    let mut out = Vec::new();
+    for file in [
+        "localratelimitpolicies.policy.ambient-rs.io.yaml",
+        "rollouts.rollouts.ambient-rs.io.yaml",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/ambient-rs/crds")
+            .join(file);
+        let text = std::fs::read_to_string(path)?;
+        out.extend(
+            ambient_controller::source::yaml::parse(&text)?
+                .into_iter()
+                .map(|d| d.value),
+        );
+    }
+    Ok(out)
 }
 
 /// A LocalRateLimitPolicy in `shop` on one target: 100 requests a second in all.
@@ -368,6 +378,41 @@ fn kube_waypoint_deployed_programmed_and_collected() {
                     .ok_or("no status field manager")?;
                 assert_eq!(manager["manager"], "ambient-controller");
             }
+
+            // A Rollout whose route does not exist: the engine's verdict is its status.
+            kube.apply(json!({
+                "apiVersion": "rollouts.ambient-rs.io/v1alpha1",
+                "kind": "Rollout",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {
+                    "routeRef": {"name": "web"},
+                    "stable": {"name": "waypoint"},
+                    "canary": {"name": "gone"},
+                    "steps": [{"weight": 10, "pause": "10s"}],
+                },
+            }))
+            .await?;
+            let r = kube
+                .wait_for(
+                    ("rollouts.ambient-rs.io/v1alpha1", "Rollout"),
+                    "shop",
+                    "web",
+                    WAIT,
+                    |r| r.is_some_and(|r| r["status"]["phase"] == "Invalid"),
+                )
+                .await?
+                .ok_or("rollout gone")?;
+            assert!(
+                r["status"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("canary: Service shop/gone does not exist"),
+                "{r}"
+            );
+            assert_eq!(
+                condition(&r, "Succeeded"),
+                Some(("False".into(), "Invalid".into()))
+            );
 
             // The waypoint's bound token (projected for the CA's audience) gets it its own
             // identity and no other; a token bound to another account's pod is refused.

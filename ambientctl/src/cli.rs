@@ -104,6 +104,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cmd::waypoint::WaypointCommand,
     },
+    /// Canary rollouts: status, promote, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: crate::cmd::rollout::RolloutCommand,
+    },
     /// A local web page with the live service graph: requests/s or bytes/s, errors, p99
     /// and mTLS per edge, golden signals per workload, certificate expiry.
     Dashboard(crate::cmd::dashboard::DashboardArgs),

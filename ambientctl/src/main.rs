@@ -74,6 +74,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Waypoint { command } => ambientctl::cmd::waypoint::run(command),
+        Command::Rollout { command } => ambientctl::cmd::rollout::run(command),
         Command::Dashboard(args) => ambientctl::cmd::dashboard::run(args),
         Command::PrometheusConfig(args) => {
             ambientctl::cmd::prometheus::run(args)?;

@@ -20,6 +20,7 @@ pub mod monitoring;
 pub mod nodes;
 pub mod policy_status;
 pub mod push;
+pub mod rollout;
 pub mod server;
 pub mod source;
 pub mod xds;

@@ -3,7 +3,9 @@
 //! `/debug/diagnostics` (manifest problems and index warnings) and `/debug/gateways` (each
 //! waypoint Gateway: `namespace`, `name`, `class`, `trafficType`, `address` (string or null),
 //! `programmed`, `reason`, `message`) and `/debug/policies` (each LocalRateLimitPolicy: `kind`,
-//! `namespace`, `name`, `accepted`, `reason`, `message`, `attached`).
+//! `namespace`, `name`, `accepted`, `reason`, `message`, `attached`) and `/debug/rollouts` (each
+//! Rollout as the rollout engine judges it: phase, step, canary weight, last analysis,
+//! events).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +60,7 @@ fn route<B>(req: &Request<B>, m: &Monitoring) -> Response<Body> {
             Some(snapshot) => json(snapshot.gateways.as_ref()),
             None => json(&Vec::<()>::new()),
         },
+        "/debug/rollouts" => json(&*m.published.rollouts.lock().expect("poisoned")),
         "/debug/policies" => match m.registry.served() {
             Some(snapshot) => json(snapshot.policies.as_ref()),
             None => json(&Vec::<()>::new()),

@@ -41,6 +41,8 @@ pub struct Published {
     pub warnings: Mutex<Vec<Warning>>,
     /// Called with every node that has enrolled pods (for issuing node tokens).
     pub on_nodes: Mutex<Option<NodesCallback>>,
+    /// Every Rollout's status, as the rollout engine last judged it.
+    pub rollouts: Mutex<Vec<crate::rollout::engine::RolloutStatus>>,
 }
 
 /// Runs until the sources' channel closes. Nothing is published until every kind has been

@@ -148,6 +148,9 @@ pub async fn run_with(
     let published = Arc::new(Published::default());
     let diagnostics: Arc<Mutex<Vec<Diagnostic>>> = Arc::default();
     let (changes_tx, changes_rx) = mpsc::channel(1024);
+    // The rollout engine sends its canary weights through the same channel.
+    let rollout_changes = changes_tx.clone();
+    let health = Arc::new(crate::rollout::health::HealthStore::default());
     // The Kubernetes client, in Kubernetes mode.
     let mut kube_client = None;
 
@@ -221,8 +224,18 @@ pub async fn run_with(
         published.clone(),
     ));
 
+    tokio::spawn(crate::rollout::engine::run(
+        snapshot_rx.clone(),
+        health.clone(),
+        rollout_changes,
+        published.clone(),
+    ));
     if let Some(client) = kube_client.clone() {
-        tokio::spawn(crate::policy_status::run(client, snapshot_rx.clone()));
+        tokio::spawn(crate::policy_status::run(
+            client.clone(),
+            snapshot_rx.clone(),
+        ));
+        tokio::spawn(crate::rollout::status::run(client, published.clone()));
     }
     if let Some(client) = kube_client.filter(|_| waypoints.enabled) {
         let deployer = crate::deployer::DeployerConfig {
@@ -290,11 +303,15 @@ pub async fn run_with(
     info!(grpc = %config.grpc_addr, monitoring = %config.monitoring_addr, "controller serving");
     let ca_service = CaService::new(ca, auth.clone(), Arc::new(NodeDirectoryOf(published)))
         .with_ztunnel_accounts(ztunnel_accounts);
+    let health_service = crate::rollout::service::HealthService::new(health, auth.clone());
     let ads = AdsService::new(snapshot_rx, auth, registry);
     Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(IstioCertificateServiceServer::new(ca_service))
+        .add_service(crate::rollout::service::BackendHealthServer::new(
+            health_service,
+        ))
         .add_service(
             AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024),
         )

@@ -43,6 +43,11 @@ pub mod ambient {
             include!(concat!(env!("OUT_DIR"), "/ambient.waypoint.v1.rs"));
         }
     }
+    pub mod rollout {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ambient.rollout.v1.rs"));
+        }
+    }
 }
 
 /// Generated from `proto/envoy/**`.

@@ -88,6 +88,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     let bundle = TrustBundle::from_pem(args.trust_domain.clone(), &roots)?;
+    tokio::spawn(crate::health::report_forever(
+        control_plane.clone(),
+        format!("{gw_ns}/{pod_name}@{}", args.instance_ip),
+        format!("{gw_ns}/{gw_name}"),
+        Duration::from_secs(1),
+    ));
     let ca = CaClient::new(control_plane, args.control_plane.workload_cert_ttl())?;
     let certs = Arc::new(CertificateManager::new(Arc::new(ca), Backoff::default()));
     let server = ambient_proto::tls::server_config(certs.slot(&identity), &bundle)?;

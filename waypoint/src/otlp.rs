@@ -260,6 +260,7 @@ mod tests {
             authority: "reviews:9080".into(),
             protocol: "http",
             route: "shop.reviews.0".into(),
+            backend: None,
             upstream: Some(crate::upstream::Endpoint {
                 workload: reviews,
                 addr: "10.244.1.7:9080".parse().unwrap(),

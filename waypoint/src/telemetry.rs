@@ -141,6 +141,8 @@ pub struct RequestLog {
     pub authority: String,
     pub protocol: &'static str,
     pub route: String,
+    /// The backend service the route chose (`namespace/hostname`), for backend health.
+    pub backend: Option<Arc<str>>,
     pub upstream: Option<Endpoint>,
     pub status: u16,
     pub grpc_status: Option<String>,
@@ -190,6 +192,7 @@ impl RequestLog {
             authority,
             protocol: if is_grpc { "grpc" } else { "http" },
             route: String::new(),
+            backend: None,
             upstream: None,
             status: 0,
             grpc_status: None,
@@ -210,6 +213,9 @@ impl RequestLog {
             exporter.record_request(self);
         }
         let elapsed = self.started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(backend) = &self.backend {
+            crate::health::record(backend, self.status, elapsed);
+        }
         let handles = self.handles();
         handles.requests.increment(1);
         handles.duration.record(elapsed);

@@ -5,7 +5,7 @@
 //!
 //! | object | why |
 //! |---|---|
-//! | CRDs `authorizationpolicies` / `peerauthentications.security.istio.io`, `gateways.gateway.networking.k8s.io`, `localratelimitpolicies.policy.ambient-rs.io` | kinds the controller watches that a bare cluster lacks |
+//! | CRDs `authorizationpolicies` / `peerauthentications.security.istio.io`, `gateways.gateway.networking.k8s.io`, `localratelimitpolicies.policy.ambient-rs.io`, `rollouts.rollouts.ambient-rs.io` | kinds the controller watches that a bare cluster lacks |
 //! | Namespace (default `istio-system`) | home of the control plane and the node tunnels |
 //! | ServiceAccounts `ambient-controller`, `ztunnel` + ClusterRoles / ClusterRoleBindings | least-privilege RBAC |
 //! | Secret `cacerts` | the mesh CA (Istio's plug-in CA Secret name and file names) |
@@ -431,7 +431,7 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
     // API CRDs are normally installed from the upstream bundle
     // (kubernetes-sigs/gateway-api standard-install.yaml); a minimal Gateway CRD is included
     // so that a bare cluster works, and an existing one is never replaced when applying.
-    // Then ambient-rs's own policy kind.
+    // Then ambient-rs's own kinds.
     let mut out = vec![
         crd(
             "security.istio.io",
@@ -460,6 +460,13 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
             "localratelimitpolicies",
             "v1alpha1",
             &["lrl"],
+        ),
+        crd(
+            "rollouts.ambient-rs.io",
+            "Rollout",
+            "rollouts",
+            "v1alpha1",
+            &["ro"],
         ),
     ];
 
@@ -515,6 +522,12 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
             rule(
                 "policy.ambient-rs.io",
                 &["localratelimitpolicies/status"],
+                &["update", "patch"],
+            ),
+            rule("rollouts.ambient-rs.io", &["rollouts"], READ),
+            rule(
+                "rollouts.ambient-rs.io",
+                &["rollouts/status"],
                 &["update", "patch"],
             ),
             // Authenticating ztunnels and waypoints by their service account tokens.

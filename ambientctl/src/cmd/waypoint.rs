@@ -280,15 +280,15 @@ fn render_status(g: &GatewayView) -> String {
     )
 }
 
-/// Where the waypoint commands act.
-enum Backend {
+/// Where the waypoint (and rollout) commands act.
+pub(crate) enum Backend {
     Local(Home),
     Kube(Box<kube::Config>),
     /// Neither: why (shown to the user).
     None(String),
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -296,7 +296,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `--kubeconfig` → that cluster; else the running local mesh; else the kubeconfig's
 /// cluster.
-fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
+pub(crate) fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
     let mut kubeconfig = cluster.kubeconfig.clone();
     if kubeconfig.is_none() {
         let home = Home::locate();
@@ -320,7 +320,7 @@ fn backend(cluster: &ClusterArgs) -> anyhow::Result<Backend> {
     )
 }
 
-fn no_backend(why: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn no_backend(why: &str) -> anyhow::Result<ExitCode> {
     eprintln!("ambientctl: {why}");
     Ok(ExitCode::FAILURE)
 }

@@ -14,6 +14,7 @@
 pub mod destination_rule;
 pub mod policy;
 pub mod ratelimit;
+pub mod rollout;
 pub mod routes;
 pub mod status;
 pub mod virtual_service;
@@ -264,7 +265,8 @@ pub fn tcp_ports(svc: &Service) -> Vec<&ServicePort> {
         .collect()
 }
 
-/// Computes every L7 resource, and the status of every LocalRateLimitPolicy. `instances`:
+/// Computes every L7 resource, the status of every LocalRateLimitPolicy and every Rollout as
+/// the rollout engine sees it. `instances`:
 /// running instances of each waypoint (see [`status::running_instances`]).
 pub fn build(
     ctx: &Context<'_>,
@@ -273,6 +275,7 @@ pub fn build(
 ) -> (
     BTreeMap<String, l7::L7Resource>,
     Vec<ratelimit::PolicyStatus>,
+    Vec<rollout::RolloutView>,
 ) {
     let mut out = Out::default();
     let mut gateways: BTreeMap<ServiceKey, l7::GatewayConfig> = BTreeMap::new();
@@ -304,6 +307,8 @@ pub fn build(
     let service_policies = policy::attach(ctx, &mut out, &mut gateways);
     let (limits, policy_statuses) = ratelimit::attach(ctx, &mut out, &mut gateways, instances);
     let mut gateway_routes = routes::collect(ctx, &mut out);
+    let rollouts = rollout::views(ctx, &mut out);
+    rollout::apply_weights(ctx, &rollouts, &mut gateway_routes);
     let vs_rules = virtual_service::collect(ctx, &mut out);
     let traffic = destination_rule::collect(ctx, &mut out);
 
@@ -381,7 +386,7 @@ pub fn build(
         );
     }
     warnings.extend(out.warnings);
-    (resources, policy_statuses)
+    (resources, policy_statuses, rollouts)
 }
 
 /// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it.

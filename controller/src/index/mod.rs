@@ -89,6 +89,8 @@ pub struct Index {
     pub gateways: Vec<l7::status::GatewayStatus>,
     /// Status of every LocalRateLimitPolicy.
     pub policies: Vec<l7::ratelimit::PolicyStatus>,
+    /// Every Rollout, for the rollout engine.
+    pub rollouts: Vec<l7::rollout::RolloutView>,
     pub warnings: Vec<Warning>,
 }
 
@@ -336,7 +338,7 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
         }
     }
     let instances = l7::status::running_instances(&ctx);
-    (index.l7, index.policies) = l7::build(&ctx, &instances, &mut warnings);
+    (index.l7, index.policies, index.rollouts) = l7::build(&ctx, &instances, &mut warnings);
     index.gateways = l7::gateway_statuses(&ctx, &instances);
     warnings.sort();
     warnings.dedup();

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod istio;
 pub mod networking;
 pub mod policy;
+pub mod rollout;
 pub mod route;
 
 use std::borrow::Cow;
@@ -22,6 +23,7 @@ pub use gateway::Gateway;
 pub use istio::{AuthorizationPolicy, PeerAuthentication};
 pub use networking::{DestinationRule, VirtualService};
 pub use policy::LocalRateLimitPolicy;
+pub use rollout::Rollout;
 pub use route::{GrpcRoute, HttpRoute};
 
 /// The kinds the controller reads.
@@ -41,10 +43,11 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     LocalRateLimitPolicy,
+    Rollout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -58,6 +61,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::LocalRateLimitPolicy,
+        Kind::Rollout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
+            Kind::Rollout => "Rollout",
         }
     }
 
@@ -101,6 +106,7 @@ impl Kind {
             (policy::GROUP, "LocalRateLimitPolicy") if version == policy::VERSION => {
                 Some(Kind::LocalRateLimitPolicy)
             }
+            (rollout::GROUP, "Rollout") if version == rollout::VERSION => Some(Kind::Rollout),
             ("", "Namespace") => Some(Kind::Namespace),
             ("", "Node") => Some(Kind::Node),
             ("", "Pod") => Some(Kind::Pod),
@@ -157,6 +163,7 @@ pub enum Object {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     LocalRateLimitPolicy(LocalRateLimitPolicy),
+    Rollout(Rollout),
 }
 
 impl Object {
@@ -188,6 +195,7 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
+            Object::Rollout(_) => Kind::Rollout,
         }
     }
 
@@ -206,6 +214,7 @@ impl Object {
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::LocalRateLimitPolicy(o) => &o.metadata,
+            Object::Rollout(o) => &o.metadata,
         }
     }
 
@@ -224,6 +233,7 @@ impl Object {
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
             Object::LocalRateLimitPolicy(o) => &mut o.metadata,
+            Object::Rollout(o) => &mut o.metadata,
         }
     }
 
@@ -255,12 +265,16 @@ pub enum Change {
         kinds: Vec<Kind>,
         objects: Vec<Object>,
     },
+    /// The rollout engine's canary weights, by Rollout (namespace, name): all of them.
+    RolloutWeights(BTreeMap<(String, String), u32>),
 }
 
 /// Every object currently known, by key.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     objects: BTreeMap<ObjectKey, Object>,
+    /// Not an object: what the rollout engine decided (see [`Change::RolloutWeights`]).
+    rollout_weights: BTreeMap<(String, String), u32>,
 }
 
 impl ClusterState {
@@ -291,6 +305,11 @@ impl ClusterState {
                 let changed = next.len() != self.objects.len()
                     || next.iter().any(|(k, v)| self.objects.get(k) != Some(v));
                 self.objects = next;
+                changed
+            }
+            Change::RolloutWeights(weights) => {
+                let changed = weights != self.rollout_weights;
+                self.rollout_weights = weights;
                 changed
             }
         }
@@ -422,6 +441,18 @@ impl ClusterState {
         })
     }
 
+    pub fn rollouts(&self) -> impl Iterator<Item = &Rollout> {
+        self.of_kind(Kind::Rollout).filter_map(|o| match o {
+            Object::Rollout(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The canary weight the rollout engine decided for each Rollout, by (namespace, name).
+    pub fn rollout_weights(&self) -> &BTreeMap<(String, String), u32> {
+        &self.rollout_weights
+    }
+
     pub fn local_rate_limit_policies(&self) -> impl Iterator<Item = &LocalRateLimitPolicy> {
         self.of_kind(Kind::LocalRateLimitPolicy)
             .filter_map(|o| match o {
@@ -515,4 +546,11 @@ namespaced_resource!(
     "policy.ambient-rs.io",
     "v1alpha1",
     "localratelimitpolicies"
+);
+namespaced_resource!(
+    Rollout,
+    "Rollout",
+    "rollouts.ambient-rs.io",
+    "v1alpha1",
+    "rollouts"
 );

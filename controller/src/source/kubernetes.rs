@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
-    LocalRateLimitPolicy, Object, PeerAuthentication, VirtualService,
+    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes.
@@ -94,11 +94,12 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             tx.clone(),
         )),
         tokio::spawn(watch::<LocalRateLimitPolicy>(
-            client,
+            client.clone(),
             Kind::LocalRateLimitPolicy,
             Object::LocalRateLimitPolicy,
-            tx,
+            tx.clone(),
         )),
+        tokio::spawn(watch::<Rollout>(client, Kind::Rollout, Object::Rollout, tx)),
     ];
     futures::future::join_all(tasks).await;
 }

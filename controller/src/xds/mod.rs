@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::index::Index;
 use crate::index::l7::ratelimit::PolicyStatus;
+use crate::index::l7::rollout::RolloutView;
 use crate::index::l7::status::GatewayStatus;
 
 /// The resource types served. A client is sent only the types it subscribes to: ztunnel
@@ -41,6 +42,8 @@ pub struct Snapshot {
     pub gateways_changed: bool,
     /// The LocalRateLimitPolicies' status (monitoring port only).
     pub policies: Arc<Vec<PolicyStatus>>,
+    /// The Rollouts, for the rollout engine (not sent over xDS).
+    pub rollouts: Arc<Vec<RolloutView>>,
 }
 
 /// A stable 64-bit FNV-1a hash: versions must survive controller restarts, so a
@@ -130,6 +133,12 @@ impl Snapshot {
         } else {
             previous.gateways.clone()
         };
+        let rollouts_changed = *previous.rollouts != index.rollouts;
+        let rollouts = if rollouts_changed {
+            Arc::new(index.rollouts.clone())
+        } else {
+            previous.rollouts.clone()
+        };
         let policies_changed = *previous.policies != index.policies;
         let policies = if policies_changed {
             Arc::new(index.policies.clone())
@@ -141,8 +150,9 @@ impl Snapshot {
             sets,
             changed,
             gateways,
-            gateways_changed: gateways_changed || policies_changed,
+            gateways_changed: gateways_changed || policies_changed || rollouts_changed,
             policies,
+            rollouts,
         }
     }
 

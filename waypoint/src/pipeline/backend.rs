@@ -44,6 +44,7 @@ pub async fn choose<'r, B: InboundBody, U: Upstream>(
         .backends
         .choose(&mut rand::rng())
         .ok_or(Local::NO_BACKEND)?;
+    x.log.backend = Some(backend.target.service.clone());
     backend
         .filters
         .apply_request(&mut x.parts, routed.capture)
