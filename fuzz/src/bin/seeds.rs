@@ -368,6 +368,30 @@ fn handmade_config() -> pb::ServiceConfig {
                             grpc_status: 0,
                         }),
                     }),
+                    rate_limits: vec![pb::RateLimit {
+                        namespace: "shop".into(),
+                        name: "api-limit".into(),
+                        total: Some(pb::RateLimitRate {
+                            requests_per_second: 100.0,
+                            burst: 10,
+                        }),
+                        identity: Some(pb::RateLimitRate {
+                            requests_per_second: 20.0,
+                            burst: 0,
+                        }),
+                        overrides: vec![pb::RateLimitOverride {
+                            rate: Some(pb::RateLimitRate {
+                                requests_per_second: 50.0,
+                                burst: 5,
+                            }),
+                            principals: vec!["cluster.local/ns/shop/sa/vip*".into()],
+                            matches: vec![pb::RouteMatch {
+                                method: "POST".into(),
+                                ..Default::default()
+                            }],
+                        }],
+                        replicas: 2,
+                    }],
                 },
                 pb::Route {
                     name: "broken".into(),
@@ -409,6 +433,7 @@ fn handmade_config() -> pb::ServiceConfig {
             }],
             match_all: false,
         }],
+        rate_limits: vec![],
     }
 }
 
