@@ -11,25 +11,11 @@ mod ctl;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ctl::{Ctl, EXE, ensure_demo_app, workspace};
-use e2e::copy_dir;
+use ctl::{Ctl, EXE, metric_sum as sum};
 use serde_json::Value;
 
-/// `demo-app get URL --summary ...` from pod `pod`; the summary's JSON.
 fn summary(ctl: &Ctl, pod: &str, url: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "exec",
-        "-n",
-        "shop",
-        pod,
-        "--",
-        "demo-app",
-        "get",
-        url,
-        "--summary",
-    ];
-    args.extend_from_slice(extra);
-    parse_summary(&ctl.ok(&args))
+    ctl.get_summary("shop", pod, url, extra)
 }
 
 fn parse_summary(out: &str) -> Value {
@@ -41,37 +27,14 @@ fn status(v: &Value, code: &str) -> u64 {
     v["status"][code].as_u64().unwrap_or(0)
 }
 
-/// The waypoint's `/metrics`, through the control socket.
 fn waypoint_metrics(ctl: &Ctl) -> String {
-    let workloads = ctl.json(&["ztunnel-config", "workloads", "-o", "json"]);
-    let name = workloads
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|w| w["name"].as_str())
-        .find(|n| n.starts_with("waypoint"))
-        .expect("a waypoint pod")
-        .to_string();
-    let (code, body) = ctl.control_get(&format!("/pod/shop/{name}/15020/metrics"));
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
-fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
-    let samples = proxy_core::exposition::parse(metrics).expect("Prometheus text");
-    proxy_core::exposition::sum(&samples, family, want) as u64
+    ctl.waypoint_metrics("shop")
 }
 
 #[test]
 fn local_rate_limits_at_the_waypoint() {
-    ensure_demo_app();
     let scratch = tempfile::tempdir().unwrap();
-    let ctl = Ctl {
-        home: scratch.path().join("home"),
-    };
-    let dir = scratch.path().join("shop");
-    copy_dir(&workspace().join("tests/fixtures/ratelimit-e2e"), &dir);
-    ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
+    let (ctl, _) = Ctl::up_fixture(scratch.path(), "ratelimit-e2e");
 
     // Ready once a request through the waypoint is answered.
     ctl.until(

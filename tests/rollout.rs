@@ -11,8 +11,7 @@ mod ctl;
 
 use std::time::{Duration, Instant};
 
-use ctl::{Ctl, ensure_demo_app, workspace};
-use e2e::copy_dir;
+use ctl::{Ctl, metric_sum};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -77,35 +76,17 @@ fn until_only(ctl: &Ctl, url: &str, version: &str) {
 
 /// Requests the waypoint sent to version `version` of app `app`.
 fn served(ctl: &Ctl, app: &str, version: &str) -> u64 {
-    let workloads = ctl.json(&["ztunnel-config", "workloads", "-o", "json"]);
-    let waypoint = workloads
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|w| w["name"].as_str())
-        .find(|n| n.starts_with("waypoint"))
-        .expect("a waypoint pod")
-        .to_string();
-    let (code, metrics) = ctl.control_get(&format!("/pod/shop/{waypoint}/15020/metrics"));
-    assert_eq!(code, 200);
-    let samples = proxy_core::exposition::parse(&metrics).expect("Prometheus text");
-    proxy_core::exposition::sum(
-        &samples,
+    metric_sum(
+        &ctl.waypoint_metrics("shop"),
         "istio_requests_total",
         &[("destination_app", app), ("destination_version", version)],
-    ) as u64
+    )
 }
 
 #[test]
 fn canaries_rolled_back_and_promoted_by_the_waypoints_measurements() {
-    ensure_demo_app();
     let scratch = tempfile::tempdir().unwrap();
-    let ctl = Ctl {
-        home: scratch.path().join("home"),
-    };
-    let dir = scratch.path().join("shop");
-    copy_dir(&workspace().join("tests/fixtures/rollout-e2e"), &dir);
-    ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
+    let (ctl, _) = Ctl::up_fixture(scratch.path(), "rollout-e2e");
     for url in ["http://web-a/", "http://web-b/"] {
         ctl.until(
             &[

@@ -13,27 +13,12 @@ mod ctl;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ctl::{Ctl, EXE, ensure_demo_app, workspace};
-use e2e::copy_dir;
+use ctl::{Ctl, EXE, metric_sum as sum};
 use serde_json::Value;
 
 /// `demo-app get URL --summary ...` from the `client` pod; the summary's JSON.
 fn summary(ctl: &Ctl, url: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "exec",
-        "-n",
-        "shop",
-        "client",
-        "--",
-        "demo-app",
-        "get",
-        url,
-        "--summary",
-    ];
-    args.extend_from_slice(extra);
-    let out = ctl.ok(&args);
-    let line = out.lines().last().expect("a summary line");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+    ctl.get_summary("shop", "client", url, extra)
 }
 
 fn count(v: &Value, field: &str, key: &str) -> u64 {
@@ -94,12 +79,6 @@ fn node_ips(ctl: &Ctl) -> Vec<String> {
         .collect()
 }
 
-/// Sum of the samples of `family` whose labels include every `want` pair.
-fn sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
-    let samples = proxy_core::exposition::parse(metrics).expect("Prometheus text");
-    proxy_core::exposition::sum(&samples, family, want) as u64
-}
-
 /// Istio's standard labels, every one of which a dashboard may group by.
 const STANDARD_LABELS: &[&str] = &[
     "reporter",
@@ -125,14 +104,8 @@ const STANDARD_LABELS: &[&str] = &[
 
 #[test]
 fn l7_features_through_the_waypoint() {
-    ensure_demo_app();
     let scratch = tempfile::tempdir().unwrap();
-    let ctl = Ctl {
-        home: scratch.path().join("home"),
-    };
-    let dir = scratch.path().join("shop");
-    copy_dir(&workspace().join("tests/fixtures/waypoint-e2e"), &dir);
-    ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
+    let (ctl, dir) = Ctl::up_fixture(scratch.path(), "waypoint-e2e");
 
     // Ready once a request through the waypoint is answered by an endpoint.
     ctl.until(

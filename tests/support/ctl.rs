@@ -40,6 +40,59 @@ impl Ctl {
         }
     }
 
+    /// A two-node mesh brought up (`up --detach`) on a copy of tests/fixtures/`fixture`, in
+    /// `scratch`; the copy's path (tests edit it to change the mesh).
+    pub fn up_fixture(scratch: &Path, fixture: &str) -> (Ctl, PathBuf) {
+        ensure_demo_app();
+        let ctl = Ctl::new(scratch);
+        let dir = scratch.join("mesh");
+        e2e::copy_dir(&workspace().join("tests/fixtures").join(fixture), &dir);
+        ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
+        (ctl, dir)
+    }
+
+    /// `demo-app get URL --summary EXTRA...` run in pod `namespace/pod`: the summary's JSON.
+    pub fn get_summary(
+        &self,
+        namespace: &str,
+        pod: &str,
+        url: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mut args = vec![
+            "exec",
+            "-n",
+            namespace,
+            pod,
+            "--",
+            "demo-app",
+            "get",
+            url,
+            "--summary",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let line = out.lines().last().expect("a summary line");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+    }
+
+    /// `/metrics` of the (first) waypoint pod of `namespace`, through the control socket.
+    pub fn waypoint_metrics(&self, namespace: &str) -> String {
+        let workloads = self.json(&["ztunnel-config", "workloads", "-o", "json"]);
+        let name = workloads
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["namespace"] == namespace)
+            .filter_map(|w| w["name"].as_str())
+            .find(|n| n.starts_with("waypoint"))
+            .expect("a waypoint pod")
+            .to_string();
+        let (code, body) = self.control_get(&format!("/pod/{namespace}/{name}/15020/metrics"));
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
     /// ambientctl on this home, kept away from any real cluster the machine knows.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(EXE);
@@ -134,4 +187,11 @@ impl Drop for Ctl {
                 .output();
         }
     }
+}
+
+/// Sum of the samples of `family` in Prometheus text `metrics` whose labels include every
+/// `want` pair.
+pub fn metric_sum(metrics: &str, family: &str, want: &[(&str, &str)]) -> u64 {
+    let samples = proxy_core::exposition::parse(metrics).expect("Prometheus text");
+    proxy_core::exposition::sum(&samples, family, want) as u64
 }

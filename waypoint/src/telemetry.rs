@@ -72,7 +72,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(HBONE_REJECTED, "HBONE peers refused, by reason");
     metrics::describe_counter!(
-        crate::pipeline::limit::RATE_LIMITED,
+        crate::l7::ratelimit::RATE_LIMITED,
         "Requests refused by a LocalRateLimitPolicy, by policy and bucket"
     );
 }

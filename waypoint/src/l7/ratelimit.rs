@@ -156,7 +156,13 @@ pub struct RateLimiter {
     identity: Option<Rate>,
     overrides: Vec<Override>,
     clients: papaya::HashMap<ClientKey, AtomicU64>,
+    /// `ambient_rate_limited_total` of this policy, by bucket (total, identity, override),
+    /// registered once: a flood of refused requests must not allocate label sets.
+    refused: [metrics::Counter; 3],
 }
+
+/// Requests refused by a LocalRateLimitPolicy, by policy and bucket.
+pub const RATE_LIMITED: &str = "ambient_rate_limited_total";
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,9 +214,14 @@ impl RateLimiter {
                 }
             })
             .collect();
+        let name: Box<str> = format!("{}/{}", spec.namespace, spec.name).into();
+        let refused = [Bucket::Total, Bucket::Identity, Bucket::Override(0)].map(|b| {
+            metrics::counter!(RATE_LIMITED, "policy" => name.to_string(), "bucket" => b.as_str())
+        });
         RateLimiter {
             spec: spec.clone(),
-            name: format!("{}/{}", spec.namespace, spec.name).into(),
+            name,
+            refused,
             epoch: Instant::now(),
             total: spec
                 .total
@@ -225,6 +236,16 @@ impl RateLimiter {
     /// `namespace/name` of the policy.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Counts a request `bucket` refused.
+    pub fn count_refused(&self, bucket: Bucket) {
+        let i = match bucket {
+            Bucket::Total => 0,
+            Bucket::Identity => 1,
+            Bucket::Override(_) => 2,
+        };
+        self.refused[i].increment(1);
     }
 
     /// Whether this limiter was built from `spec` (then a rebuild keeps it, buckets and all).

@@ -14,8 +14,6 @@ use crate::l7::ratelimit::Limited;
 use crate::l7::route::Route;
 use crate::upstream::Body;
 
-pub const RATE_LIMITED: &str = "ambient_rate_limited_total";
-
 /// Response flag of a rate-limited request (Envoy's).
 pub const FLAG: &str = "RL";
 
@@ -40,12 +38,7 @@ pub fn check<B>(x: &mut Exchange<'_, B>, route: Option<&Route>) -> Result<(), An
     let now = Instant::now();
     for limiter in limiters {
         if let Err(limited) = limiter.check(&x.downstream.identity, &x.parts, now) {
-            metrics::counter!(
-                RATE_LIMITED,
-                "policy" => limiter.name().to_string(),
-                "bucket" => limited.bucket.as_str(),
-            )
-            .increment(1);
+            limiter.count_refused(limited.bucket);
             x.log.flags = FLAG;
             x.log.rate_limit = Some(format!("{}:{}", limiter.name(), limited.bucket.as_str()));
             return Err(Answer::Response(too_many_requests(&limited)));
