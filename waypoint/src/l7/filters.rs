@@ -411,6 +411,23 @@ fn request_host(req: &http::request::Parts) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Appends `s`, percent-encoding every byte above 0x7F (ASCII passes unchanged).
+fn push_escaped(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for &b in c.encode_utf8(&mut buf).as_bytes() {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xF)] as char);
+            }
+        }
+    }
+}
+
 fn build_redirect(
     r: &Redirect,
     req: &http::request::Parts,
@@ -450,7 +467,13 @@ fn build_redirect(
         location.push(':');
         location.push_str(&port.to_string());
     }
-    let location = with_query(location + &path, req.uri.query());
+    // A path may carry raw UTF-8 (the URI parser lets bytes above 0x7F through); a `Location`
+    // must be ASCII for every client to read it, so such bytes are percent-encoded.
+    push_escaped(&mut location, &path);
+    if let Some(q) = req.uri.query() {
+        location.push('?');
+        push_escaped(&mut location, q);
+    }
     // A Host header can hold what no URI authority may (`a]b`, spaces): such a request gets
     // no `Location` that a client could not follow.
     Uri::try_from(location.as_str()).map_err(|_| FilterError::Uri)?;
@@ -758,6 +781,17 @@ mod tests {
         let hits = (0..n).filter(|_| m.sampled(&mut rng)).count();
         // Expected 10000, sd ≈ 86.6.
         assert!((9_560..=10_440).contains(&hits), "{hits}");
+    }
+
+    /// Found by the CI fuzz smoke (fuzz/fuzz_targets/http_route.rs): a request path holding
+    /// raw UTF-8 was copied into `Location` as is, a header value no client reads as text.
+    #[test]
+    fn redirect_percent_encodes_what_is_not_ascii() {
+        let f = compile(vec![FilterKind::Redirect(pb::Redirect::default())]);
+        let req = parts("/caf\u{e9}/\u{1F600}?q=\u{fc}", Some("web.shop"));
+        let r = f.redirect(&req, PathCapture::Whole, 80).unwrap().unwrap();
+        let location = r.headers()[LOCATION].to_str().expect("Location is text");
+        assert_eq!(location, "http://web.shop/caf%C3%A9/%F0%9F%98%80?q=%C3%BC");
     }
 
     /// Found by fuzz/fuzz_targets/http_route.rs: a Host header that no URI authority may
