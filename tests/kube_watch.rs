@@ -126,7 +126,7 @@ fn kube_source_through_xds_and_across_an_api_server_restart() {
             assert!(readiness.is_ready(), "both types synced");
             let up = state
                 .load()
-                .resolve(format!("{WEB_VIP}:80").parse()?)?
+                .resolve(format!("{WEB_VIP}:80").parse()?, "shop")?
                 .expect("VIP resolves");
             assert_eq!(
                 up.addr.to_string(),
@@ -192,7 +192,7 @@ fn kube_source_through_xds_and_across_an_api_server_restart() {
             )
             .await?;
             until(&state, "VIP follows the endpoints", |s| {
-                match s.resolve(format!("{WEB_VIP}:80").parse().unwrap()) {
+                match s.resolve(format!("{WEB_VIP}:80").parse().unwrap(), "shop") {
                     Ok(Some(up)) if up.addr.to_string() == "10.244.1.6:8080" => Ok(()),
                     other => Err(format!("{other:?}")),
                 }

@@ -43,6 +43,7 @@ pub const READ_CRDS: &[&str] = &[
     "peerauthentications.security.istio.io",
     "virtualservices.networking.istio.io",
     "destinationrules.networking.istio.io",
+    "serviceentries.networking.istio.io",
 ];
 
 /// Start to `ready` takes 3-5 s on an idle 2-core machine; a loaded CI machine gets slack.

@@ -2,6 +2,8 @@
 //! manifests, and reading Prometheus text.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;

@@ -223,6 +223,7 @@ mod tests {
             name: "reviews-v1".into(),
             namespace: "shop".into(),
             addresses: vec!["10.244.1.7".parse().unwrap()],
+            hostname: None,
             protocol: Protocol::Hbone,
             identity: Identity::new("cluster.local", "shop", "reviews").unwrap(),
             node: "node-1".into(),
@@ -245,6 +246,8 @@ mod tests {
             vips: vec!["10.96.0.20".parse().unwrap()],
             ports: Vec::new(),
             waypoint: None,
+            passthrough: false,
+            namespace_only: false,
         });
         let mut log = RequestLog {
             started: std::time::Instant::now(),

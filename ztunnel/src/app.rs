@@ -176,6 +176,7 @@ pub async fn run(
         pool: PoolSettings::default(),
         cert_wait: config.cert_wait,
         connect_timeout: config.connect_timeout,
+        named_endpoints: Default::default(),
         connections: ConnectionManager::new(),
         draining: CancellationToken::new(),
         connection_tasks: TaskTracker::new(),

@@ -515,7 +515,7 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
             ),
             rule(
                 "networking.istio.io",
-                &["virtualservices", "destinationrules"],
+                &["virtualservices", "destinationrules", "serviceentries"],
                 READ,
             ),
             rule("policy.ambient-rs.io", &["localratelimitpolicies"], READ),

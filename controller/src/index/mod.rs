@@ -11,6 +11,7 @@ pub mod l7;
 pub mod labels;
 pub mod peer_auth;
 pub mod service;
+pub mod service_entry;
 pub mod waypoint;
 pub mod workload;
 
@@ -25,7 +26,7 @@ use ambient_proto::istio::workload as wds;
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 
-use crate::model::{AuthorizationPolicy, ClusterState, Kind, Object, ObjectKey};
+use crate::model::{AuthorizationPolicy, ClusterState, Kind, Object, ObjectKey, ServiceEntry};
 use peer_auth::PeerAuthIndex;
 
 /// Settings that shape the index.
@@ -107,6 +108,8 @@ pub struct Context<'a> {
     slice_members: Memberships,
     /// namespace → AuthorizationPolicies with a selector.
     selector_policies: HashMap<String, Vec<&'a AuthorizationPolicy>>,
+    /// namespace → ServiceEntries with a workloadSelector.
+    selector_service_entries: HashMap<String, Vec<&'a ServiceEntry>>,
     peer_auth: PeerAuthIndex<'a>,
 }
 
@@ -150,12 +153,25 @@ impl<'a> Context<'a> {
                 selector_policies.entry(ns).or_default().push(p);
             }
         }
+        let mut selector_service_entries: HashMap<String, Vec<&ServiceEntry>> = HashMap::new();
+        for se in state
+            .service_entries()
+            .filter(|se| se.spec.workload_selector.is_some())
+        {
+            let ns = se
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            selector_service_entries.entry(ns).or_default().push(se);
+        }
         let mut ctx = Context {
             state,
             config,
             services_by_selector_label,
             slice_members: HashMap::new(),
             selector_policies,
+            selector_service_entries,
             peer_auth: PeerAuthIndex::new(state.peer_authentications(), &config.root_namespace),
         };
         ctx.slice_members = ctx.memberships_from_slices();
@@ -227,6 +243,14 @@ impl<'a> Context<'a> {
             }
         }
         out
+    }
+
+    /// ServiceEntries of `namespace` that select pods.
+    pub fn selector_service_entries(&self, namespace: &str) -> &[&'a ServiceEntry] {
+        self.selector_service_entries
+            .get(namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn slice_memberships(&self, namespace: &str, pod: &str) -> Vec<(String, Vec<wds::Port>)> {
@@ -318,6 +342,21 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
                 },
             );
         }
+    }
+    // ServiceEntries after Services: a Kubernetes Service keeps its hostname.
+    let allocations = service_entry::Allocations::new(&ctx, &mut warnings);
+    for (key, address) in service_entry::build(&ctx, &allocations, &mut warnings) {
+        if let Some(wds::address::Type::Service(_)) = &address.r#type
+            && index.addresses.contains_key(&key)
+        {
+            warnings.push(Warning::new(
+                &key,
+                "a ServiceEntry host that another Service or ServiceEntry of the namespace \
+                 already defines; this one is ignored",
+            ));
+            continue;
+        }
+        index.addresses.insert(key, address);
     }
     for pol in state.authorization_policies() {
         if let Some(a) = authorization::convert(pol, &config.root_namespace, &mut warnings) {

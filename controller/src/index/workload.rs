@@ -146,6 +146,9 @@ pub fn from_pod(
     for (svc_key, ports) in ctx.slice_memberships(&namespace, &name) {
         services.entry(svc_key).or_insert(wds::PortList { ports });
     }
+    for (svc_key, ports) in super::service_entry::memberships(ctx, &namespace, pod_labels) {
+        services.entry(svc_key).or_insert(wds::PortList { ports });
+    }
 
     let uid = pod_uid(&ctx.config.cluster_id, &namespace, &name);
     let mut authorization_policies = ctx.selector_policies_for(&namespace, pod_labels);

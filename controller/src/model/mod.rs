@@ -10,6 +10,7 @@ pub mod networking;
 pub mod policy;
 pub mod rollout;
 pub mod route;
+pub mod service_entry;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use networking::{DestinationRule, VirtualService};
 pub use policy::LocalRateLimitPolicy;
 pub use rollout::Rollout;
 pub use route::{GrpcRoute, HttpRoute};
+pub use service_entry::ServiceEntry;
 
 /// The kinds the controller reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,12 +44,13 @@ pub enum Kind {
     GrpcRoute,
     VirtualService,
     DestinationRule,
+    ServiceEntry,
     LocalRateLimitPolicy,
     Rollout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -60,6 +63,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::VirtualService,
         Kind::DestinationRule,
+        Kind::ServiceEntry,
         Kind::LocalRateLimitPolicy,
         Kind::Rollout,
     ];
@@ -78,6 +82,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
             Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
             Kind::Rollout => "Rollout",
         }
@@ -102,6 +107,11 @@ impl Kind {
                 if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
             {
                 Some(Kind::DestinationRule)
+            }
+            ("networking.istio.io", "ServiceEntry")
+                if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
+            {
+                Some(Kind::ServiceEntry)
             }
             (policy::GROUP, "LocalRateLimitPolicy") if version == policy::VERSION => {
                 Some(Kind::LocalRateLimitPolicy)
@@ -162,6 +172,7 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
+    ServiceEntry(ServiceEntry),
     LocalRateLimitPolicy(LocalRateLimitPolicy),
     Rollout(Rollout),
 }
@@ -194,6 +205,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
             Object::Rollout(_) => Kind::Rollout,
         }
@@ -213,6 +225,7 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::ServiceEntry(o) => &o.metadata,
             Object::LocalRateLimitPolicy(o) => &o.metadata,
             Object::Rollout(o) => &o.metadata,
         }
@@ -232,6 +245,7 @@ impl Object {
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
+            Object::ServiceEntry(o) => &mut o.metadata,
             Object::LocalRateLimitPolicy(o) => &mut o.metadata,
             Object::Rollout(o) => &mut o.metadata,
         }
@@ -434,6 +448,13 @@ impl ClusterState {
         })
     }
 
+    pub fn service_entries(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.of_kind(Kind::ServiceEntry).filter_map(|o| match o {
+            Object::ServiceEntry(e) => Some(e),
+            _ => None,
+        })
+    }
+
     pub fn destination_rules(&self) -> impl Iterator<Item = &DestinationRule> {
         self.of_kind(Kind::DestinationRule).filter_map(|o| match o {
             Object::DestinationRule(d) => Some(d),
@@ -539,6 +560,13 @@ namespaced_resource!(
     "networking.istio.io",
     "v1",
     "destinationrules"
+);
+namespaced_resource!(
+    ServiceEntry,
+    "ServiceEntry",
+    "networking.istio.io",
+    "v1",
+    "serviceentries"
 );
 namespaced_resource!(
     LocalRateLimitPolicy,

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
-    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, VirtualService,
+    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, ServiceEntry, VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes.
@@ -91,6 +91,12 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             client.clone(),
             Kind::DestinationRule,
             Object::DestinationRule,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<ServiceEntry>(
+            client.clone(),
+            Kind::ServiceEntry,
+            Object::ServiceEntry,
             tx.clone(),
         )),
         tokio::spawn(watch::<LocalRateLimitPolicy>(

@@ -65,6 +65,9 @@ pub struct LocalWorkload {
     pub node: String,
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// Instead of addresses: a name resolved when a connection picks this endpoint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
     #[serde(default)]
     pub tunnel_protocol: LocalTunnel,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -92,6 +95,12 @@ pub struct LocalService {
     pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub ports: Vec<LocalPort>,
+    /// With no endpoint, connections go on to the address dialed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
+    /// Only clients in this namespace see the service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub namespace_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +168,7 @@ impl LocalWorkload {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
             addresses: self.addresses.iter().map(ip_bytes).collect(),
+            hostname: self.hostname.clone(),
             tunnel_protocol: match self.tunnel_protocol {
                 LocalTunnel::None => wds::TunnelProtocol::None,
                 LocalTunnel::Hbone => wds::TunnelProtocol::Hbone,
@@ -212,6 +222,15 @@ impl LocalService {
                 .copied()
                 .map(LocalPort::to_proto)
                 .collect(),
+            load_balancing: self.passthrough.then(|| wds::LoadBalancing {
+                mode: wds::load_balancing::Mode::Passthrough as i32,
+                ..Default::default()
+            }),
+            visibility: if self.namespace_only {
+                wds::service::Visibility::Namespace
+            } else {
+                wds::service::Visibility::Public
+            } as i32,
             ..Default::default()
         }
     }

@@ -62,8 +62,12 @@ pub struct Snapshot {
 /// Where an outbound connection goes.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// The endpoint address (`ip:target_port`) the app's bytes must reach.
+    /// The endpoint address (`ip:target_port`) the app's bytes must reach. For an endpoint
+    /// known by name ([`Upstream::hostname`]) only its port counts.
     pub addr: SocketAddr,
+    /// The endpoint's name when it has no address (a DNS-resolved ServiceEntry endpoint): the
+    /// proxy resolves it and connects to `addr`'s port there.
+    pub hostname: Option<String>,
     pub workload: Arc<Workload>,
     /// The service the app dialed, when it dialed a VIP.
     pub service: Option<Arc<Service>>,
@@ -157,10 +161,20 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Resolves an outbound destination: a service VIP picks one healthy endpoint at random;
-    /// a workload address is that workload; anything else is outside the mesh (`Ok(None)`).
-    pub fn resolve(&self, dst: SocketAddr) -> Result<Option<Upstream>, ResolveError> {
-        if let Some(service) = self.service_by_vip.get(&dst.ip()) {
+    /// Resolves an outbound destination of a client in `client_namespace`: a service VIP
+    /// (of a service visible there) picks one healthy endpoint at random; a workload address
+    /// is that workload; anything else is outside the mesh (`Ok(None)`), as is a passthrough
+    /// service's VIP when it has no endpoint.
+    pub fn resolve(
+        &self,
+        dst: SocketAddr,
+        client_namespace: &str,
+    ) -> Result<Option<Upstream>, ResolveError> {
+        if let Some(service) = self
+            .service_by_vip
+            .get(&dst.ip())
+            .filter(|s| s.visible_to(client_namespace))
+        {
             let port = service
                 .ports
                 .iter()
@@ -172,7 +186,7 @@ impl Snapshot {
             let candidates: Vec<&Arc<Workload>> = self
                 .endpoints(service)
                 .iter()
-                .filter(|w| w.healthy && !w.addresses.is_empty())
+                .filter(|w| w.healthy && (!w.addresses.is_empty() || w.hostname.is_some()))
                 .collect();
             if let Some(waypoint) = &service.waypoint {
                 return self
@@ -180,12 +194,21 @@ impl Snapshot {
                     .map(Some);
             }
             if candidates.is_empty() {
+                if service.passthrough {
+                    return Ok(None);
+                }
                 return Err(ResolveError::NoEndpoints(service.key()));
             }
             let pick = candidates[rand::rng().random_range(0..candidates.len())];
             let target_port = pick.target_port(&service.key(), port);
+            let ip = pick
+                .addresses
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             return Ok(Some(Upstream {
-                addr: SocketAddr::new(pick.addresses[0], target_port),
+                addr: SocketAddr::new(ip, target_port),
+                hostname: pick.hostname.clone(),
                 workload: pick.clone(),
                 service: Some(service.clone()),
                 waypoint: None,
@@ -196,6 +219,7 @@ impl Snapshot {
                 Some(waypoint) => self.via_waypoint(waypoint, dst, None).map(Some),
                 None => Ok(Some(Upstream {
                     addr: dst,
+                    hostname: None,
                     workload: w.clone(),
                     service: None,
                     waypoint: None,
@@ -246,6 +270,7 @@ impl Snapshot {
         let pick = ready[rand::rng().random_range(0..ready.len())];
         Ok(Upstream {
             addr: dst,
+            hostname: None,
             workload: pick.clone(),
             service,
             waypoint: Some(SocketAddr::new(pick.addresses[0], waypoint.port)),
@@ -467,7 +492,7 @@ services:
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {
             let up = snap
-                .resolve("10.96.0.10:80".parse().unwrap())
+                .resolve("10.96.0.10:80".parse().unwrap(), "default")
                 .unwrap()
                 .unwrap();
             seen.insert(up.addr.to_string());
@@ -480,22 +505,100 @@ services:
         );
     }
 
+    /// What ServiceEntries become: a DNS-resolved endpoint known by name, a `resolution:
+    /// NONE` service (passthrough), and one exported only to its own namespace.
+    const EDGES: &str = r#"
+workloads:
+  - name: api
+    namespace: default
+    uid: Kubernetes/networking.istio.io/ServiceEntry/default/api/api.example.com
+    hostname: api.example.com.
+    services: {"default/api.example.com": [{servicePort: 443, targetPort: 8443}]}
+services:
+  - name: api
+    namespace: default
+    hostname: api.example.com
+    addresses: [240.240.0.7]
+    ports: [{servicePort: 443}]
+  - name: db
+    namespace: default
+    hostname: db.example.com
+    addresses: [192.0.2.10]
+    ports: [{servicePort: 5432}]
+    passthrough: true
+  - name: dark
+    namespace: data
+    hostname: dark.example.com
+    addresses: [240.240.0.9]
+    ports: [{servicePort: 80}]
+    namespaceOnly: true
+"#;
+
+    #[test]
+    fn service_entry_shapes_resolve() {
+        let snap = store_from(EDGES).load();
+        // A named endpoint: its name to resolve and the port to reach there.
+        let up = snap
+            .resolve("240.240.0.7:443".parse().unwrap(), "default")
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.hostname.as_deref(), Some("api.example.com"));
+        assert_eq!(up.addr.port(), 8443);
+        assert_eq!(up.service.unwrap().hostname, "api.example.com");
+        // Passthrough: no endpoint, so on to the address dialed.
+        assert!(
+            snap.resolve("192.0.2.10:5432".parse().unwrap(), "default")
+                .unwrap()
+                .is_none()
+        );
+        // A namespace-only service exists in its namespace only.
+        let mine = snap.resolve("240.240.0.9:80".parse().unwrap(), "data");
+        assert_eq!(
+            mine.unwrap_err(),
+            ResolveError::NoEndpoints("data/dark.example.com".into())
+        );
+        assert!(
+            snap.resolve("240.240.0.9:80".parse().unwrap(), "default")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_named_endpoint_is_never_hbone_nor_also_addressed() {
+        let store = StateStore::new();
+        let mut both = LocalConfig::parse(EDGES).unwrap();
+        both.workloads[0].addresses = vec!["10.0.0.1".parse().unwrap()];
+        let mut hbone = LocalConfig::parse(EDGES).unwrap();
+        hbone.workloads[0].tunnel_protocol = local::LocalTunnel::Hbone;
+        for (config, why) in [(both, "both addresses"), (hbone, "tunnel protocol HBONE")] {
+            let rejected = store.apply(Update {
+                upserts: config.to_addresses(),
+                replace_all: true,
+                ..Default::default()
+            });
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            assert!(rejected[0].reason.contains(why), "{rejected:?}");
+        }
+    }
+
     #[test]
     fn resolves_workloads_and_outside_addresses() {
         let snap = store_from(MESH).load();
         let up = snap
-            .resolve("10.244.2.2:1234".parse().unwrap())
+            .resolve("10.244.2.2:1234".parse().unwrap(), "default")
             .unwrap()
             .unwrap();
         assert_eq!(up.workload.name, "b");
         assert_eq!(up.addr.port(), 1234);
         assert!(
-            snap.resolve("192.0.2.1:80".parse().unwrap())
+            snap.resolve("192.0.2.1:80".parse().unwrap(), "default")
                 .unwrap()
                 .is_none()
         );
         assert_eq!(
-            snap.resolve("10.96.0.10:81".parse().unwrap()).unwrap_err(),
+            snap.resolve("10.96.0.10:81".parse().unwrap(), "default")
+                .unwrap_err(),
             ResolveError::NoServicePort {
                 service: "default/echo.default.svc.cluster.local".into(),
                 port: 81
@@ -548,7 +651,7 @@ services:
         );
         let up = store
             .load()
-            .resolve("10.96.0.10:80".parse().unwrap())
+            .resolve("10.96.0.10:80".parse().unwrap(), "default")
             .unwrap()
             .unwrap();
         assert_eq!(up.workload.name, "wp");
@@ -561,7 +664,7 @@ services:
         // A pod address of the same service is not service traffic: straight to it.
         let direct = store
             .load()
-            .resolve("10.244.1.2:8080".parse().unwrap())
+            .resolve("10.244.1.2:8080".parse().unwrap(), "default")
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -583,7 +686,7 @@ services:
         assert_eq!(
             store
                 .load()
-                .resolve("10.96.0.10:80".parse().unwrap())
+                .resolve("10.96.0.10:80".parse().unwrap(), "default")
                 .unwrap_err(),
             ResolveError::NoWaypoint("default/wp.default.svc.cluster.local".into())
         );
@@ -614,7 +717,9 @@ services:
         // The service still sends to it.
         let reached: std::collections::BTreeSet<String> = (0..200)
             .map(|_| {
-                let up = snap.resolve("10.96.0.10:80".parse().unwrap()).unwrap();
+                let up = snap
+                    .resolve("10.96.0.10:80".parse().unwrap(), "default")
+                    .unwrap();
                 up.unwrap().addr.to_string()
             })
             .collect();
@@ -637,7 +742,8 @@ services:
         let snap = store.load();
         assert!(snap.workload_by_ip("10.244.1.2".parse().unwrap()).is_none());
         assert_eq!(
-            snap.resolve("10.96.0.10:80".parse().unwrap()).unwrap_err(),
+            snap.resolve("10.96.0.10:80".parse().unwrap(), "default")
+                .unwrap_err(),
             ResolveError::NoEndpoints("default/echo.default.svc.cluster.local".into())
         );
     }

@@ -49,6 +49,9 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub addresses: Vec<IpAddr>,
+    /// An endpoint known by name, not address (a `resolution: DNS` ServiceEntry's): resolved
+    /// by the proxy when a connection picks it.
+    pub hostname: Option<String>,
     pub protocol: Protocol,
     pub identity: Identity,
     pub node: String,
@@ -80,12 +83,22 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Traffic addressed to this service goes through this waypoint.
     pub waypoint: Option<Waypoint>,
+    /// With no endpoint to pick, a connection goes on to the address the app dialed (a
+    /// ServiceEntry with `resolution: NONE`) instead of failing.
+    pub passthrough: bool,
+    /// Only clients in the service's namespace see it (a ServiceEntry exported to `.`).
+    pub namespace_only: bool,
 }
 
 impl Service {
     /// The WDS resource name: `namespace/hostname`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    /// Whether a client in `namespace` may resolve and reach this service.
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        !self.namespace_only || self.namespace == namespace
     }
 }
 
@@ -175,6 +188,17 @@ impl TryFrom<wds::Workload> for Workload {
         } else {
             &w.service_account
         };
+        let hostname = match w.hostname.trim_end_matches('.') {
+            "" => None,
+            h if !addresses.is_empty() => {
+                return Err(ctx(format!("has both addresses and hostname {h:?}")));
+            }
+            // Named endpoints are outside the mesh's data plane: reached directly.
+            h if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32 => {
+                return Err(ctx(format!("hostname {h:?} with tunnel protocol HBONE")));
+            }
+            h => Some(h.to_ascii_lowercase()),
+        };
         let identity = Identity::new(td, &w.namespace, sa).map_err(|e| ctx(e.to_string()))?;
         let services = w
             .services
@@ -202,6 +226,7 @@ impl TryFrom<wds::Workload> for Workload {
             name: w.name,
             namespace: w.namespace,
             addresses,
+            hostname,
             identity,
             node: w.node,
             canonical_name: w.canonical_name,
@@ -244,8 +269,14 @@ impl TryFrom<wds::Service> for Service {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
         let waypoint = waypoint(s.waypoint.as_ref()).map_err(ctx)?;
+        let passthrough = s
+            .load_balancing
+            .as_ref()
+            .is_some_and(|lb| lb.mode == wds::load_balancing::Mode::Passthrough as i32);
         Ok(Service {
             waypoint,
+            passthrough,
+            namespace_only: s.visibility == wds::service::Visibility::Namespace as i32,
             name: s.name,
             namespace: s.namespace,
             hostname: s.hostname,

@@ -216,6 +216,14 @@ pub const TYPES: &[ResourceType] = &[
         true,
         true,
     ),
+    rt(
+        "networking.istio.io",
+        "v1",
+        "serviceentries",
+        "ServiceEntry",
+        true,
+        true,
+    ),
 ];
 
 #[derive(Clone, Debug)]

@@ -87,6 +87,7 @@ fn workload(name: &str, ip: &str) -> Arc<Workload> {
         name: name.into(),
         namespace: "shop".into(),
         addresses: ip.parse().into_iter().collect(),
+        hostname: None,
         protocol: Protocol::Hbone,
         identity: Identity::new("cluster.local", "shop", name).expect("valid identity"),
         node: String::new(),
@@ -117,6 +118,8 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
             target_port: TARGET_PORT,
         }],
         waypoint: None,
+        passthrough: false,
+        namespace_only: false,
     });
     let endpoints = ips
         .iter()

@@ -26,12 +26,17 @@ pub fn lookup(snapshot: &Snapshot, pod_namespace: &str, name: &str) -> Option<Ve
     candidates(&name, pod_namespace)
         .into_iter()
         .find_map(|hostname| {
-            let services = snapshot.services_by_hostname(&hostname);
-            if services.is_empty() {
+            // A service exported only to its own namespace does not exist for other pods.
+            let visible: Vec<_> = snapshot
+                .services_by_hostname(&hostname)
+                .iter()
+                .filter(|s| s.visible_to(pod_namespace))
+                .collect();
+            if visible.is_empty() {
                 return None;
             }
             let mut vips: Vec<IpAddr> = Vec::new();
-            for ip in services.iter().flat_map(|s| s.vips.iter()) {
+            for ip in visible.iter().flat_map(|s| s.vips.iter()) {
                 if !vips.contains(ip) {
                     vips.push(*ip);
                 }
@@ -86,6 +91,12 @@ services:
     hostname: api.example.com
     addresses: [10.96.0.30]
     ports: [{servicePort: 443}]
+  - name: private
+    namespace: data
+    hostname: private.example.com
+    addresses: [240.240.0.5]
+    ports: [{servicePort: 443}]
+    namespaceOnly: true
 "#;
 
     fn snapshot() -> std::sync::Arc<Snapshot> {
@@ -101,6 +112,17 @@ services:
 
     fn ips(list: &[&str]) -> Option<Vec<IpAddr>> {
         Some(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    /// A ServiceEntry exported to `.`: its namespace resolves it, others do not see it.
+    #[test]
+    fn a_namespace_only_service_resolves_in_its_namespace_only() {
+        let snap = snapshot();
+        assert_eq!(
+            lookup(&snap, "data", "private.example.com"),
+            ips(&["240.240.0.5"])
+        );
+        assert_eq!(lookup(&snap, "default", "private.example.com"), None);
     }
 
     #[test]

@@ -251,6 +251,7 @@ mod tests {
             pool: PoolSettings::default(),
             cert_wait: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            named_endpoints: Default::default(),
             connections: ConnectionManager::new(),
             draining: CancellationToken::new(),
             connection_tasks: tokio_util::task::TaskTracker::new(),

@@ -11,6 +11,7 @@
 pub mod connection_manager;
 pub mod inbound;
 pub mod inbound_passthrough;
+pub mod named_endpoint;
 pub mod outbound;
 pub mod relay;
 pub mod socket;
@@ -66,6 +67,8 @@ pub struct Shared {
     /// How long a new connection waits for its pod's first certificate.
     pub cert_wait: Duration,
     pub connect_timeout: Duration,
+    /// Endpoints known by name, resolved recently.
+    pub named_endpoints: named_endpoint::NamedEndpoints,
     /// Live inbound connections, re-checked when policies change.
     pub connections: Arc<connection_manager::ConnectionManager>,
     /// Cancelled when this process starts draining (SIGTERM): every pod's listeners close and

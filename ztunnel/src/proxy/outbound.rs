@@ -92,7 +92,7 @@ async fn open(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) -> 
         return None;
     }
     let snapshot = ctx.shared.state.load();
-    match snapshot.resolve(dst) {
+    match snapshot.resolve(dst, &ctx.namespace) {
         Err(e) => {
             warn!(pod = %ctx.name, %dst, error = %e, "outbound destination unusable");
             let mut record = ConnectionRecord::open(info(&ctx, me, peer, dst, None, "NR"));
@@ -151,7 +151,8 @@ fn hbone_endpoint(up: &Upstream) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::new(up.addr.ip(), HBONE_PORT))
 }
 
-/// Plain TCP from the pod's namespace to `target` (a non-mesh workload or outside the mesh).
+/// Plain TCP from the pod's namespace to `target` (a non-mesh workload or outside the mesh),
+/// or, for an endpoint known by name, to the first of its addresses that answers.
 async fn direct(
     ctx: &PodContext,
     downstream: TcpStream,
@@ -159,23 +160,49 @@ async fn direct(
     dst: SocketAddr,
     target: SocketAddr,
     me: Option<Arc<Workload>>,
-    up: Option<Upstream>,
+    mut up: Option<Upstream>,
 ) -> Option<Ready> {
-    let connect = tokio::time::timeout(
-        ctx.shared.connect_timeout,
-        socket::connect_in(&ctx.netns, target),
-    )
+    let named = up.as_ref().and_then(|u| u.hostname.clone());
+    let connect = tokio::time::timeout(ctx.shared.connect_timeout, async {
+        let Some(host) = &named else {
+            return socket::connect_in(&ctx.netns, target)
+                .await
+                .map(|s| (s, target))
+                .map_err(|e| format!("connect {target}: {e}"));
+        };
+        let addrs = ctx
+            .shared
+            .named_endpoints
+            .resolve(host, target.port())
+            .await
+            .map_err(|e| format!("resolve {host}: {e}"))?;
+        let mut last = String::new();
+        for addr in addrs {
+            match socket::connect_in(&ctx.netns, addr).await {
+                Ok(s) => return Ok((s, addr)),
+                Err(e) => last = format!("connect {addr} ({host}): {e}"),
+            }
+        }
+        Err(last)
+    })
     .await;
     let upstream = match connect {
-        Ok(Ok(s)) => s,
+        Ok(Ok((s, reached))) => {
+            // The address the name gave: what telemetry reports as the destination.
+            if let Some(u) = up.as_mut() {
+                u.addr = reached;
+            }
+            s
+        }
         Ok(Err(e)) => {
             let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
-            r.set_error(format!("connect {target}: {e}"));
+            r.set_error(e);
             return None;
         }
         Err(_) => {
             let mut r = ConnectionRecord::open(info(ctx, me, peer, dst, up.as_ref(), "UF"));
-            r.set_error(format!("connect {target}: timed out"));
+            let what = named.unwrap_or_else(|| target.to_string());
+            r.set_error(format!("connect {what}: timed out"));
             return None;
         }
     };
