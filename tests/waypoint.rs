@@ -226,6 +226,44 @@ fn l7_features_through_the_waypoint() {
         "the waypoint starts a trace: {body}"
     );
 
+    // A consumer route (HTTPRoute in `front`, parent shop/echo) applies to requests from
+    // `front` only: its header is added there, and shop's own client never sees it.
+    let from_front = ctl.ok(&[
+        "exec",
+        "-n",
+        "front",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "http://echo.shop/",
+    ]);
+    let from_front: Value =
+        serde_json::from_str(from_front.lines().last().unwrap()).expect("echo json");
+    assert_eq!(from_front["headers"]["x-consumer"], "front", "{from_front}");
+    assert_eq!(from_front["version"], "v1", "{from_front}");
+    let from_shop = summary(
+        &ctl,
+        "http://echo/",
+        &["--count", "40", "--by-header", "x-echo-version"],
+    );
+    assert!(
+        count(&from_shop, "by", "v2") > 0,
+        "producer split still applies: {from_shop}"
+    );
+    let plain = ctl.ok(&[
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "demo-app",
+        "get",
+        "http://echo/",
+    ]);
+    let plain: Value = serde_json::from_str(plain.lines().last().unwrap()).expect("echo json");
+    assert!(plain["headers"].get("x-consumer").is_none(), "{plain}");
+
     // HTTP/2 (prior knowledge) from the client is proxied as HTTP/2.
     let h2 = ctl.ok(&[
         "exec",

@@ -50,6 +50,9 @@ pub struct ServiceRouting {
     pub config: Option<Arc<pb::ServiceConfig>>,
     /// By service port.
     pub ports: HashMap<u16, RouteTable>,
+    /// Consumer routes (GAMMA), by client namespace, then service port: a request from a
+    /// client in one of these namespaces takes these instead of `ports`.
+    pub consumers: HashMap<String, HashMap<u16, RouteTable>>,
     /// Policies targeting the service.
     pub policies: Policies,
     pub limits: ConnectionLimits,
@@ -111,6 +114,7 @@ impl Routing {
             let config = l7.services.get(&key).cloned();
             let old = previous.services.get(&key);
             let mut ports = HashMap::new();
+            let mut consumers: HashMap<String, HashMap<u16, RouteTable>> = HashMap::new();
             for port in &service.ports {
                 let port_config = config
                     .as_ref()
@@ -128,6 +132,24 @@ impl Routing {
                     service: key.as_str().into(),
                     port: port.service_port,
                 };
+                for c in &port_config.consumer_routes {
+                    // Same port and protocol; only the routes differ.
+                    let consumer_port = pb::PortConfig {
+                        routes: c.routes.clone(),
+                        consumer_routes: Vec::new(),
+                        ..port_config.clone()
+                    };
+                    let (table, errs) =
+                        RouteTable::compile_with(&consumer_port, default.clone(), &mut limiters);
+                    errors.extend(
+                        errs.iter()
+                            .map(|e| format!("{key} (from namespace {}): {e}", c.namespace)),
+                    );
+                    consumers
+                        .entry(c.namespace.clone())
+                        .or_default()
+                        .insert(port.service_port, table);
+                }
                 let (table, errs) = RouteTable::compile_with(&port_config, default, &mut limiters);
                 errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
                 ports.insert(port.service_port, table);
@@ -161,6 +183,7 @@ impl Routing {
                     service: service.clone(),
                     config,
                     ports,
+                    consumers,
                     policies,
                     limits,
                     rate_limits,
@@ -190,6 +213,15 @@ fn endpoints(state: &Snapshot, service: &Service) -> Vec<EndpointKey> {
 }
 
 impl ServiceRouting {
+    /// The route table of `port` for a client in `client_namespace`: its namespace's consumer
+    /// routes when it has some, else the service's own.
+    pub fn table(&self, port: u16, client_namespace: &str) -> Option<&RouteTable> {
+        self.consumers
+            .get(client_namespace)
+            .and_then(|ports| ports.get(&port))
+            .or_else(|| self.ports.get(&port))
+    }
+
     /// The endpoint a pick names, serving `service_port`.
     pub fn endpoint(&self, pick: &Pick<EndpointKey>, service_port: u16) -> Endpoint {
         let workload = pick.key().0.clone();

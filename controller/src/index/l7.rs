@@ -389,7 +389,8 @@ pub fn build(
     (resources, policy_statuses, rollouts)
 }
 
-/// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it.
+/// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it: the
+/// producer routes and VirtualService rules, and each consumer namespace's routes apart.
 fn service_ports(
     ctx: &Context<'_>,
     out: &mut Out,
@@ -399,34 +400,31 @@ fn service_ports(
     rules: Option<&Vec<virtual_service::Rule>>,
 ) -> Vec<l7::PortConfig> {
     let ports = tcp_ports(svc);
+    let consumers: BTreeSet<&str> = entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.consumer.as_deref())
+        .collect();
     let mut configs = Vec::new();
     for p in &ports {
         let number = p.port as u32;
         let mut protocol = port_protocol(p);
-        let mut routes: Vec<l7::Route> = Vec::new();
-        let mut grpc = false;
-        let mut previous: Option<&routes::Entry> = None;
-        for e in entries.into_iter().flatten() {
-            if !e.applies_to(number) {
-                continue;
-            }
-            grpc |= e.grpc;
-            match (previous, routes.last_mut()) {
-                (Some(prev), Some(last)) if prev.same_rule(e) => {
-                    last.matches.extend(e.route.matches.iter().cloned());
-                }
-                _ => {
-                    let mut r = e.route.clone();
-                    default_ports(ctx, &mut r, number);
-                    routes.push(r);
-                }
-            }
-            previous = Some(e);
-        }
+        let (mut routes, mut grpc) = port_routes(ctx, entries, None, number);
         for r in rules.into_iter().flatten() {
             if let Some(mut route) = r.for_port(number) {
                 default_ports(ctx, &mut route, number);
                 routes.push(route);
+            }
+        }
+        let mut consumer_routes = Vec::new();
+        for ns in &consumers {
+            let (routes, g) = port_routes(ctx, entries, Some(ns), number);
+            grpc |= g;
+            if !routes.is_empty() {
+                consumer_routes.push(l7::ConsumerRoutes {
+                    namespace: ns.to_string(),
+                    routes,
+                });
             }
         }
         if grpc {
@@ -449,14 +447,48 @@ fn service_ports(
                 );
             }
             routes.clear();
+            consumer_routes.clear();
         }
         configs.push(l7::PortConfig {
             port: number,
             protocol: protocol as i32,
             routes,
+            consumer_routes,
         });
     }
     configs
+}
+
+/// The routes of port `number` from the entries of one kind: producer routes (`consumer`
+/// `None`) or one consumer namespace's. Consecutive matches of one rule become one route.
+/// Also whether any is a gRPC route.
+fn port_routes(
+    ctx: &Context<'_>,
+    entries: Option<&Vec<routes::Entry>>,
+    consumer: Option<&str>,
+    number: u32,
+) -> (Vec<l7::Route>, bool) {
+    let mut routes: Vec<l7::Route> = Vec::new();
+    let mut grpc = false;
+    let mut previous: Option<&routes::Entry> = None;
+    for e in entries.into_iter().flatten() {
+        if !e.applies_to(number) || e.consumer.as_deref() != consumer {
+            continue;
+        }
+        grpc |= e.grpc;
+        match (previous, routes.last_mut()) {
+            (Some(prev), Some(last)) if prev.same_rule(e) => {
+                last.matches.extend(e.route.matches.iter().cloned());
+            }
+            _ => {
+                let mut r = e.route.clone();
+                default_ports(ctx, &mut r, number);
+                routes.push(r);
+            }
+        }
+        previous = Some(e);
+    }
+    (routes, grpc)
 }
 
 /// The waypoint Gateways' statuses (see [`status`]).

@@ -412,6 +412,7 @@ fn handmade_config() -> pb::ServiceConfig {
                     ..Default::default()
                 },
             ],
+            consumer_routes: Vec::new(),
         }],
         traffic_policy: None,
         policies: vec![pb::Policy {

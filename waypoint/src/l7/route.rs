@@ -425,6 +425,7 @@ mod tests {
                 port: 9080,
                 protocol: pb::AppProtocol::Http1 as i32,
                 routes,
+                consumer_routes: Vec::new(),
             },
             svc("ns/self"),
         )

@@ -29,7 +29,9 @@ pub struct Routed<'r> {
 /// no table for the port or no matching route: 404; an invalid route: 500 (all `NR`).
 pub fn select<'r, B>(x: &mut Exchange<'r, B>) -> Result<Decision<'r>, Local> {
     let table = match (x.target, x.service) {
-        (Target::Service { port, .. }, Some(s)) => s.ports.get(port).ok_or(Local::NO_ROUTE)?,
+        (Target::Service { port, .. }, Some(s)) => s
+            .table(*port, x.downstream.identity.namespace())
+            .ok_or(Local::NO_ROUTE)?,
         (Target::Workload { workload, port }, _) => {
             let ip = workload.addresses.first().copied();
             return Ok(Decision::Direct(Endpoint {
@@ -65,6 +67,39 @@ mod tests {
             Decision::Direct(_) => None,
         });
         (decision, x.log.route)
+    }
+
+    /// GAMMA consumer routes: the client's namespace's routes replace the service's own for
+    /// its requests only.
+    #[test]
+    fn a_client_namespace_with_consumer_routes_takes_them() {
+        let mut f = Fixture::new();
+        f.routes(vec![route_to(
+            "producer",
+            vec![],
+            "shop/web.shop.svc.cluster.local",
+        )]);
+        f.consumer_routes(
+            "elsewhere",
+            vec![route_to(
+                "theirs",
+                vec![],
+                "shop/api.shop.svc.cluster.local",
+            )],
+        );
+        // The client (namespace `shop`) has none: the producer's route.
+        assert_eq!(decide(&f, "/").0, Ok(Some("producer".into())));
+        f.consumer_routes(
+            "shop",
+            vec![route_to(
+                "mine",
+                vec![path_prefix("/mine")],
+                "shop/api.shop.svc.cluster.local",
+            )],
+        );
+        assert_eq!(decide(&f, "/mine/x").0, Ok(Some("mine".into())));
+        // Only its own table: no falling back to the producer's routes.
+        assert_eq!(decide(&f, "/other").0.unwrap_err(), Local::NO_ROUTE);
     }
 
     #[test]

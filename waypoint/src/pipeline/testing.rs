@@ -137,6 +137,7 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
         service,
         config: Some(Arc::new(config)),
         ports: HashMap::new(),
+        consumers: HashMap::new(),
         policies: Policies::default(),
         limits: ConnectionLimits::new(None, None),
         rate_limits: Box::default(),
@@ -151,11 +152,12 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
     routing
 }
 
-fn set_routes(s: &mut ServiceRouting, routes: Vec<pb::Route>) {
+fn compile_routes(s: &ServiceRouting, routes: Vec<pb::Route>) -> RouteTable {
     let port = pb::PortConfig {
         port: u32::from(PORT),
         protocol: pb::AppProtocol::Http1 as i32,
         routes,
+        consumer_routes: Vec::new(),
     };
     let default = BackendRef {
         service: s.service.key().into(),
@@ -166,6 +168,11 @@ fn set_routes(s: &mut ServiceRouting, routes: Vec<pb::Route>) {
         errors.iter().all(|e| e.to_string().contains("unknown")),
         "{errors:?}"
     );
+    table
+}
+
+fn set_routes(s: &mut ServiceRouting, routes: Vec<pb::Route>) {
+    let table = compile_routes(s, routes);
     s.ports.insert(PORT, table);
 }
 
@@ -247,6 +254,17 @@ impl Fixture {
     /// `WEB`'s routes on port 80.
     pub fn routes(&mut self, routes: Vec<pb::Route>) {
         set_routes(self.service_mut(WEB), routes);
+    }
+
+    /// `WEB`'s consumer routes on port 80 for clients in `namespace` (the fixture's client is
+    /// in `shop`).
+    pub fn consumer_routes(&mut self, namespace: &str, routes: Vec<pb::Route>) {
+        let web = self.service_mut(WEB);
+        let table = compile_routes(web, routes);
+        web.consumers
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(PORT, table);
     }
 
     /// `WEB`'s route table on port 80.

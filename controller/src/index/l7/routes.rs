@@ -62,6 +62,9 @@ pub struct Precedence {
 pub struct Entry {
     pub precedence: Precedence,
     pub ports: Ports,
+    /// A consumer route's namespace (its parent Service is in another namespace): it applies
+    /// to requests from clients there only. `None`: a producer route.
+    pub consumer: Option<String>,
     /// From a GRPCRoute.
     pub grpc: bool,
     /// With at most one match.
@@ -157,9 +160,11 @@ pub fn collect(ctx: &Context<'_>, out: &mut Out) -> BTreeMap<ServiceKey, Vec<Ent
             );
         }
         for (key, ports) in parents {
+            let consumer = (key.0 != src.namespace).then(|| src.namespace.clone());
             let list = by_service.entry(key).or_default();
             list.extend(entries.iter().cloned().map(|mut e| {
                 e.ports = ports.clone();
+                e.consumer = consumer.clone();
                 e
             }));
         }
@@ -224,16 +229,6 @@ fn parents(
                 );
                 continue;
             }
-        }
-        if ns != src.namespace {
-            out.warn(
-                &src.object,
-                format!(
-                    "parentRef Service {ns}/{} is in another namespace: consumer routes are not supported; ignored",
-                    r.name
-                ),
-            );
-            continue;
         }
         let Some(svc) = ctx.service(&ns, &r.name) else {
             out.warn(
@@ -649,6 +644,7 @@ fn rule_entries(
         return vec![Entry {
             precedence: p,
             ports: Ports::All,
+            consumer: None,
             grpc,
             route,
         }];
@@ -671,6 +667,7 @@ fn rule_entries(
             Entry {
                 precedence: p,
                 ports: Ports::All,
+                consumer: None,
                 grpc,
                 route: r,
             }

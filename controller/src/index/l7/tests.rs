@@ -482,6 +482,79 @@ spec:
     assert_eq!(routes[0].matches.len(), 2);
 }
 
+/// GAMMA consumer routes: an HTTPRoute in the client's namespace whose parent is a Service
+/// elsewhere applies to that namespace's requests only, apart from the producer's routes.
+#[test]
+fn consumer_routes_stay_with_their_namespace() {
+    let idx = index(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: frontend}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: batch}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: producer, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: frontend}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: bookinfo}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /beta}}]
+    backendRefs: [{name: reviews-v2, namespace: bookinfo, port: 9080}]
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-consumer, value: frontend}]}
+    backendRefs: [{name: reviews, namespace: bookinfo, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pinned, namespace: batch}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: bookinfo, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, namespace: bookinfo, port: 9080}]
+"#,
+    );
+    let p = port(&service(&idx, "bookinfo", "reviews"), 9080);
+    // The producer's route, for everyone else.
+    assert_eq!(p.routes.len(), 1);
+    assert_eq!(p.routes[0].name, "HTTPRoute bookinfo/producer#0");
+    let namespaces: Vec<&str> = p
+        .consumer_routes
+        .iter()
+        .map(|c| c.namespace.as_str())
+        .collect();
+    assert_eq!(namespaces, vec!["batch", "frontend"]);
+    let frontend = &p.consumer_routes[1].routes;
+    assert_eq!(
+        frontend.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["HTTPRoute frontend/canary#0", "HTTPRoute frontend/canary#1"]
+    );
+    assert_eq!(frontend[0].backends, vec![backend("reviews-v2", 9080, 1)]);
+    assert_eq!(frontend[1].filters.len(), 1);
+    let batch = &p.consumer_routes[0].routes;
+    assert_eq!(batch[0].backends, vec![backend("reviews-v1", 9080, 1)]);
+    // Nothing about them is a problem.
+    assert!(
+        !idx.warnings
+            .iter()
+            .any(|w| w.object.starts_with("HTTPRoute/")),
+        "{:?}",
+        idx.warnings
+    );
+}
+
 #[test]
 fn parent_ports_and_missing_references() {
     let idx = index(
@@ -512,7 +585,12 @@ spec:
     );
     assert!(warned(&idx, o, "it has no port 81"));
     assert!(warned(&idx, o, "parentRef Gateway bookinfo/ingress"));
-    assert!(warned(&idx, o, "consumer routes are not supported"));
+    // A parent in another namespace makes a consumer route there (tested below).
+    assert!(
+        !port(&service(&idx, "plain", "outside"), 8080)
+            .consumer_routes
+            .is_empty()
+    );
     assert!(warned(
         &idx,
         o,
