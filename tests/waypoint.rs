@@ -264,6 +264,33 @@ fn l7_features_through_the_waypoint() {
     let plain: Value = serde_json::from_str(plain.lines().last().unwrap()).expect("echo json");
     assert!(plain["headers"].get("x-consumer").is_none(), "{plain}");
 
+    // TCPRoute: each connection to the TCP port goes to a backend drawn 80/20. 400
+    // connections (one per request): sd = sqrt(400 × 0.8 × 0.2) = 8; ±4 sd.
+    let tcp = summary(
+        &ctl,
+        "http://echo-tcp:81/",
+        &[
+            "--count",
+            "400",
+            "--concurrency",
+            "8",
+            "--by-header",
+            "x-echo-version",
+        ],
+    );
+    assert_eq!(count(&tcp, "status", "200"), 400, "{tcp}");
+    within(
+        "TCP connections to v1 (of 400, weight 80)",
+        count(&tcp, "by", "v1"),
+        288,
+        352,
+    );
+    assert_eq!(
+        count(&tcp, "by", "v1") + count(&tcp, "by", "v2"),
+        400,
+        "{tcp}"
+    );
+
     // HTTP/2 (prior knowledge) from the client is proxied as HTTP/2.
     let h2 = ctl.ok(&[
         "exec",

@@ -302,17 +302,32 @@ impl RoutingSnapshot {
         }
     }
 
-    /// One endpoint of `service` for a connection to `port` (TCP passthrough: no hashing);
-    /// the pick counts it in flight while held.
-    pub fn endpoint(&self, service: &Service, port: u16) -> Option<(Endpoint, Pick<EndpointKey>)> {
+    /// One endpoint for a TCP connection to `port` of `service` from a client in
+    /// `client_namespace` (no hashing): on a TCP port, of a backend its TCPRoute draws by
+    /// weight (the service itself without one); else of the service. The pick counts it in
+    /// flight while held.
+    pub fn endpoint(
+        &self,
+        service: &Service,
+        port: u16,
+        client_namespace: &str,
+    ) -> Option<(Endpoint, Pick<EndpointKey>)> {
         let s = self.services.get(&service.key())?;
-        let pick = s.balancer.pick(
+        let (to, to_port) = match s.table(port, client_namespace) {
+            Some(table) if table.protocol() == pb::AppProtocol::Tcp => {
+                let backend = table.routes().first()?.backends.choose(&mut rand::rng())?;
+                let to = self.services.get(&*backend.target.service)?;
+                (to.as_ref(), backend.target.port)
+            }
+            _ => (s.as_ref(), port),
+        };
+        let pick = to.balancer.pick(
             &http::HeaderMap::new(),
             None,
             Instant::now(),
             &mut rand::rng(),
         )?;
-        Some((s.endpoint(&pick, port), pick))
+        Some((to.endpoint(&pick, to_port), pick))
     }
 }
 

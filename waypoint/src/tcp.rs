@@ -42,10 +42,12 @@ pub async fn passthrough(
         }
     }
     let (endpoint, _pick) = match &target {
-        Target::Service { service, port } => match routing.endpoint(service, *port) {
-            Some((e, pick)) => (Some(e), Some(pick)),
-            None => (None, None),
-        },
+        Target::Service { service, port } => {
+            match routing.endpoint(service, *port, downstream.identity.namespace()) {
+                Some((e, pick)) => (Some(e), Some(pick)),
+                None => (None, None),
+            }
+        }
         Target::Workload { workload, port } => (
             workload.addresses.first().map(|ip| Endpoint {
                 workload: workload.clone(),

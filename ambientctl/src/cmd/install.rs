@@ -491,7 +491,7 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
             rule("discovery.k8s.io", &["endpointslices"], READ),
             rule(
                 "gateway.networking.k8s.io",
-                &["gateways", "httproutes", "grpcroutes"],
+                &["gateways", "httproutes", "grpcroutes", "tcproutes"],
                 READ,
             ),
             rule(

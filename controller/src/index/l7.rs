@@ -409,7 +409,7 @@ fn service_ports(
     for p in &ports {
         let number = p.port as u32;
         let mut protocol = port_protocol(p);
-        let (mut routes, mut grpc) = port_routes(ctx, entries, None, number);
+        let (mut routes, mut grpc) = port_routes(ctx, entries, None, number, false);
         for r in rules.into_iter().flatten() {
             if let Some(mut route) = r.for_port(number) {
                 default_ports(ctx, &mut route, number);
@@ -418,7 +418,7 @@ fn service_ports(
         }
         let mut consumer_routes = Vec::new();
         for ns in &consumers {
-            let (routes, g) = port_routes(ctx, entries, Some(ns), number);
+            let (routes, g) = port_routes(ctx, entries, Some(ns), number, false);
             grpc |= g;
             if !routes.is_empty() {
                 consumer_routes.push(l7::ConsumerRoutes {
@@ -437,8 +437,15 @@ fn service_ports(
                 _ => {}
             }
         }
+        let tcp_entries = entries
+            .into_iter()
+            .flatten()
+            .filter(|e| e.tcp && e.applies_to(number));
         if protocol == l7::AppProtocol::Tcp {
-            let explicit = entries.into_iter().flatten().any(|e| e.names_port(number))
+            let explicit = entries
+                .into_iter()
+                .flatten()
+                .any(|e| !e.tcp && e.names_port(number))
                 || rules.into_iter().flatten().any(|r| r.names_port(number));
             if explicit {
                 out.warn(
@@ -446,8 +453,29 @@ fn service_ports(
                     format!("port {number} is TCP (by its appProtocol or name); HTTP routes do not apply to it"),
                 );
             }
-            routes.clear();
+            // TCPRoutes instead: the oldest of each scope applies.
+            routes = tcp_route(
+                out,
+                object,
+                number,
+                port_routes(ctx, entries, None, number, true).0,
+            );
             consumer_routes.clear();
+            for ns in &consumers {
+                let theirs = port_routes(ctx, entries, Some(ns), number, true).0;
+                let theirs = tcp_route(out, object, number, theirs);
+                if !theirs.is_empty() {
+                    consumer_routes.push(l7::ConsumerRoutes {
+                        namespace: ns.to_string(),
+                        routes: theirs,
+                    });
+                }
+            }
+        } else if tcp_entries.clone().any(|e| e.names_port(number)) {
+            out.warn(
+                object,
+                format!("port {number} is not TCP (declare it with appProtocol: tcp or a tcp- port name); TCPRoutes do not apply to it"),
+            );
         }
         configs.push(l7::PortConfig {
             port: number,
@@ -455,6 +483,17 @@ fn service_ports(
             routes,
             consumer_routes,
         });
+    }
+    let tcp_routed = entries.into_iter().flatten().any(|e| e.tcp);
+    if tcp_routed
+        && !configs
+            .iter()
+            .any(|c| c.protocol == l7::AppProtocol::Tcp as i32)
+    {
+        out.warn(
+            object,
+            "TCPRoutes attach to it but it has no TCP port (declare one with appProtocol: tcp or a tcp- port name); they do not apply",
+        );
     }
     configs
 }
@@ -467,12 +506,13 @@ fn port_routes(
     entries: Option<&Vec<routes::Entry>>,
     consumer: Option<&str>,
     number: u32,
+    tcp: bool,
 ) -> (Vec<l7::Route>, bool) {
     let mut routes: Vec<l7::Route> = Vec::new();
     let mut grpc = false;
     let mut previous: Option<&routes::Entry> = None;
     for e in entries.into_iter().flatten() {
-        if !e.applies_to(number) || e.consumer.as_deref() != consumer {
+        if !e.applies_to(number) || e.consumer.as_deref() != consumer || e.tcp != tcp {
             continue;
         }
         grpc |= e.grpc;
@@ -489,6 +529,26 @@ fn port_routes(
         previous = Some(e);
     }
     (routes, grpc)
+}
+
+/// The TCPRoute that applies to a TCP port: the oldest (first in precedence order).
+fn tcp_route(
+    out: &mut Out,
+    object: &str,
+    number: u32,
+    mut routes: Vec<l7::Route>,
+) -> Vec<l7::Route> {
+    if routes.len() > 1 {
+        out.warn(
+            object,
+            format!(
+                "port {number}: several TCPRoutes apply; only the oldest, {}, is used",
+                routes[0].name
+            ),
+        );
+        routes.truncate(1);
+    }
+    routes
 }
 
 /// The waypoint Gateways' statuses (see [`status`]).

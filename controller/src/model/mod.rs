@@ -25,7 +25,7 @@ pub use istio::{AuthorizationPolicy, PeerAuthentication};
 pub use networking::{DestinationRule, VirtualService};
 pub use policy::LocalRateLimitPolicy;
 pub use rollout::Rollout;
-pub use route::{GrpcRoute, HttpRoute};
+pub use route::{GrpcRoute, HttpRoute, TcpRoute};
 pub use service_entry::ServiceEntry;
 
 /// The kinds the controller reads.
@@ -42,6 +42,7 @@ pub enum Kind {
     PeerAuthentication,
     HttpRoute,
     GrpcRoute,
+    TcpRoute,
     VirtualService,
     DestinationRule,
     ServiceEntry,
@@ -50,7 +51,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -61,6 +62,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::TcpRoute,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -80,6 +82,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TcpRoute => "TCPRoute",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
@@ -97,6 +100,11 @@ impl Kind {
             }
             ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
                 Some(Kind::GrpcRoute)
+            }
+            ("gateway.networking.k8s.io", "TCPRoute")
+                if matches!(version, "v1alpha2" | "v1alpha3") =>
+            {
+                Some(Kind::TcpRoute)
             }
             ("networking.istio.io", "VirtualService")
                 if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
@@ -170,6 +178,7 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    TcpRoute(TcpRoute),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     ServiceEntry(ServiceEntry),
@@ -203,6 +212,7 @@ impl Object {
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
@@ -223,6 +233,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::TcpRoute(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
@@ -243,6 +254,7 @@ impl Object {
             Object::PeerAuthentication(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
+            Object::TcpRoute(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
             Object::ServiceEntry(o) => &mut o.metadata,
@@ -434,6 +446,13 @@ impl ClusterState {
         })
     }
 
+    pub fn tcp_routes(&self) -> impl Iterator<Item = &TcpRoute> {
+        self.of_kind(Kind::TcpRoute).filter_map(|o| match o {
+            Object::TcpRoute(r) => Some(r),
+            _ => None,
+        })
+    }
+
     pub fn grpc_routes(&self) -> impl Iterator<Item = &GrpcRoute> {
         self.of_kind(Kind::GrpcRoute).filter_map(|o| match o {
             Object::GrpcRoute(r) => Some(r),
@@ -546,6 +565,13 @@ namespaced_resource!(
     "gateway.networking.k8s.io",
     "v1",
     "grpcroutes"
+);
+namespaced_resource!(
+    TcpRoute,
+    "TCPRoute",
+    "gateway.networking.k8s.io",
+    "v1alpha2",
+    "tcproutes"
 );
 namespaced_resource!(
     VirtualService,

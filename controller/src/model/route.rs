@@ -329,3 +329,29 @@ pub struct GrpcRoute {
     #[serde(default)]
     pub spec: GrpcRouteSpec,
 }
+
+/// Gateway API `TCPRoute` (`v1alpha2`, experimental channel): weighted TCP backends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRouteSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<TcpRouteRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TcpRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: TcpRouteSpec,
+}

@@ -15,7 +15,8 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
-    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, ServiceEntry, VirtualService,
+    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, ServiceEntry, TcpRoute,
+    VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes.
@@ -91,6 +92,12 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
             client.clone(),
             Kind::DestinationRule,
             Object::DestinationRule,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<TcpRoute>(
+            client.clone(),
+            Kind::TcpRoute,
+            Object::TcpRoute,
             tx.clone(),
         )),
         tokio::spawn(watch::<ServiceEntry>(

@@ -549,6 +549,7 @@ fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), I
         Kind::VirtualService => typed(value, Object::VirtualService),
         Kind::DestinationRule => typed(value, Object::DestinationRule),
         Kind::ServiceEntry => typed(value, Object::ServiceEntry),
+        Kind::TcpRoute => typed(value, Object::TcpRoute),
         Kind::LocalRateLimitPolicy => typed(value, Object::LocalRateLimitPolicy),
         Kind::Rollout => typed(value, Object::Rollout),
     }

@@ -67,6 +67,8 @@ pub struct Entry {
     pub consumer: Option<String>,
     /// From a GRPCRoute.
     pub grpc: bool,
+    /// From a TCPRoute: no matches, for TCP ports only.
+    pub tcp: bool,
     /// With at most one match.
     pub route: l7::Route,
 }
@@ -185,10 +187,48 @@ pub fn collect(ctx: &Context<'_>, out: &mut Out) -> BTreeMap<ServiceKey, Vec<Ent
         let entries = grpc_entries(ctx, out, &src, &r.spec.rules);
         attach(out, &src, &r.spec.parent_refs, &r.spec.hostnames, entries);
     }
+    for r in ctx.state.tcp_routes() {
+        let src = Source::new(Kind::TcpRoute, &r.metadata);
+        let entries = tcp_entries(ctx, out, &src, &r.spec.rules);
+        attach(out, &src, &r.spec.parent_refs, &[], entries);
+    }
     for list in by_service.values_mut() {
         list.sort_by(|a, b| a.precedence.cmp(&b.precedence));
     }
     by_service
+}
+
+/// A TCPRoute's one entry: the weighted backends of its first rule (a mesh TCP connection
+/// carries nothing to choose among rules by).
+fn tcp_entries(
+    ctx: &Context<'_>,
+    out: &mut Out,
+    src: &Source,
+    rules: &[crate::model::route::TcpRouteRule],
+) -> Vec<Entry> {
+    let Some(rule) = rules.first() else {
+        out.warn(&src.object, "no rules; route ignored");
+        return Vec::new();
+    };
+    if rules.len() > 1 {
+        out.warn(
+            &src.object,
+            "only the first rule of a TCPRoute applies (nothing tells TCP connections apart); the rest are ignored",
+        );
+    }
+    let route = l7::Route {
+        name: format!("{} {}/{}#0", src.kind, src.namespace, src.name),
+        backends: backends(ctx, out, src, &rule.backend_refs),
+        ..Default::default()
+    };
+    vec![Entry {
+        precedence: src.precedence(1, 1, &l7::RouteMatch::default()),
+        ports: Ports::All,
+        consumer: None,
+        grpc: false,
+        tcp: true,
+        route,
+    }]
 }
 
 /// The Services a route attaches to, with the ports it names.
@@ -646,6 +686,7 @@ fn rule_entries(
             ports: Ports::All,
             consumer: None,
             grpc,
+            tcp: false,
             route,
         }];
     }
@@ -669,6 +710,7 @@ fn rule_entries(
                 ports: Ports::All,
                 consumer: None,
                 grpc,
+                tcp: false,
                 route: r,
             }
         })

@@ -555,6 +555,73 @@ spec:
     );
 }
 
+/// TCPRoute: the oldest route on a TCP port gives its weighted backends; HTTP ports and
+/// HTTP-only services do not take TCPRoutes.
+#[test]
+fn tcp_routes_weight_tcp_ports() {
+    let idx = index(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db-split, namespace: bookinfo, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: multi, port: 5432}]
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 80}
+    - {name: reviews-v2, port: 9080, weight: 20}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db-later, namespace: bookinfo, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: multi}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+  - backendRefs: [{name: reviews-v2, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: on-http, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+"#,
+    );
+    let multi = service(&idx, "bookinfo", "multi");
+    let db = port(&multi, 5432);
+    assert_eq!(db.protocol, l7::AppProtocol::Tcp as i32);
+    assert_eq!(db.routes.len(), 1);
+    assert_eq!(db.routes[0].name, "TCPRoute bookinfo/db-split#0");
+    assert!(db.routes[0].matches.is_empty());
+    assert_eq!(
+        db.routes[0].backends,
+        vec![
+            backend("reviews-v1", 9080, 80),
+            backend("reviews-v2", 9080, 20)
+        ]
+    );
+    assert!(warned(
+        &idx,
+        "Service/bookinfo/multi",
+        "several TCPRoutes apply"
+    ));
+    assert!(warned(
+        &idx,
+        "TCPRoute/bookinfo/db-later",
+        "only the first rule"
+    ));
+    // The HTTP port of the same service keeps its default route.
+    assert!(port(&multi, 80).routes.is_empty());
+    assert!(warned(&idx, "Service/bookinfo/ratings", "has no TCP port"));
+    assert!(
+        port(&service(&idx, "bookinfo", "ratings"), 9080)
+            .routes
+            .is_empty()
+    );
+}
+
 #[test]
 fn parent_ports_and_missing_references() {
     let idx = index(
