@@ -75,7 +75,7 @@ fn check(response: &DeltaDiscoveryResponse) {
         for ip in &w.addresses {
             assert!(snap.workload_by_ip(*ip).is_some());
             let dst = SocketAddr::new(*ip, 8080);
-            if let Ok(Some(up)) = snap.resolve(dst) {
+            if let Ok(Some(up)) = snap.resolve(dst, &w.namespace) {
                 assert_eq!(up.addr, dst, "a workload address is dialed as is");
             }
             let conn = Connection {
@@ -100,7 +100,7 @@ fn check(response: &DeltaDiscoveryResponse) {
         for vip in &s.vips {
             for port in &s.ports {
                 let dst = SocketAddr::new(*vip, port.service_port);
-                let Ok(Some(up)) = snap.resolve(dst) else {
+                let Ok(Some(up)) = snap.resolve(dst, &s.namespace) else {
                     continue;
                 };
                 let service = up.service.as_ref().expect("a VIP resolves as a service");
@@ -115,7 +115,14 @@ fn check(response: &DeltaDiscoveryResponse) {
                         service.key()
                     );
                     assert!(up.workload.healthy);
-                    assert_eq!(up.addr.ip(), up.workload.addresses[0]);
+                    match &up.hostname {
+                        // A named endpoint: resolved when connecting, never also addressed.
+                        Some(name) => {
+                            assert!(up.workload.addresses.is_empty());
+                            assert_eq!(up.workload.hostname.as_ref(), Some(name));
+                        }
+                        None => assert_eq!(up.addr.ip(), up.workload.addresses[0]),
+                    }
                 }
             }
         }
