@@ -157,6 +157,37 @@ fn kube_source_through_xds_and_across_an_api_server_restart() {
             .await?;
             until(&state, "policy deleted", has_policy("deny-all", false)).await?;
 
+            // A ServiceEntry (validated by Istio's CRD): its host gets an allocated address
+            // and its endpoint a workload.
+            kube.apply(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": "payments", "namespace": "shop"},
+                "spec": {
+                    "hosts": ["api.payments.example"],
+                    "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                    "resolution": "STATIC",
+                    "endpoints": [{"address": "192.0.2.10"}],
+                },
+            }))
+            .await?;
+            until(&state, "service entry", |s| {
+                match s.services_by_hostname("api.payments.example") {
+                    [svc]
+                        if svc
+                            .vips
+                            .iter()
+                            .all(|ip| ip.to_string().starts_with("240.240."))
+                            && !svc.vips.is_empty()
+                            && s.endpoints(svc).len() == 1 =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await?;
+
             // Delete: the pod's workload goes away.
             kube.delete("v1", "Pod", "shop", "db-1").await?;
             until(
