@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/ca/ca.proto",
         "proto/ambient/waypoint/v1/waypoint.proto",
         "proto/ambient/rollout/v1/health.proto",
+        "proto/ambient/mesh/v1/mesh.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
         "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
         "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",

@@ -162,3 +162,105 @@ fn pods_reach_service_entries() {
         TestResult::Ok(())
     });
 }
+
+fn mesh_config(mode: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\n\
+         data:\n  mesh: |\n    outboundTrafficPolicy:\n      mode: {mode}\n"
+    )
+}
+
+/// Whether a line sent from `netns` to `dst` gets an answer (a refused connection is closed
+/// without one).
+async fn answered(netns: &Netns, dst: SocketAddr) -> bool {
+    ask(netns, dst, "ping")
+        .await
+        .is_ok_and(|answer| !answer.is_empty())
+}
+
+#[test]
+fn registry_only_refuses_what_no_entry_declares() {
+    run_test(
+        "registry_only_refuses_what_no_entry_declares",
+        |dir| async move {
+            let mut mesh = cluster(
+                &dir,
+                vec![PodSpec::new("client", "node-a")],
+                vec![],
+                &["declared", "undeclared"],
+                |_| {},
+            )
+            .await?;
+            let client = mesh.lab.pod("default", "client").netns.clone();
+            let declared = &mesh.lab.externals["declared"];
+            let (declared_ip, declared_netns) = (declared.ip, declared.netns.clone());
+            let undeclared = &mesh.lab.externals["undeclared"];
+            let (undeclared_ip, undeclared_netns) = (undeclared.ip, undeclared.netns.clone());
+            serve_hello(&declared_netns, 9000, "declared".into())?;
+            serve_hello(&undeclared_netns, 9000, "undeclared".into())?;
+            let (to_declared, to_undeclared) = (
+                SocketAddr::from((declared_ip, 9000)),
+                SocketAddr::from((undeclared_ip, 9000)),
+            );
+            // `declared` is a `resolution: NONE` entry's address.
+            mesh.write_manifest(
+                "entry.yaml",
+                &service_entry(
+                    "declared",
+                    "default",
+                    &format!(
+                        "  hosts: [declared.example.test]\n  addresses: [{declared_ip}]\n  ports: \
+                     [{{number: 9000, name: tcp}}]\n  resolution: NONE\n"
+                    ),
+                ),
+            )?;
+            assert_eq!(
+                resolved(&client, "declared.example.test").await?,
+                declared_ip
+            );
+
+            // ALLOW_ANY (the default): both reachable.
+            assert!(answered(&client, to_undeclared).await);
+            assert!(answered(&client, to_declared).await);
+
+            // REGISTRY_ONLY: the undeclared destination is refused, the declared one is not.
+            mesh.write_manifest("mesh.yaml", &mesh_config("REGISTRY_ONLY"))?;
+            eventually(Duration::from_secs(15), || async {
+                match answered(&client, to_undeclared).await {
+                    false => Ok(()),
+                    true => Err("still reachable".to_string()),
+                }
+            })
+            .await?;
+            assert!(answered(&client, to_declared).await);
+            let metrics = mesh.metrics("node-a").await?;
+            let refused = metric(
+                &metrics,
+                "istio_tcp_connections_opened_total",
+                &[("reporter", "source"), ("response_flags", "NR")],
+            );
+            assert!(refused >= 1.0, "refusals counted: {refused}\n{metrics}");
+
+            // Back to ALLOW_ANY.
+            mesh.write_manifest("mesh.yaml", &mesh_config("ALLOW_ANY"))?;
+            eventually(Duration::from_secs(15), || async {
+                match answered(&client, to_undeclared).await {
+                    true => Ok(()),
+                    false => Err("still refused".to_string()),
+                }
+            })
+            .await?;
+            // The restarted controller keeps the setting as written.
+            mesh.write_manifest("mesh.yaml", &mesh_config("REGISTRY_ONLY"))?;
+            mesh.restart_controller().await?;
+            eventually(Duration::from_secs(15), || async {
+                match answered(&client, to_undeclared).await {
+                    false => Ok(()),
+                    true => Err("reachable after the restart".to_string()),
+                }
+            })
+            .await?;
+            TestResult::Ok(())
+        },
+    );
+}

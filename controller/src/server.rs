@@ -206,7 +206,11 @@ pub async fn run_with(
                 }
                 None => kube::Client::try_default().await?,
             };
-            tokio::spawn(kubernetes::run(client.clone(), changes_tx));
+            tokio::spawn(kubernetes::run(
+                client.clone(),
+                config.index.root_namespace.clone(),
+                changes_tx,
+            ));
             kube_client = Some(client.clone());
             Arc::new(TokenReviewAuthenticator::new(
                 client,

@@ -43,6 +43,11 @@ pub mod ambient {
             include!(concat!(env!("OUT_DIR"), "/ambient.waypoint.v1.rs"));
         }
     }
+    pub mod mesh {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ambient.mesh.v1.rs"));
+        }
+    }
     pub mod rollout {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/ambient.rollout.v1.rs"));
@@ -138,3 +143,7 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 /// xDS type URL of waypoint L7 configuration (our own type).
 pub const L7_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.v1.L7Resource";
+/// Mesh-wide settings for ztunnels (one resource, [`MESH_RESOURCE`]).
+pub const MESH_TYPE_URL: &str = "type.googleapis.com/ambient.mesh.v1.MeshSettings";
+/// The name of the one [`MESH_TYPE_URL`] resource.
+pub const MESH_RESOURCE: &str = "mesh";

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::inpod::{WorkloadManager, zds_client};
+use crate::mesh_settings::{MeshSettings, MeshSubscription};
 use crate::proxy::Shared;
 use crate::proxy::connection_manager::ConnectionManager;
 use proxy_core::control_plane::ControlPlane;
@@ -133,6 +134,7 @@ pub async fn run(
         access_log::install(exporter);
         task
     });
+    let mesh = Arc::new(MeshSettings::default());
     let readiness = match &config.source {
         ConfigSource::File(path) => {
             let readiness = Readiness::new(&["zds"]);
@@ -155,11 +157,12 @@ pub async fn run(
                 instance_ip: config.instance_ip.clone(),
                 id: String::new(),
             };
-            tokio::spawn(xds::run(
+            tokio::spawn(xds::run_with(
                 config.control_plane.clone(),
                 node,
                 state.clone(),
                 readiness.clone(),
+                vec![Arc::new(MeshSubscription(mesh.clone()))],
             ));
             readiness
         }
@@ -177,6 +180,7 @@ pub async fn run(
         cert_wait: config.cert_wait,
         connect_timeout: config.connect_timeout,
         named_endpoints: Default::default(),
+        mesh,
         connections: ConnectionManager::new(),
         draining: CancellationToken::new(),
         connection_tasks: TaskTracker::new(),

@@ -16,5 +16,6 @@ pub mod cli;
 pub mod cni_plugin;
 pub mod dns;
 pub mod inpod;
+pub mod mesh_settings;
 pub mod metrics;
 pub mod proxy;

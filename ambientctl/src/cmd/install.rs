@@ -507,6 +507,8 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
                 &["serviceaccounts", "services", "configmaps"],
                 &["get", "create", "patch"],
             ),
+            // Istio's mesh config (ConfigMap `istio` in the root namespace), watched.
+            rule("", &["configmaps"], &["list", "watch"]),
             rule("apps", &["deployments"], &["get", "create", "patch"]),
             rule(
                 "security.istio.io",

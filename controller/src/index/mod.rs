@@ -9,6 +9,7 @@
 pub mod authorization;
 pub mod l7;
 pub mod labels;
+pub mod mesh;
 pub mod peer_auth;
 pub mod service;
 pub mod service_entry;
@@ -92,6 +93,8 @@ pub struct Index {
     pub policies: Vec<l7::ratelimit::PolicyStatus>,
     /// Every Rollout, for the rollout engine.
     pub rollouts: Vec<l7::rollout::RolloutView>,
+    /// Mesh-wide settings for ztunnels, from Istio's mesh config.
+    pub mesh: ambient_proto::ambient::mesh::v1::MeshSettings,
     pub warnings: Vec<Warning>,
 }
 
@@ -376,6 +379,7 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
                 .insert(authorization::resource_name(&c.namespace, &c.name), c);
         }
     }
+    index.mesh = mesh::settings(&ctx, &mut warnings);
     let instances = l7::status::running_instances(&ctx);
     (index.l7, index.policies, index.rollouts) = l7::build(&ctx, &instances, &mut warnings);
     index.gateways = l7::gateway_statuses(&ctx, &instances);

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -48,10 +48,12 @@ pub enum Kind {
     ServiceEntry,
     LocalRateLimitPolicy,
     Rollout,
+    /// Read for Istio's mesh config only (`istio` in the root namespace).
+    ConfigMap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -68,6 +70,7 @@ impl Kind {
         Kind::ServiceEntry,
         Kind::LocalRateLimitPolicy,
         Kind::Rollout,
+        Kind::ConfigMap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
             Kind::Rollout => "Rollout",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -129,6 +133,7 @@ impl Kind {
             ("", "Node") => Some(Kind::Node),
             ("", "Pod") => Some(Kind::Pod),
             ("", "Service") => Some(Kind::Service),
+            ("", "ConfigMap") => Some(Kind::ConfigMap),
             ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
             ("gateway.networking.k8s.io", "Gateway") => Some(Kind::Gateway),
             ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
@@ -184,6 +189,7 @@ pub enum Object {
     ServiceEntry(ServiceEntry),
     LocalRateLimitPolicy(LocalRateLimitPolicy),
     Rollout(Rollout),
+    ConfigMap(ConfigMap),
 }
 
 impl Object {
@@ -218,6 +224,7 @@ impl Object {
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
             Object::Rollout(_) => Kind::Rollout,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -239,6 +246,7 @@ impl Object {
             Object::ServiceEntry(o) => &o.metadata,
             Object::LocalRateLimitPolicy(o) => &o.metadata,
             Object::Rollout(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
         }
     }
 
@@ -260,6 +268,7 @@ impl Object {
             Object::ServiceEntry(o) => &mut o.metadata,
             Object::LocalRateLimitPolicy(o) => &mut o.metadata,
             Object::Rollout(o) => &mut o.metadata,
+            Object::ConfigMap(o) => &mut o.metadata,
         }
     }
 
@@ -465,6 +474,17 @@ impl ClusterState {
             Object::VirtualService(v) => Some(v),
             _ => None,
         })
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
+        match self.get(&ObjectKey {
+            kind: Kind::ConfigMap,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }) {
+            Some(Object::ConfigMap(c)) => Some(c),
+            _ => None,
+        }
     }
 
     pub fn service_entries(&self) -> impl Iterator<Item = &ServiceEntry> {

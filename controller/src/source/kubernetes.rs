@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -19,9 +19,21 @@ use crate::model::{
     VirtualService,
 };
 
-/// Watches every kind the controller reads until `tx` closes.
-pub async fn run(client: Client, tx: mpsc::Sender<Change>) {
+/// Watches every kind the controller reads until `tx` closes; of ConfigMaps, only Istio's
+/// mesh config (`istio` in `root_namespace`).
+pub async fn run(client: Client, root_namespace: String, tx: mpsc::Sender<Change>) {
+    let mesh_config = watcher::Config::default().fields(&format!(
+        "metadata.name={}",
+        crate::index::mesh::MESH_CONFIG_MAP
+    ));
     let tasks = vec![
+        tokio::spawn(watch_api::<ConfigMap>(
+            Api::namespaced(client.clone(), &root_namespace),
+            mesh_config,
+            Kind::ConfigMap,
+            Object::ConfigMap,
+            tx.clone(),
+        )),
         tokio::spawn(watch::<Namespace>(
             client.clone(),
             Kind::Namespace,
@@ -121,8 +133,19 @@ async fn watch<K>(client: Client, kind: Kind, wrap: fn(K) -> Object, tx: mpsc::S
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let api: Api<K> = Api::all(client);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    watch_api(Api::all(client), watcher::Config::default(), kind, wrap, tx).await
+}
+
+async fn watch_api<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: mpsc::Sender<Change>,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut listing: Option<Vec<Object>> = None;
     // Whether this kind has been reported to the controller once (listed, or found absent).

@@ -437,6 +437,14 @@ impl<'a> Reader<'a> {
             let message = format!("{kind} has no metadata.name");
             return self.report(Severity::Error, root, None, message);
         }
+        // Of ConfigMaps, only Istio's mesh config is read (as on an API server).
+        if kind == Kind::ConfigMap && key.name != crate::index::mesh::MESH_CONFIG_MAP {
+            let message = format!(
+                "{api_version} {kind_name} is not read by the controller (only {:?}, Istio's mesh config)",
+                crate::index::mesh::MESH_CONFIG_MAP
+            );
+            return self.report(Severity::Info, root, None, message);
+        }
         self.object(key, value, spans);
     }
 
@@ -550,6 +558,7 @@ fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), I
         Kind::DestinationRule => typed(value, Object::DestinationRule),
         Kind::ServiceEntry => typed(value, Object::ServiceEntry),
         Kind::TcpRoute => typed(value, Object::TcpRoute),
+        Kind::ConfigMap => typed(value, Object::ConfigMap),
         Kind::LocalRateLimitPolicy => typed(value, Object::LocalRateLimitPolicy),
         Kind::Rollout => typed(value, Object::Rollout),
     }
@@ -1094,7 +1103,10 @@ metadata: {name: future, namespace: shop}
             .collect();
         assert_eq!(
             skipped,
-            vec![("v1 ConfigMap is not read by the controller", Some(1))],
+            vec![(
+                "v1 ConfigMap is not read by the controller (only \"istio\", Istio's mesh config)",
+                Some(1)
+            )],
             "the ConfigMap is one document"
         );
     }

@@ -6,7 +6,9 @@ pub mod server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ambient_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL};
+use ambient_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL, MESH_RESOURCE, MESH_TYPE_URL,
+};
 use prost::Message;
 
 use crate::index::Index;
@@ -16,7 +18,12 @@ use crate::index::l7::status::GatewayStatus;
 
 /// The resource types served. A client is sent only the types it subscribes to: ztunnel
 /// (addresses and authorizations) never sees the waypoints' L7 configuration.
-pub const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL];
+pub const TYPES: [&str; 4] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    L7_TYPE_URL,
+    MESH_TYPE_URL,
+];
 
 /// One resource as sent: name, version and encoded body.
 #[derive(Debug, PartialEq)]
@@ -109,12 +116,25 @@ impl Snapshot {
             .iter()
             .map(|(n, r)| (n.clone(), encode(L7_TYPE_URL, n, r, prev(L7_TYPE_URL))))
             .collect();
+        // Always sent, defaults included: a ztunnel then knows the mesh's settings are these.
+        let mesh: ResourceSet = [(
+            MESH_RESOURCE.to_string(),
+            encode(
+                MESH_TYPE_URL,
+                MESH_RESOURCE,
+                &index.mesh,
+                prev(MESH_TYPE_URL),
+            ),
+        )]
+        .into_iter()
+        .collect();
         let mut sets = BTreeMap::new();
         let mut changed = BTreeMap::new();
         for (t, set) in [
             (ADDRESS_TYPE_URL, addresses),
             (AUTHORIZATION_TYPE_URL, authorizations),
             (L7_TYPE_URL, l7),
+            (MESH_TYPE_URL, mesh),
         ] {
             let empty = ResourceSet::new();
             let old = prev(t).unwrap_or(&empty);

@@ -252,6 +252,7 @@ mod tests {
             cert_wait: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             named_endpoints: Default::default(),
+            mesh: Default::default(),
             connections: ConnectionManager::new(),
             draining: CancellationToken::new(),
             connection_tasks: tokio_util::task::TaskTracker::new(),

@@ -69,6 +69,8 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Endpoints known by name, resolved recently.
     pub named_endpoints: named_endpoint::NamedEndpoints,
+    /// Mesh-wide settings from the controller (the outbound traffic policy).
+    pub mesh: Arc<crate::mesh_settings::MeshSettings>,
     /// Live inbound connections, re-checked when policies change.
     pub connections: Arc<connection_manager::ConnectionManager>,
     /// Cancelled when this process starts draining (SIGTERM): every pod's listeners close and

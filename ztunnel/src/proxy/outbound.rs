@@ -106,8 +106,26 @@ async fn open(ctx: Arc<PodContext>, downstream: TcpStream, peer: SocketAddr) -> 
             let target = up.addr;
             direct(&ctx, downstream, peer, dst, target, me, Some(up)).await
         }
+        Ok(None)
+            if ctx.shared.mesh.registry_only() && !declared(&snapshot, dst, &ctx.namespace) =>
+        {
+            warn!(pod = %ctx.name, %dst, "outbound connection refused: REGISTRY_ONLY, and no service or ServiceEntry declares the destination");
+            let mut record = ConnectionRecord::open(info(&ctx, me, peer, dst, None, "NR"));
+            record.set_error(format!(
+                "outbound traffic policy REGISTRY_ONLY: {dst} is not in the mesh's registry"
+            ));
+            None
+        }
         Ok(None) => direct(&ctx, downstream, peer, dst, dst, me, None).await,
     }
+}
+
+/// Whether a destination outside the mesh is one a service the client sees declares (a
+/// `resolution: NONE` ServiceEntry's address: passed through, also under REGISTRY_ONLY).
+fn declared(snapshot: &proxy_core::state::Snapshot, dst: SocketAddr, namespace: &str) -> bool {
+    snapshot
+        .service_by_vip(dst.ip())
+        .is_some_and(|s| s.visible_to(namespace))
 }
 
 fn info(
