@@ -228,18 +228,7 @@ fn l7_features_through_the_waypoint() {
 
     // A consumer route (HTTPRoute in `front`, parent shop/echo) applies to requests from
     // `front` only: its header is added there, and shop's own client never sees it.
-    let from_front = ctl.ok(&[
-        "exec",
-        "-n",
-        "front",
-        "client",
-        "--",
-        "demo-app",
-        "get",
-        "http://echo.shop/",
-    ]);
-    let from_front: Value =
-        serde_json::from_str(from_front.lines().last().unwrap()).expect("echo json");
+    let from_front = ctl.get_echo("front", "client", "http://echo.shop/");
     assert_eq!(from_front["headers"]["x-consumer"], "front", "{from_front}");
     assert_eq!(from_front["version"], "v1", "{from_front}");
     let from_shop = summary(
@@ -251,17 +240,7 @@ fn l7_features_through_the_waypoint() {
         count(&from_shop, "by", "v2") > 0,
         "producer split still applies: {from_shop}"
     );
-    let plain = ctl.ok(&[
-        "exec",
-        "-n",
-        "shop",
-        "client",
-        "--",
-        "demo-app",
-        "get",
-        "http://echo/",
-    ]);
-    let plain: Value = serde_json::from_str(plain.lines().last().unwrap()).expect("echo json");
+    let plain = ctl.get_echo("shop", "client", "http://echo/");
     assert!(plain["headers"].get("x-consumer").is_none(), "{plain}");
 
     // TCPRoute: each connection to the TCP port goes to a backend drawn 80/20. 400

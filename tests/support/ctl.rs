@@ -76,6 +76,13 @@ impl Ctl {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
     }
 
+    /// One `demo-app get URL` from pod `namespace/pod` to an echo server: its JSON answer.
+    pub fn get_echo(&self, namespace: &str, pod: &str, url: &str) -> serde_json::Value {
+        let out = self.ok(&["exec", "-n", namespace, pod, "--", "demo-app", "get", url]);
+        let line = out.lines().last().expect("an answer");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("echo answer {line:?}: {e}"))
+    }
+
     /// `/metrics` of the (first) waypoint pod of `namespace`, through the control socket.
     pub fn waypoint_metrics(&self, namespace: &str) -> String {
         let workloads = self.json(&["ztunnel-config", "workloads", "-o", "json"]);

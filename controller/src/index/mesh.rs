@@ -77,18 +77,9 @@ pub fn settings(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> pb::MeshSetti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{IndexConfig, build};
-    use crate::model::{Change, ClusterState, Kind};
-    use crate::source::manifests::parse_file;
 
     fn mesh(yaml: &str) -> (pb::MeshSettings, Vec<Warning>) {
-        let parsed = parse_file(std::path::Path::new("m.yaml"), yaml, None);
-        let mut state = ClusterState::default();
-        state.apply(Change::Replace {
-            kinds: Kind::ALL.to_vec(),
-            objects: parsed.objects,
-        });
-        let index = build(&state, &IndexConfig::default());
+        let index = crate::index::build_from_yaml(yaml);
         (index.mesh, index.warnings)
     }
 

@@ -389,5 +389,25 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
     index
 }
 
+/// The index of the objects of a YAML stream, which must parse without errors (for tests).
+#[cfg(test)]
+pub(crate) fn build_from_yaml(yaml: &str) -> Index {
+    use crate::model::Change;
+    use crate::source::{Severity, manifests::parse_file};
+    let parsed = parse_file(std::path::Path::new("test.yaml"), yaml, None);
+    let errors: Vec<_> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut state = ClusterState::default();
+    state.apply(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: parsed.objects,
+    });
+    build(&state, &IndexConfig::default())
+}
+
 #[cfg(test)]
 mod tests;

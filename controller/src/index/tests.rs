@@ -99,21 +99,7 @@ status: {nodeInfo: {kubeletVersion: v1.36.3}}
 "#;
 
 fn index() -> Index {
-    let parsed = parse_file(std::path::Path::new("c.yaml"), CLUSTER, None);
-    assert!(
-        parsed
-            .diagnostics
-            .iter()
-            .all(|d| d.severity != crate::source::Severity::Error),
-        "{:?}",
-        parsed.diagnostics
-    );
-    let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
-    build(&state, &IndexConfig::default())
+    build_from_yaml(CLUSTER)
 }
 
 fn workload(index: &Index, uid: &str) -> wds::Workload {

@@ -1,7 +1,5 @@
 use super::*;
-use crate::index::{Index, IndexConfig, build as build_index};
-use crate::model::{Change, ClusterState, Kind};
-use crate::source::manifests::parse_file;
+use crate::index::Index;
 
 const ENTRIES: &str = r#"
 apiVersion: v1
@@ -76,21 +74,7 @@ status: {podIP: 10.244.1.9}
 "#;
 
 fn index_of(yaml: &str) -> Index {
-    let parsed = parse_file(std::path::Path::new("se.yaml"), yaml, None);
-    assert!(
-        parsed
-            .diagnostics
-            .iter()
-            .all(|d| d.severity != crate::source::Severity::Error),
-        "{:?}",
-        parsed.diagnostics
-    );
-    let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
-    build_index(&state, &IndexConfig::default())
+    crate::index::build_from_yaml(yaml)
 }
 
 fn service(index: &Index, key: &str) -> wds::Service {
