@@ -121,21 +121,7 @@ fn sum_in_text(text: &str, family: &str, want: &[(&str, &str)]) -> f64 {
 
 /// `demo-app get` from the client pod; its `--summary` line.
 fn client_get(ctl: &Ctl, url: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "exec",
-        "-n",
-        "shop",
-        "client",
-        "--",
-        "demo-app",
-        "get",
-        url,
-        "--summary",
-    ];
-    args.extend_from_slice(extra);
-    let out = ctl.ok(&args);
-    let line = out.lines().last().expect("a summary line");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+    ctl.get_summary("shop", "client", url, extra)
 }
 
 fn count(v: &Value, code: &str) -> u64 {

@@ -5,9 +5,7 @@ use l7::filter::Kind as F;
 use l7::path_match::Kind as P;
 
 use super::*;
-use crate::index::{Index, IndexConfig, build as build_index};
-use crate::model::{Change, ClusterState, Kind};
-use crate::source::manifests::parse_file;
+use crate::index::Index;
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -82,20 +80,7 @@ spec:
 "#;
 
 fn index(extra: &str) -> Index {
-    let text = format!("{BASE}---\n{extra}");
-    let parsed = parse_file(std::path::Path::new("t.yaml"), &text, None);
-    let errors: Vec<_> = parsed
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == crate::source::Severity::Error)
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
-    build_index(&state, &IndexConfig::default())
+    crate::index::build_from_yaml(&format!("{BASE}---\n{extra}"))
 }
 
 fn service(idx: &Index, ns: &str, name: &str) -> l7::ServiceConfig {
