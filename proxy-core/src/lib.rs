@@ -26,6 +26,7 @@ pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod named_endpoint;
 pub mod otlp;
 pub mod rbac;
 pub mod readiness;

@@ -43,10 +43,20 @@ impl Ctl {
     /// A two-node mesh brought up (`up --detach`) on a copy of tests/fixtures/`fixture`, in
     /// `scratch`; the copy's path (tests edit it to change the mesh).
     pub fn up_fixture(scratch: &Path, fixture: &str) -> (Ctl, PathBuf) {
+        Ctl::up_fixture_with(scratch, fixture, |_| {})
+    }
+
+    /// Like [`Ctl::up_fixture`], with `prepare` adding to the copy before the mesh starts.
+    pub fn up_fixture_with(
+        scratch: &Path,
+        fixture: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> (Ctl, PathBuf) {
         ensure_demo_app();
         let ctl = Ctl::new(scratch);
         let dir = scratch.join("mesh");
         e2e::copy_dir(&workspace().join("tests/fixtures").join(fixture), &dir);
+        prepare(&dir);
         ctl.ok(&["up", dir.to_str().unwrap(), "--detach", "--nodes", "2"]);
         (ctl, dir)
     }
@@ -83,18 +93,30 @@ impl Ctl {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("echo answer {line:?}: {e}"))
     }
 
-    /// `/metrics` of the (first) waypoint pod of `namespace`, through the control socket.
-    pub fn waypoint_metrics(&self, namespace: &str) -> String {
+    /// The workload `namespace/<name>` as ztunnels know it, for the first name `pick` accepts.
+    pub fn workload(&self, namespace: &str, pick: impl Fn(&str) -> bool) -> serde_json::Value {
         let workloads = self.json(&["ztunnel-config", "workloads", "-o", "json"]);
-        let name = workloads
+        workloads
             .as_array()
             .into_iter()
             .flatten()
             .filter(|w| w["namespace"] == namespace)
-            .filter_map(|w| w["name"].as_str())
-            .find(|n| n.starts_with("waypoint"))
-            .expect("a waypoint pod")
-            .to_string();
+            .find(|w| w["name"].as_str().is_some_and(&pick))
+            .cloned()
+            .unwrap_or_else(|| panic!("no such workload in {namespace}: {workloads}"))
+    }
+
+    /// The name of the (first) waypoint pod of `namespace`.
+    pub fn waypoint_pod(&self, namespace: &str) -> String {
+        self.workload(namespace, |n| n.starts_with("waypoint"))["name"]
+            .as_str()
+            .expect("a name")
+            .to_string()
+    }
+
+    /// `/metrics` of the (first) waypoint pod of `namespace`, through the control socket.
+    pub fn waypoint_metrics(&self, namespace: &str) -> String {
+        let name = self.waypoint_pod(namespace);
         let (code, body) = self.control_get(&format!("/pod/{namespace}/{name}/15020/metrics"));
         assert_eq!(code, 200, "{body}");
         body

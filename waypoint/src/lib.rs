@@ -22,6 +22,7 @@ mod app;
 pub mod cli;
 mod config;
 mod context;
+mod egress;
 pub mod health;
 pub mod http_server;
 mod inbound;

@@ -264,10 +264,10 @@ mod tests {
             protocol: "http",
             route: "shop.reviews.0".into(),
             backend: None,
-            upstream: Some(crate::upstream::Endpoint {
-                workload: reviews,
-                addr: "10.244.1.7:9080".parse().unwrap(),
-            }),
+            upstream: Some(crate::upstream::Endpoint::new(
+                reviews,
+                "10.244.1.7:9080".parse().unwrap(),
+            )),
             status: 200,
             grpc_status: None,
             flags: "-",

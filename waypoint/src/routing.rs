@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use proxy_core::state::{Service, ServicePort, Snapshot, Workload};
 
 use crate::config::L7Snapshot;
+use crate::egress::Origination;
 use crate::l7::authz::{self, Policies};
 use crate::l7::backend::BackendRef;
 use crate::l7::balance::{Balancer, BalancerPolicy, Pick};
@@ -60,6 +61,8 @@ pub struct ServiceRouting {
     pub rate_limits: Box<[Arc<RateLimiter>]>,
     /// Endpoints and the choice among them.
     pub balancer: Balancer<EndpointKey>,
+    /// TLS originated to its endpoints outside the mesh, by service port.
+    pub origination: HashMap<u16, Origination>,
 }
 
 /// Everything the request path needs, at one moment.
@@ -177,6 +180,14 @@ impl Routing {
                 old.map(|o| &o.balancer),
                 Instant::now(),
             );
+            let origination = origination(service, traffic, old.map(|o| &o.origination));
+            for (port, o) in &origination {
+                if let Origination::Broken(reason) = o {
+                    errors.push(format!(
+                        "{key} port {port}: TLS origination unusable, connections fail: {reason}"
+                    ));
+                }
+            }
             services.insert(
                 key,
                 Arc::new(ServiceRouting {
@@ -188,6 +199,7 @@ impl Routing {
                     limits,
                     rate_limits,
                     balancer,
+                    origination,
                 }),
             );
         }
@@ -202,14 +214,48 @@ impl Routing {
     }
 }
 
-/// A service's healthy endpoints with an address.
+/// A service's healthy endpoints with an address or a name.
 fn endpoints(state: &Snapshot, service: &Service) -> Vec<EndpointKey> {
     state
         .endpoints(service)
         .iter()
-        .filter(|w| w.healthy && !w.addresses.is_empty())
+        .filter(|w| w.healthy && (!w.addresses.is_empty() || w.hostname.is_some()))
         .map(|w| EndpointKey(w.clone()))
         .collect()
+}
+
+/// The TLS to originate on each port of `service` (its DestinationRule's `tls`, replaced per
+/// port by `portLevelSettings`); what was compiled before from the same settings is kept.
+fn origination(
+    service: &Service,
+    traffic: Option<&pb::TrafficPolicy>,
+    old: Option<&HashMap<u16, Origination>>,
+) -> HashMap<u16, Origination> {
+    let mut out = HashMap::new();
+    let Some(traffic) = traffic else {
+        return out;
+    };
+    for port in &service.ports {
+        let number = port.service_port;
+        let tls = traffic
+            .port_tls
+            .iter()
+            .find(|p| p.port == u32::from(number))
+            .map(|p| p.tls.as_ref())
+            .unwrap_or(traffic.tls.as_ref());
+        let Some(tls) = tls.filter(|t| t.mode() == pb::client_tls::Mode::Simple) else {
+            continue;
+        };
+        let kept = old
+            .and_then(|o| o.get(&number))
+            .filter(|o| o.source() == Some(tls))
+            .cloned();
+        out.insert(
+            number,
+            kept.unwrap_or_else(|| Origination::compile(tls, &service.hostname)),
+        );
+    }
+    out
 }
 
 impl ServiceRouting {
@@ -225,10 +271,14 @@ impl ServiceRouting {
     /// The endpoint a pick names, serving `service_port`.
     pub fn endpoint(&self, pick: &Pick<EndpointKey>, service_port: u16) -> Endpoint {
         let workload = pick.key().0.clone();
-        Endpoint {
-            addr: self.endpoint_addr(&workload, service_port),
-            workload,
+        let mut endpoint = Endpoint::new(
+            workload.clone(),
+            self.endpoint_addr(&workload, service_port),
+        );
+        if !endpoint.in_mesh() {
+            endpoint.origination = self.origination.get(&service_port).cloned();
         }
+        endpoint
     }
 
     /// The address a workload serves `service_port` on.
@@ -243,10 +293,13 @@ impl ServiceRouting {
                 service_port,
                 target_port: service_port,
             });
-        SocketAddr::new(
-            workload.addresses[0],
-            workload.target_port(&self.service.key(), &port),
-        )
+        // An endpoint known by name gets its address when picked (`Upstreams::resolve`).
+        let ip = workload
+            .addresses
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        SocketAddr::new(ip, workload.target_port(&self.service.key(), &port))
     }
 }
 

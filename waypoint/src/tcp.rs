@@ -8,6 +8,7 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use crate::context::Ctx;
+use crate::egress::Alpn;
 use crate::inbound::{Downstream, Target};
 use crate::rewind::Rewind;
 use crate::routing::TcpRefusal;
@@ -49,14 +50,14 @@ pub async fn passthrough(
             }
         }
         Target::Workload { workload, port } => (
-            workload.addresses.first().map(|ip| Endpoint {
-                workload: workload.clone(),
-                addr: SocketAddr::new(*ip, *port),
-            }),
+            workload
+                .addresses
+                .first()
+                .map(|ip| Endpoint::new(workload.clone(), SocketAddr::new(*ip, *port))),
             None,
         ),
     };
-    let Some(endpoint) = endpoint else {
+    let Some(mut endpoint) = endpoint else {
         debug!(dst = %downstream.dst, "no healthy endpoint");
         record.finish("UH", None, 0, 0, started);
         return;
@@ -84,19 +85,23 @@ pub async fn passthrough(
         client_ip: Some(downstream.addr.ip()),
         traceparent: None,
     };
-    let (up, _guard) = match ctx
+    if let Err(e) = ctx.upstreams.resolve(&mut endpoint).await {
+        debug!(error = %e, "endpoint has no address");
+        record.finish(e.response_flag(), Some(&endpoint), 0, 0, started);
+        return;
+    }
+    let (mut up, _guard) = match ctx
         .upstreams
-        .tunnel(&ctx, &endpoint, &tunnel, connect_timeout)
+        .connect(&ctx, &endpoint, &tunnel, connect_timeout, Alpn::Opaque)
         .await
     {
         Ok(x) => x,
         Err(e) => {
-            debug!(error = %e, "upstream tunnel failed");
-            record.finish("UF", Some(&endpoint), 0, 0, started);
+            debug!(error = %e, "upstream connection failed");
+            record.finish(e.response_flag(), Some(&endpoint), 0, 0, started);
             return;
         }
     };
-    let mut up = StreamIo::new(up);
     match tokio::io::copy_bidirectional(&mut stream, &mut up).await {
         Ok((sent, received)) => record.finish("-", Some(&endpoint), sent, received, started),
         Err(e) => {

@@ -1,6 +1,6 @@
 //! Connections to endpoints: HBONE to the endpoint's ztunnel (pooled per destination
-//! identity and address, as ztunnel pools them), and HTTP connections riding on those
-//! tunnels (HTTP/1.1 kept alive and reused, HTTP/2 multiplexed on one connection), pooled
+//! identity and address, as ztunnel pools them), or, for endpoints outside the mesh, plain
+//! TCP or originated TLS ([`crate::egress`]); and HTTP connections riding on those (HTTP/1.1 kept alive and reused, HTTP/2 multiplexed on one connection), pooled
 //! per service so that its `DestinationRule` `connectionPool` applies: at most
 //! `maxConnections` (past it a request waits, counted against `http1MaxPendingRequests`:
 //! overflow is 503 `UO`), `maxRequestsPerConnection` exchanges each, closed after
@@ -24,11 +24,13 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_core::state::Workload;
+use proxy_core::named_endpoint::NamedEndpoints;
+use proxy_core::state::{Protocol, Workload};
 use tokio::sync::futures::Notified;
 use tracing::debug;
 
 use crate::context::Ctx;
+use crate::egress::{self, Alpn, DirectError, Origination, UpstreamIo};
 use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PendingPermit, PoolSettings};
 use crate::stream::StreamIo;
 
@@ -47,8 +49,9 @@ const MAX_IDLE_HTTP1: usize = 256;
 const POOL_RECHECK: Duration = Duration::from_millis(20);
 
 /// HTTP connections are pooled per service (its limits' pool id; 0 for workload-addressed
-/// traffic) and endpoint.
-type HttpKey = (u64, SocketAddr);
+/// traffic), endpoint and TLS origination settings (their id; 0 for none), so that a
+/// connection is never reused under settings other than those it was opened with.
+type HttpKey = (u64, SocketAddr, u64);
 
 /// An HTTP/1 connection in the pool.
 struct Http1 {
@@ -69,11 +72,30 @@ struct Http2 {
     idle_timeout: Duration,
 }
 
-/// One endpoint of a service: the workload and the address its app listens on.
+/// One endpoint of a service: the workload and the address its app listens on (for an
+/// endpoint known by name, the unspecified address until [`Upstreams::resolve`]).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub workload: Arc<Workload>,
     pub addr: SocketAddr,
+    /// TLS to originate (endpoints outside the mesh only).
+    pub origination: Option<Origination>,
+}
+
+impl Endpoint {
+    /// An endpoint at `addr`, without TLS origination.
+    pub fn new(workload: Arc<Workload>, addr: SocketAddr) -> Self {
+        Endpoint {
+            workload,
+            addr,
+            origination: None,
+        }
+    }
+
+    /// Whether it is reached through an HBONE tunnel (a mesh workload).
+    pub fn in_mesh(&self) -> bool {
+        self.workload.protocol == Protocol::Hbone
+    }
 }
 
 /// How a request was sent upstream.
@@ -95,6 +117,18 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         source: HboneError,
     },
+    /// No connection to an endpoint outside the mesh, or no TLS with it (`UF`).
+    #[error("connecting to {endpoint}: {source}")]
+    Direct {
+        endpoint: SocketAddr,
+        source: DirectError,
+    },
+    /// An endpoint known by name has no address (`DF`, Envoy's DNS resolution failure).
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
     /// The HTTP exchange broke (`UC` / reset).
     #[error("HTTP exchange with {endpoint}: {source}")]
     Exchange {
@@ -108,7 +142,8 @@ impl UpstreamError {
     pub fn response_flag(&self) -> &'static str {
         match self {
             UpstreamError::Overflow => "UO",
-            UpstreamError::Connect { .. } => "UF",
+            UpstreamError::Connect { .. } | UpstreamError::Direct { .. } => "UF",
+            UpstreamError::Resolve { .. } => "DF",
             UpstreamError::Exchange { .. } => "UC",
         }
     }
@@ -124,6 +159,8 @@ pub struct TunnelContext {
 /// HBONE and HTTP connections to endpoints.
 pub struct Upstreams {
     pool: Pool<PoolKey>,
+    /// Endpoints known by name, resolved when picked.
+    named: NamedEndpoints,
     http1: Mutex<HashMap<HttpKey, Vec<Http1>>>,
     http2: Mutex<HashMap<HttpKey, Http2>>,
 }
@@ -132,14 +169,62 @@ impl Upstreams {
     pub fn new(settings: HbonePoolSettings) -> Self {
         Upstreams {
             pool: Pool::new(settings),
+            named: NamedEndpoints::default(),
             http1: Mutex::new(HashMap::new()),
             http2: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Gives an endpoint known by name the address it has now (the first the system resolver
+    /// answers, kept for a while: see [`NamedEndpoints`]).
+    pub async fn resolve(&self, endpoint: &mut Endpoint) -> Result<(), UpstreamError> {
+        let Some(host) = endpoint.workload.hostname.as_deref() else {
+            return Ok(());
+        };
+        let addrs = self
+            .named
+            .resolve(host, endpoint.addr.port())
+            .await
+            .map_err(|source| UpstreamError::Resolve {
+                host: host.to_string(),
+                source,
+            })?;
+        endpoint.addr = addrs[0];
+        Ok(())
+    }
+
+    /// A connection to `endpoint` (new ones are given `connect_timeout`): a CONNECT stream
+    /// through its ztunnel, holding the tunnel's guard, or a direct one outside the mesh
+    /// (TLS spoken as `alpn` says when it is originated).
+    pub async fn connect(
+        &self,
+        ctx: &Ctx,
+        endpoint: &Endpoint,
+        tunnel: &TunnelContext,
+        connect_timeout: Duration,
+        alpn: Alpn,
+    ) -> Result<(UpstreamIo, Option<StreamGuard>), UpstreamError> {
+        if endpoint.in_mesh() {
+            let (stream, guard) = self.tunnel(ctx, endpoint, tunnel, connect_timeout).await?;
+            return Ok((UpstreamIo::Tunnel(StreamIo::new(stream)), Some(guard)));
+        }
+        let io = egress::connect(
+            endpoint.addr,
+            connect_timeout,
+            endpoint.origination.as_ref(),
+            alpn,
+        )
+        .await
+        .map_err(|source| UpstreamError::Direct {
+            endpoint: endpoint.addr,
+            source,
+        })?;
+        Ok((io, None))
+    }
+
     /// A CONNECT stream to `endpoint` through its ztunnel (a new HBONE connection is given
     /// `connect_timeout`).
-    pub async fn tunnel(
+    async fn tunnel(
         &self,
         ctx: &Ctx,
         endpoint: &Endpoint,
@@ -178,7 +263,11 @@ impl Upstreams {
         tunnel: &TunnelContext,
         limits: Option<&ConnectionLimits>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let key = (limits.map_or(0, ConnectionLimits::pool_id), endpoint.addr);
+        let key = (
+            limits.map_or(0, ConnectionLimits::pool_id),
+            endpoint.addr,
+            endpoint.origination.as_ref().map_or(0, Origination::id),
+        );
         let settings = limits.map_or_else(|| PoolSettings::new(None), |l| *l.pool());
         match version {
             HttpVersion::Http1 => {
@@ -283,9 +372,9 @@ impl Upstreams {
         permit: Option<ConnectionPermit>,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let (stream, guard) = self
-            .tunnel(ctx, endpoint, tunnel, settings.connect_timeout)
+            .connect(ctx, endpoint, tunnel, settings.connect_timeout, Alpn::Http1)
             .await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(StreamIo::new(stream)))
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Exchange {
                 endpoint: endpoint.addr,
@@ -325,12 +414,12 @@ impl Upstreams {
                 }
             };
             let (stream, guard) = self
-                .tunnel(ctx, endpoint, tunnel, settings.connect_timeout)
+                .connect(ctx, endpoint, tunnel, settings.connect_timeout, Alpn::Http2)
                 .await?;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(1024 * 1024)
                 .initial_connection_window_size(4 * 1024 * 1024)
-                .handshake(TokioIo::new(StreamIo::new(stream)))
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|source| UpstreamError::Exchange {
                     endpoint: endpoint.addr,
@@ -411,11 +500,11 @@ impl Upstreams {
         self.http1
             .lock()
             .expect("poisoned")
-            .retain(|(_, a), _| live(a));
+            .retain(|(_, a, _), _| live(a));
         self.http2
             .lock()
             .expect("poisoned")
-            .retain(|(_, a), _| live(a));
+            .retain(|(_, a, _), _| live(a));
     }
 }
 
@@ -456,11 +545,11 @@ async fn until_released(released: Option<Pin<&mut Notified<'_>>>) {
 }
 
 /// Drives an upstream HTTP connection until it ends, counted against its service's
-/// `maxConnections` and holding its tunnel meanwhile.
+/// `maxConnections` and holding its tunnel (if any) meanwhile.
 fn drive(
     conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
     permit: Option<ConnectionPermit>,
-    guard: StreamGuard,
+    guard: Option<StreamGuard>,
     what: &'static str,
 ) {
     tokio::spawn(async move {
@@ -523,8 +612,8 @@ mod tests {
         };
         // Service 1's connection has been idle 5 s of its 2 s; service 2's 5 s of its 60 s.
         let five_ago = now - Duration::from_secs(5);
-        upstreams.return_http1((1, addr), idle(stale, five_ago, 2));
-        upstreams.return_http1((2, addr), idle(fresh, five_ago, 60));
+        upstreams.return_http1((1, addr, 0), idle(stale, five_ago, 2));
+        upstreams.return_http1((2, addr, 0), idle(fresh, five_ago, 60));
         let pooled = |u: &Upstreams| {
             let mut keys: Vec<u64> = u.http1.lock().unwrap().keys().map(|k| k.0).collect();
             keys.sort_unstable();
@@ -540,15 +629,15 @@ mod tests {
         assert!(pooled(&upstreams).is_empty());
         // Taking one also drops what expired meanwhile, and pools are per service.
         let (sender, _c) = http1_sender().await;
-        upstreams.return_http1((2, addr), idle(sender, five_ago, 2));
-        assert!(upstreams.idle_http1((2, addr), now, false).is_none());
+        upstreams.return_http1((2, addr, 0), idle(sender, five_ago, 2));
+        assert!(upstreams.idle_http1((2, addr, 0), now, false).is_none());
         assert!(pooled(&upstreams).iter().all(|k| *k == 2));
         let (sender, _d) = http1_sender().await;
-        upstreams.return_http1((2, addr), idle(sender, now, 60));
+        upstreams.return_http1((2, addr, 0), idle(sender, now, 60));
         assert!(
-            upstreams.idle_http1((1, addr), now, false).is_none(),
+            upstreams.idle_http1((1, addr, 0), now, false).is_none(),
             "not service 1's"
         );
-        assert!(upstreams.idle_http1((2, addr), now, false).is_some());
+        assert!(upstreams.idle_http1((2, addr, 0), now, false).is_some());
     }
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ambient_proto::ambient::waypoint::v1 as l7;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::labels::{self, WAYPOINT_FOR};
 use super::waypoint::{self, Traffic};
@@ -39,8 +40,68 @@ pub fn gateway_resource_name(namespace: &str, name: &str) -> String {
     format!("gateway/{namespace}/{name}")
 }
 
-/// A Service (or a Gateway) by (namespace, name).
+/// A Service (or a Gateway) by (namespace, name), or a ServiceEntry host by (namespace,
+/// host): hosts an entry can be routed by hold a dot, and a Service name never does.
 pub type ServiceKey = (String, String);
+
+/// Whether `key` names a ServiceEntry host rather than a Service.
+pub fn is_entry_host(key: &ServiceKey) -> bool {
+    key.1.contains('.')
+}
+
+/// A port of a Service or ServiceEntry host, as routes and the waypoint see it.
+#[derive(Clone, Debug)]
+pub struct DestinationPort {
+    pub number: u32,
+    pub name: Option<String>,
+    pub protocol: l7::AppProtocol,
+}
+
+/// The TCP ports of the Service or ServiceEntry host `key` names; `None` when there is none.
+pub fn destination_ports(ctx: &Context<'_>, key: &ServiceKey) -> Option<Vec<DestinationPort>> {
+    if is_entry_host(key) {
+        let se = ctx.entry_host(&key.0, &key.1)?;
+        return Some(
+            se.spec
+                .ports
+                .iter()
+                .filter(|p| {
+                    !p.protocol
+                        .as_deref()
+                        .is_some_and(|p| p.eq_ignore_ascii_case("UDP"))
+                })
+                .map(|p| DestinationPort {
+                    number: p.number,
+                    name: Some(p.name.clone()).filter(|n| !n.is_empty()),
+                    protocol: entry_port_protocol(p.protocol.as_deref()),
+                })
+                .collect(),
+        );
+    }
+    let svc = ctx.service(&key.0, &key.1)?;
+    Some(
+        tcp_ports(svc)
+            .into_iter()
+            .map(|p| DestinationPort {
+                number: p.port as u32,
+                name: p.name.clone(),
+                protocol: port_protocol(p),
+            })
+            .collect(),
+    )
+}
+
+/// How a ServiceEntry port is spoken, by its `protocol` (absent or unknown: detected).
+fn entry_port_protocol(protocol: Option<&str>) -> l7::AppProtocol {
+    use l7::AppProtocol::*;
+    match protocol.map(str::to_ascii_uppercase).as_deref() {
+        Some("HTTP") => Http1,
+        Some("HTTP2") => Http2,
+        Some("GRPC") => Grpc,
+        Some("TCP" | "HTTPS" | "TLS" | "MONGO" | "MYSQL" | "REDIS") => Tcp,
+        _ => Detect,
+    }
+}
 
 /// What the translation collects besides resources.
 #[derive(Default)]
@@ -58,6 +119,9 @@ impl Out {
 
 /// `<namespace>/<hostname>` of a Service: how backends name it.
 pub fn backend_name(ctx: &Context<'_>, namespace: &str, name: &str) -> String {
+    if is_entry_host(&(String::new(), name.to_string())) {
+        return format!("{namespace}/{name}");
+    }
     format!(
         "{namespace}/{name}.{namespace}.svc.{}",
         ctx.config.domain_suffix
@@ -76,9 +140,18 @@ pub fn service_backend(
     port: u32,
     weight: u32,
 ) -> l7::Backend {
-    if ctx.service(namespace, name).is_some() {
-        out.referenced
-            .insert((namespace.to_string(), name.to_string()));
+    let key = (namespace.to_string(), name.to_string());
+    if is_entry_host(&key) {
+        if ctx.entry_host(namespace, name).is_some() {
+            out.referenced.insert(key);
+        } else {
+            out.warn(
+                object,
+                format!("backend host {name} is declared by no ServiceEntry of {namespace}; its share of requests fails"),
+            );
+        }
+    } else if ctx.service(namespace, name).is_some() {
+        out.referenced.insert(key);
     } else {
         out.warn(
             object,
@@ -96,9 +169,30 @@ pub fn service_backend(
 }
 
 /// The (namespace, name) of the Service an Istio `host` names, relative to `namespace`: a
-/// short name, `name.ns`, `name.ns.svc` or the FQDN. `Err` explains why it names none (the
-/// Service itself may not exist: see [`resolve_host`]).
+/// short name, `name.ns`, `name.ns.svc` or the FQDN; or else the (namespace, host) of a
+/// ServiceEntry host `namespace` sees. `Err` explains why it names none (the Service itself
+/// may not exist: see [`resolve_host`]).
 pub fn parse_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<ServiceKey, String> {
+    let service = parse_service_host(ctx, host, namespace);
+    if let Ok((ns, name)) = &service
+        && ctx.service(ns, name).is_some()
+    {
+        return service;
+    }
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    if lower.contains('.')
+        && let Some(ns) = ctx.find_entry_host(&lower, namespace)
+    {
+        return Ok((ns, lower));
+    }
+    service
+}
+
+fn parse_service_host(
+    ctx: &Context<'_>,
+    host: &str,
+    namespace: &str,
+) -> Result<ServiceKey, String> {
     if host.contains('*') {
         return Err(format!(
             "host {host:?}: wildcard hosts are not supported (name one Service)"
@@ -115,7 +209,7 @@ pub fn parse_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<Serv
             Ok((ns.to_string(), name.to_string()))
         }
         _ => Err(format!(
-            "host {host:?} is not a Service of this cluster (ServiceEntry hosts are not supported)"
+            "host {host:?} is neither a Service of this cluster nor a ServiceEntry host"
         )),
     }
 }
@@ -123,6 +217,9 @@ pub fn parse_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<Serv
 /// Like [`parse_host`], and the Service must exist.
 pub fn resolve_host(ctx: &Context<'_>, host: &str, namespace: &str) -> Result<ServiceKey, String> {
     let (ns, name) = parse_host(ctx, host, namespace)?;
+    if is_entry_host(&(ns.clone(), name.clone())) {
+        return Ok((ns, name));
+    }
     if ctx.service(&ns, &name).is_none() {
         return Err(format!(
             "host {host:?} names Service {ns}/{name}, which does not exist"
@@ -228,13 +325,18 @@ pub fn check_regex(out: &mut Out, object: &str, re: &str) -> bool {
 fn default_ports(ctx: &Context<'_>, route: &mut l7::Route, port: u32) {
     fn fill(ctx: &Context<'_>, backend: &mut l7::Backend, port: u32) {
         if backend.port == 0 {
-            let single = backend
-                .service
-                .split_once('/')
-                .and_then(|(ns, host)| ctx.service(ns, host.split('.').next().unwrap_or("")))
-                .map(tcp_ports)
+            let suffix = format!(".svc.{}", ctx.config.domain_suffix);
+            let key = backend.service.split_once('/').map(|(ns, host)| {
+                let name = match host.strip_suffix(&suffix) {
+                    Some(qualified) => qualified.split('.').next().unwrap_or(""),
+                    None => host,
+                };
+                (ns.to_string(), name.to_string())
+            });
+            let single = key
+                .and_then(|k| destination_ports(ctx, &k))
                 .filter(|ports| ports.len() == 1)
-                .map(|ports| ports[0].port as u32);
+                .map(|ports| ports[0].number);
             backend.port = single.unwrap_or(port);
         }
         for f in &mut backend.filters {
@@ -321,19 +423,12 @@ pub fn build(
             },
         );
     }
-    for svc in ctx.state.services() {
-        let namespace = super::service::namespace(svc);
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let key = (namespace.clone(), name.clone());
+    for d in destinations(ctx) {
+        let key = d.key.clone();
+        let namespace = key.0.clone();
         // Warnings about the waypoint label are the WDS service's to give.
-        let waypoint = waypoint::choose(
-            ctx,
-            &svc.metadata,
-            &namespace,
-            Traffic::Service,
-            &mut Vec::new(),
-        )
-        .map(|(ns, name, _)| (ns, name));
+        let waypoint = waypoint::choose(ctx, d.meta, &namespace, Traffic::Service, &mut Vec::new())
+            .map(|(ns, name, _)| (ns, name));
         if let Some(entries) = gateway_routes.get_mut(&key) {
             let replicas = waypoint
                 .as_ref()
@@ -357,7 +452,7 @@ pub fn build(
         if !included {
             continue;
         }
-        let object = format!("Service/{namespace}/{name}");
+        let object = d.object;
         if waypoint.is_none()
             && (entries.is_some() || rules.is_some() || policies.is_some() || rate_limits.is_some())
         {
@@ -366,12 +461,11 @@ pub fn build(
                 "has routes or policies but uses no waypoint (istio.io/use-waypoint); they apply only where a waypoint carries its traffic",
             );
         }
-        let hostname = super::service::hostname(ctx, svc);
-        let ports = service_ports(ctx, &mut out, &object, svc, entries, rules);
+        let ports = service_ports(ctx, &mut out, &object, &d.ports, entries, rules);
         let config = l7::ServiceConfig {
             namespace: namespace.clone(),
-            name,
-            hostname: hostname.clone(),
+            name: d.name,
+            hostname: d.hostname.clone(),
             waypoint: waypoint.unwrap_or_default(),
             ports,
             traffic_policy: traffic.get(&key).cloned(),
@@ -379,7 +473,7 @@ pub fn build(
             rate_limits: rate_limits.cloned().unwrap_or_default(),
         };
         resources.insert(
-            service_resource_name(&namespace, &hostname),
+            service_resource_name(&namespace, &d.hostname),
             l7::L7Resource {
                 kind: Some(l7::l7_resource::Kind::Service(config)),
             },
@@ -389,26 +483,71 @@ pub fn build(
     (resources, policy_statuses, rollouts)
 }
 
-/// One [`l7::PortConfig`] per TCP port of `svc`, with the routes that apply to it: the
-/// producer routes and VirtualService rules, and each consumer namespace's routes apart.
+/// What the waypoint may be configured for: a Service, or a host of a ServiceEntry.
+struct Destination<'a> {
+    key: ServiceKey,
+    /// The Service's or the ServiceEntry's name.
+    name: String,
+    hostname: String,
+    meta: &'a ObjectMeta,
+    /// How warnings name it.
+    object: String,
+    ports: Vec<DestinationPort>,
+}
+
+/// Every Service, then every ServiceEntry host that can be routed by name (one with a dot).
+fn destinations<'a>(ctx: &Context<'a>) -> Vec<Destination<'a>> {
+    let mut out = Vec::new();
+    for svc in ctx.state.services() {
+        let namespace = super::service::namespace(svc);
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let key = (namespace.clone(), name.clone());
+        out.push(Destination {
+            ports: destination_ports(ctx, &key).unwrap_or_default(),
+            key,
+            hostname: super::service::hostname(ctx, svc),
+            meta: &svc.metadata,
+            object: format!("Service/{namespace}/{name}"),
+            name,
+        });
+    }
+    for ((namespace, host), se) in ctx.entry_hosts() {
+        let key = (namespace.clone(), host.clone());
+        if !is_entry_host(&key) {
+            continue;
+        }
+        let name = se.metadata.name.clone().unwrap_or_default();
+        out.push(Destination {
+            ports: destination_ports(ctx, &key).unwrap_or_default(),
+            key,
+            hostname: host.clone(),
+            meta: &se.metadata,
+            object: format!("ServiceEntry/{namespace}/{name} (host {host})"),
+            name,
+        });
+    }
+    out
+}
+
+/// One [`l7::PortConfig`] per TCP port of a destination, with the routes that apply to it:
+/// the producer routes and VirtualService rules, and each consumer namespace's routes apart.
 fn service_ports(
     ctx: &Context<'_>,
     out: &mut Out,
     object: &str,
-    svc: &Service,
+    ports: &[DestinationPort],
     entries: Option<&Vec<routes::Entry>>,
     rules: Option<&Vec<virtual_service::Rule>>,
 ) -> Vec<l7::PortConfig> {
-    let ports = tcp_ports(svc);
     let consumers: BTreeSet<&str> = entries
         .into_iter()
         .flatten()
         .filter_map(|e| e.consumer.as_deref())
         .collect();
     let mut configs = Vec::new();
-    for p in &ports {
-        let number = p.port as u32;
-        let mut protocol = port_protocol(p);
+    for p in ports {
+        let number = p.number;
+        let mut protocol = p.protocol;
         let (mut routes, mut grpc) = port_routes(ctx, entries, None, number, false);
         for r in rules.into_iter().flatten() {
             if let Some(mut route) = r.for_port(number) {

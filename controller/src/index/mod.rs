@@ -113,6 +113,8 @@ pub struct Context<'a> {
     selector_policies: HashMap<String, Vec<&'a AuthorizationPolicy>>,
     /// namespace → ServiceEntries with a workloadSelector.
     selector_service_entries: HashMap<String, Vec<&'a ServiceEntry>>,
+    /// (namespace, host) → the ServiceEntry declaring it (the oldest, when several do).
+    entry_hosts: BTreeMap<(String, String), &'a ServiceEntry>,
     peer_auth: PeerAuthIndex<'a>,
 }
 
@@ -168,6 +170,14 @@ impl<'a> Context<'a> {
                 .unwrap_or_else(|| "default".into());
             selector_service_entries.entry(ns).or_default().push(se);
         }
+        let mut entry_hosts = BTreeMap::new();
+        for se in service_entry::oldest_first(state) {
+            for host in service_entry::hosts(se) {
+                entry_hosts
+                    .entry((service_entry::namespace(se).to_string(), host))
+                    .or_insert(se);
+            }
+        }
         let mut ctx = Context {
             state,
             config,
@@ -175,6 +185,7 @@ impl<'a> Context<'a> {
             slice_members: HashMap::new(),
             selector_policies,
             selector_service_entries,
+            entry_hosts,
             peer_auth: PeerAuthIndex::new(state.peer_authentications(), &config.root_namespace),
         };
         ctx.slice_members = ctx.memberships_from_slices();
@@ -246,6 +257,31 @@ impl<'a> Context<'a> {
             }
         }
         out
+    }
+
+    /// The ServiceEntry of `namespace` that declares `host` (lowercase, no trailing dot).
+    pub fn entry_host(&self, namespace: &str, host: &str) -> Option<&'a ServiceEntry> {
+        self.entry_hosts
+            .get(&(namespace.to_string(), host.to_string()))
+            .copied()
+    }
+
+    /// Every (namespace, host) a ServiceEntry declares, with the entry.
+    pub fn entry_hosts(&self) -> impl Iterator<Item = (&(String, String), &'a ServiceEntry)> {
+        self.entry_hosts.iter().map(|(k, se)| (k, *se))
+    }
+
+    /// The namespace of the ServiceEntry declaring `host` that an object in `from` sees: one
+    /// of its own namespace, else one exported to it (the first such namespace by name).
+    pub fn find_entry_host(&self, host: &str, from: &str) -> Option<String> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if self.entry_host(from, &host).is_some() {
+            return Some(from.to_string());
+        }
+        self.entry_hosts
+            .iter()
+            .find(|((_, h), se)| *h == host && service_entry::exported_to(se, from))
+            .map(|((ns, _), _)| ns.clone())
     }
 
     /// ServiceEntries of `namespace` that select pods.

@@ -26,16 +26,16 @@ fn object(se: &ServiceEntry) -> String {
     format!("ServiceEntry/{}/{}", namespace(se), name(se))
 }
 
-fn namespace(se: &ServiceEntry) -> &str {
+pub(crate) fn namespace(se: &ServiceEntry) -> &str {
     se.metadata.namespace.as_deref().unwrap_or("default")
 }
 
-fn name(se: &ServiceEntry) -> &str {
+pub(crate) fn name(se: &ServiceEntry) -> &str {
     se.metadata.name.as_deref().unwrap_or_default()
 }
 
 /// Hosts as WDS names them: lowercase, no trailing dot.
-fn hosts(se: &ServiceEntry) -> Vec<String> {
+pub(crate) fn hosts(se: &ServiceEntry) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for h in &se.spec.hosts {
         let h = h.trim_end_matches('.').to_ascii_lowercase();
@@ -66,6 +66,28 @@ fn visibility(se: &ServiceEntry, warnings: &mut Vec<Warning>) -> Option<wds::ser
     Some(wds::service::Visibility::Public)
 }
 
+/// Whether an object in namespace `from` sees the entry (its `exportTo`).
+pub(crate) fn exported_to(se: &ServiceEntry, from: &str) -> bool {
+    let to = &se.spec.export_to;
+    to.is_empty()
+        || to.iter().any(|t| t == "*" || t == from)
+        || (from == namespace(se) && to.iter().any(|t| t == "."))
+}
+
+/// Every entry, oldest first (then by namespace and name): the order in which they claim
+/// hosts and addresses.
+pub(crate) fn oldest_first(state: &crate::model::ClusterState) -> Vec<&ServiceEntry> {
+    let mut entries: Vec<&ServiceEntry> = state.service_entries().collect();
+    entries.sort_by(|a, b| {
+        let created = |e: &ServiceEntry| e.metadata.creation_timestamp.clone().map(|t| t.0);
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| namespace(a).cmp(namespace(b)))
+            .then_with(|| name(a).cmp(name(b)))
+    });
+    entries
+}
+
 /// The virtual addresses of every host that gets one, keyed `namespace/host`.
 pub struct Allocations {
     by_host: BTreeMap<String, Vec<IpAddr>>,
@@ -73,15 +95,8 @@ pub struct Allocations {
 
 impl Allocations {
     pub fn new(ctx: &Context<'_>, warnings: &mut Vec<Warning>) -> Self {
-        let mut entries: Vec<&ServiceEntry> = ctx.state.service_entries().collect();
         // Oldest first: a newer entry never takes an older one's address.
-        entries.sort_by(|a, b| {
-            let created = |e: &ServiceEntry| e.metadata.creation_timestamp.clone().map(|t| t.0);
-            created(a)
-                .cmp(&created(b))
-                .then_with(|| namespace(a).cmp(namespace(b)))
-                .then_with(|| name(a).cmp(name(b)))
-        });
+        let entries = oldest_first(ctx.state);
         let mut by_host: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         let mut taken: HashSet<IpAddr> = HashSet::new();
         let mut wanted: Vec<String> = Vec::new();
@@ -263,15 +278,14 @@ fn build_one(
             "workloadSelector and endpoints together: endpoints ignored",
         ));
     }
-    if ctx.state.namespace(ns).is_some_and(|n| {
-        super::labels::labels(&n.metadata).contains_key(super::labels::USE_WAYPOINT)
-    }) || super::labels::labels(&se.metadata).contains_key(super::labels::USE_WAYPOINT)
-    {
-        warnings.push(Warning::new(
-            &obj,
-            "egress through a waypoint is not supported yet: traffic goes directly",
-        ));
-    }
+    // Egress through a waypoint: the entry's `istio.io/use-waypoint`, else its namespace's.
+    let waypoint = super::waypoint::resolve(
+        ctx,
+        &se.metadata,
+        ns,
+        super::waypoint::Traffic::Service,
+        warnings,
+    );
     for host in &hosts {
         if host.contains('*') && resolution != Resolution::None {
             warnings.push(Warning::new(
@@ -299,6 +313,7 @@ fn build_one(
                 ..Default::default()
             }),
             visibility: visibility as i32,
+            waypoint: waypoint.clone(),
             ..Default::default()
         };
         out.push((

@@ -106,6 +106,12 @@ pub struct EchoArgs {
     /// How often each --call upstream is called.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub call_interval_ms: u64,
+    /// Serve HTTPS with this certificate chain (PEM), as a server outside the mesh would.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_call(raw: &str) -> Result<String, String> {

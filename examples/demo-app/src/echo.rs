@@ -4,7 +4,9 @@
 //! - `/status/<code>` answers `<code>`;
 //! - `/delay/<ms>` waits `<ms>` (at most [`MAX_DELAY`]) before answering;
 //! - with `--fail-every N`, requests N, 2N, 3N... (counted across all connections) are
-//!   answered with `--fail-status`, and `"failed": true`.
+//!   answered with `--fail-status`, and `"failed": true`;
+//! - with `--tls-cert`, it speaks HTTPS instead (what a server outside the mesh does), and
+//!   says which server name the client asked for.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,7 +23,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::access_log;
 use crate::model::EchoResponse;
@@ -89,12 +93,31 @@ impl Echo {
         &self.version
     }
 
-    /// Serves connections from `listener` until the task is dropped.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    /// Serves connections from `listener` until the task is dropped, over TLS when `tls` is
+    /// given.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, Arc::clone(&self)));
+                    let _ = stream.set_nodelay(true);
+                    let echo = Arc::clone(&self);
+                    match tls.clone() {
+                        None => {
+                            tokio::spawn(serve_connection(stream, peer, echo, None));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                match acceptor.accept(stream).await {
+                                    Ok(stream) => {
+                                        let sni = stream.get_ref().1.server_name();
+                                        let sni = Some(sni.unwrap_or("").to_owned());
+                                        serve_connection(stream, peer, echo, sni).await;
+                                    }
+                                    Err(e) => eprintln!("TLS handshake with {peer}: {e}"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("accept failed: {e}");
@@ -112,11 +135,14 @@ impl Echo {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, echo: Arc<Echo>) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<I>(stream: I, peer: SocketAddr, echo: Arc<Echo>, sni: Option<String>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request| {
         let echo = Arc::clone(&echo);
-        async move { Ok::<_, Infallible>(respond(&echo, request, peer).await) }
+        let sni = sni.clone();
+        async move { Ok::<_, Infallible>(respond(&echo, request, peer, sni).await) }
     });
     // HTTP/1.1, or HTTP/2 when the connection opens with the HTTP/2 preface.
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -211,6 +237,7 @@ async fn respond(
     echo: &Echo,
     request: Request<Incoming>,
     peer: SocketAddr,
+    tls_server_name: Option<String>,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let at = SystemTime::now();
@@ -257,6 +284,7 @@ async fn respond(
         failed,
         request: number,
         peer: peer.to_string(),
+        tls_server_name,
         error,
     };
     let body = if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {

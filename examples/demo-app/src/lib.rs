@@ -19,4 +19,5 @@ pub mod ratings;
 pub mod reviews;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -61,10 +61,15 @@ async fn serve<R: Role>(listen: &ListenArgs, role: R) -> anyhow::Result<()> {
 
 async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
     let echo = Echo::new(args.name, args.version, args.fail_every, args.fail_status)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(demo_app::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let server = Server::bind(SocketAddr::new(args.address, args.port)).await?;
     println!(
-        "demo-app echo listening on {} name={} version={}",
+        "demo-app echo listening on {}{} name={} version={}",
         server.local_addr(),
+        if tls.is_some() { " (TLS)" } else { "" },
         echo.name(),
         echo.version()
     );
@@ -75,7 +80,7 @@ async fn serve_echo(args: EchoArgs) -> anyhow::Result<()> {
         calls.spawn(demo_app::caller::call_forever(url, interval));
     }
     tokio::select! {
-        () = Arc::new(echo).run(server.into_listener()) => Ok(()),
+        () = Arc::new(echo).run(server.into_listener(), tls) => Ok(()),
         signal = shutdown_signal() => {
             let signal = signal?;
             println!("demo-app: {signal}, exiting");

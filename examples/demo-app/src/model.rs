@@ -74,6 +74,9 @@ pub struct EchoResponse {
     pub request: u64,
     /// The address the request came from.
     pub peer: String,
+    /// Over TLS (`--tls-cert`): the server name the client asked for (SNI), or `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// Why the request could not be served as asked (a bad `/status/` or `/delay/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

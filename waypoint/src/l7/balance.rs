@@ -458,6 +458,7 @@ mod tests {
                 ..Default::default()
             }),
             connection_pool: None,
+            ..Default::default()
         };
         let (p, problems) = BalancerPolicy::compile(Some(&tp));
         assert!(problems.is_empty());

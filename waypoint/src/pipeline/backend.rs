@@ -113,7 +113,7 @@ fn spawn_mirror<B, U: Upstream>(
     else {
         return;
     };
-    let endpoint = service.endpoint(&picked, target.port);
+    let mut endpoint = service.endpoint(&picked, target.port);
     let h2 = x.parts.version == http::Version::HTTP_2;
     let mut request = upstream_request(&x.parts, full(body), h2);
     // Envoy marks mirrored requests by suffixing the host with `-shadow`.
@@ -130,7 +130,12 @@ fn spawn_mirror<B, U: Upstream>(
     let limits = service.limits.clone();
     tokio::spawn(async move {
         let _picked = picked;
-        let send = upstream.send(&endpoint, version(h2), request, &tunnel, Some(&limits));
+        let send = async {
+            upstream.resolve(&mut endpoint).await?;
+            upstream
+                .send(&endpoint, version(h2), request, &tunnel, Some(&limits))
+                .await
+        };
         match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             Ok(Ok(r)) => {
                 // Drain so the connection can be reused.

@@ -34,10 +34,10 @@ pub fn select<'r, B>(x: &mut Exchange<'r, B>) -> Result<Decision<'r>, Local> {
             .ok_or(Local::NO_ROUTE)?,
         (Target::Workload { workload, port }, _) => {
             let ip = workload.addresses.first().copied();
-            return Ok(Decision::Direct(Endpoint {
-                workload: workload.clone(),
-                addr: SocketAddr::new(ip.ok_or(Local::NO_HEALTHY_UPSTREAM)?, *port),
-            }));
+            return Ok(Decision::Direct(Endpoint::new(
+                workload.clone(),
+                SocketAddr::new(ip.ok_or(Local::NO_HEALTHY_UPSTREAM)?, *port),
+            )));
         }
         (Target::Service { .. }, None) => return Err(Local::NOT_CONFIGURED),
     };

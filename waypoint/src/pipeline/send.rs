@@ -39,6 +39,15 @@ pub trait Upstream: Send + Sync + 'static {
         tunnel: &TunnelContext,
         limits: Option<&ConnectionLimits>,
     ) -> impl Future<Output = Result<Response<Self::Body>, UpstreamError>> + Send;
+
+    /// Gives an endpoint known by name its address (`DF` when it has none).
+    fn resolve(
+        &self,
+        endpoint: &mut Endpoint,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send {
+        let _ = endpoint;
+        async { Ok(()) }
+    }
 }
 
 /// The waypoint's HBONE tunnels and HTTP connections to endpoints.
@@ -55,6 +64,13 @@ impl Upstream for Ctx {
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send {
         self.upstreams
             .send(self, endpoint, version, req, tunnel, limits)
+    }
+
+    fn resolve(
+        &self,
+        endpoint: &mut Endpoint,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send {
+        self.upstreams.resolve(endpoint)
     }
 }
 
@@ -107,25 +123,32 @@ async fn attempts<'r, B: InboundBody, U: Upstream>(
         let Some(picked) = picked else {
             return last.unwrap_or(Err(Local::NO_HEALTHY_UPSTREAM));
         };
-        let endpoint = chosen.service.endpoint(&picked, chosen.backend.target.port);
+        let mut endpoint = chosen.service.endpoint(&picked, chosen.backend.target.port);
+        let resolved = upstream.resolve(&mut endpoint).await;
         x.log.upstream = Some(endpoint.clone());
-        let Some(body) = x.body.take() else {
-            // A streamed body cannot be sent twice: the last answer stands.
-            return last.unwrap_or(Err(Local::NOT_RETRIABLE));
-        };
-        let request = upstream_request(&x.parts, body, h2);
-        let tunnel = tunnel(x.downstream, Some(&x.log.span.traceparent()));
-        let send = upstream.send(
-            &endpoint,
-            version(h2),
-            request,
-            &tunnel,
-            Some(&chosen.service.limits),
-        );
         let started = Instant::now();
-        let sent = match per_try {
-            Some(t) => tokio::time::timeout(t, send).await.ok(),
-            None => Some(send.await),
+        let sent = match resolved {
+            // The body stays for the next attempt.
+            Err(e) => Some(Err(e)),
+            Ok(()) => {
+                let Some(body) = x.body.take() else {
+                    // A streamed body cannot be sent twice: the last answer stands.
+                    return last.unwrap_or(Err(Local::NOT_RETRIABLE));
+                };
+                let request = upstream_request(&x.parts, body, h2);
+                let tunnel = tunnel(x.downstream, Some(&x.log.span.traceparent()));
+                let send = upstream.send(
+                    &endpoint,
+                    version(h2),
+                    request,
+                    &tunnel,
+                    Some(&chosen.service.limits),
+                );
+                match per_try {
+                    Some(t) => tokio::time::timeout(t, send).await.ok(),
+                    None => Some(send.await),
+                }
+            }
         };
         // Response times (and per-try timeouts, as what they cost) feed peak-EWMA; failures
         // do not: a fast refusal must not make an endpoint look attractive.
@@ -182,7 +205,7 @@ where
         Err(e) => {
             debug!(error = %e, "upstream failed");
             let outcome = match e.response_flag() {
-                "UF" => Outcome::ConnectFailure,
+                "UF" | "DF" => Outcome::ConnectFailure,
                 _ => Outcome::Reset,
             };
             (outcome, Err(Local::upstream_failed(e.response_flag())))

@@ -147,6 +147,7 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
             None,
             Instant::now(),
         ),
+        origination: HashMap::new(),
     };
     set_routes(&mut routing, Vec::new());
     routing

@@ -11,7 +11,7 @@
 pub mod connection_manager;
 pub mod inbound;
 pub mod inbound_passthrough;
-pub mod named_endpoint;
+pub use proxy_core::named_endpoint;
 pub mod outbound;
 pub mod relay;
 pub mod socket;

@@ -14,8 +14,8 @@ use ambient_proto::ambient::waypoint::v1 as l7;
 use super::{Out, ServiceKey, duration_field, resolve_host};
 use crate::index::Context;
 use crate::model::networking::{
-    BudgetPercent, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
-    RetryBudget, TrafficPolicy,
+    BudgetPercent, ClientTlsSettings, ConnectionPoolSettings, DestinationRule,
+    LoadBalancerSettings, OutlierDetection, RetryBudget, TrafficPolicy,
 };
 
 /// Istio's defaults for fields of `outlierDetection` left out.
@@ -146,17 +146,31 @@ pub fn convert(out: &mut Out, dr: &DestinationRule) -> l7::TrafficPolicy {
 pub const ALGORITHM_ANNOTATION: &str = "balancer.ambient-rs.io/algorithm";
 
 fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::TrafficPolicy {
-    if let Some(tls) = &tp.tls {
-        let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("");
-        if mode != "ISTIO_MUTUAL" {
+    let tls = tp
+        .tls
+        .as_ref()
+        .and_then(|t| client_tls(out, object, "trafficPolicy.tls", t));
+    let mut port_tls = Vec::new();
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let field = format!("trafficPolicy.portLevelSettings[{i}]");
+        for other in p.other.keys() {
             out.warn(
                 object,
-                "trafficPolicy.tls is not supported (mesh traffic is always mutual TLS between proxies); ignored",
+                format!("{field}.{other} is not supported (only tls is read per port); ignored"),
             );
+        }
+        let Some(settings) = &p.tls else { continue };
+        match p.port.as_ref().map(|s| s.number).filter(|n| *n != 0) {
+            Some(port) => {
+                // An explicit DISABLE (or ISTIO_MUTUAL) on a port overrides the top level.
+                let t =
+                    client_tls(out, object, &format!("{field}.tls"), settings).unwrap_or_default();
+                port_tls.push(l7::PortTls { port, tls: Some(t) });
+            }
+            None => out.warn(object, format!("{field} names no port number; ignored")),
         }
     }
     for (set, name) in [
-        (!tp.port_level_settings.is_empty(), "portLevelSettings"),
         (tp.tunnel.is_some(), "tunnel"),
         (tp.proxy_protocol.is_some(), "proxyProtocol"),
         (
@@ -193,7 +207,69 @@ fn traffic_policy(out: &mut Out, object: &str, tp: &TrafficPolicy) -> l7::Traffi
                 Some(pool)
             }
         },
+        tls,
+        port_tls,
     }
+}
+
+/// `ClientTLSSettings` → the TLS a waypoint originates to endpoints outside the mesh: `SIMPLE`
+/// (server verified against `caCertificates` or the system's store, by `subjectAltNames` or
+/// the SNI name). `ISTIO_MUTUAL` and `DISABLE` need nothing (mesh traffic is HBONE already);
+/// `MUTUAL` and secrets by `credentialName` are reported and leave the traffic plain.
+fn client_tls(
+    out: &mut Out,
+    object: &str,
+    field: &str,
+    t: &ClientTlsSettings,
+) -> Option<l7::ClientTls> {
+    let mode = t.mode.as_deref().unwrap_or("DISABLE");
+    match mode {
+        "DISABLE" | "ISTIO_MUTUAL" => return None,
+        "SIMPLE" => {}
+        "MUTUAL" => {
+            out.warn(
+                object,
+                format!("{field}: mode MUTUAL (client certificates) is not supported; the traffic stays plain"),
+            );
+            return None;
+        }
+        other => {
+            out.warn(
+                object,
+                format!("{field}: mode {other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL; ignored"),
+            );
+            return None;
+        }
+    }
+    for (set, name) in [
+        (
+            t.credential_name.is_some(),
+            "credentialName (use caCertificates, a file on the waypoint)",
+        ),
+        (t.ca_crl.is_some(), "caCrl"),
+        (
+            t.client_certificate.is_some() || t.private_key.is_some(),
+            "clientCertificate/privateKey (mode SIMPLE sends none)",
+        ),
+    ] {
+        if set {
+            out.warn(object, format!("{field}.{name} is not supported; ignored"));
+        }
+    }
+    let ca = t.ca_certificates.clone().unwrap_or_default();
+    if !ca.is_empty() && !ca.starts_with('/') {
+        out.warn(
+            object,
+            format!("{field}.caCertificates {ca:?} is not an absolute path; the waypoint will fail to load it"),
+        );
+    }
+    Some(l7::ClientTls {
+        mode: l7::client_tls::Mode::Simple as i32,
+        sni: t.sni.clone().unwrap_or_default(),
+        ca_certificates: ca,
+        subject_alt_names: t.subject_alt_names.clone(),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+    })
 }
 
 /// Envoy's defaults: 20 % of the requests in flight, at least 3.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use ambient_proto::ambient::waypoint::v1 as l7;
 
-use super::{Out, ServiceKey};
+use super::{Out, ServiceKey, is_entry_host};
 use crate::index::Context;
 use crate::index::authorization::is_waypoint_policy;
 use crate::model::gateway::WAYPOINT_CLASS;
@@ -61,6 +61,28 @@ pub fn attach(
                     let key = (ns.clone(), r.name.clone());
                     out.referenced.insert(key.clone());
                     services.entry(key).or_default().push(policy.clone());
+                }
+                ("networking.istio.io", "ServiceEntry") => {
+                    // Every host of the entry a waypoint can route by name.
+                    let hosts: Vec<ServiceKey> = ctx
+                        .entry_hosts()
+                        .filter(|((host_ns, _), se)| {
+                            *host_ns == ns && se.metadata.name.as_deref() == Some(r.name.as_str())
+                        })
+                        .map(|(key, _)| key.clone())
+                        .filter(is_entry_host)
+                        .collect();
+                    if hosts.is_empty() {
+                        out.warn(
+                            &object,
+                            format!("{what} does not exist (or declares no host with a dot)"),
+                        );
+                        continue;
+                    }
+                    for key in hosts {
+                        out.referenced.insert(key.clone());
+                        services.entry(key).or_default().push(policy.clone());
+                    }
                 }
                 ("gateway.networking.k8s.io", "Gateway") => {
                     if let Some(g) = gateways.get_mut(&(ns.clone(), r.name.clone())) {

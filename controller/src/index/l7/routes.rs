@@ -19,7 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use ambient_proto::ambient::waypoint::v1 as l7;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-use super::{Out, ServiceKey, check_regex, duration_field, service_backend, tcp_ports};
+use super::{
+    DestinationPort, Out, ServiceKey, check_regex, destination_ports, duration_field,
+    is_entry_host, service_backend,
+};
 use crate::index::Context;
 use crate::model::Kind;
 use crate::model::route::{
@@ -231,7 +234,7 @@ fn tcp_entries(
     }]
 }
 
-/// The Services a route attaches to, with the ports it names.
+/// The Services (and ServiceEntry hosts) a route attaches to, with the ports it names.
 fn parents(
     ctx: &Context<'_>,
     out: &mut Out,
@@ -247,13 +250,51 @@ fn parents(
             "gateway.networking.k8s.io"
         });
         let ns = r.namespace.clone().unwrap_or_else(|| src.namespace.clone());
-        match (group, kind) {
-            ("" | "core", "Service") => {}
+        // Each attached destination, how warnings name it, and its ports.
+        let targets: Vec<(ServiceKey, String, Vec<DestinationPort>)> = match (group, kind) {
+            ("" | "core", "Service") => {
+                let key = (ns.clone(), r.name.clone());
+                let Some(ports) = destination_ports(ctx, &key).filter(|_| !is_entry_host(&key))
+                else {
+                    out.warn(
+                        &src.object,
+                        format!("parentRef Service {ns}/{} does not exist", r.name),
+                    );
+                    continue;
+                };
+                vec![(key, format!("parentRef Service {ns}/{}", r.name), ports)]
+            }
+            // Istio's egress routes: every host of the entry.
+            ("networking.istio.io", "ServiceEntry") => {
+                let hosts: Vec<_> = ctx
+                    .entry_hosts()
+                    .filter(|((host_ns, host), se)| {
+                        *host_ns == ns
+                            && host.contains('.')
+                            && se.metadata.name.as_deref() == Some(r.name.as_str())
+                    })
+                    .map(|(key, _)| {
+                        let ports = destination_ports(ctx, key).unwrap_or_default();
+                        let what = format!("parentRef ServiceEntry {ns}/{} host {}", r.name, key.1);
+                        (key.clone(), what, ports)
+                    })
+                    .collect();
+                if hosts.is_empty() {
+                    out.warn(
+                        &src.object,
+                        format!(
+                            "parentRef ServiceEntry {ns}/{} does not exist (or declares no host with a dot)",
+                            r.name
+                        ),
+                    );
+                }
+                hosts
+            }
             ("gateway.networking.k8s.io", "Gateway") => {
                 out.warn(
                     &src.object,
                     format!(
-                        "parentRef Gateway {ns}/{}: only Service parents (GAMMA mesh routes) are served; ignored",
+                        "parentRef Gateway {ns}/{}: only Service and ServiceEntry parents (mesh routes) are served; ignored",
                         r.name
                     ),
                 );
@@ -269,67 +310,63 @@ fn parents(
                 );
                 continue;
             }
-        }
-        let Some(svc) = ctx.service(&ns, &r.name) else {
-            out.warn(
-                &src.object,
-                format!("parentRef Service {ns}/{} does not exist", r.name),
-            );
-            continue;
         };
-        let ports = tcp_ports(svc);
-        let mut port = r.port.map(u32::from);
-        if let Some(section) = &r.section_name {
-            match ports.iter().find(|p| p.name.as_deref() == Some(section)) {
-                Some(p) if port.is_none_or(|n| n == p.port as u32) => port = Some(p.port as u32),
-                Some(_) => {
-                    out.warn(
-                        &src.object,
-                        format!(
-                            "parentRef Service {ns}/{}: sectionName {section:?} and port disagree; ignored",
-                            r.name
-                        ),
-                    );
-                    continue;
+        for (key, what, ports) in targets {
+            let Some(port) = parent_port(out, src, r, &what, &ports) else {
+                continue;
+            };
+            out.referenced.insert(key.clone());
+            let entry = by_service
+                .entry(key)
+                .or_insert_with(|| Ports::Only(BTreeSet::new()));
+            match (port, entry) {
+                (None, e) => *e = Ports::All,
+                (Some(_), Ports::All) => {}
+                (Some(n), Ports::Only(set)) => {
+                    set.insert(n);
                 }
-                None => {
-                    out.warn(
-                        &src.object,
-                        format!(
-                            "parentRef Service {ns}/{}: no port is named {section:?}; ignored",
-                            r.name
-                        ),
-                    );
-                    continue;
-                }
-            }
-        }
-        if let Some(n) = port
-            && !ports.iter().any(|p| p.port as u32 == n)
-        {
-            out.warn(
-                &src.object,
-                format!(
-                    "parentRef Service {ns}/{}: it has no port {n}; ignored",
-                    r.name
-                ),
-            );
-            continue;
-        }
-        let key = (ns, r.name.clone());
-        out.referenced.insert(key.clone());
-        let entry = by_service
-            .entry(key)
-            .or_insert_with(|| Ports::Only(BTreeSet::new()));
-        match (port, entry) {
-            (None, e) => *e = Ports::All,
-            (Some(_), Ports::All) => {}
-            (Some(n), Ports::Only(set)) => {
-                set.insert(n);
             }
         }
     }
     by_service.into_iter().collect()
+}
+
+/// The port a parentRef names by `port` or `sectionName` (`Some(None)`: every port); `None`
+/// (reported) when they name none of `ports` or disagree.
+fn parent_port(
+    out: &mut Out,
+    src: &Source,
+    r: &ParentReference,
+    what: &str,
+    ports: &[DestinationPort],
+) -> Option<Option<u32>> {
+    let mut port = r.port.map(u32::from);
+    if let Some(section) = &r.section_name {
+        match ports.iter().find(|p| p.name.as_deref() == Some(section)) {
+            Some(p) if port.is_none_or(|n| n == p.number) => port = Some(p.number),
+            Some(_) => {
+                out.warn(
+                    &src.object,
+                    format!("{what}: sectionName {section:?} and port disagree; ignored"),
+                );
+                return None;
+            }
+            None => {
+                out.warn(
+                    &src.object,
+                    format!("{what}: no port is named {section:?}; ignored"),
+                );
+                return None;
+            }
+        }
+    }
+    if let Some(n) = port
+        && !ports.iter().any(|p| p.number == n)
+    {
+        out.warn(&src.object, format!("{what}: it has no port {n}; ignored"));
+        return None;
+    }
+    Some(port)
 }
 
 fn string_match(
@@ -541,6 +578,29 @@ fn backend(
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     let ns = r.namespace.clone().unwrap_or_else(|| src.namespace.clone());
+    if (group, kind) == ("networking.istio.io", "Hostname") {
+        // Istio's backend by host: a ServiceEntry's, as the route's namespace sees it.
+        let host = r.name.trim_end_matches('.').to_ascii_lowercase();
+        let entry_ns = ctx
+            .find_entry_host(&host, &src.namespace)
+            .filter(|_| host.contains('.'));
+        let Some(entry_ns) = entry_ns else {
+            out.warn(
+                &src.object,
+                format!("backendRef Hostname {host}: no ServiceEntry visible here declares it; its share of requests fails"),
+            );
+            return None;
+        };
+        return Some(service_backend(
+            ctx,
+            out,
+            &src.object,
+            &entry_ns,
+            &host,
+            r.port.map(u32::from).unwrap_or(0),
+            weight,
+        ));
+    }
     if !matches!(group, "" | "core") || kind != "Service" {
         out.warn(
             &src.object,

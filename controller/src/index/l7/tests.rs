@@ -1003,7 +1003,7 @@ spec:
     for text in [
         "wildcard hosts are not supported",
         "names Service bookinfo/ghost, which does not exist",
-        "ServiceEntry hosts are not supported",
+        "neither a Service of this cluster nor a ServiceEntry host",
         "sourceLabels and sourceNamespace are not supported",
         "http[1] has no match that applies",
         "is invalid",
@@ -1409,7 +1409,11 @@ spec:
         o,
         "targetRef Gateway bookinfo/nope does not exist"
     ));
-    assert!(warned(&idx, o, "ServiceEntry are not supported"));
+    assert!(warned(
+        &idx,
+        o,
+        "targetRef ServiceEntry bookinfo/se does not exist"
+    ));
     assert!(warned(&idx, o, "in another namespace"));
     assert!(warned(&idx, "AuthorizationPolicy/bookinfo/ext", "CUSTOM"));
     assert!(service(&idx, "bookinfo", "ratings").policies.is_empty());
@@ -1757,4 +1761,157 @@ fn rate_limit_policy_errors() {
                 .is_none_or(|r| matches!(&r.kind, Some(l7::l7_resource::Kind::Service(s)) if s.rate_limits.is_empty()))
         );
     }
+}
+
+/// The L7 configuration of ServiceEntry host `host` of `ns`.
+fn entry(idx: &Index, ns: &str, host: &str) -> l7::ServiceConfig {
+    match idx
+        .l7
+        .get(&format!("service/{ns}/{host}"))
+        .and_then(|r| r.kind.clone())
+    {
+        Some(l7::l7_resource::Kind::Service(s)) => s,
+        other => panic!(
+            "{host}: {other:?}; have {:?}",
+            idx.l7.keys().collect::<Vec<_>>()
+        ),
+    }
+}
+
+#[test]
+fn egress_through_a_waypoint() {
+    let idx = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: bookinfo}
+spec:
+  hosts: [api.example.com, API.example.org.]
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 443}
+  - {number: 5432, name: pg, protocol: TCP}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: direct, namespace: bookinfo, labels: {istio.io/use-waypoint: none}}
+spec:
+  hosts: [direct.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api-tls, namespace: bookinfo}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem, credentialName: api-ca}
+    portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: SIMPLE, sni: api.example.com, subjectAltNames: [api.example.com]}
+    - port: {number: 5432}
+      tls: {mode: DISABLE}
+      loadBalancer: {simple: RANDOM}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mutual, namespace: bookinfo}
+spec:
+  host: api.example.org
+  trafficPolicy: {tls: {mode: MUTUAL, caCertificates: relative.pem}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api-get-only, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: api}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-headers, namespace: bookinfo}
+spec:
+  parentRefs: [{kind: ServiceEntry, group: networking.istio.io, name: api, port: 80}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-egress, value: "yes"}]}
+    backendRefs:
+    - {kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}
+    - {kind: Hostname, group: networking.istio.io, name: nowhere.example.com, port: 80}
+"#,
+    );
+    // Both hosts of the entry, through the namespace's waypoint.
+    let api = entry(&idx, "bookinfo", "api.example.com");
+    assert_eq!(
+        (api.name.as_str(), api.waypoint.as_str()),
+        ("api", "bookinfo/waypoint")
+    );
+    assert_eq!(port(&api, 80).protocol, l7::AppProtocol::Http1 as i32);
+    assert_eq!(port(&api, 5432).protocol, l7::AppProtocol::Tcp as i32);
+    assert_eq!(
+        api.policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["api-get-only"]
+    );
+    let org = entry(&idx, "bookinfo", "api.example.org");
+    assert_eq!(
+        org.policies.len(),
+        1,
+        "the policy targets every host of the entry"
+    );
+    // The route attaches to port 80 of both hosts; its backend is named by host.
+    let routes = &port(&api, 80).routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(
+        routes[0]
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.port))
+            .collect::<Vec<_>>(),
+        [("bookinfo/api.example.com", 80)]
+    );
+    assert_eq!(port(&org, 80).routes.len(), 1);
+    assert!(port(&api, 5432).routes.is_empty());
+    assert!(warned(
+        &idx,
+        "HTTPRoute/bookinfo/api-headers",
+        "backendRef Hostname nowhere.example.com"
+    ));
+    // TLS origination: SIMPLE at the top, replaced per port.
+    let tls = api
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.tls.clone())
+        .unwrap();
+    assert_eq!(
+        (tls.mode, tls.ca_certificates.as_str()),
+        (l7::client_tls::Mode::Simple as i32, "/etc/ca.pem")
+    );
+    let per_port = &api.traffic_policy.as_ref().unwrap().port_tls;
+    assert_eq!(per_port.len(), 2);
+    let p80 = per_port[0].tls.clone().unwrap();
+    assert_eq!(
+        (per_port[0].port, p80.sni.as_str()),
+        (80, "api.example.com")
+    );
+    assert_eq!(p80.subject_alt_names, ["api.example.com"]);
+    assert_eq!(
+        (per_port[1].port, per_port[1].tls.clone().unwrap().mode),
+        (5432, l7::client_tls::Mode::Disable as i32)
+    );
+    let o = "DestinationRule/bookinfo/api-tls";
+    assert!(warned(&idx, o, "credentialName"));
+    assert!(warned(
+        &idx,
+        o,
+        "portLevelSettings[1].loadBalancer is not supported"
+    ));
+    assert!(warned(&idx, "DestinationRule/bookinfo/mutual", "MUTUAL"));
+    assert!(org.traffic_policy.unwrap().tls.is_none());
+    // An entry opting out of the namespace's waypoint gets no L7 configuration.
+    assert!(!idx.l7.contains_key("service/bookinfo/direct.example.com"));
 }
