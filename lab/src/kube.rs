@@ -41,6 +41,7 @@ pub const READ_CRDS: &[&str] = &[
     "grpcroutes.gateway.networking.k8s.io",
     "authorizationpolicies.security.istio.io",
     "peerauthentications.security.istio.io",
+    "requestauthentications.security.istio.io",
     "virtualservices.networking.istio.io",
     "destinationrules.networking.istio.io",
     "serviceentries.networking.istio.io",

@@ -19,6 +19,8 @@ use crate::egress::Origination;
 use crate::l7::authz::{self, Policies};
 use crate::l7::backend::BackendRef;
 use crate::l7::balance::{Balancer, BalancerPolicy, Pick};
+use crate::l7::jwks::{self, RemoteJwks};
+use crate::l7::jwt::{JwtRule, Keys, RemoteSet};
 use crate::l7::limits::ConnectionLimits;
 use crate::l7::ratelimit::{Limiters, RateLimiter};
 use crate::l7::route::RouteTable;
@@ -63,6 +65,8 @@ pub struct ServiceRouting {
     pub balancer: Balancer<EndpointKey>,
     /// TLS originated to its endpoints outside the mesh, by service port.
     pub origination: HashMap<u16, Origination>,
+    /// RequestAuthentication rules targeting the service.
+    pub jwt_rules: Box<[Arc<JwtRule>]>,
 }
 
 /// Everything the request path needs, at one moment.
@@ -72,6 +76,10 @@ pub struct RoutingSnapshot {
     pub services: HashMap<String, Arc<ServiceRouting>>,
     /// Policies targeting this waypoint's Gateway.
     pub gateway_policies: Policies,
+    /// RequestAuthentication rules targeting this waypoint's Gateway.
+    pub gateway_jwt_rules: Box<[Arc<JwtRule>]>,
+    /// Keys fetched from JWKS URIs, by URI (kept for the next rebuild).
+    pub remote_jwks: RemoteSet,
     /// LocalRateLimitPolicies targeting this waypoint's Gateway.
     pub gateway_rate_limits: Box<[Arc<RateLimiter>]>,
     /// Every rate limiter in use (kept for the next rebuild and swept of idle clients).
@@ -98,6 +106,12 @@ impl Routing {
         let mut errors = Vec::new();
         let mut limiters = Limiters::rebuilding(&previous.rate_limiters);
         let mut limit_errors = Vec::new();
+        let mut remote = JwksSet::rebuilding(&previous.remote_jwks);
+        let gateway_jwt_rules = l7
+            .gateways
+            .get(gateway_key)
+            .map(|g| remote.compile(&g.jwt_rules, &mut errors, "gateway"))
+            .unwrap_or_default();
         let (gateway_policies, gateway_rate_limits) = match l7.gateways.get(gateway_key) {
             Some(g) => {
                 let (p, errs) = Policies::compile(&g.policies);
@@ -180,6 +194,10 @@ impl Routing {
                 old.map(|o| &o.balancer),
                 Instant::now(),
             );
+            let jwt_rules = config
+                .as_ref()
+                .map(|c| remote.compile(&c.jwt_rules, &mut errors, &key))
+                .unwrap_or_default();
             let origination = origination(service, traffic, old.map(|o| &o.origination));
             for (port, o) in &origination {
                 if let Origination::Broken(reason) = o {
@@ -200,6 +218,7 @@ impl Routing {
                     rate_limits,
                     balancer,
                     origination,
+                    jwt_rules,
                 }),
             );
         }
@@ -207,10 +226,67 @@ impl Routing {
         self.current.store(Arc::new(RoutingSnapshot {
             services,
             gateway_policies,
+            gateway_jwt_rules,
+            remote_jwks: remote.used,
             gateway_rate_limits,
             rate_limiters: limiters,
             errors,
         }));
+    }
+}
+
+/// The JWKS URIs a rebuild uses: those of the previous snapshot are kept (with their keys
+/// and refresh task) when the URI and timeout are the same.
+struct JwksSet<'p> {
+    previous: &'p RemoteSet,
+    used: RemoteSet,
+}
+
+impl<'p> JwksSet<'p> {
+    fn rebuilding(previous: &'p RemoteSet) -> Self {
+        JwksSet {
+            previous,
+            used: RemoteSet::new(),
+        }
+    }
+
+    /// Compiles `rules` (of `owner`, for errors); rules that do not compile are left out.
+    fn compile(
+        &mut self,
+        rules: &[pb::JwtRule],
+        errors: &mut Vec<String>,
+        owner: &str,
+    ) -> Box<[Arc<JwtRule>]> {
+        let (previous, used) = (self.previous, &mut self.used);
+        let mut remote = |uri: &str, timeout| -> Arc<RemoteJwks> {
+            let key = format!("{timeout:?} {uri}");
+            used.entry(key.clone())
+                .or_insert_with(|| {
+                    previous
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| RemoteJwks::new(uri, timeout, jwks::REFRESH))
+                })
+                .clone()
+        };
+        rules
+            .iter()
+            .filter_map(|r| match JwtRule::compile(r, &mut remote) {
+                Ok(rule) => {
+                    if let Keys::Inline(Err(e)) = &rule.keys {
+                        errors.push(format!(
+                            "{owner}: RequestAuthentication {} issuer {}: {e}; its tokens are refused",
+                            r.source, r.issuer
+                        ));
+                    }
+                    Some(Arc::new(rule))
+                }
+                Err(e) => {
+                    errors.push(format!("{owner}: RequestAuthentication {}: {e}", r.source));
+                    None
+                }
+            })
+            .collect()
     }
 }
 

@@ -512,7 +512,11 @@ pub fn render_with_ca(opts: &InstallArgs, ca: &CaMaterial) -> Vec<Value> {
             rule("apps", &["deployments"], &["get", "create", "patch"]),
             rule(
                 "security.istio.io",
-                &["authorizationpolicies", "peerauthentications"],
+                &[
+                    "authorizationpolicies",
+                    "peerauthentications",
+                    "requestauthentications",
+                ],
                 READ,
             ),
             rule(

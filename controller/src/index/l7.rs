@@ -11,12 +11,14 @@
 //! What cannot be translated is reported as a [`Warning`] naming the object; nothing is
 //! dropped silently.
 
+pub mod authn;
 pub mod destination_rule;
 pub mod policy;
 pub mod ratelimit;
 pub mod rollout;
 pub mod routes;
 pub mod status;
+pub mod targets;
 pub mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -403,10 +405,12 @@ pub fn build(
                 traffic_type,
                 policies: Vec::new(),
                 rate_limits: Vec::new(),
+                jwt_rules: Vec::new(),
             },
         );
     }
     let service_policies = policy::attach(ctx, &mut out, &mut gateways);
+    let service_jwt = authn::attach(ctx, &mut out, &mut gateways);
     let (limits, policy_statuses) = ratelimit::attach(ctx, &mut out, &mut gateways, instances);
     let mut gateway_routes = routes::collect(ctx, &mut out);
     let rollouts = rollout::views(ctx, &mut out);
@@ -441,6 +445,7 @@ pub fn build(
         let entries = gateway_routes.get(&key);
         let rules = vs_rules.get(&key);
         let policies = service_policies.get(&key);
+        let jwt_rules = service_jwt.get(&key);
         let rate_limits = limits.services.get(&key);
         let included = waypoint.is_some()
             || out.referenced.contains(&key)
@@ -471,6 +476,7 @@ pub fn build(
             traffic_policy: traffic.get(&key).cloned(),
             policies: policies.cloned().unwrap_or_default(),
             rate_limits: rate_limits.cloned().unwrap_or_default(),
+            jwt_rules: jwt_rules.cloned().unwrap_or_default(),
         };
         resources.insert(
             service_resource_name(&namespace, &d.hostname),

@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use gateway::Gateway;
-pub use istio::{AuthorizationPolicy, PeerAuthentication};
+pub use istio::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use networking::{DestinationRule, VirtualService};
 pub use policy::LocalRateLimitPolicy;
 pub use rollout::Rollout;
@@ -40,6 +40,7 @@ pub enum Kind {
     Gateway,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     HttpRoute,
     GrpcRoute,
     TcpRoute,
@@ -53,7 +54,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -62,6 +63,7 @@ impl Kind {
         Kind::Gateway,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::RequestAuthentication,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::TcpRoute,
@@ -83,6 +85,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
@@ -138,6 +141,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "Gateway") => Some(Kind::Gateway),
             ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
             ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
+            ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
             _ => None,
         }
     }
@@ -181,6 +185,7 @@ pub enum Object {
     Gateway(Gateway),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    RequestAuthentication(RequestAuthentication),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     TcpRoute(TcpRoute),
@@ -216,6 +221,7 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
@@ -238,6 +244,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
             Object::TcpRoute(o) => &o.metadata,
@@ -260,6 +267,7 @@ impl Object {
             Object::Gateway(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::RequestAuthentication(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::TcpRoute(o) => &mut o.metadata,
@@ -440,6 +448,14 @@ impl ClusterState {
             })
     }
 
+    pub fn request_authentications(&self) -> impl Iterator<Item = &RequestAuthentication> {
+        self.of_kind(Kind::RequestAuthentication)
+            .filter_map(|o| match o {
+                Object::RequestAuthentication(r) => Some(r),
+                _ => None,
+            })
+    }
+
     pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
         self.of_kind(Kind::PeerAuthentication)
             .filter_map(|o| match o {
@@ -564,6 +580,13 @@ namespaced_resource!(
     "security.istio.io",
     "v1",
     "peerauthentications"
+);
+namespaced_resource!(
+    RequestAuthentication,
+    "RequestAuthentication",
+    "security.istio.io",
+    "v1",
+    "requestauthentications"
 );
 namespaced_resource!(
     Gateway,

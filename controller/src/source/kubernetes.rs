@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
-    LocalRateLimitPolicy, Object, PeerAuthentication, Rollout, ServiceEntry, TcpRoute,
-    VirtualService,
+    LocalRateLimitPolicy, Object, PeerAuthentication, RequestAuthentication, Rollout, ServiceEntry,
+    TcpRoute, VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes; of ConfigMaps, only Istio's
@@ -80,6 +80,12 @@ pub async fn run(client: Client, root_namespace: String, tx: mpsc::Sender<Change
             client.clone(),
             Kind::PeerAuthentication,
             Object::PeerAuthentication,
+            tx.clone(),
+        )),
+        tokio::spawn(watch::<RequestAuthentication>(
+            client.clone(),
+            Kind::RequestAuthentication,
+            Object::RequestAuthentication,
             tx.clone(),
         )),
         tokio::spawn(watch::<HttpRoute>(

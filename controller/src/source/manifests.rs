@@ -552,6 +552,7 @@ fn typed_object(kind: Kind, value: Value) -> Result<(Object, Vec<yaml::Path>), I
         Kind::Gateway => typed(value, Object::Gateway),
         Kind::AuthorizationPolicy => typed(value, Object::AuthorizationPolicy),
         Kind::PeerAuthentication => typed(value, Object::PeerAuthentication),
+        Kind::RequestAuthentication => typed(value, Object::RequestAuthentication),
         Kind::HttpRoute => typed(value, Object::HttpRoute),
         Kind::GrpcRoute => typed(value, Object::GrpcRoute),
         Kind::VirtualService => typed(value, Object::VirtualService),

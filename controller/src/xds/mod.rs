@@ -247,6 +247,7 @@ mod tests {
                     traffic_type: "service".into(),
                     policies: vec![],
                     rate_limits: vec![],
+                    jwt_rules: vec![],
                 })),
             },
         );

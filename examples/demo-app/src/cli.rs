@@ -32,9 +32,20 @@ pub enum Command {
     Echo(EchoArgs),
     /// Send HTTP requests, like a small curl -f.
     Get(GetArgs),
+    /// Serve the files of a directory: GET /<name> (read anew for each request).
+    Files(FilesArgs),
     /// Receive traces over OTLP/gRPC (what a waypoint exports with --otlp-endpoint) and
     /// print one JSON line per span.
     OtlpSink(OtlpSinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// The directory served.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

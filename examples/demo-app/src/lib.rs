@@ -10,6 +10,7 @@ pub mod caller;
 pub mod cli;
 pub mod client;
 pub mod echo;
+pub mod files;
 pub mod get;
 pub mod model;
 pub mod otlp_sink;

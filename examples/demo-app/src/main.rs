@@ -29,6 +29,9 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(code);
             }
             Command::Ratings(listen) => serve(&listen, Ratings::new(pod)).await,
+            Command::Files(args) => {
+                serve(&args.listen, demo_app::files::Files::new(pod, args.dir)).await
+            }
             Command::Reviews(args) => {
                 serve(&args.listen, Reviews::new(pod, args.version, args.ratings)).await
             }

@@ -14,14 +14,17 @@
 //!   them. Hosts are matched ignoring case, and also without the request's port when the
 //!   value has none. Paths are matched without query (normalize them first, see
 //!   [`super::path::normalize`]).
-//! - **Fail closed**: a rule that cannot be compiled (unknown condition key such as
-//!   `request.auth.claims[...]` — this waypoint has no JWT —, bad CIDR or port, path template)
-//!   never matches in an ALLOW or AUDIT policy and always matches in a DENY policy.
+//! - **Fail closed**: a rule that cannot be compiled (unknown condition key, bad CIDR or
+//!   port, path template) never matches in an ALLOW or AUDIT policy and always matches in a
+//!   DENY policy.
 //!
 //! Supported condition keys: `request.headers[<name>]` (any value of the header),
 //! `source.ip`, `remote.ip` (same as `source.ip`), `source.namespace`, `source.principal`,
 //! `destination.ip`, `destination.port`, `request.method`, `connection.sni` (always absent:
-//! HBONE carries no SNI for the inner stream).
+//! HBONE carries no SNI for the inner stream), and from the request's valid JWT (see
+//! [`super::jwt`]; absent without one): `request.auth.principal` (`iss/sub`, what
+//! `requestPrincipals` become), `request.auth.audiences`, `request.auth.presenter` and
+//! `request.auth.claims[<name>]` (nested: `[<name>][<name>]`; any value of a list claim).
 
 use std::cell::OnceCell;
 use std::fmt;
@@ -33,6 +36,7 @@ use ambient_proto::identity::Identity;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName};
 
+use super::jwt::Claims;
 use super::matcher::Pattern;
 use super::{ConfigError, Problem};
 
@@ -47,6 +51,8 @@ pub struct RequestAttributes<'a> {
     destination: SocketAddr,
     /// `None` for a TCP connection: HTTP-only rule fields cannot be judged.
     http: Option<HttpAttributes<'a>>,
+    /// The request's valid JWT, if it has one.
+    auth: Option<&'a Claims>,
 }
 
 /// The HTTP part of [`RequestAttributes`].
@@ -100,7 +106,14 @@ impl<'a> RequestAttributes<'a> {
             source_ip: Some(source_ip),
             destination,
             http: None,
+            auth: None,
         }
+    }
+
+    /// With the claims of the request's valid JWT.
+    pub fn with_auth(mut self, claims: Option<&'a Claims>) -> Self {
+        self.auth = claims;
+        self
     }
 
     /// The principal as policies write it: without `spiffe://`; `` without identity.
@@ -301,6 +314,11 @@ enum Condition {
     DestinationPort(Field<u16>),
     Method(Field<Pattern>),
     Sni(Field<Pattern>),
+    AuthPrincipal(Field<Pattern>),
+    AuthAudiences(Field<Pattern>),
+    AuthPresenter(Field<Pattern>),
+    /// A claim's path (`[a][b]`) and its values.
+    AuthClaim(Vec<String>, Field<Pattern>),
 }
 
 impl Condition {
@@ -316,6 +334,13 @@ impl Condition {
             "destination.port" => Condition::DestinationPort(Field::compile(v, nv, port)?),
             "request.method" => Condition::Method(patterns()?),
             "connection.sni" => Condition::Sni(patterns()?),
+            "request.auth.principal" => Condition::AuthPrincipal(patterns()?),
+            "request.auth.audiences" => Condition::AuthAudiences(patterns()?),
+            "request.auth.presenter" => Condition::AuthPresenter(patterns()?),
+            key if key.starts_with("request.auth.claims[") => {
+                let path = claim_path(key).ok_or_else(|| Problem::ConditionKey(key.to_string()))?;
+                Condition::AuthClaim(path, patterns()?)
+            }
             key => {
                 let name = key
                     .strip_prefix("request.headers[")
@@ -346,8 +371,52 @@ impl Condition {
             Condition::DestinationPort(f) => f.matches(|p| *p == a.destination.port()),
             Condition::Method(f) => f.matches_http(http, deny, |p, h| p.matches(h.method)),
             Condition::Sni(f) => f.matches(|p| p.matches("")),
+            Condition::AuthPrincipal(f) => auth_matches(a, f, deny, |c| vec![c.principal.clone()]),
+            Condition::AuthAudiences(f) => auth_matches(a, f, deny, |c| c.audiences.clone()),
+            Condition::AuthPresenter(f) => auth_matches(a, f, deny, |c| vec![c.presenter.clone()]),
+            Condition::AuthClaim(path, f) => auth_matches(a, f, deny, |c| c.values(path)),
         }
     }
+}
+
+/// `request.auth.claims[a][b]` → `["a", "b"]`.
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        if end == 0 {
+            return None;
+        }
+        path.push(inner[..end].to_string());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then_some(path)
+}
+
+/// A condition on the request's JWT: HTTP only (TCP: fails closed, as other HTTP-only
+/// fields); without a valid token, matched as one empty value.
+fn auth_matches(
+    a: &RequestAttributes<'_>,
+    f: &Field<Pattern>,
+    deny: bool,
+    values: impl Fn(&Claims) -> Vec<String>,
+) -> bool {
+    if !f.is_set() {
+        return true;
+    }
+    if a.http.is_none() {
+        return deny;
+    }
+    let values = a.auth.map(values).unwrap_or_default();
+    f.matches(|p| {
+        if values.is_empty() {
+            p.matches("")
+        } else {
+            values.iter().any(|v| p.matches(v))
+        }
+    })
 }
 
 #[derive(Clone, Debug)]

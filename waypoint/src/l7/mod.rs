@@ -25,6 +25,10 @@ pub mod backend;
 pub mod balance;
 pub mod fault;
 pub mod filters;
+pub mod jwks;
+pub mod jwt;
+#[doc(hidden)]
+pub mod jwt_testing;
 pub mod limits;
 pub mod matcher;
 pub mod outlier;

@@ -13,7 +13,8 @@ pub fn check<B>(x: &Exchange<'_, B>) -> Result<(), Local> {
         downstream.addr.ip(),
         downstream.dst,
         &x.parts,
-    );
+    )
+    .with_auth(x.auth.as_ref());
     // A workload, or a service not configured yet, has no policies of its own.
     let none = Policies::default();
     let service = x.service.map_or(&none, |s| &s.policies);

@@ -1,7 +1,7 @@
 //! One HTTP request through the waypoint, as a pipeline of stages in the order a request
 //! meets them, each in its own file:
 //!
-//! [`authorize`] → [`route`] → [`limit`] → [`fault`] → [`redirect`] (and request rewrites) → [`backend`]
+//! [`authenticate`] → [`authorize`] → [`route`] → [`limit`] → [`fault`] → [`redirect`] (and request rewrites) → [`backend`]
 //! (weighted choice, mirrors, body hold, limits) → [`send`] (endpoint, retries, timeouts) →
 //! [`respond`] (hop-by-hop headers, telemetry).
 //!
@@ -14,6 +14,7 @@
 //! of [`crate::l7`]; the only I/O, sending upstream, goes through the [`Upstream`] trait (the
 //! real connections, or a test double), so each stage is tested alone.
 
+mod authenticate;
 mod authorize;
 mod backend;
 mod fault;
@@ -64,6 +65,7 @@ async fn run<B: InboundBody, U: Upstream>(
     x: &mut Exchange<'_, B>,
     upstream: &Arc<U>,
 ) -> Result<Response<Body>, Answer> {
+    authenticate::check(x).await?;
     authorize::check(x)?;
     let routed = match route::select(x)? {
         route::Decision::Route(routed) => routed,
@@ -105,6 +107,8 @@ pub struct Exchange<'r, B> {
     pub service: Option<&'r ServiceRouting>,
     /// Filled in by the stages; carries the request's span.
     pub log: RequestLog,
+    /// The claims of the request's valid JWT (none: no token, or no RequestAuthentication).
+    pub auth: Option<crate::l7::jwt::Claims>,
 }
 
 impl<'r, B> Exchange<'r, B> {
@@ -148,6 +152,7 @@ impl<'r, B> Exchange<'r, B> {
             routing,
             service: routing_of.map(|s| &**s),
             log,
+            auth: None,
         }
     }
 
@@ -289,6 +294,11 @@ impl Local {
             flags,
             "upstream connect error or disconnect/reset before headers",
         )
+    }
+
+    /// A request whose JWT is refused (RequestAuthentication): 401 with the reason.
+    pub fn unauthenticated(e: crate::l7::jwt::JwtError) -> Self {
+        Local::new(StatusCode::UNAUTHORIZED, "-", e.message())
     }
 
     pub fn response(&self) -> Response<Body> {

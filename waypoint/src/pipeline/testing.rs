@@ -148,6 +148,7 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
             Instant::now(),
         ),
         origination: HashMap::new(),
+        jwt_rules: Box::default(),
     };
     set_routes(&mut routing, Vec::new());
     routing
@@ -305,6 +306,20 @@ impl Fixture {
 
     pub fn service_policies(&mut self, p: &[pb::Policy]) {
         self.service_mut(WEB).policies = policies(p);
+    }
+
+    /// RequestAuthentication rules on `WEB` (inline keys only).
+    pub fn service_jwt_rules(&mut self, rules: &[pb::JwtRule]) {
+        self.service_mut(WEB).jwt_rules = rules
+            .iter()
+            .map(|r| {
+                let rule = crate::l7::jwt::JwtRule::compile(r, &mut |_, _| {
+                    unreachable!("remote keys are not for pipeline tests")
+                })
+                .expect("a valid rule");
+                Arc::new(rule)
+            })
+            .collect();
     }
 
     pub fn gateway_policies(&mut self, p: &[pb::Policy]) {

@@ -15,14 +15,13 @@ use std::collections::BTreeMap;
 
 use ambient_proto::ambient::waypoint::v1 as l7;
 
-use super::{Out, ServiceKey, is_entry_host};
+use super::targets::{self, Target};
+use super::{Out, ServiceKey};
 use crate::index::Context;
 use crate::index::authorization::is_waypoint_policy;
-use crate::model::gateway::WAYPOINT_CLASS;
 use crate::model::istio::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
-use crate::model::{Kind, Object, ObjectKey};
 
 /// Attaches every waypoint policy to its targets; returns the Services' policies.
 pub fn attach(
@@ -45,85 +44,20 @@ pub fn attach(
         let Some(policy) = convert(ctx, out, &object, pol) else {
             continue;
         };
-        for r in pol.spec.target_ref.iter().chain(&pol.spec.target_refs) {
-            let target_ns = r.namespace.clone().unwrap_or_else(|| ns.clone());
-            let what = format!("targetRef {} {target_ns}/{}", r.kind, r.name);
-            if target_ns != ns {
-                out.warn(&object, format!("{what} is in another namespace; ignored"));
-                continue;
-            }
-            match (r.group.as_str(), r.kind.as_str()) {
-                ("" | "core", "Service") => {
-                    if ctx.service(&ns, &r.name).is_none() {
-                        out.warn(&object, format!("{what} does not exist"));
-                        continue;
-                    }
-                    let key = (ns.clone(), r.name.clone());
-                    out.referenced.insert(key.clone());
-                    services.entry(key).or_default().push(policy.clone());
-                }
-                ("networking.istio.io", "ServiceEntry") => {
-                    // Every host of the entry a waypoint can route by name.
-                    let hosts: Vec<ServiceKey> = ctx
-                        .entry_hosts()
-                        .filter(|((host_ns, _), se)| {
-                            *host_ns == ns && se.metadata.name.as_deref() == Some(r.name.as_str())
-                        })
-                        .map(|(key, _)| key.clone())
-                        .filter(is_entry_host)
-                        .collect();
-                    if hosts.is_empty() {
-                        out.warn(
-                            &object,
-                            format!("{what} does not exist (or declares no host with a dot)"),
-                        );
-                        continue;
-                    }
-                    for key in hosts {
-                        out.referenced.insert(key.clone());
-                        services.entry(key).or_default().push(policy.clone());
-                    }
-                }
-                ("gateway.networking.k8s.io", "Gateway") => {
-                    if let Some(g) = gateways.get_mut(&(ns.clone(), r.name.clone())) {
-                        g.policies.push(policy.clone());
-                        continue;
-                    }
-                    let exists = matches!(
-                        ctx.state.get(&ObjectKey {
-                            kind: Kind::Gateway,
-                            namespace: ns.clone(),
-                            name: r.name.clone(),
-                        }),
-                        Some(Object::Gateway(_))
-                    );
-                    out.warn(
-                        &object,
-                        if exists {
-                            format!("{what} is not a waypoint (class {WAYPOINT_CLASS}); ignored")
-                        } else {
-                            format!("{what} does not exist")
-                        },
-                    );
-                }
-                ("gateway.networking.k8s.io", "GatewayClass")
-                    if r.name == WAYPOINT_CLASS && ns == ctx.config.root_namespace =>
-                {
-                    for g in gateways.values_mut() {
+        let refs: Vec<_> = pol
+            .spec
+            .target_ref
+            .iter()
+            .chain(&pol.spec.target_refs)
+            .collect();
+        for target in targets::resolve(ctx, out, &object, &ns, &refs, gateways) {
+            match target {
+                Target::Service(key) => services.entry(key).or_default().push(policy.clone()),
+                Target::Gateway(key) => {
+                    if let Some(g) = gateways.get_mut(&key) {
                         g.policies.push(policy.clone());
                     }
                 }
-                ("gateway.networking.k8s.io", "GatewayClass") => out.warn(
-                    &object,
-                    format!(
-                        "{what}: only GatewayClass {WAYPOINT_CLASS}, from the root namespace {}, is supported; ignored",
-                        ctx.config.root_namespace
-                    ),
-                ),
-                (group, kind) => out.warn(
-                    &object,
-                    format!("{what} (group {group:?}): targets of kind {kind} are not supported; ignored"),
-                ),
             }
         }
     }

@@ -1915,3 +1915,93 @@ spec:
     // An entry opting out of the namespace's waypoint gets no L7 configuration.
     assert!(!idx.l7.contains_key("service/bookinfo/direct.example.com"));
 }
+
+#[test]
+fn request_authentication_attaches_by_target_refs() {
+    let idx = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  jwtRules:
+  - issuer: https://login.example.test
+    audiences: [bookinfo]
+    jwksUri: https://login.example.test/keys
+    fromHeaders: [{name: x-token, prefix: "Token "}]
+    fromParams: [token]
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+    timeout: 2s
+  - jwksUri: https://nobody.example.test/keys
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: everywhere, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules:
+  - issuer: inline
+    jwks: '{"keys": []}'
+    jwksUri: https://ignored.example.test/keys
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: sidecar-style, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: x, jwksUri: "https://x.test/k"}]
+"#,
+    );
+    let reviews = service(&idx, "bookinfo", "reviews");
+    assert_eq!(
+        reviews.jwt_rules.len(),
+        1,
+        "the rule without an issuer is left out"
+    );
+    let r = &reviews.jwt_rules[0];
+    assert_eq!(
+        (r.source.as_str(), r.issuer.as_str(), r.jwks_uri.as_str()),
+        (
+            "bookinfo/jwt",
+            "https://login.example.test",
+            "https://login.example.test/keys"
+        )
+    );
+    assert_eq!(r.audiences, ["bookinfo"]);
+    assert_eq!(
+        (
+            r.from_headers[0].name.as_str(),
+            r.from_headers[0].prefix.as_str()
+        ),
+        ("x-token", "Token ")
+    );
+    assert_eq!(r.from_params, ["token"]);
+    assert!(r.forward_original_token);
+    assert_eq!(r.output_claim_to_headers[0].header, "x-user");
+    assert_eq!(r.jwks_timeout_ms, 2000);
+    assert!(warned(
+        &idx,
+        "RequestAuthentication/bookinfo/jwt",
+        "jwtRules[1] has no issuer"
+    ));
+
+    let Some(l7::l7_resource::Kind::Gateway(g)) = idx.l7["gateway/bookinfo/waypoint"].kind.clone()
+    else {
+        panic!()
+    };
+    assert_eq!(g.jwt_rules.len(), 1);
+    assert!(g.jwt_rules[0].jwks_uri.is_empty(), "inline jwks wins");
+    assert!(warned(
+        &idx,
+        "RequestAuthentication/bookinfo/everywhere",
+        "jwks and jwksUri both set"
+    ));
+    assert!(warned(
+        &idx,
+        "RequestAuthentication/bookinfo/sidecar-style",
+        "has no targetRefs"
+    ));
+    assert!(service(&idx, "bookinfo", "ratings").jwt_rules.is_empty());
+}
