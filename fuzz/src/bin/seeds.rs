@@ -51,6 +51,12 @@ fn main() {
     let out = Out {
         corpus: here.join("corpus"),
     };
+    // `seeds jwt`: only that target's seeds (the others keep theirs, crash inputs included).
+    if std::env::args().nth(1).as_deref() == Some("jwt") {
+        jwt(&out);
+        println!("seeds written under {}", out.corpus.display());
+        return;
+    }
     let manifests = manifest_files(&here);
     xds_and_routes(&out, &manifests);
     manifest_seeds(&out, &manifests);
@@ -60,6 +66,7 @@ fn main() {
     zds_messages(&out);
     prometheus(&out);
     cni(&out);
+    jwt(&out);
     println!("seeds written under {}", out.corpus.display());
 }
 
@@ -435,6 +442,23 @@ fn handmade_config() -> pb::ServiceConfig {
             match_all: false,
         }],
         rate_limits: vec![],
+        jwt_rules: vec![pb::JwtRule {
+            source: "shop/jwt".into(),
+            issuer: "https://login.example.test".into(),
+            audiences: vec!["shop".into()],
+            jwks: waypoint::l7::jwt_testing::jwks(&[&waypoint::l7::jwt_testing::Issuer::ec(
+                "seed",
+            )]),
+            from_headers: vec![pb::JwtHeader {
+                name: "x-jwt".into(),
+                prefix: String::new(),
+            }],
+            output_claim_to_headers: vec![pb::ClaimToHeader {
+                header: "x-user".into(),
+                claim: "sub".into(),
+            }],
+            ..Default::default()
+        }],
     }
 }
 
@@ -801,12 +825,43 @@ fn cni(out: &Out) {
         ("chained", args, &chained),
         ("unchained", args, &minimal),
         ("no-pod", "", &chained),
-        ("excluded", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1", &chained),
+        (
+            "excluded",
+            "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1",
+            &chained,
+        ),
         ("version", "", &version),
     ] {
         let mut bytes = args.as_bytes().to_vec();
         bytes.push(0);
         bytes.extend_from_slice(conf.to_string().as_bytes());
         write(&dir, name, &bytes);
+    }
+}
+
+/// JWKS documents and tokens: valid RS256 and ES256 ones, expired, foreign, malformed.
+fn jwt(out: &Out) {
+    use waypoint::l7::jwt_testing::{Issuer, epoch, jwks};
+    let dir = out.start("jwt");
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let pem =
+        std::fs::read(here.join("../tests/fixtures/jwt/rsa-1.pem")).expect("the test RSA key");
+    let rsa = Issuer::rsa("r1", &pem);
+    let ec = Issuer::ec("e1");
+    let doc = jwks(&[&rsa, &ec]);
+    let claims = |exp: i64, iss: &str| {
+        serde_json::json!({"iss": iss, "sub": "alice", "aud": ["shop"], "exp": epoch(exp),
+                           "groups": ["admin"], "nested": {"role": "owner"}})
+    };
+    let iss = "https://login.example.test";
+    let seeds = [
+        ("rs256", rsa.token(&claims(365 * 24 * 3600 * 20, iss))),
+        ("es256", ec.token(&claims(365 * 24 * 3600 * 20, iss))),
+        ("expired", rsa.token(&claims(-3600, iss))),
+        ("foreign", ec.token(&claims(3600, "https://other.test"))),
+        ("malformed", "a.b".to_string()),
+    ];
+    for (name, token) in seeds {
+        std::fs::write(dir.join(name), format!("{doc}\n---\n{token}")).expect("write a seed");
     }
 }

@@ -234,6 +234,11 @@ impl<'t> Token<'t> {
         })
     }
 
+    /// The signature, decoded.
+    pub fn signature_bytes(&self) -> &[u8] {
+        &self.signature
+    }
+
     /// `iss`, empty when absent.
     pub fn issuer(&self) -> &str {
         self.payload
