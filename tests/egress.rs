@@ -21,20 +21,8 @@ const HOST: &str = "api.external.test";
 
 /// A CA and a certificate it signed for [`HOST`], written to `dir`: the CA's path.
 fn write_certificates(dir: &Path) -> String {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![HOST.into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("api.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("api-key.pem"), key.serialize_pem()).unwrap();
-    dir.join("ca.pem").display().to_string()
+    let pki = proxy_core::test_pki::server_pki(&[HOST]);
+    pki.write(dir, "api").display().to_string()
 }
 
 /// The HTTPS server outside the mesh.

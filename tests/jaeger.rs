@@ -38,24 +38,12 @@ fn jaeger_binary() -> PathBuf {
 
 /// A CA and a certificate for the Jaeger Service's names, written into `dir`: the CA's path.
 fn collector_tls(dir: &Path) -> PathBuf {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![
-        "jaeger.observability".into(),
-        "jaeger.observability.svc".into(),
-        "jaeger.observability.svc.cluster.local".into(),
-    ])
-    .unwrap()
-    .signed_by(&key, &issuer)
-    .unwrap();
-    std::fs::write(dir.join("collector.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("collector-key.pem"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    dir.join("ca.pem")
+    let pki = proxy_core::test_pki::server_pki(&[
+        "jaeger.observability",
+        "jaeger.observability.svc",
+        "jaeger.observability.svc.cluster.local",
+    ]);
+    pki.write(dir, "collector")
 }
 
 /// Jaeger's configuration: OTLP in plaintext (4317, 4318) and with TLS (14317, 14318), one

@@ -32,4 +32,6 @@ pub mod rbac;
 pub mod readiness;
 pub mod shutdown;
 pub mod state;
+#[doc(hidden)]
+pub mod test_pki;
 pub mod xds;

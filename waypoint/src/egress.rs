@@ -417,17 +417,8 @@ mod tests {
 
     /// A CA, and a certificate it signed for `api.example.test`: (CA PEM, cert PEM, key PEM).
     fn server_certificate() -> (String, String, String) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["api.example.test".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (ca.pem(), cert.pem(), key.serialize_pem())
+        let pki = proxy_core::test_pki::server_pki(&["api.example.test"]);
+        (pki.ca_pem, pki.cert_pem, pki.key_pem)
     }
 
     /// A TLS server answering each connection with the ALPN protocol it agreed on, then

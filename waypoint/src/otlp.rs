@@ -163,6 +163,7 @@ pub fn request_span(log: &RequestLog, namespace: &str, end: SystemTime) -> OtlpS
             "istio.destination_principal",
             log.upstream
                 .as_ref()
+                .filter(|e| e.in_mesh())
                 .map(|e| e.workload.identity.to_string())
                 .unwrap_or_else(|| "unknown".into()),
         ),

@@ -234,7 +234,13 @@ impl RequestLog {
             src_principal = %self.downstream.identity,
             dst = %self.downstream.dst,
             upstream = %OrDash(self.upstream.as_ref().map(|e| e.addr)),
-            dst_principal = %OrDash(self.upstream.as_ref().map(|e| &e.workload.identity)),
+            // Endpoints outside the mesh prove no identity.
+            dst_principal = %OrDash(
+                self.upstream
+                    .as_ref()
+                    .filter(|e| e.in_mesh())
+                    .map(|e| &e.workload.identity)
+            ),
             attempts = self.attempts,
             rate_limit = self.rate_limit.as_deref().unwrap_or("-"),
             bytes_received = self.request_bytes,

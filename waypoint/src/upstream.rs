@@ -597,6 +597,28 @@ mod tests {
         (sender, theirs)
     }
 
+    /// A ServiceEntry's `resolution: DNS` endpoint, outside the mesh, known by `host`.
+    fn named(host: &str) -> Endpoint {
+        let mut w = (*crate::pipeline::testing::workload("ext", "")).clone();
+        w.hostname = Some(host.into());
+        w.protocol = Protocol::Tcp;
+        Endpoint::new(Arc::new(w), "0.0.0.0:8443".parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn named_endpoints_get_their_address_when_picked() {
+        let upstreams = Upstreams::new(HbonePoolSettings::default());
+        let mut endpoint = named("localhost");
+        assert!(!endpoint.in_mesh());
+        upstreams.resolve(&mut endpoint).await.unwrap();
+        assert!(endpoint.addr.ip().is_loopback(), "{}", endpoint.addr);
+        assert_eq!(endpoint.addr.port(), 8443);
+        // A name with no address (RFC 6761's `.invalid`): Envoy's DNS failure flag.
+        let mut missing = named("nothing.invalid");
+        let e = upstreams.resolve(&mut missing).await.unwrap_err();
+        assert_eq!(e.response_flag(), "DF");
+    }
+
     #[tokio::test]
     async fn idle_connections_close_after_their_services_timeout() {
         let upstreams = Upstreams::new(HbonePoolSettings::default());

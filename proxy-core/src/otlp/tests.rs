@@ -157,17 +157,8 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A certificate for `collector.test` signed by a new CA: (CA PEM, cert PEM, key PEM).
 fn collector_certificate() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["collector.test".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let pki = crate::test_pki::server_pki(&["collector.test"]);
+    (pki.ca_pem, pki.cert_pem, pki.key_pem)
 }
 
 /// An OTLP/HTTP receiver over TLS; the first export is answered with one span rejected.

@@ -998,20 +998,20 @@ mod tests {
         let (allow, errors) = Policies::compile(&[policy(
             "allow-jwt",
             pb::Action::Allow,
-            vec![rule("request.auth.claims[iss]"), bad_cidr.clone()],
+            vec![rule("request.auth.claims[]"), bad_cidr.clone()],
         )]);
         assert_eq!(errors.len(), 2);
         assert_eq!(errors[0].origin, "policy bookinfo/allow-jwt rule #0");
         assert_eq!(
             errors[0].problem,
-            Problem::ConditionKey("request.auth.claims[iss]".into())
+            Problem::ConditionKey("request.auth.claims[]".into())
         );
         let r = req(Some(PRODUCTPAGE), "GET", "/");
         assert!(!r.allowed(&allow), "a broken ALLOW rule matches nothing");
         let (deny, errors) = Policies::compile(&[policy(
             "deny-jwt",
             pb::Action::Deny,
-            vec![rule("request.auth.principal")],
+            vec![rule("request.auth.unknown")],
         )]);
         assert_eq!(errors.len(), 1);
         assert!(!r.allowed(&deny), "a broken DENY rule matches everything");

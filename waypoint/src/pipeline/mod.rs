@@ -24,7 +24,7 @@ mod respond;
 mod route;
 mod send;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -81,7 +81,7 @@ pub fn path_prefix(prefix: &str) -> pb::RouteMatch {
     }
 }
 
-fn workload(name: &str, ip: &str) -> Arc<Workload> {
+pub(crate) fn workload(name: &str, ip: &str) -> Arc<Workload> {
     Arc::new(Workload {
         uid: format!("Kubernetes//Pod/shop/{name}"),
         name: name.into(),
