@@ -430,6 +430,13 @@ pub fn build(
     for d in destinations(ctx) {
         let key = d.key.clone();
         let namespace = key.0.clone();
+        // A host a Service of the namespace already is (services come first): the Service's
+        // configuration stands, as in WDS.
+        if is_entry_host(&key)
+            && resources.contains_key(&service_resource_name(&namespace, &d.hostname))
+        {
+            continue;
+        }
         // Warnings about the waypoint label are the WDS service's to give.
         let waypoint = waypoint::choose(ctx, d.meta, &namespace, Traffic::Service, &mut Vec::new())
             .map(|(ns, name, _)| (ns, name));

@@ -1917,6 +1917,24 @@ spec:
 }
 
 #[test]
+fn an_entry_host_never_replaces_a_services_configuration() {
+    let idx = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: bookinfo}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp, protocol: TCP}]
+  resolution: DNS
+"#,
+    );
+    let reviews = service(&idx, "bookinfo", "reviews");
+    assert_eq!(reviews.name, "reviews");
+    assert_eq!(port(&reviews, 9080).protocol, l7::AppProtocol::Http1 as i32);
+}
+
+#[test]
 fn request_authentication_attaches_by_target_refs() {
     let idx = index(
         r#"
