@@ -51,6 +51,15 @@ pub fn is_entry_host(key: &ServiceKey) -> bool {
     key.1.contains('.')
 }
 
+/// The hosts of ServiceEntry `namespace/name` that L7 resources can name (those with a dot).
+pub fn routable_entry_hosts(ctx: &Context<'_>, namespace: &str, name: &str) -> Vec<ServiceKey> {
+    ctx.entry_hosts()
+        .filter(|((ns, _), se)| ns == namespace && se.metadata.name.as_deref() == Some(name))
+        .map(|(key, _)| key.clone())
+        .filter(is_entry_host)
+        .collect()
+}
+
 /// A port of a Service or ServiceEntry host, as routes and the waypoint see it.
 #[derive(Clone, Debug)]
 pub struct DestinationPort {

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::{
     DestinationPort, Out, ServiceKey, check_regex, destination_ports, duration_field,
-    is_entry_host, service_backend,
+    is_entry_host, routable_entry_hosts, service_backend,
 };
 use crate::index::Context;
 use crate::model::Kind;
@@ -266,17 +266,12 @@ fn parents(
             }
             // Istio's egress routes: every host of the entry.
             ("networking.istio.io", "ServiceEntry") => {
-                let hosts: Vec<_> = ctx
-                    .entry_hosts()
-                    .filter(|((host_ns, host), se)| {
-                        *host_ns == ns
-                            && host.contains('.')
-                            && se.metadata.name.as_deref() == Some(r.name.as_str())
-                    })
-                    .map(|(key, _)| {
-                        let ports = destination_ports(ctx, key).unwrap_or_default();
+                let hosts: Vec<_> = routable_entry_hosts(ctx, &ns, &r.name)
+                    .into_iter()
+                    .map(|key| {
+                        let ports = destination_ports(ctx, &key).unwrap_or_default();
                         let what = format!("parentRef ServiceEntry {ns}/{} host {}", r.name, key.1);
-                        (key.clone(), what, ports)
+                        (key, what, ports)
                     })
                     .collect();
                 if hosts.is_empty() {

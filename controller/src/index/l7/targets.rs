@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use ambient_proto::ambient::waypoint::v1 as l7;
 
-use super::{Out, ServiceKey, is_entry_host};
+use super::{Out, ServiceKey, routable_entry_hosts};
 use crate::index::Context;
 use crate::model::gateway::WAYPOINT_CLASS;
 use crate::model::istio::PolicyTargetReference;
@@ -55,14 +55,7 @@ pub fn resolve(
                 targets.push(Target::Service(key));
             }
             ("networking.istio.io", "ServiceEntry") => {
-                let hosts: Vec<ServiceKey> = ctx
-                    .entry_hosts()
-                    .filter(|((host_ns, _), se)| {
-                        *host_ns == ns && se.metadata.name.as_deref() == Some(r.name.as_str())
-                    })
-                    .map(|(key, _)| key.clone())
-                    .filter(is_entry_host)
-                    .collect();
+                let hosts = routable_entry_hosts(ctx, &ns, &r.name);
                 if hosts.is_empty() {
                     out.warn(
                         object,
