@@ -42,6 +42,9 @@ pub struct Options {
     /// Single-pod changes to time.
     #[arg(long, default_value_t = 40)]
     changes: usize,
+    /// Then a burst of this many single-pod changes, written at once (0: none).
+    #[arg(long, default_value_t = 1_000)]
+    burst: usize,
     /// The controller's debounce quiet period.
     #[arg(long, default_value_t = 100)]
     debounce_quiet_ms: u64,
@@ -62,9 +65,24 @@ struct Results {
     change_to_all_clients_ms: Percentiles,
     change_to_first_client_ms: Percentiles,
     bytes_pushed_per_change_per_client: f64,
+    burst: Option<Burst>,
     controller_rss_mb_after_sync: f64,
     controller_rss_mb_after_changes: f64,
     controller_peak_rss_mb: f64,
+}
+
+/// The burst: from its first API write until every client holds every change.
+#[derive(Serialize)]
+struct Burst {
+    changes: usize,
+    /// Writing them all into the API server.
+    write_ms: f64,
+    /// First write → every client has every change.
+    to_all_clients_ms: f64,
+    /// Last write → every client has every change.
+    after_last_write_ms: f64,
+    /// Responses one client received for the burst (pushes it took).
+    responses_per_client: u64,
 }
 
 #[derive(Serialize)]
@@ -110,6 +128,8 @@ struct Observed {
     held: Vec<usize>,
     /// client → bytes received.
     bytes: Vec<u64>,
+    /// client → responses received.
+    responses: Vec<u64>,
     /// (pod uid, revision) → arrival instants at each client.
     arrivals: HashMap<(String, String), Vec<Instant>>,
 }
@@ -211,6 +231,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let observed = Arc::new(Mutex::new(Observed {
         held: vec![0; opts.clients],
         bytes: vec![0; opts.clients],
+        responses: vec![0; opts.clients],
         ..Default::default()
     }));
     let progress = Arc::new(Notify::new());
@@ -257,6 +278,8 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
             format!("Kubernetes//Pod/ns-{}/pod-{i}", i % opts.namespaces),
             revision.clone(),
         );
+        // Each change alone: nothing else pushed for twice the quiet period.
+        tokio::time::sleep(Duration::from_millis(opts.debounce_quiet_ms * 2)).await;
         let t0 = Instant::now();
         api.apply(pod(i, &opts, &revision));
         loop {
@@ -279,10 +302,12 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         let ms = |t: &Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
         to_all.push(arrivals.iter().map(ms).fold(0.0, f64::max));
         to_first.push(arrivals.iter().map(ms).fold(f64::MAX, f64::min));
-        // Spread changes out so each is its own push.
-        tokio::time::sleep(Duration::from_millis(opts.debounce_quiet_ms * 2)).await;
     }
     let bytes_after = observed.lock().expect("poisoned").bytes.iter().sum::<u64>();
+    let burst = match opts.burst {
+        0 => None,
+        n => Some(burst(&api, &opts, n, &observed, &progress).await?),
+    };
     let results = Results {
         pods: opts.pods,
         services: opts.services,
@@ -296,6 +321,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         bytes_pushed_per_change_per_client: (bytes_after - bytes_before) as f64
             / opts.changes as f64
             / opts.clients as f64,
+        burst,
         controller_rss_mb_after_sync: rss_after_sync,
         controller_rss_mb_after_changes: rss_mb(pid, "VmRSS:"),
         controller_peak_rss_mb: rss_mb(pid, "VmHWM:"),
@@ -327,6 +353,16 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         "bytes pushed per change per client: {:.0}",
         results.bytes_pushed_per_change_per_client
     );
+    if let Some(b) = &results.burst {
+        println!(
+            "burst of {} changes (written in {:.1} ms) → every client: {:.1} ms from the first write, {:.1} ms after the last, in {} responses",
+            b.changes,
+            b.write_ms,
+            b.to_all_clients_ms,
+            b.after_last_write_ms,
+            b.responses_per_client
+        );
+    }
     println!(
         "controller resident memory: {:.1} MB after sync, {:.1} MB after the changes, peak {:.1} MB",
         results.controller_rss_mb_after_sync,
@@ -339,6 +375,67 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         None => println!("{text}"),
     }
     Ok(())
+}
+
+/// Writes `n` changes of distinct pods at once and waits until every client holds them all.
+async fn burst(
+    api: &FakeApiServer,
+    opts: &Options,
+    n: usize,
+    observed: &Mutex<Observed>,
+    progress: &Notify,
+) -> anyhow::Result<Burst> {
+    // Quiet first, so the burst starts as a lone change would.
+    tokio::time::sleep(Duration::from_millis(opts.debounce_quiet_ms * 2)).await;
+    let n = n.min(opts.pods);
+    let pods: Vec<usize> = (0..n).map(|j| (j * 7919 + 1) % opts.pods).collect();
+    let keys: Vec<(String, String)> = pods
+        .iter()
+        .enumerate()
+        .map(|(j, i)| {
+            (
+                format!("Kubernetes//Pod/ns-{}/pod-{i}", i % opts.namespaces),
+                format!("b{j}"),
+            )
+        })
+        .collect();
+    let responses_before = observed.lock().expect("poisoned").responses[0];
+    let t0 = Instant::now();
+    for (i, (_, revision)) in pods.iter().zip(&keys) {
+        api.apply(pod(*i, opts, revision));
+    }
+    let written = t0.elapsed();
+    loop {
+        let missing = {
+            let o = observed.lock().expect("poisoned");
+            keys.iter()
+                .filter(|k| o.arrivals.get(*k).map(Vec::len).unwrap_or(0) < opts.clients)
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "{missing} of the burst's {n} changes missing at some client after 120 s"
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
+    }
+    let o = observed.lock().expect("poisoned");
+    let last = keys
+        .iter()
+        .flat_map(|k| o.arrivals[k].iter())
+        .max()
+        .copied()
+        .expect("arrivals");
+    Ok(Burst {
+        changes: n,
+        write_ms: written.as_secs_f64() * 1000.0,
+        to_all_clients_ms: last.duration_since(t0).as_secs_f64() * 1000.0,
+        after_last_write_ms: last.duration_since(t0 + written).as_secs_f64() * 1000.0,
+        responses_per_client: o.responses[0] - responses_before,
+    })
 }
 
 /// One simulated ztunnel: subscribes to everything, counts what it holds, ACKs each response,
@@ -409,6 +506,7 @@ async fn client(
             let mut o = observed.lock().expect("poisoned");
             o.held[c] = held.len();
             o.bytes[c] += bytes;
+            o.responses[c] += 1;
             for key in revisions {
                 o.arrivals.entry(key).or_default().push(now);
             }

@@ -7,6 +7,7 @@
 //! whose content changed.
 
 pub mod authorization;
+pub mod incremental;
 pub mod l7;
 pub mod labels;
 pub mod mesh;
@@ -95,7 +96,12 @@ pub struct Index {
     pub rollouts: Vec<l7::rollout::RolloutView>,
     /// Mesh-wide settings for ztunnels, from Istio's mesh config.
     pub mesh: ambient_proto::ambient::mesh::v1::MeshSettings,
+    /// Every warning, sorted, once each.
     pub warnings: Vec<Warning>,
+    /// The warnings each pod's workload raised, by uid, and all the others: what
+    /// [`incremental::update_pods`] needs to replace one pod's share of `warnings`.
+    pod_warnings: BTreeMap<String, Vec<Warning>>,
+    other_warnings: Vec<Warning>,
 }
 
 /// (namespace, pod) → (service key, ports) it belongs to.
@@ -342,26 +348,21 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
     let mut warnings = Vec::new();
 
     for pod in state.pods() {
-        let Some(w) = workload::from_pod(&ctx, pod, &mut warnings) else {
-            continue;
-        };
-        if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32
-            && !w.node.is_empty()
-            && let Some(id) = workload::identity(pod, &config.trust_domain)
-        {
-            index
-                .identities_by_node
-                .entry(w.node.clone())
-                .or_default()
-                .insert(id);
+        let mut raised = Vec::new();
+        let workload = workload::from_pod(&ctx, pod, &mut raised);
+        if let Some(w) = workload {
+            if !raised.is_empty() {
+                index.pod_warnings.insert(w.uid.clone(), raised);
+            }
+            index.addresses.insert(
+                w.uid.clone(),
+                wds::Address {
+                    r#type: Some(wds::address::Type::Workload(w)),
+                },
+            );
         }
-        index.addresses.insert(
-            w.uid.clone(),
-            wds::Address {
-                r#type: Some(wds::address::Type::Workload(w)),
-            },
-        );
     }
+    index.identities_by_node = incremental::identities_by_node(&index.addresses, config, None);
     for slice in state.endpoint_slices() {
         for w in workload::from_slice(&ctx, slice) {
             index.addresses.insert(
@@ -419,10 +420,20 @@ pub fn build(state: &ClusterState, config: &IndexConfig) -> Index {
     let instances = l7::status::running_instances(&ctx);
     (index.l7, index.policies, index.rollouts) = l7::build(&ctx, &instances, &mut warnings);
     index.gateways = l7::gateway_statuses(&ctx, &instances);
-    warnings.sort();
-    warnings.dedup();
-    index.warnings = warnings;
+    index.other_warnings = warnings;
+    index.gather_warnings();
     index
+}
+
+impl Index {
+    /// `warnings` from the pods' and the others' (sorted, once each).
+    fn gather_warnings(&mut self) {
+        let mut all = self.other_warnings.clone();
+        all.extend(self.pod_warnings.values().flatten().cloned());
+        all.sort();
+        all.dedup();
+        self.warnings = all;
+    }
 }
 
 /// The index of the objects of a YAML stream, which must parse without errors (for tests).

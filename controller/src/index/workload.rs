@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ambient_proto::identity::{DEFAULT_TRUST_DOMAIN, Identity};
+use ambient_proto::identity::DEFAULT_TRUST_DOMAIN;
 use ambient_proto::istio::workload as wds;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -61,19 +61,6 @@ pub fn service_account(pod: &Pod) -> String {
         .and_then(|s| s.service_account_name.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".into())
-}
-
-/// The pod's identity in `trust_domain`.
-pub fn identity(pod: &Pod, trust_domain: &str) -> Option<Identity> {
-    Identity::new(
-        trust_domain,
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        service_account(pod),
-    )
-    .ok()
 }
 
 /// Ports of `svc` on `pod`: the service port, and the target port resolved against the pod's

@@ -176,6 +176,44 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot after `previous` when only the `Address`es named in `touched` may have
+    /// changed (the rest of `index` as `previous` was computed from): only those are encoded
+    /// again, and every other set is shared with `previous`.
+    pub fn next_touching(
+        previous: &Snapshot,
+        index: &Index,
+        touched: &BTreeSet<String>,
+    ) -> Snapshot {
+        let mut sets = previous.sets.clone();
+        let mut changed: BTreeMap<&'static str, BTreeSet<String>> =
+            TYPES.iter().map(|t| (*t, BTreeSet::new())).collect();
+        let old = previous.sets.get(ADDRESS_TYPE_URL).map(|s| s.as_ref());
+        let mut addresses = old.cloned().unwrap_or_default();
+        let names = changed.get_mut(ADDRESS_TYPE_URL).expect("every type");
+        for name in touched {
+            let before = addresses.remove(name);
+            if let Some(a) = index.addresses.get(name) {
+                let v = encode(ADDRESS_TYPE_URL, name, a, old);
+                if before.is_none_or(|b| b.version != v.version) {
+                    names.insert(name.clone());
+                }
+                addresses.insert(name.clone(), v);
+            } else if before.is_some() {
+                names.insert(name.clone());
+            }
+        }
+        sets.insert(ADDRESS_TYPE_URL, Arc::new(addresses));
+        Snapshot {
+            generation: previous.generation + 1,
+            sets,
+            changed,
+            gateways: previous.gateways.clone(),
+            gateways_changed: false,
+            policies: previous.policies.clone(),
+            rollouts: previous.rollouts.clone(),
+        }
+    }
+
     /// Whether anything differs from the snapshot it was computed after (a status change
     /// counts: it is published even when no proxy is sent anything).
     pub fn has_changes(&self) -> bool {
