@@ -336,18 +336,20 @@ impl ClusterState {
             }
             Change::Delete(key) => self.objects.remove(&key).is_some(),
             Change::Replace { kinds, objects } => {
-                let mut next: BTreeMap<ObjectKey, Object> = self
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| !kinds.contains(&k.kind))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                for o in objects {
-                    next.insert(o.key(), o);
+                // In place: a copy of the whole state per relisted kind doubled the
+                // controller's memory while a large cluster was first listed.
+                let incoming: BTreeMap<ObjectKey, Object> =
+                    objects.into_iter().map(|o| (o.key(), o)).collect();
+                let before = self.objects.len();
+                self.objects
+                    .retain(|k, _| !kinds.contains(&k.kind) || incoming.contains_key(k));
+                let mut changed = self.objects.len() != before;
+                for (key, object) in incoming {
+                    if self.objects.get(&key) != Some(&object) {
+                        self.objects.insert(key, object);
+                        changed = true;
+                    }
                 }
-                let changed = next.len() != self.objects.len()
-                    || next.iter().any(|(k, v)| self.objects.get(k) != Some(v));
-                self.objects = next;
                 changed
             }
             Change::RolloutWeights(weights) => {
@@ -651,3 +653,61 @@ namespaced_resource!(
     "v1alpha1",
     "rollouts"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(name: &str, label: &str) -> Object {
+        Object::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([("l".to_string(), label.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn names(state: &ClusterState) -> Vec<String> {
+        state.objects.keys().map(|k| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_relist_replaces_only_its_kinds_and_says_whether_anything_changed() {
+        let mut state = ClusterState::default();
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        assert!(state.apply(Change::Apply(Object::Pod(pod))));
+        assert!(state.apply(Change::Replace {
+            kinds: vec![Kind::Namespace],
+            objects: vec![namespace("a", "1"), namespace("b", "1")],
+        }));
+        assert_eq!(names(&state), ["a", "b", "p"]);
+        // The same listing again changes nothing.
+        let again = || Change::Replace {
+            kinds: vec![Kind::Namespace],
+            objects: vec![namespace("b", "1"), namespace("a", "1")],
+        };
+        assert!(!state.apply(again()));
+        // One gone, one new, one edited; the pod, of another kind, stays.
+        assert!(state.apply(Change::Replace {
+            kinds: vec![Kind::Namespace],
+            objects: vec![namespace("a", "2"), namespace("c", "1")],
+        }));
+        assert_eq!(names(&state), ["a", "c", "p"]);
+        let label = state
+            .namespace("a")
+            .and_then(|n| n.metadata.labels.as_ref());
+        assert_eq!(
+            label.and_then(|l| l.get("l")).map(String::as_str),
+            Some("2")
+        );
+        // Only a removal is a change too.
+        assert!(state.apply(Change::Replace {
+            kinds: vec![Kind::Namespace],
+            objects: vec![namespace("a", "2")],
+        }));
+        assert_eq!(names(&state), ["a", "p"]);
+    }
+}
