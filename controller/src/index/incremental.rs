@@ -181,8 +181,7 @@ pub(super) fn identities_by_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Severity;
-    use crate::source::manifests::parse_file;
+    use crate::index::{build, state_from_yaml};
     use crate::xds::Snapshot;
 
     /// Everything a pod's workload can depend on: enrolled and plain namespaces, a waypoint
@@ -290,22 +289,6 @@ spec:
   mtls: {mode: STRICT}
 "#;
 
-    fn state_of(yaml: &str) -> ClusterState {
-        let parsed = parse_file(std::path::Path::new("cluster.yaml"), yaml, None);
-        let errors: Vec<_> = parsed
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .collect();
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut state = ClusterState::default();
-        state.apply(Change::Replace {
-            kinds: Kind::ALL.to_vec(),
-            objects: parsed.objects,
-        });
-        state
-    }
-
     /// A small deterministic generator (xorshift), so a failure replays.
     struct Draw(u64);
 
@@ -376,8 +359,8 @@ spec:
     #[test]
     fn pod_churn_updated_in_place_equals_a_full_build() {
         let config = IndexConfig::default();
-        let mut state = state_of(CLUSTER);
-        let mut index = super::super::build(&state, &config);
+        let mut state = state_from_yaml(CLUSTER);
+        let mut index = build(&state, &config);
         let mut snapshot = Snapshot::next(&Snapshot::default(), &index);
         let mut draw = Draw(0x9e37_79b9_7f4a_7c15);
         let (mut in_place, mut full) = (0, 0);
@@ -388,7 +371,7 @@ spec:
                 touched.note(&state, &change);
                 state.apply(change);
             }
-            let rebuilt = super::super::build(&state, &config);
+            let rebuilt = build(&state, &config);
             let next = match touched {
                 Touched::Pods(pods) => {
                     in_place += 1;
@@ -397,7 +380,7 @@ spec:
                 }
                 Touched::Everything => {
                     full += 1;
-                    index = super::super::build(&state, &config);
+                    index = build(&state, &config);
                     Snapshot::next(&snapshot, &index)
                 }
                 Touched::Nothing => unreachable!("every round changes a pod"),
@@ -434,7 +417,7 @@ spec:
 
     #[test]
     fn only_pods_that_are_no_waypoint_instances_stay_local() {
-        let state = state_of(CLUSTER);
+        let state = state_from_yaml(CLUSTER);
         let waypoint_pod = ObjectKey {
             kind: Kind::Pod,
             namespace: "shop".into(),

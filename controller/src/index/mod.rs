@@ -436,9 +436,10 @@ impl Index {
     }
 }
 
-/// The index of the objects of a YAML stream, which must parse without errors (for tests).
+/// The cluster state of the objects of a YAML stream, which must parse without errors (for
+/// tests).
 #[cfg(test)]
-pub(crate) fn build_from_yaml(yaml: &str) -> Index {
+pub(crate) fn state_from_yaml(yaml: &str) -> ClusterState {
     use crate::model::Change;
     use crate::source::{Severity, manifests::parse_file};
     let parsed = parse_file(std::path::Path::new("test.yaml"), yaml, None);
@@ -453,7 +454,13 @@ pub(crate) fn build_from_yaml(yaml: &str) -> Index {
         kinds: Kind::ALL.to_vec(),
         objects: parsed.objects,
     });
-    build(&state, &IndexConfig::default())
+    state
+}
+
+/// The index of the objects of a YAML stream, which must parse without errors (for tests).
+#[cfg(test)]
+pub(crate) fn build_from_yaml(yaml: &str) -> Index {
+    build(&state_from_yaml(yaml), &IndexConfig::default())
 }
 
 #[cfg(test)]
