@@ -156,8 +156,7 @@ fn apply(
         synced.extend(kinds.iter().copied());
     }
     // Noted before the change (it needs the old object), kept only if something changed.
-    let mut this = Touched::Nothing;
-    this.note(state, &change);
+    let this = Touched::of(state, &change);
     let changed = state.apply(change);
     if changed {
         touched.merge(this);

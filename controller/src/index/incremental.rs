@@ -31,11 +31,8 @@ pub enum Touched {
 }
 
 impl Touched {
-    /// Notes `change`, which is about to be applied to `state`.
-    pub fn note(&mut self, state: &ClusterState, change: &Change) {
-        if matches!(self, Touched::Everything) {
-            return;
-        }
+    /// What `change` touches, were it applied to `state` now (it needs the old object).
+    pub fn of(state: &ClusterState, change: &Change) -> Touched {
         let pod = match change {
             Change::Apply(object @ Object::Pod(new)) => {
                 let key = object.key();
@@ -47,15 +44,8 @@ impl Touched {
             _ => None,
         };
         match pod {
-            Some(ObjectKey {
-                namespace, name, ..
-            }) => match self {
-                Touched::Pods(pods) => {
-                    pods.insert((namespace, name));
-                }
-                _ => *self = Touched::Pods(BTreeSet::from([(namespace, name)])),
-            },
-            None => *self = Touched::Everything,
+            Some(key) => Touched::Pods(BTreeSet::from([(key.namespace, key.name)])),
+            None => Touched::Everything,
         }
     }
 
@@ -101,7 +91,7 @@ pub fn update_pods(
     for (namespace, name) in pods {
         let uid = workload::pod_uid(&config.cluster_id, namespace, name);
         if let Some(old) = index.addresses.remove(&uid) {
-            nodes.extend(hbone_node(&old).map(str::to_string));
+            nodes.extend(hbone_pod(&old).map(|w| w.node.clone()));
         }
         index.pod_warnings.remove(&uid);
         let pod = state.get(&ObjectKey {
@@ -115,7 +105,7 @@ pub fn update_pods(
                 let address = wds::Address {
                     r#type: Some(wds::address::Type::Workload(w)),
                 };
-                nodes.extend(hbone_node(&address).map(str::to_string));
+                nodes.extend(hbone_pod(&address).map(|w| w.node.clone()));
                 index.addresses.insert(uid.clone(), address);
                 if !raised.is_empty() {
                     index.pod_warnings.insert(uid.clone(), raised);
@@ -135,16 +125,16 @@ pub fn update_pods(
     names
 }
 
-/// The node of a pod's workload that terminates HBONE (whose identity that node's ztunnel
-/// may be granted).
-fn hbone_node(address: &wds::Address) -> Option<&str> {
+/// A pod's workload that terminates HBONE on a node (whose ztunnel may be granted its
+/// identity).
+fn hbone_pod(address: &wds::Address) -> Option<&wds::Workload> {
     match &address.r#type {
         Some(wds::address::Type::Workload(w))
             if w.tunnel_protocol == wds::TunnelProtocol::Hbone as i32
                 && w.workload_type == wds::WorkloadType::Pod as i32
                 && !w.node.is_empty() =>
         {
-            Some(&w.node)
+            Some(w)
         }
         _ => None,
     }
@@ -157,22 +147,16 @@ pub(super) fn identities_by_node(
     only: Option<&BTreeSet<String>>,
 ) -> BTreeMap<String, BTreeSet<Identity>> {
     let mut out: BTreeMap<String, BTreeSet<Identity>> = BTreeMap::new();
-    for address in addresses.values() {
-        let Some(node) = hbone_node(address) else {
-            continue;
-        };
-        if only.is_some_and(|o| !o.contains(node)) {
+    for w in addresses.values().filter_map(hbone_pod) {
+        if only.is_some_and(|o| !o.contains(&w.node)) {
             continue;
         }
-        let Some(wds::address::Type::Workload(w)) = &address.r#type else {
-            continue;
-        };
         if let Ok(id) = Identity::new(
             &config.trust_domain,
             w.namespace.clone(),
             w.service_account.clone(),
         ) {
-            out.entry(node.to_string()).or_default().insert(id);
+            out.entry(w.node.clone()).or_default().insert(id);
         }
     }
     out
@@ -368,7 +352,7 @@ spec:
             let mut touched = Touched::Nothing;
             for _ in 0..1 + draw.below(4) {
                 let change = pod_change(&mut draw);
-                touched.note(&state, &change);
+                touched.merge(Touched::of(&state, &change));
                 state.apply(change);
             }
             let rebuilt = build(&state, &config);
@@ -424,7 +408,7 @@ spec:
             name: "waypoint-0".into(),
         };
         let mut touched = Touched::Nothing;
-        touched.note(&state, &Change::Delete(waypoint_pod));
+        touched.merge(Touched::of(&state, &Change::Delete(waypoint_pod)));
         assert!(matches!(touched, Touched::Everything));
 
         let mut touched = Touched::Nothing;
@@ -437,7 +421,7 @@ spec:
                 break c;
             }
         };
-        touched.note(&state, &change);
+        touched.merge(Touched::of(&state, &change));
         assert!(
             matches!(&touched, Touched::Pods(p) if p.len() == 1),
             "{touched:?}"
@@ -451,8 +435,8 @@ spec:
         let mut pods = Touched::Nothing;
         pods.merge(touched);
         touched = Touched::Nothing;
-        touched.note(&state, &Change::Apply(ns));
-        touched.note(&state, &change);
+        touched.merge(Touched::of(&state, &Change::Apply(ns)));
+        touched.merge(Touched::of(&state, &change));
         assert!(matches!(touched, Touched::Everything));
         pods.merge(Touched::Nothing);
         assert!(
