@@ -44,11 +44,10 @@ use ambient_controller::index::labels::{WAYPOINT_FOR, labels, selector_matches, 
 use ambient_controller::index::{self, IndexConfig};
 use ambient_controller::model::gateway::WAYPOINT_CLASS;
 use ambient_controller::model::istio::{AuthorizationAction, Rule};
-use ambient_controller::model::{Change, ClusterState, Kind, Object, ObjectKey};
+use ambient_controller::model::{Change, ClusterState, Kind, MeshPod, Object, ObjectKey};
 use ambient_controller::source::manifests::ManifestDir;
 use ambient_controller::source::yaml::{self, Position, Spans};
 use ambient_controller::source::{Diagnostic, Severity};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -484,7 +483,7 @@ impl Checks<'_> {
             .push(Message::new(code, Some(object), at.as_ref(), message));
     }
 
-    fn pods_in<'s>(&'s self, namespace: &'s str) -> impl Iterator<Item = &'s Pod> + 's {
+    fn pods_in<'s>(&'s self, namespace: &'s str) -> impl Iterator<Item = &'s MeshPod> + 's {
         self.state
             .pods()
             .filter(move |p| namespace_of(&p.metadata) == namespace)
@@ -661,7 +660,7 @@ impl Checks<'_> {
             }
             let ns = namespace_of(&svc.metadata);
             let object = label("Service", Some(&ns), name_of(&svc.metadata));
-            let selected: Vec<&Pod> = self
+            let selected: Vec<&MeshPod> = self
                 .pods_in(&ns)
                 .filter(|p| selector_matches(selector, labels(&p.metadata)))
                 .collect();
@@ -772,12 +771,10 @@ fn index_object(object: &str, domain_suffix: &str) -> String {
     }
 }
 
-fn container_ports(pod: &Pod) -> Vec<(i32, Option<&str>)> {
-    pod.spec
+fn container_ports(pod: &MeshPod) -> Vec<(i32, Option<&str>)> {
+    pod.container_ports
         .iter()
-        .flat_map(|s| &s.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| (p.container_port, p.name.as_deref()))
+        .map(|p| (p.port, p.name.as_deref()))
         .collect()
 }
 

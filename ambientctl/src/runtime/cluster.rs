@@ -439,7 +439,7 @@ impl Cluster {
                 running.processes.apply(pod);
                 continue;
             }
-            let ambient = labels::enrolled(pod, namespaces.get(&ns).copied());
+            let ambient = labels::enrolled(&pod.metadata, namespaces.get(&ns).copied());
             let running = self.pods.get_mut(&key).expect("inserted above");
             let recapture = running.captured && running.service_account != sa;
             if ambient && (!running.captured || recapture) {

@@ -222,7 +222,10 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(waypoint_of(pod).as_deref(), Some("bookinfo/waypoint"));
-        assert!(!ambient_controller::index::labels::enrolled(pod, None));
+        assert!(!ambient_controller::index::labels::enrolled(
+            &pod.metadata,
+            None
+        ));
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("waypoint"));
         let args = spec.containers[0].args.clone().unwrap();

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ambient_proto::identity::Identity;
 use ambient_proto::istio::workload as wds;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::waypoint::GATEWAY_NAME_LABEL;
 use super::{Context, Index, IndexConfig, workload};
-use crate::model::{Change, ClusterState, Kind, Object, ObjectKey};
+use crate::model::{Change, ClusterState, Kind, MeshPod, Object, ObjectKey};
 
 /// What a burst of changes touched, noted before each is applied.
 #[derive(Debug, Default)]
@@ -36,10 +36,10 @@ impl Touched {
         let pod = match change {
             Change::Apply(object @ Object::Pod(new)) => {
                 let key = object.key();
-                local_pod_change(state.get(&key), Some(new)).then_some(key)
+                local_pod_change(state.pod(&key), Some(&new.metadata)).then_some(key)
             }
             Change::Delete(key) if key.kind == Kind::Pod => {
-                local_pod_change(state.get(key), None).then(|| key.clone())
+                local_pod_change(state.pod(key), None).then(|| key.clone())
             }
             _ => None,
         };
@@ -61,19 +61,13 @@ impl Touched {
 
 /// Whether replacing `old` by `new` changes nothing but that pod's own workload: neither is
 /// a waypoint instance.
-fn local_pod_change(old: Option<&Object>, new: Option<&Pod>) -> bool {
-    let waypoint_instance = |p: &Pod| {
-        p.metadata
-            .labels
+fn local_pod_change(old: Option<&MeshPod>, new: Option<&ObjectMeta>) -> bool {
+    let waypoint_instance = |m: &ObjectMeta| {
+        m.labels
             .as_ref()
             .is_some_and(|l| l.contains_key(GATEWAY_NAME_LABEL))
     };
-    let old_ok = match old {
-        None => true,
-        Some(Object::Pod(p)) => !waypoint_instance(p),
-        Some(_) => false,
-    };
-    old_ok && !new.is_some_and(waypoint_instance)
+    !old.is_some_and(|p| waypoint_instance(&p.metadata)) && !new.is_some_and(waypoint_instance)
 }
 
 /// Recomputes the workloads of `pods` (as `state` now has them) in `index`, which must be
@@ -94,12 +88,12 @@ pub fn update_pods(
             nodes.extend(hbone_pod(&old).map(|w| w.node.clone()));
         }
         index.pod_warnings.remove(&uid);
-        let pod = state.get(&ObjectKey {
+        let pod = state.pod(&ObjectKey {
             kind: Kind::Pod,
             namespace: namespace.clone(),
             name: name.clone(),
         });
-        if let Some(Object::Pod(pod)) = pod {
+        if let Some(pod) = pod {
             let mut raised = Vec::new();
             if let Some(w) = workload::from_pod(&ctx, pod, &mut raised) {
                 let address = wds::Address {

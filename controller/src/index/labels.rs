@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use proxy_core::enrolment::DATAPLANE_MODE;
@@ -25,9 +25,8 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 
 /// Whether a pod is in the ambient mesh: its own `istio.io/dataplane-mode` wins (`ambient`
 /// in, `none` out); without it, its namespace's label decides.
-pub fn enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+pub fn enrolled(pod: &ObjectMeta, namespace: Option<&Namespace>) -> bool {
     let annotated = pod
-        .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(REDIRECTION_ANNOTATION))
@@ -35,10 +34,7 @@ pub fn enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     if annotated {
         return true;
     }
-    proxy_core::enrolment::enrolled_by_labels(
-        labels(&pod.metadata),
-        namespace.map(|ns| labels(&ns.metadata)),
-    )
+    proxy_core::enrolment::enrolled_by_labels(labels(pod), namespace.map(|ns| labels(&ns.metadata)))
 }
 
 /// Every `selector` pair is among `labels` (an empty selector matches everything).
@@ -76,8 +72,7 @@ pub fn canonical_revision(meta: &ObjectMeta) -> String {
 }
 
 /// The name of what runs the pod (a Deployment, CronJob...), as Istio derives it.
-pub fn workload_name(pod: &Pod) -> String {
-    let meta = &pod.metadata;
+pub fn workload_name(meta: &ObjectMeta) -> String {
     let pod_name = meta.name.clone().unwrap_or_default();
     if let Some(n) = label(meta, "service.istio.io/workload-name") {
         return n.to_string();

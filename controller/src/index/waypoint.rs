@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 
 use ambient_proto::istio::workload as wds;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use super::labels::GATEWAY_NAME_LABEL;
@@ -24,9 +23,9 @@ pub enum Traffic {
 
 /// Whether `pod` is an instance of a waypoint: labelled with the name of a waypoint Gateway
 /// (class `istio-waypoint`) of its namespace. It terminates HBONE itself.
-pub fn is_instance(ctx: &Context<'_>, pod: &Pod) -> bool {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    labels::labels(&pod.metadata)
+pub fn is_instance(ctx: &Context<'_>, pod: &ObjectMeta) -> bool {
+    let namespace = pod.namespace.as_deref().unwrap_or("default");
+    labels::labels(pod)
         .get(GATEWAY_NAME_LABEL)
         .is_some_and(|gw| waypoint_gateway(ctx, namespace, gw).is_some())
 }

@@ -5,9 +5,11 @@ use std::net::IpAddr;
 
 use ambient_proto::identity::DEFAULT_TRUST_DOMAIN;
 use ambient_proto::istio::workload as wds;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::model::MeshPod;
 
 use super::labels::{self, canonical_name, canonical_revision, enrolled, workload_name};
 use super::waypoint::{self, Traffic};
@@ -22,58 +24,28 @@ pub fn pod_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
 }
 
 /// The pod's addresses, if it has any that parse.
-pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let status = pod.status.as_ref();
-    let mut ips: Vec<String> = status
-        .and_then(|s| s.pod_ips.as_ref())
-        .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
-        .unwrap_or_default();
-    if ips.is_empty()
-        && let Some(ip) = status.and_then(|s| s.pod_ip.clone())
-    {
-        ips.push(ip);
-    }
-    ips.iter().filter_map(|s| s.parse().ok()).collect()
+pub fn pod_ips(pod: &MeshPod) -> Vec<IpAddr> {
+    pod.ips.iter().filter_map(|s| s.parse().ok()).collect()
 }
 
-fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+fn terminal(pod: &MeshPod) -> bool {
+    matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
-fn ready(pod: &Pod) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    match conditions {
-        Some(c) => c.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
-        // A manifest without status (the local runtime) describes a running pod.
-        None => true,
-    }
-}
-
-pub fn service_account(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".into())
+fn ready(pod: &MeshPod) -> bool {
+    // A manifest without status (the local runtime) describes a running pod.
+    pod.metadata.deletion_timestamp.is_none() && pod.ready.unwrap_or(true)
 }
 
 /// Ports of `svc` on `pod`: the service port, and the target port resolved against the pod's
 /// container ports when it is a name (omitted when the name is not found).
-fn ports_on_pod(svc: &Service, pod: &Pod) -> Vec<wds::Port> {
-    let container_ports: Vec<(String, i32)> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| p.name.clone().map(|n| (n, p.container_port)))
-        .collect();
+fn ports_on_pod(svc: &Service, pod: &MeshPod) -> Vec<wds::Port> {
+    let named_port = |name: &str| {
+        pod.container_ports
+            .iter()
+            .find(|p| p.is_tcp() && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    };
     svc.spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
@@ -81,9 +53,7 @@ fn ports_on_pod(svc: &Service, pod: &Pod) -> Vec<wds::Port> {
         .filter_map(|p| {
             let target = match &p.target_port {
                 Some(IntOrString::Int(n)) => *n,
-                Some(IntOrString::String(name)) => {
-                    container_ports.iter().find(|(n, _)| n == name)?.1
-                }
+                Some(IntOrString::String(name)) => named_port(name)?,
                 None => p.port,
             };
             Some(wds::Port {
@@ -97,7 +67,7 @@ fn ports_on_pod(svc: &Service, pod: &Pod) -> Vec<wds::Port> {
 /// A pod's workload; `None` for pods that cannot receive traffic (terminal, no address).
 pub fn from_pod(
     ctx: &Context<'_>,
-    pod: &Pod,
+    pod: &MeshPod,
     warnings: &mut Vec<Warning>,
 ) -> Option<wds::Workload> {
     if terminal(pod) {
@@ -113,12 +83,12 @@ pub fn from_pod(
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let spec = pod.spec.as_ref();
-    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let host_network = pod.host_network;
     let ns_object = ctx.state.namespace(&namespace);
     // A waypoint instance terminates HBONE itself, enrolled or not.
-    let in_mesh = waypoint::is_instance(ctx, pod) || (!host_network && enrolled(pod, ns_object));
-    let workload = workload_name(pod);
+    let in_mesh = waypoint::is_instance(ctx, &pod.metadata)
+        || (!host_network && enrolled(&pod.metadata, ns_object));
+    let workload = workload_name(&pod.metadata);
     let pod_labels = labels::labels(&pod.metadata);
 
     let mut services: BTreeMap<String, wds::PortList> = BTreeMap::new();
@@ -155,9 +125,9 @@ pub fn from_pod(
         } else {
             ctx.config.trust_domain.clone()
         },
-        service_account: service_account(pod),
+        service_account: pod.service_account(),
         waypoint: waypoint::resolve(ctx, &pod.metadata, &namespace, Traffic::Workload, warnings),
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node: pod.node_name.clone().unwrap_or_default(),
         canonical_name: canonical_name(&pod.metadata, &workload),
         canonical_revision: canonical_revision(&pod.metadata),
         workload_type: wds::WorkloadType::Pod as i32,
@@ -170,8 +140,9 @@ pub fn from_pod(
             wds::WorkloadStatus::Unhealthy
         } as i32,
         cluster_id: ctx.config.cluster_id.clone(),
-        locality: spec
-            .and_then(|s| s.node_name.as_deref())
+        locality: pod
+            .node_name
+            .as_deref()
             .and_then(|node| locality(ctx, node)),
         network_mode: if host_network {
             wds::NetworkMode::HostNetwork

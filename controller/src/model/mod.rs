@@ -7,6 +7,7 @@
 pub mod gateway;
 pub mod istio;
 pub mod networking;
+pub mod pod;
 pub mod policy;
 pub mod rollout;
 pub mod route;
@@ -23,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use gateway::Gateway;
 pub use istio::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use networking::{DestinationRule, VirtualService};
+pub use pod::MeshPod;
 pub use policy::LocalRateLimitPolicy;
 pub use rollout::Rollout;
 pub use route::{GrpcRoute, HttpRoute, TcpRoute};
@@ -315,9 +317,26 @@ pub enum Change {
 /// Every object currently known, by key.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Kept>,
     /// Not an object: what the rollout engine decided (see [`Change::RolloutWeights`]).
     rollout_weights: BTreeMap<(String, String), u32>,
+}
+
+/// An object as the state keeps it: a pod reduced to what the mesh reads, anything else as
+/// decoded. Boxed, so the map's spare slots cost a pointer rather than the largest kind.
+#[derive(Clone, Debug, PartialEq)]
+enum Kept {
+    Pod(Box<MeshPod>),
+    Other(Box<Object>),
+}
+
+impl From<Object> for Kept {
+    fn from(object: Object) -> Kept {
+        match object {
+            Object::Pod(p) => Kept::Pod(Box::new(MeshPod::from(p))),
+            other => Kept::Other(Box::new(other)),
+        }
+    }
 }
 
 impl ClusterState {
@@ -326,10 +345,11 @@ impl ClusterState {
         match change {
             Change::Apply(o) => {
                 let key = o.key();
+                let kept = Kept::from(o);
                 match self.objects.get(&key) {
-                    Some(existing) if *existing == o => false,
+                    Some(existing) if *existing == kept => false,
                     _ => {
-                        self.objects.insert(key, o);
+                        self.objects.insert(key, kept);
                         true
                     }
                 }
@@ -338,15 +358,17 @@ impl ClusterState {
             Change::Replace { kinds, objects } => {
                 // In place: a copy of the whole state per relisted kind doubled the
                 // controller's memory while a large cluster was first listed.
-                let incoming: BTreeMap<ObjectKey, Object> =
-                    objects.into_iter().map(|o| (o.key(), o)).collect();
+                let incoming: BTreeMap<ObjectKey, Kept> = objects
+                    .into_iter()
+                    .map(|o| (o.key(), Kept::from(o)))
+                    .collect();
                 let before = self.objects.len();
                 self.objects
                     .retain(|k, _| !kinds.contains(&k.kind) || incoming.contains_key(k));
                 let mut changed = self.objects.len() != before;
-                for (key, object) in incoming {
-                    if self.objects.get(&key) != Some(&object) {
-                        self.objects.insert(key, object);
+                for (key, kept) in incoming {
+                    if self.objects.get(&key) != Some(&kept) {
+                        self.objects.insert(key, kept);
                         changed = true;
                     }
                 }
@@ -360,8 +382,20 @@ impl ClusterState {
         }
     }
 
+    /// Any object but a pod (pods are kept reduced: [`pod`](Self::pod)).
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
+        match self.objects.get(key)? {
+            Kept::Other(o) => Some(o),
+            Kept::Pod(_) => None,
+        }
+    }
+
+    /// The pod `key` names, as the mesh keeps it.
+    pub fn pod(&self, key: &ObjectKey) -> Option<&MeshPod> {
+        match self.objects.get(key)? {
+            Kept::Pod(p) => Some(p),
+            Kept::Other(_) => None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -372,8 +406,8 @@ impl ClusterState {
         self.objects.is_empty()
     }
 
-    /// Objects of one kind, in key order.
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+    /// Kept objects of one kind, in key order.
+    fn kept_of_kind(&self, kind: Kind) -> impl Iterator<Item = &Kept> {
         let start = ObjectKey {
             kind,
             namespace: String::new(),
@@ -385,6 +419,14 @@ impl ClusterState {
             .map(|(_, v)| v)
     }
 
+    /// Objects of one kind, in key order (none for pods: [`pods`](Self::pods)).
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.kept_of_kind(kind).filter_map(|k| match k {
+            Kept::Other(o) => Some(o.as_ref()),
+            Kept::Pod(_) => None,
+        })
+    }
+
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.of_kind(Kind::Namespace).filter_map(|o| match o {
             Object::Namespace(n) => Some(n),
@@ -393,7 +435,7 @@ impl ClusterState {
     }
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        match self.objects.get(&ObjectKey {
+        match self.get(&ObjectKey {
             kind: Kind::Namespace,
             namespace: String::new(),
             name: name.to_string(),
@@ -404,7 +446,7 @@ impl ClusterState {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        match self.objects.get(&ObjectKey {
+        match self.get(&ObjectKey {
             kind: Kind::Node,
             namespace: String::new(),
             name: name.to_string(),
@@ -414,10 +456,10 @@ impl ClusterState {
         }
     }
 
-    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.of_kind(Kind::Pod).filter_map(|o| match o {
-            Object::Pod(p) => Some(p),
-            _ => None,
+    pub fn pods(&self) -> impl Iterator<Item = &MeshPod> {
+        self.kept_of_kind(Kind::Pod).filter_map(|k| match k {
+            Kept::Pod(p) => Some(p.as_ref()),
+            Kept::Other(_) => None,
         })
     }
 

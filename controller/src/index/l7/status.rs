@@ -63,9 +63,7 @@ pub fn running_instances(ctx: &Context<'_>) -> BTreeMap<(String, String), usize>
         let Some(gateway) = labels::labels(&p.metadata).get(GATEWAY_NAME_LABEL) else {
             continue;
         };
-        if p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        {
+        if p.metadata.deletion_timestamp.is_none() && p.phase.as_deref() == Some("Running") {
             let ns = p.metadata.namespace.as_deref().unwrap_or("default");
             *running
                 .entry((ns.to_string(), gateway.to_string()))
