@@ -31,6 +31,11 @@ use crate::ca::auth::{Authenticator, Caller, caller};
 
 /// Resources per response; a first sync of a large mesh is split into several.
 const MAX_RESOURCES_PER_RESPONSE: usize = 1000;
+/// Encoded resource bytes per response (a response holds at least one resource, whatever
+/// its size). tonic keeps each stream's encoding buffer at the size of the largest message
+/// it has encoded, for as long as the stream lives: 1,000 workloads (~160 kB) per response
+/// cost every connected proxy that much memory after its first sync.
+const MAX_BYTES_PER_RESPONSE: usize = 32 * 1024;
 /// The change set of a snapshot nobody changed.
 static EMPTY: BTreeSet<String> = BTreeSet::new();
 /// Large pushes in progress at once (across all proxies).
@@ -471,7 +476,15 @@ impl Session {
         debug!(node = %self.caller.node(), type_url, changes = changes.len(), "push");
         // Sent in chunks built one at a time, so a first sync never holds the whole
         // configuration as one message.
-        let mut chunks = changes.chunks(MAX_RESOURCES_PER_RESPONSE).peekable();
+        let body_len = |name: &str| set.get(name).map_or(0, |v| v.body.value.len());
+        let mut chunks =
+            response_chunks(
+                &changes,
+                |(name, _, removed)| {
+                    if *removed { name.len() } else { body_len(name) }
+                },
+            )
+            .peekable();
         let mut sent_any = false;
         while chunks.peek().is_some() || !sent_any {
             let chunk = chunks.next().unwrap_or(&[]);
@@ -524,6 +537,29 @@ impl Session {
     }
 }
 
+/// `items` cut into responses of at most [`MAX_RESOURCES_PER_RESPONSE`] items and
+/// [`MAX_BYTES_PER_RESPONSE`] bytes by `size` (an item larger than that goes alone).
+fn response_chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut end = 0;
+        while end < rest.len() && end < MAX_RESOURCES_PER_RESPONSE {
+            bytes += size(&rest[end]);
+            if end > 0 && bytes > MAX_BYTES_PER_RESPONSE {
+                break;
+            }
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -539,6 +575,27 @@ mod tests {
     use super::*;
     use crate::ca::NodeTokens;
     use crate::index::Index;
+
+    #[test]
+    fn responses_are_cut_by_bytes_and_by_count() {
+        let lens = |items: &[usize]| -> Vec<usize> {
+            response_chunks(items, |n| *n).map(<[usize]>::len).collect()
+        };
+        assert!(lens(&[]).is_empty());
+        // 10 kB resources: three fit in 32 kB, the fourth starts the next response.
+        assert_eq!(lens(&[10_000; 7]), [3, 3, 1]);
+        // A resource larger than the budget goes alone, never split or dropped.
+        assert_eq!(lens(&[100, 50_000, 100]), [1, 1, 1]);
+        assert_eq!(lens(&[50_000]), [1]);
+        // Tiny resources (removals, say) are capped by count.
+        let tiny = vec![10; 2 * MAX_RESOURCES_PER_RESPONSE + 1];
+        assert_eq!(
+            lens(&tiny),
+            [MAX_RESOURCES_PER_RESPONSE, MAX_RESOURCES_PER_RESPONSE, 1]
+        );
+        let cut: usize = lens(&[100; 5_000]).iter().sum();
+        assert_eq!(cut, 5_000);
+    }
 
     fn index(l7_port: u32) -> Index {
         let mut i = Index::default();
