@@ -220,20 +220,14 @@ mod tests {
             Arc::new(Published::default()),
         ));
         // Only one kind listed: nothing is published yet.
-        tx.send(Change::Replace {
-            kinds: vec![Kind::Namespace],
-            objects: vec![],
-        })
-        .await
-        .unwrap();
+        tx.send(Change::replace(vec![Kind::Namespace], vec![]))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(snap_rx.borrow().generation, 0);
-        tx.send(Change::Replace {
-            kinds: Kind::ALL.to_vec(),
-            objects: vec![],
-        })
-        .await
-        .unwrap();
+        tx.send(Change::replace(Kind::ALL.to_vec(), vec![]))
+            .await
+            .unwrap();
         let (_, took) = next_push(&mut snap_rx, 0).await;
         assert_eq!(
             took,

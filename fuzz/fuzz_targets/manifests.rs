@@ -86,10 +86,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
+    state.apply(Change::replace(Kind::ALL.to_vec(), parsed.objects));
     let built = index::build(&state, &IndexConfig::default());
     proxies_accept(&built);
 });

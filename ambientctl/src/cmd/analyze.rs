@@ -366,10 +366,7 @@ pub fn analyze_dir(dir: &Path) -> Analysis {
 /// Analyzes parsed objects and the parser's findings.
 pub fn analyze(objects: Vec<Object>, diagnostics: &[Diagnostic], at: &Locations) -> Analysis {
     let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects,
-    });
+    state.apply(Change::replace(Kind::ALL.to_vec(), objects));
     let mut messages: Vec<Message> = diagnostics.iter().map(|d| from_diagnostic(d, at)).collect();
     let mut checks = Checks {
         state: &state,

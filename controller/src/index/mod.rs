@@ -450,10 +450,7 @@ pub(crate) fn state_from_yaml(yaml: &str) -> ClusterState {
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
     let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
+    state.apply(Change::replace(Kind::ALL.to_vec(), parsed.objects));
     state
 }
 

@@ -242,10 +242,7 @@ fn missing_waypoint_is_a_warning() {
     );
     let parsed = parse_file(std::path::Path::new("c.yaml"), &text, None);
     let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects: parsed.objects,
-    });
+    state.apply(Change::replace(Kind::ALL.to_vec(), parsed.objects));
     let idx = build(&state, &IndexConfig::default());
     assert!(
         idx.warnings

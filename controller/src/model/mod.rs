@@ -305,36 +305,61 @@ pub enum Change {
     /// Remove one object.
     Delete(ObjectKey),
     /// The source's whole view of `kinds` (after a relist or a directory scan): objects of
-    /// those kinds not listed are gone.
+    /// those kinds not listed are gone. Held as stored, so a source listing a large cluster
+    /// keeps reduced pods, not decoded ones, until the listing is complete.
     Replace {
         kinds: Vec<Kind>,
-        objects: Vec<Object>,
+        objects: Vec<StoredObject>,
     },
     /// The rollout engine's canary weights, by Rollout (namespace, name): all of them.
     RolloutWeights(BTreeMap<(String, String), u32>),
 }
 
+impl Change {
+    /// A [`Change::Replace`] of `kinds` by `objects`.
+    pub fn replace(kinds: Vec<Kind>, objects: Vec<Object>) -> Change {
+        Change::Replace {
+            kinds,
+            objects: objects.into_iter().map(StoredObject::from).collect(),
+        }
+    }
+}
+
 /// Every object currently known, by key.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    objects: BTreeMap<ObjectKey, Kept>,
+    objects: BTreeMap<ObjectKey, StoredObject>,
     /// Not an object: what the rollout engine decided (see [`Change::RolloutWeights`]).
     rollout_weights: BTreeMap<(String, String), u32>,
 }
 
-/// An object as the state keeps it: a pod reduced to what the mesh reads, anything else as
-/// decoded. Boxed, so the map's spare slots cost a pointer rather than the largest kind.
+/// An object as the state stores it: a pod reduced to what the mesh reads, anything else as
+/// decoded. Boxed, so a map's spare slots (or a listing's) cost a pointer rather than the
+/// largest kind.
 #[derive(Clone, Debug, PartialEq)]
-enum Kept {
+pub enum StoredObject {
     Pod(Box<MeshPod>),
     Other(Box<Object>),
 }
 
-impl From<Object> for Kept {
-    fn from(object: Object) -> Kept {
+impl From<Object> for StoredObject {
+    fn from(object: Object) -> StoredObject {
         match object {
-            Object::Pod(p) => Kept::Pod(Box::new(MeshPod::from(p))),
-            other => Kept::Other(Box::new(other)),
+            Object::Pod(p) => StoredObject::Pod(Box::new(MeshPod::from(p))),
+            other => StoredObject::Other(Box::new(other)),
+        }
+    }
+}
+
+impl StoredObject {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            StoredObject::Pod(p) => ObjectKey {
+                kind: Kind::Pod,
+                namespace: p.namespace().to_string(),
+                name: p.metadata.name.clone().unwrap_or_default(),
+            },
+            StoredObject::Other(o) => o.key(),
         }
     }
 }
@@ -345,7 +370,7 @@ impl ClusterState {
         match change {
             Change::Apply(o) => {
                 let key = o.key();
-                let kept = Kept::from(o);
+                let kept = StoredObject::from(o);
                 match self.objects.get(&key) {
                     Some(existing) if *existing == kept => false,
                     _ => {
@@ -358,10 +383,8 @@ impl ClusterState {
             Change::Replace { kinds, objects } => {
                 // In place: a copy of the whole state per relisted kind doubled the
                 // controller's memory while a large cluster was first listed.
-                let incoming: BTreeMap<ObjectKey, Kept> = objects
-                    .into_iter()
-                    .map(|o| (o.key(), Kept::from(o)))
-                    .collect();
+                let incoming: BTreeMap<ObjectKey, StoredObject> =
+                    objects.into_iter().map(|o| (o.key(), o)).collect();
                 let before = self.objects.len();
                 self.objects
                     .retain(|k, _| !kinds.contains(&k.kind) || incoming.contains_key(k));
@@ -385,16 +408,16 @@ impl ClusterState {
     /// Any object but a pod (pods are kept reduced: [`pod`](Self::pod)).
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
         match self.objects.get(key)? {
-            Kept::Other(o) => Some(o),
-            Kept::Pod(_) => None,
+            StoredObject::Other(o) => Some(o),
+            StoredObject::Pod(_) => None,
         }
     }
 
     /// The pod `key` names, as the mesh keeps it.
     pub fn pod(&self, key: &ObjectKey) -> Option<&MeshPod> {
         match self.objects.get(key)? {
-            Kept::Pod(p) => Some(p),
-            Kept::Other(_) => None,
+            StoredObject::Pod(p) => Some(p),
+            StoredObject::Other(_) => None,
         }
     }
 
@@ -406,8 +429,8 @@ impl ClusterState {
         self.objects.is_empty()
     }
 
-    /// Kept objects of one kind, in key order.
-    fn kept_of_kind(&self, kind: Kind) -> impl Iterator<Item = &Kept> {
+    /// Stored objects of one kind, in key order.
+    fn kept_of_kind(&self, kind: Kind) -> impl Iterator<Item = &StoredObject> {
         let start = ObjectKey {
             kind,
             namespace: String::new(),
@@ -422,8 +445,8 @@ impl ClusterState {
     /// Objects of one kind, in key order (none for pods: [`pods`](Self::pods)).
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
         self.kept_of_kind(kind).filter_map(|k| match k {
-            Kept::Other(o) => Some(o.as_ref()),
-            Kept::Pod(_) => None,
+            StoredObject::Other(o) => Some(o.as_ref()),
+            StoredObject::Pod(_) => None,
         })
     }
 
@@ -458,8 +481,8 @@ impl ClusterState {
 
     pub fn pods(&self) -> impl Iterator<Item = &MeshPod> {
         self.kept_of_kind(Kind::Pod).filter_map(|k| match k {
-            Kept::Pod(p) => Some(p.as_ref()),
-            Kept::Other(_) => None,
+            StoredObject::Pod(p) => Some(p.as_ref()),
+            StoredObject::Other(_) => None,
         })
     }
 
@@ -721,22 +744,24 @@ mod tests {
         let mut pod = Pod::default();
         pod.metadata.name = Some("p".into());
         assert!(state.apply(Change::Apply(Object::Pod(pod))));
-        assert!(state.apply(Change::Replace {
-            kinds: vec![Kind::Namespace],
-            objects: vec![namespace("a", "1"), namespace("b", "1")],
-        }));
+        assert!(state.apply(Change::replace(
+            vec![Kind::Namespace],
+            vec![namespace("a", "1"), namespace("b", "1")]
+        )));
         assert_eq!(names(&state), ["a", "b", "p"]);
         // The same listing again changes nothing.
-        let again = || Change::Replace {
-            kinds: vec![Kind::Namespace],
-            objects: vec![namespace("b", "1"), namespace("a", "1")],
+        let again = || {
+            Change::replace(
+                vec![Kind::Namespace],
+                vec![namespace("b", "1"), namespace("a", "1")],
+            )
         };
         assert!(!state.apply(again()));
         // One gone, one new, one edited; the pod, of another kind, stays.
-        assert!(state.apply(Change::Replace {
-            kinds: vec![Kind::Namespace],
-            objects: vec![namespace("a", "2"), namespace("c", "1")],
-        }));
+        assert!(state.apply(Change::replace(
+            vec![Kind::Namespace],
+            vec![namespace("a", "2"), namespace("c", "1")]
+        )));
         assert_eq!(names(&state), ["a", "c", "p"]);
         let label = state
             .namespace("a")
@@ -746,10 +771,10 @@ mod tests {
             Some("2")
         );
         // Only a removal is a change too.
-        assert!(state.apply(Change::Replace {
-            kinds: vec![Kind::Namespace],
-            objects: vec![namespace("a", "2")],
-        }));
+        assert!(state.apply(Change::replace(
+            vec![Kind::Namespace],
+            vec![namespace("a", "2")]
+        )));
         assert_eq!(names(&state), ["a", "p"]);
     }
 }

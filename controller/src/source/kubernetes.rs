@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::model::{
     AuthorizationPolicy, Change, DestinationRule, Gateway, GrpcRoute, HttpRoute, Kind,
     LocalRateLimitPolicy, Object, PeerAuthentication, RequestAuthentication, Rollout, ServiceEntry,
-    TcpRoute, VirtualService,
+    StoredObject, TcpRoute, VirtualService,
 };
 
 /// Watches every kind the controller reads until `tx` closes; of ConfigMaps, only Istio's
@@ -153,7 +153,9 @@ async fn watch_api<K>(
 {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
-    let mut listing: Option<Vec<Object>> = None;
+    // Stored as the state will keep them: a listing of a large cluster is held whole until
+    // it is complete, and decoded pods cost several times their reduced form.
+    let mut listing: Option<Vec<StoredObject>> = None;
     // Whether this kind has been reported to the controller once (listed, or found absent).
     let mut reported = false;
     while let Some(event) = stream.next().await {
@@ -164,7 +166,7 @@ async fn watch_api<K>(
             }
             Ok(Event::InitApply(o)) => {
                 if let Some(l) = listing.as_mut() {
-                    l.push(wrap(o));
+                    l.push(StoredObject::from(wrap(o)));
                 }
                 None
             }

@@ -276,10 +276,7 @@ impl ManifestDir {
                 reported = scan.diagnostics.clone();
                 *self.published.lock().expect("poisoned") = scan.diagnostics.clone();
                 info!(dir = %self.dir.display(), objects = scan.objects.len(), "manifests loaded");
-                let change = Change::Replace {
-                    kinds: Kind::ALL.to_vec(),
-                    objects: scan.objects,
-                };
+                let change = Change::replace(Kind::ALL.to_vec(), scan.objects);
                 if tx.send(change).await.is_err() {
                     return;
                 }

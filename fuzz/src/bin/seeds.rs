@@ -190,10 +190,7 @@ fn index(manifests: &[(String, String)]) -> index::Index {
         }
     }
     let mut state = ClusterState::default();
-    state.apply(Change::Replace {
-        kinds: Kind::ALL.to_vec(),
-        objects,
-    });
+    state.apply(Change::replace(Kind::ALL.to_vec(), objects));
     let built = index::build(&state, &IndexConfig::default());
     for w in &built.warnings {
         eprintln!("seeds: index: {w}");

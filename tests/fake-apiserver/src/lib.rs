@@ -2,7 +2,7 @@
 //! kube-rs watchers:
 //!
 //! - `GET` collections, cluster-wide or per namespace, answered as `<Kind>List` with the
-//!   current `resourceVersion`;
+//!   current `resourceVersion`, in pages when asked (`limit`, `continue`);
 //! - `GET ...?watch=true&resourceVersion=N` streams `ADDED` / `MODIFIED` / `DELETED` events
 //!   after `N` (newline-delimited JSON), `BOOKMARK`s when asked for, and an `ERROR` event with
 //!   a 410 `Status` when `N` is older than the retained history (after [`FakeApiServer::compact`]);
@@ -937,7 +937,7 @@ impl FakeApiServer {
                 Ok(if watch {
                     self.watch(target.t, target.namespace, &query)
                 } else {
-                    self.list_response(target.t, target.namespace)
+                    self.list_response(target.t, target.namespace, &query)
                 })
             }
             (&Method::GET, Some(name)) => self.read(&target, name),
@@ -958,22 +958,70 @@ impl FakeApiServer {
         result.unwrap_or_else(|e| e.response())
     }
 
-    fn list_response(&self, t: &ResourceType, namespace: Option<String>) -> Response<Body> {
+    /// A collection, in pages of `limit` when asked (as kube-rs watchers do, 500 at a time):
+    /// the `continue` token names the list's resourceVersion and the last key served. Unlike
+    /// etcd, later pages show the objects as they are now, not as of the first page; the list's
+    /// resourceVersion stays the first page's, so a watch from it replays anything that
+    /// changed in between.
+    fn list_response(
+        &self,
+        t: &ResourceType,
+        namespace: Option<String>,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let limit: Option<usize> = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0);
+        let resume: Option<(u64, (String, String))> = query
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .and_then(|c| {
+                let mut parts = c.splitn(3, '/');
+                let rv = parts.next()?.parse().ok()?;
+                Some((rv, (parts.next()?.to_string(), parts.next()?.to_string())))
+            });
+        if query.get("continue").is_some_and(|c| !c.is_empty()) && resume.is_none() {
+            return ApiError::new(400, "BadRequest", "invalid continue token").response();
+        }
         let store = self.inner.store.lock().expect("poisoned");
-        let items: Vec<Value> = store
-            .objects
-            .get(t.plural)
-            .map(|m| {
-                m.iter()
-                    .filter(|((ns, _), _)| namespace.as_ref().is_none_or(|want| want == ns))
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rv = resume.as_ref().map_or(store.rv, |(rv, _)| *rv);
+        let empty = BTreeMap::new();
+        let all = store.objects.get(t.plural).unwrap_or(&empty);
+        let after = resume.map(|(_, key)| key);
+        let mut matching = all
+            .iter()
+            .filter(|(key, _)| after.as_ref().is_none_or(|a| *key > a))
+            .filter(|((ns, _), _)| namespace.as_ref().is_none_or(|want| want == ns));
+        let mut items: Vec<Value> = Vec::new();
+        let mut last = None;
+        for (key, v) in matching.by_ref() {
+            if limit.is_some_and(|l| items.len() == l) {
+                break;
+            }
+            items.push(v.clone());
+            last = Some(key);
+        }
+        let remaining = if limit.is_some_and(|l| items.len() == l) {
+            // Count what the next pages hold (the item the loop stopped at included).
+            let more = all
+                .iter()
+                .filter(|(key, _)| last.is_none_or(|l| *key > l))
+                .filter(|((ns, _), _)| namespace.as_ref().is_none_or(|want| want == ns))
+                .count();
+            (more > 0).then_some(more)
+        } else {
+            None
+        };
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if let (Some(more), Some((ns, name))) = (remaining, last) {
+            metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
+            metadata["remainingItemCount"] = json!(more);
+        }
         let list = json!({
             "apiVersion": t.api_version(),
             "kind": format!("{}List", t.kind),
-            "metadata": {"resourceVersion": store.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         });
         json_response(StatusCode::OK, &list)

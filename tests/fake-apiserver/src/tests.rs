@@ -564,3 +564,78 @@ async fn in_process_patch_and_token_reviews() {
     assert_eq!(extra["authentication.kubernetes.io/pod-uid"][0], "uid-9");
     assert_eq!(extra["authentication.kubernetes.io/node-name"][0], "node-1");
 }
+
+#[tokio::test]
+async fn lists_come_in_pages_when_asked() {
+    let s = server_with_namespace("a").await;
+    s.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b"}}));
+    for (ns, name) in [
+        ("a", "p1"),
+        ("a", "p2"),
+        ("b", "p3"),
+        ("b", "p4"),
+        ("b", "p5"),
+    ] {
+        s.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns}}));
+    }
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Unpaged: everything, no token.
+    let (code, all) = call(&s, "GET", "/api/v1/pods", None, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(names(&all), ["p1", "p2", "p3", "p4", "p5"]);
+    assert!(all["metadata"].get("continue").is_none());
+    let listed_at = rv(&all);
+
+    // Pages of two; a write between pages shows up, and the list keeps its first version.
+    let (_, first) = call(&s, "GET", "/api/v1/pods?limit=2", None, None).await;
+    assert_eq!(names(&first), ["p1", "p2"]);
+    assert_eq!(first["metadata"]["remainingItemCount"], json!(3));
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    s.apply(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p6", "namespace": "b"}}),
+    );
+    let (_, second) = call(
+        &s,
+        "GET",
+        &format!("/api/v1/pods?limit=2&continue={token}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(names(&second), ["p3", "p4"]);
+    assert_eq!(rv(&second), listed_at);
+    let token = second["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, last) = call(
+        &s,
+        "GET",
+        &format!("/api/v1/pods?limit=2&continue={token}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(names(&last), ["p5", "p6"]);
+    assert!(last["metadata"].get("continue").is_none());
+
+    // Per namespace, a page that ends exactly at the end has no token.
+    let (_, ns_a) = call(&s, "GET", "/api/v1/namespaces/a/pods?limit=2", None, None).await;
+    assert_eq!(names(&ns_a), ["p1", "p2"]);
+    assert!(ns_a["metadata"].get("continue").is_none());
+
+    let (code, bad) = call(
+        &s,
+        "GET",
+        "/api/v1/pods?limit=2&continue=nonsense",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((code, bad["reason"].as_str()), (400, Some("BadRequest")));
+}
