@@ -565,6 +565,15 @@ async fn in_process_patch_and_token_reviews() {
     assert_eq!(extra["authentication.kubernetes.io/node-name"][0], "node-1");
 }
 
+/// The page of all pods (two at a time) after `page`.
+async fn next_page(s: &FakeApiServer, page: &Value) -> Value {
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token");
+    let path = format!("/api/v1/pods?limit=2&continue={token}");
+    call(s, "GET", &path, None, None).await.1
+}
+
 #[tokio::test]
 async fn lists_come_in_pages_when_asked() {
     let s = server_with_namespace("a").await;
@@ -598,29 +607,13 @@ async fn lists_come_in_pages_when_asked() {
     let (_, first) = call(&s, "GET", "/api/v1/pods?limit=2", None, None).await;
     assert_eq!(names(&first), ["p1", "p2"]);
     assert_eq!(first["metadata"]["remainingItemCount"], json!(3));
-    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
     s.apply(
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p6", "namespace": "b"}}),
     );
-    let (_, second) = call(
-        &s,
-        "GET",
-        &format!("/api/v1/pods?limit=2&continue={token}"),
-        None,
-        None,
-    )
-    .await;
+    let second = next_page(&s, &first).await;
     assert_eq!(names(&second), ["p3", "p4"]);
     assert_eq!(rv(&second), listed_at);
-    let token = second["metadata"]["continue"].as_str().unwrap().to_string();
-    let (_, last) = call(
-        &s,
-        "GET",
-        &format!("/api/v1/pods?limit=2&continue={token}"),
-        None,
-        None,
-    )
-    .await;
+    let last = next_page(&s, &second).await;
     assert_eq!(names(&last), ["p5", "p6"]);
     assert!(last["metadata"].get("continue").is_none());
 
