@@ -739,6 +739,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_edit_the_mesh_does_not_read_changes_nothing() {
+        let pod = |image: &str, version: &str, app: &str| -> Object {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns, resourceVersion: '{version}', labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: c, image: {image}}}]\nstatus: {{podIP: 10.0.0.1, containerStatuses: [{{name: c, image: {image}, imageID: x, ready: true, restartCount: {version}}}]}}\n"
+            );
+            Object::Pod(serde_saphyr::from_str(&yaml).expect("pod"))
+        };
+        let mut state = ClusterState::default();
+        assert!(state.apply(Change::Apply(pod("a:1", "1", "web"))));
+        // A new image, a restart, a new resourceVersion: nothing the mesh reads.
+        assert!(!state.apply(Change::Apply(pod("a:2", "2", "web"))));
+        assert!(state.apply(Change::Apply(pod("a:2", "3", "api"))));
+        let key = ObjectKey {
+            kind: Kind::Pod,
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        assert_eq!(
+            state.pod(&key).map(|p| p.labels()["app"].as_str()),
+            Some("api")
+        );
+        assert!(state.get(&key).is_none(), "pods are read reduced");
+    }
+
+    #[test]
     fn a_relist_replaces_only_its_kinds_and_says_whether_anything_changed() {
         let mut state = ClusterState::default();
         let mut pod = Pod::default();
