@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ambient_controller::index::labels;
 use ambient_controller::model::Object;
+use ambient_controller::model::pod::service_account_or_default;
 use ambient_controller::source::allocations::{Allocations, PodAllocation, ServiceAllocation};
 use ambient_controller::source::{Diagnostic, Severity};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -124,11 +125,11 @@ pub(super) fn pod_key(pod: &Pod) -> (String, String) {
 }
 
 fn service_account(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".into())
+    service_account_or_default(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
+    )
 }
 
 impl Cluster {

@@ -78,11 +78,7 @@ pub fn from_pod(
         return None;
     }
     let name = pod.metadata.name.clone()?;
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let namespace = pod.namespace().to_string();
     let host_network = pod.host_network;
     let ns_object = ctx.state.namespace(&namespace);
     // A waypoint instance terminates HBONE itself, enrolled or not.

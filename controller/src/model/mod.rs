@@ -757,7 +757,10 @@ mod tests {
             name: "p".into(),
         };
         assert_eq!(
-            state.pod(&key).map(|p| p.labels()["app"].as_str()),
+            state
+                .pod(&key)
+                .and_then(|p| p.metadata.labels.as_ref())
+                .map(|l| l["app"].as_str()),
             Some("api")
         );
         assert!(state.get(&key).is_none(), "pods are read reduced");

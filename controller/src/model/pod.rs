@@ -131,11 +131,6 @@ impl MeshPod {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.metadata.labels.as_ref().unwrap_or(&EMPTY)
-    }
-
     /// The service account it runs as (`default` when unset).
     pub fn service_account(&self) -> String {
         service_account_or_default(self.service_account_name.as_deref())
@@ -199,7 +194,7 @@ status:
         assert_eq!(pod.namespace(), "shop");
         assert_eq!(pod.metadata.uid.as_deref(), Some("u-1"));
         assert_eq!(pod.metadata.resource_version, None);
-        assert_eq!(pod.labels().get("app").map(String::as_str), Some("web"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "web");
         let annotations: Vec<&str> = pod
             .metadata
             .annotations
