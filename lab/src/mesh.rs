@@ -32,6 +32,9 @@ pub struct MeshOptions {
     /// Run ztunnels from this standalone `ztunnel` binary instead of `exe component ztunnel`
     /// (what a node runs; the benchmark measures its memory).
     pub ztunnel_exe: Option<PathBuf>,
+    /// Run another ztunnel implementation instead (side-by-side benchmarks): configured by
+    /// its environment, not by our command line.
+    pub foreign_ztunnel: Option<ForeignZtunnel>,
     /// Extra flags for every ztunnel.
     pub ztunnel_args: Vec<String>,
     /// The ztunnels' drain period on SIGTERM (`--drain-seconds`; `None`: ztunnel's default).
@@ -45,6 +48,44 @@ pub struct MeshOptions {
     pub otlp: Option<proxy_core::otlp::Export>,
 }
 
+/// A ztunnel binary other than ours, told everything by environment variables (as Istio's
+/// is). Each value may name what the lab gives a node's ztunnel: `{node}`, `{node_ip}`,
+/// `{xds}` (the controller's xDS and CA address), `{root_ca}` (the mesh root certificate
+/// file), `{token}` (the node's token file), `{zds}` (the node agent's ZDS socket) and
+/// `{dir}` (a directory of the node's own).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForeignZtunnel {
+    pub exe: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl ForeignZtunnel {
+    /// Parses `NAME=value` pairs.
+    pub fn new(exe: PathBuf, pairs: &[String]) -> Result<Self, String> {
+        let env = pairs
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) if !name.is_empty() => Ok((name.into(), value.into())),
+                _ => Err(format!("{pair:?} is not NAME=value")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ForeignZtunnel { exe, env })
+    }
+
+    /// The environment with the placeholders of `node` filled in.
+    fn environment(&self, fill: &[(&str, String)]) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(name, value)| {
+                let value = fill.iter().fold(value.clone(), |v, (placeholder, with)| {
+                    v.replace(&format!("{{{placeholder}}}"), with)
+                });
+                (name.clone(), value)
+            })
+            .collect()
+    }
+}
+
 impl MeshOptions {
     pub fn new(exe: PathBuf) -> Self {
         MeshOptions {
@@ -54,6 +95,7 @@ impl MeshOptions {
             log_filter: "info".into(),
             debounce_quiet: Duration::from_millis(50),
             ztunnel_exe: None,
+            foreign_ztunnel: None,
             ztunnel_args: Vec::new(),
             ztunnel_drain: None,
             kubeconfig: None,
@@ -360,6 +402,34 @@ impl Mesh {
             std::iter::once(("RUST_LOG", self.options.log_filter.as_str()))
                 .chain(ambient_controller::deployer::PROXY_ENV.iter().copied())
                 .collect();
+        if let Some(foreign) = &self.options.foreign_ztunnel {
+            let fill = [
+                ("node", node.to_string()),
+                ("node_ip", n.ip.to_string()),
+                ("xds", format!("https://{}", controller_grpc())),
+                (
+                    "root_ca",
+                    run.join("ca").join("root-cert.pem").display().to_string(),
+                ),
+                ("token", self.token_path(node).display().to_string()),
+                ("zds", dir.join("ztunnel.sock").display().to_string()),
+                ("dir", dir.display().to_string()),
+            ];
+            let own = foreign.environment(&fill);
+            let env: Vec<(&str, &str)> = env
+                .iter()
+                .copied()
+                .chain(own.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .collect();
+            return Ok(Proc::spawn(
+                &format!("ztunnel-{node}"),
+                &netns,
+                &foreign.exe,
+                &self.options.ztunnel_args,
+                &run.join("logs").join(format!("ztunnel-{node}.log")),
+                &env,
+            )?);
+        }
         let program = match &self.options.ztunnel_exe {
             Some(standalone) => Program::standalone(standalone),
             None => Program::multi_call(&self.options.exe, "ztunnel"),
@@ -726,4 +796,40 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, contents)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_ztunnel_gets_its_node_in_its_environment() {
+        let foreign = ForeignZtunnel::new(
+            "/opt/other/ztunnel".into(),
+            &[
+                "NODE_NAME={node}".into(),
+                "XDS_ADDRESS={xds}".into(),
+                "INPOD_UDS={zds}".into(),
+                "GREETING=a=b".into(),
+            ],
+        )
+        .unwrap();
+        let env = foreign.environment(&[
+            ("node", "node-a".into()),
+            ("xds", "https://10.0.0.1:15012".into()),
+            ("zds", "/run/node-a/ztunnel.sock".into()),
+        ]);
+        assert_eq!(
+            env,
+            [
+                ("NODE_NAME".to_string(), "node-a".to_string()),
+                ("XDS_ADDRESS".into(), "https://10.0.0.1:15012".into()),
+                ("INPOD_UDS".into(), "/run/node-a/ztunnel.sock".into()),
+                ("GREETING".into(), "a=b".into()),
+            ]
+        );
+        let bad = ForeignZtunnel::new("/x".into(), &["NO_VALUE".into()]).unwrap_err();
+        assert!(bad.contains("NAME=value"), "{bad}");
+        assert!(ForeignZtunnel::new("/x".into(), &["=v".into()]).is_err());
+    }
 }

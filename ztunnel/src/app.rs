@@ -61,6 +61,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the access log also goes as OTLP log records, if anywhere.
     pub otlp: Option<proxy_core::otlp::Target>,
+    /// HBONE connections: HTTP/2 and TLS sizes, and how streams share them.
+    pub h2: H2Settings,
+    pub pool: PoolSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +178,8 @@ pub async fn run(
         state: state.clone(),
         certs: certs.clone(),
         bundle,
-        h2: H2Settings::default(),
-        pool: PoolSettings::default(),
+        h2: config.h2,
+        pool: config.pool,
         cert_wait: config.cert_wait,
         connect_timeout: config.connect_timeout,
         named_endpoints: Default::default(),

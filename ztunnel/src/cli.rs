@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, NodeAgent};
 use crate::app::{self, Config, ConfigSource};
+use ambient_proto::hbone::{H2Settings, PoolSettings};
 use proxy_core::control_plane::ControlPlaneArgs;
 use proxy_core::logging::{LogFormat, init_logging};
 use serde::Serialize;
@@ -59,6 +60,41 @@ pub struct ZtunnelArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub otlp: proxy_core::otlp::OtlpArgs,
+    /// Socket reads under TLS take up to this many bytes at once; 0 reads one TLS record at a
+    /// time [default: 65536].
+    #[arg(long, help_heading = "HBONE tuning")]
+    pub hbone_read_ahead: Option<usize>,
+    /// Encrypted bytes queued before a socket write [default: 65536].
+    #[arg(long, help_heading = "HBONE tuning")]
+    pub hbone_tls_send_buffer: Option<usize>,
+    /// HTTP/2 bytes buffered per stream before its sender waits [default: 1048576].
+    #[arg(long, help_heading = "HBONE tuning")]
+    pub hbone_stream_send_buffer: Option<usize>,
+    /// Concurrent streams to one peer are spread over up to this many HBONE connections
+    /// [default: one per worker thread].
+    #[arg(long, help_heading = "HBONE tuning")]
+    pub hbone_connections_per_peer: Option<usize>,
+}
+
+impl ZtunnelArgs {
+    /// HTTP/2 and pool settings: the defaults, with what the command line changed.
+    fn hbone(&self, workers: usize) -> (H2Settings, PoolSettings) {
+        let mut h2 = H2Settings::default();
+        if let Some(n) = self.hbone_read_ahead {
+            h2.read_ahead = n;
+        }
+        if let Some(n) = self.hbone_tls_send_buffer {
+            h2.tls_send_buffer = n;
+        }
+        if let Some(n) = self.hbone_stream_send_buffer {
+            h2.max_send_buffer = n;
+        }
+        let pool = PoolSettings {
+            spread: self.hbone_connections_per_peer.unwrap_or(workers).max(1),
+            ..PoolSettings::default()
+        };
+        (h2, pool)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Parser, Serialize)]
@@ -196,7 +232,14 @@ pub fn ztunnel_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--otlp-endpoint")?;
+    let workers = match args.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (h2, pool) = args.hbone(workers);
     let config = Config {
+        h2,
+        pool,
         node_name: args.node_name,
         instance_ip: args.instance_ip,
         trust_domain: args.trust_domain,

@@ -111,6 +111,18 @@ pub struct Options {
     /// Extra command-line flags for the waypoint (e.g. `--worker-threads 1`).
     #[arg(long, allow_hyphen_values = true)]
     waypoint_args: Option<String>,
+    /// Run this ztunnel binary (one of ours, e.g. an older build) instead of the one built
+    /// next to the benchmark.
+    #[arg(long, conflicts_with = "foreign_ztunnel")]
+    ztunnel_exe: Option<PathBuf>,
+    /// Run another ztunnel implementation in both nodes instead of ours, configured only by
+    /// `--foreign-ztunnel-env` (plus `--ztunnel-args`), to compare it in the same lab.
+    #[arg(long)]
+    foreign_ztunnel: Option<PathBuf>,
+    /// `NAME=value` for the foreign ztunnel's environment (repeatable); values may name the
+    /// node's `{node}`, `{node_ip}`, `{xds}`, `{root_ca}`, `{token}`, `{zds}`, `{dir}`.
+    #[arg(long, requires = "foreign_ztunnel")]
+    foreign_ztunnel_env: Vec<String>,
     /// RUST_LOG of the mesh components (`info` logs one access line per connection, as
     /// deployed).
     #[arg(long, default_value = "info")]
@@ -219,6 +231,9 @@ pub(crate) struct BenchSettings {
     pub(crate) log: String,
     pub(crate) ztunnel_args: Option<String>,
     pub(crate) waypoint_args: Option<String>,
+    /// Which ztunnel binary: ours built next to the benchmark unless one is given.
+    pub(crate) ztunnel_exe: Option<PathBuf>,
+    pub(crate) foreign_ztunnel: Option<ambient_lab::mesh::ForeignZtunnel>,
     /// Lifetime of workload certificates (default: the mesh's, 24 h).
     pub(crate) workload_cert_ttl: Option<Duration>,
     /// The ztunnels' drain period (default: ztunnel's).
@@ -231,6 +246,14 @@ impl Options {
             log: self.log.clone(),
             ztunnel_args: self.ztunnel_args.clone(),
             waypoint_args: self.waypoint_args.clone(),
+            ztunnel_exe: self.ztunnel_exe.clone(),
+            foreign_ztunnel: self.foreign_ztunnel.as_ref().map(|exe| {
+                ambient_lab::mesh::ForeignZtunnel::new(exe.clone(), &self.foreign_ztunnel_env)
+                    .unwrap_or_else(|e| {
+                        eprintln!("--foreign-ztunnel-env: {e}");
+                        std::process::exit(2)
+                    })
+            }),
             workload_cert_ttl: None,
             ztunnel_drain: None,
         }
@@ -309,18 +332,25 @@ impl Bench {
         let mut options = MeshOptions::new(exe.clone());
         options.log_filter = log.to_string();
         options.ztunnel_args = split_args(opts.ztunnel_args.as_deref());
-        options.ztunnel_exe = standalone("ztunnel");
+        options.ztunnel_exe = opts.ztunnel_exe.clone().or_else(|| standalone("ztunnel"));
+        options.foreign_ztunnel = opts.foreign_ztunnel.clone();
         options.ztunnel_drain = opts.ztunnel_drain;
         if let Some(ttl) = opts.workload_cert_ttl {
             options.workload_cert_ttl = ttl;
         }
-        let ztunnel_binary = binary_kind(&options.ztunnel_exe);
+        let ztunnel_binary = match options.foreign_ztunnel {
+            Some(_) => "foreign",
+            None => binary_kind(&options.ztunnel_exe),
+        };
         let waypoint_exe = standalone("waypoint");
         let waypoint_binary = binary_kind(&waypoint_exe);
-        for (name, standalone) in [
-            ("ztunnel", &options.ztunnel_exe),
-            ("waypoint", &waypoint_exe),
-        ] {
+        if let Some(foreign) = &options.foreign_ztunnel {
+            eprintln!("ztunnel binary (foreign): {}", foreign.exe.display());
+        }
+        let ours = [("ztunnel", &options.ztunnel_exe)]
+            .into_iter()
+            .filter(|_| options.foreign_ztunnel.is_none());
+        for (name, standalone) in ours.chain([("waypoint", &waypoint_exe)]) {
             match standalone {
                 Some(p) => eprintln!("{name} binary: {}", p.display()),
                 None => eprintln!(

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use super::read_ahead::ReadAhead;
 use super::{ConnectRequest, H2Settings, H2Stream, HboneError, describe_tls_failure};
 use crate::identity::Identity;
 use crate::tls::leaf_identity;
@@ -50,7 +51,8 @@ impl HboneConnection {
         let connector = TlsConnector::from(tls);
         // SNI is disabled in the config; the name only satisfies the API.
         let name = ServerName::IpAddress(peer_addr.ip().into());
-        let tls = tokio::time::timeout(settings.handshake_timeout, connector.connect(name, io))
+        let io = ReadAhead::new(io, settings.read_ahead);
+        let mut tls = tokio::time::timeout(settings.handshake_timeout, connector.connect(name, io))
             .await
             .map_err(|_| HboneError::Timeout(settings.handshake_timeout))?
             .map_err(|e| {
@@ -61,6 +63,9 @@ impl HboneConnection {
                     detail,
                 }
             })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(settings.tls_send_buffer));
         let peer_identity = {
             let (_, session) = tls.get_ref();
             let leaf = session

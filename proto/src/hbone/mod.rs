@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod pool;
+pub mod read_ahead;
 pub mod relay;
 pub mod server;
 
@@ -19,7 +20,7 @@ use crate::tls::Rejection;
 
 pub use client::HboneConnection;
 pub use pool::{Pool, PoolSettings, PooledStream, StreamGuard};
-pub use relay::{LeanBuffer, RelayObserver, relay};
+pub use relay::{LeanBuffer, ReadReady, RelayObserver, relay};
 pub use server::{
     InboundConnect, connect_authority, forwarded_for, serve_connection, serve_connection_until,
 };
@@ -37,6 +38,12 @@ pub struct H2Settings {
     pub max_concurrent_streams: u32,
     pub max_send_buffer: usize,
     pub handshake_timeout: Duration,
+    /// Socket reads under TLS take up to this many bytes at once (0: one TLS record per
+    /// read, as rustls asks); see [`read_ahead`].
+    pub read_ahead: usize,
+    /// Encrypted bytes TLS may queue before writing them out, so one write carries this
+    /// much (rustls's default is 64 KiB).
+    pub tls_send_buffer: usize,
 }
 
 impl Default for H2Settings {
@@ -48,6 +55,8 @@ impl Default for H2Settings {
             max_concurrent_streams: 100,
             max_send_buffer: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            read_ahead: 64 * 1024,
+            tls_send_buffer: 64 * 1024,
         }
     }
 }

@@ -22,6 +22,11 @@ pub struct PoolSettings {
     pub max_streams_per_connection: usize,
     /// A connection with no streams for this long is closed.
     pub idle_timeout: Duration,
+    /// Streams that run at the same time are spread over up to this many connections per
+    /// key, least-loaded first: one connection's TLS and HTTP/2 work runs on one thread, so
+    /// concurrent bulk streams on a single connection use one core however many there are.
+    /// 1 keeps every stream on one connection until it is full.
+    pub spread: usize,
 }
 
 impl Default for PoolSettings {
@@ -29,6 +34,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_streams_per_connection: 100,
             idle_timeout: Duration::from_secs(90),
+            spread: 1,
         }
     }
 }
@@ -177,6 +183,19 @@ where
             .sum()
     }
 
+    /// Streams open on each live connection for `key` (for tests and `/config_dump`).
+    pub fn streams_per_connection(&self, key: &K) -> Vec<usize> {
+        let Some(slot) = self.slots.lock().expect("poisoned").get(key).cloned() else {
+            return Vec::new();
+        };
+        let conns = slot.conns.lock().expect("poisoned");
+        conns
+            .iter()
+            .filter(|c| !c.conn.is_closed())
+            .map(|c| c.active.load(Ordering::Acquire))
+            .collect()
+    }
+
     /// Closes every pooled connection (their open streams finish first).
     pub fn clear(&self) {
         self.slots.lock().expect("poisoned").clear();
@@ -195,12 +214,20 @@ where
             .clone()
     }
 
-    /// Reserves a stream on a connection with room, if any.
+    /// Reserves a stream on the least-loaded connection with room, if any; none when every
+    /// connection is busy and the key may still have another (see [`PoolSettings::spread`]).
     fn checkout(&self, slot: &Slot) -> Option<Arc<Pooled>> {
         let mut conns = slot.conns.lock().expect("poisoned");
         conns.retain(|c| !c.conn.is_closed());
         let limit = self.settings.max_streams_per_connection;
-        let pooled = conns.iter().find(|c| c.has_room(limit))?.clone();
+        let pooled = conns
+            .iter()
+            .filter(|c| c.has_room(limit))
+            .min_by_key(|c| c.active.load(Ordering::Acquire))?
+            .clone();
+        if pooled.active.load(Ordering::Acquire) > 0 && conns.len() < self.settings.spread {
+            return None;
+        }
         pooled.active.fetch_add(1, Ordering::AcqRel);
         Some(pooled)
     }

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::H2Stream;
 
@@ -22,10 +23,55 @@ pub const SMALL_READ: usize = 16 * 1024;
 /// and writes cut the CPU spent per byte (64 KiB reads cost a third more than these).
 pub const LARGE_READ: usize = 256 * 1024;
 
+/// A reader whose readiness can be awaited without reading (and so without a syscall).
+pub trait ReadReady: AsyncRead + Unpin {
+    /// Ready once a read would find data or the end of the stream (possibly stale: the read
+    /// that follows may still be told to wait).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsRef::<TcpStream>::as_ref(self).poll_read_ready(cx)
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsRef::<TcpStream>::as_ref(self).poll_read_ready(cx)
+    }
+}
+
+impl<T: ReadReady + ?Sized> ReadReady for &mut T {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+}
+
+/// An in-memory pipe has no readiness apart from its data: an empty read stands in (it
+/// consumes nothing and costs no syscall).
+impl ReadReady for tokio::io::DuplexStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self).poll_read(cx, &mut ReadBuf::new(&mut []))
+    }
+}
+
+impl<T: AsyncRead + Unpin> ReadReady for tokio::io::ReadHalf<T> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self).poll_read(cx, &mut ReadBuf::new(&mut []))
+    }
+}
+
 /// A read buffer that is there only while data flows.
 ///
-/// Before reading it waits for the socket to be readable with an empty read (for a tokio
-/// socket, a wait on readiness), and drops its buffer whenever the socket has nothing more;
+/// Before reading it waits for the socket to be readable (on its readiness, without a
+/// read), and drops its buffer whenever the socket has nothing more;
 /// so a held-open idle connection costs no buffer memory. The first read after idling gets
 /// [`SMALL_READ`] bytes of room, and once a read fills all its room the next buffers are
 /// [`LARGE_READ`]. Filled bytes are taken with [`LeanBuffer::data`] (and `split` for
@@ -56,18 +102,13 @@ impl LeanBuffer {
     }
 
     /// Reads once from `reader`; returns the bytes read, 0 at end of stream.
-    pub fn poll_read<R: AsyncRead + Unpin>(
+    pub fn poll_read<R: ReadReady>(
         &mut self,
         reader: &mut R,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
-        // An empty read completes once the socket is readable (or closed) and consumes
-        // nothing.
-        let mut nothing = ReadBuf::new(&mut []);
-        if Pin::new(&mut *reader)
-            .poll_read(cx, &mut nothing)
-            .is_pending()
-        {
+        // A socket error shows in the read that follows.
+        if reader.poll_read_ready(cx).is_pending() {
             self.idle();
             return Poll::Pending;
         }
@@ -140,7 +181,7 @@ pub async fn relay<R, W, O>(
     observer: &O,
 ) -> Result<RelayTotals, RelayError>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
     W: AsyncWrite + Unpin,
     O: RelayObserver + ?Sized,
 {
@@ -168,7 +209,7 @@ async fn plain_to_tunnel<R, O>(
     observer: &O,
 ) -> Result<u64, RelayError>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
     O: RelayObserver + ?Sized,
 {
     let mut buf = LeanBuffer::new();

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use super::read_ahead::ReadAhead;
 use super::{ConnectStatus, H2Settings, H2Stream, describe_tls_failure};
 use crate::identity::Identity;
 use crate::tls::Rejection;
@@ -166,7 +167,9 @@ where
         reason,
         detail,
     };
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(io)).await {
+    let io = ReadAhead::new(io, settings.read_ahead);
+    let mut tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(io)).await
+    {
         Err(_) => return Err(refuse(Rejection::Timeout, "TLS handshake timed out".into())),
         Ok(Err(e)) => {
             let (reason, detail) = describe_tls_failure(&e);
@@ -174,6 +177,9 @@ where
         }
         Ok(Ok(tls)) => tls,
     };
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(settings.tls_send_buffer));
     let peer_identity = {
         let (_, session) = tls.get_ref();
         // The verifier has already required and checked the certificate.

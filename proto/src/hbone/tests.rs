@@ -203,6 +203,53 @@ async fn pool_opens_another_connection_when_streams_run_out() {
     assert_eq!(pool.connection_count(), 3);
 }
 
+/// Streams open at the same time go to separate connections up to `spread`, then to the
+/// least-loaded one; with `spread` 1 they share one.
+#[tokio::test]
+async fn concurrent_streams_spread_over_connections() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    for (spread, connections) in [(1, 1), (2, 2), (3, 3)] {
+        let pool: Pool<u8> = Pool::new(PoolSettings {
+            spread,
+            ..PoolSettings::default()
+        });
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            let config = config.clone();
+            let s = pool
+                .stream(
+                    &1,
+                    &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+                    || dial(server.addr, config),
+                )
+                .await
+                .unwrap();
+            held.push(s);
+        }
+        assert_eq!(pool.connection_count(), connections, "spread {spread}");
+        assert_eq!(
+            pool.streams_per_connection(&1),
+            vec![6 / connections; connections],
+            "spread {spread}: streams evenly over the connections"
+        );
+        // A lone stream after the others ended reuses a connection instead of dialing.
+        drop(held);
+        let config = config.clone();
+        let s = pool
+            .stream(
+                &1,
+                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+                || dial(server.addr, config),
+            )
+            .await
+            .unwrap();
+        assert!(s.reused);
+        assert_eq!(pool.connection_count(), connections);
+    }
+}
+
 /// A server that drains sends GOAWAY: the stream it carries goes on, the pool stops choosing
 /// that connection (one new dial, not one per stream) and new streams reach a new connection.
 #[tokio::test]

@@ -2,8 +2,8 @@
 
 use std::future::poll_fn;
 
-use ambient_proto::hbone::LeanBuffer;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use ambient_proto::hbone::{LeanBuffer, ReadReady};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::metrics::ConnectionRecord;
@@ -28,7 +28,7 @@ pub async fn relay_tcp(
 /// moving (see [`LeanBuffer`]), so idle connections cost no buffer memory.
 async fn copy<R, W>(r: &mut R, w: &mut W, counted: impl Fn(usize)) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: ReadReady,
     W: AsyncWrite + Unpin,
 {
     let mut buf = LeanBuffer::new();
