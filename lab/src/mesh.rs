@@ -389,6 +389,11 @@ impl Mesh {
         Ok(old)
     }
 
+    /// The process id of `node`'s running ztunnel.
+    pub fn ztunnel_pid(&self, node: &str) -> Option<u32> {
+        self.nodes.get(node)?.ztunnel.as_ref().map(Proc::pid)
+    }
+
     fn spawn_ztunnel(&self, node: &str) -> Result<Proc, MeshError> {
         let n = self.lab.node(node);
         let netns = n.netns.clone();

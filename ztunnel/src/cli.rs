@@ -60,8 +60,8 @@ pub struct ZtunnelArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub otlp: proxy_core::otlp::OtlpArgs,
-    /// Socket reads under TLS take up to this many bytes at once; 0 reads one TLS record at a
-    /// time [default: 65536].
+    /// Socket reads under TLS take up to this many bytes at once; 0 reads as rustls asks,
+    /// about one TLS record at a time [default: 0].
     #[arg(long, help_heading = "HBONE tuning")]
     pub hbone_read_ahead: Option<usize>,
     /// Encrypted bytes queued before a socket write [default: 65536].

@@ -379,9 +379,7 @@ impl Bench {
         let ztunnels = NODES
             .iter()
             .map(|node| {
-                let zds = run_dir.join(format!("node-{node}")).join("ztunnel.sock");
-                let zds = zds.display().to_string();
-                procfs::find_process(&["--node-name", node, &zds])
+                mesh.ztunnel_pid(node)
                     .map(|pid| (*node, pid))
                     .with_context(|| format!("finding the ztunnel of {node}"))
             })

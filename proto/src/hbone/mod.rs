@@ -38,8 +38,9 @@ pub struct H2Settings {
     pub max_concurrent_streams: u32,
     pub max_send_buffer: usize,
     pub handshake_timeout: Duration,
-    /// Socket reads under TLS take up to this many bytes at once (0: one TLS record per
-    /// read, as rustls asks); see [`read_ahead`].
+    /// Socket reads under TLS take up to this many bytes at once (0: as rustls asks, about
+    /// one TLS record per read); see [`read_ahead`]. Off by default: on the benchmark
+    /// machine the copy cost more than the syscalls it saved (docs/benchmarks.md).
     pub read_ahead: usize,
     /// Encrypted bytes TLS may queue before writing them out, so one write carries this
     /// much (rustls's default is 64 KiB).
@@ -55,7 +56,7 @@ impl Default for H2Settings {
             max_concurrent_streams: 100,
             max_send_buffer: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            read_ahead: 64 * 1024,
+            read_ahead: 0,
             tls_send_buffer: 64 * 1024,
         }
     }
