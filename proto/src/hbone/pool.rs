@@ -134,7 +134,8 @@ where
         F: Future<Output = Result<HboneConnection, HboneError>>,
     {
         let slot = self.slot(key);
-        if let Some(pooled) = self.checkout(&slot) {
+        let spread = self.settings.spread;
+        if let Some(pooled) = self.checkout(&slot, spread) {
             match self.open(pooled, req, true).await {
                 Ok(s) => return Ok(s),
                 // A refusal by the peer is an answer, not a broken connection.
@@ -142,29 +143,36 @@ where
                 Err(_) => {}
             }
         }
-        let pooled = {
+        let (pooled, reused) = {
             let _dialing = slot.dialing.lock().await;
             // Someone else may have dialed while we waited.
-            match self.checkout(&slot) {
-                Some(p) => p,
-                None => {
-                    // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and
-                    // inline it would stay part of every pooled stream's task for the
-                    // stream's whole life, idle or not.
-                    let conn = Box::pin(dial()).await?;
-                    let pooled = Arc::new(Pooled {
-                        conn,
-                        active: AtomicUsize::new(1),
-                        idle_since: Mutex::new(Instant::now()),
-                    });
-                    let mut conns = slot.conns.lock().expect("poisoned");
-                    conns.retain(|c| !c.conn.is_closed());
-                    conns.push(pooled.clone());
-                    pooled
-                }
+            match self.checkout(&slot, spread) {
+                Some(p) => (p, false),
+                // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and
+                // inline it would stay part of every pooled stream's task for the stream's
+                // whole life, idle or not.
+                None => match Box::pin(dial()).await {
+                    Ok(conn) => {
+                        let pooled = Arc::new(Pooled {
+                            conn,
+                            active: AtomicUsize::new(1),
+                            idle_since: Mutex::new(Instant::now()),
+                        });
+                        let mut conns = slot.conns.lock().expect("poisoned");
+                        conns.retain(|c| !c.conn.is_closed());
+                        conns.push(pooled.clone());
+                        (pooled, false)
+                    }
+                    // A dial made only to spread streams failed while a connection still
+                    // has room: the stream rides that one rather than failing.
+                    Err(e) => match self.checkout(&slot, 1) {
+                        Some(p) => (p, true),
+                        None => return Err(e),
+                    },
+                },
             }
         };
-        self.open(pooled, req, false).await
+        self.open(pooled, req, reused).await
     }
 
     /// Number of live connections (for tests and `/config_dump`).
@@ -215,8 +223,9 @@ where
     }
 
     /// Reserves a stream on the least-loaded connection with room, if any; none when every
-    /// connection is busy and the key may still have another (see [`PoolSettings::spread`]).
-    fn checkout(&self, slot: &Slot) -> Option<Arc<Pooled>> {
+    /// connection is busy and the key may have more than it has, up to `spread` (see
+    /// [`PoolSettings::spread`]).
+    fn checkout(&self, slot: &Slot, spread: usize) -> Option<Arc<Pooled>> {
         let mut conns = slot.conns.lock().expect("poisoned");
         conns.retain(|c| !c.conn.is_closed());
         let limit = self.settings.max_streams_per_connection;
@@ -225,7 +234,7 @@ where
             .filter(|c| c.has_room(limit))
             .min_by_key(|c| c.active.load(Ordering::Acquire))?
             .clone();
-        if pooled.active.load(Ordering::Acquire) > 0 && conns.len() < self.settings.spread {
+        if pooled.active.load(Ordering::Acquire) > 0 && conns.len() < spread {
             return None;
         }
         pooled.active.fetch_add(1, Ordering::AcqRel);

@@ -250,6 +250,51 @@ async fn concurrent_streams_spread_over_connections() {
     }
 }
 
+/// A dial made only to spread streams that fails leaves the stream on the connection that
+/// still has room: spreading never turns a working pool into a failed stream.
+#[tokio::test]
+async fn a_failed_spreading_dial_falls_back_to_a_pooled_connection() {
+    let ca = TestCa::new("root");
+    let server = echo_server(&ca, SERVER_ID).await;
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    let pool: Pool<u8> = Pool::new(PoolSettings {
+        spread: 2,
+        ..PoolSettings::default()
+    });
+    let req = ConnectRequest::new("10.0.0.1:80".parse().unwrap());
+    let first = pool
+        .stream(&1, &req, || dial(server.addr, config))
+        .await
+        .unwrap();
+    let unreachable: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let second = pool
+        .stream(&1, &req, || async move {
+            Err(HboneError::Connect {
+                addr: unreachable,
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            })
+        })
+        .await
+        .expect("the stream rides the pooled connection");
+    assert!(second.reused);
+    assert_eq!(pool.streams_per_connection(&1), vec![2]);
+    drop((first, second));
+    // With no connection at all, the dial's error is the answer.
+    let empty: Pool<u8> = Pool::new(PoolSettings {
+        spread: 2,
+        ..PoolSettings::default()
+    });
+    let failed = empty
+        .stream(&1, &req, || async move {
+            Err(HboneError::Connect {
+                addr: unreachable,
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            })
+        })
+        .await;
+    assert!(matches!(failed, Err(HboneError::Connect { .. })));
+}
+
 /// A server that drains sends GOAWAY: the stream it carries goes on, the pool stops choosing
 /// that connection (one new dial, not one per stream) and new streams reach a new connection.
 #[tokio::test]
