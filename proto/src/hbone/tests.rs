@@ -178,6 +178,22 @@ async fn pool_reuses_one_connection_for_many_streams() {
     assert_eq!(pool.connection_count(), 1);
 }
 
+/// A stream for key 1 from `pool`, dialing `addr` when the pool wants a connection.
+async fn pooled_stream(
+    pool: &Pool<u8>,
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> PooledStream {
+    let config = config.clone();
+    pool.stream(
+        &1,
+        &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+        || dial(addr, config),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn pool_opens_another_connection_when_streams_run_out() {
     let ca = TestCa::new("root");
@@ -189,16 +205,7 @@ async fn pool_opens_another_connection_when_streams_run_out() {
     let config = client_config(&ca, CLIENT_ID, SERVER_ID);
     let mut held = Vec::new();
     for _ in 0..5 {
-        let config = config.clone();
-        let s = pool
-            .stream(
-                &1,
-                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
-                || dial(server.addr, config),
-            )
-            .await
-            .unwrap();
-        held.push(s);
+        held.push(pooled_stream(&pool, server.addr, &config).await);
     }
     assert_eq!(pool.connection_count(), 3);
 }
@@ -217,16 +224,7 @@ async fn concurrent_streams_spread_over_connections() {
         });
         let mut held = Vec::new();
         for _ in 0..6 {
-            let config = config.clone();
-            let s = pool
-                .stream(
-                    &1,
-                    &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
-                    || dial(server.addr, config),
-                )
-                .await
-                .unwrap();
-            held.push(s);
+            held.push(pooled_stream(&pool, server.addr, &config).await);
         }
         assert_eq!(pool.connection_count(), connections, "spread {spread}");
         assert_eq!(
@@ -236,16 +234,7 @@ async fn concurrent_streams_spread_over_connections() {
         );
         // A lone stream after the others ended reuses a connection instead of dialing.
         drop(held);
-        let config = config.clone();
-        let s = pool
-            .stream(
-                &1,
-                &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
-                || dial(server.addr, config),
-            )
-            .await
-            .unwrap();
-        assert!(s.reused);
+        assert!(pooled_stream(&pool, server.addr, &config).await.reused);
         assert_eq!(pool.connection_count(), connections);
     }
 }
@@ -262,10 +251,7 @@ async fn a_failed_spreading_dial_falls_back_to_a_pooled_connection() {
         ..PoolSettings::default()
     });
     let req = ConnectRequest::new("10.0.0.1:80".parse().unwrap());
-    let first = pool
-        .stream(&1, &req, || dial(server.addr, config))
-        .await
-        .unwrap();
+    let first = pooled_stream(&pool, server.addr, &config).await;
     let unreachable: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let second = pool
         .stream(&1, &req, || async move {
