@@ -127,9 +127,15 @@ impl HboneConnection {
         self.peer_addr
     }
 
-    /// True once the underlying connection has ended (GOAWAY, error or close).
+    /// True once the connection takes no new streams: it ended, its peer is draining (GOAWAY),
+    /// it broke, or a pool retired it.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Takes the connection out of a pool's choice; the streams it carries go on.
+    pub(crate) fn retire(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// How many streams the peer lets us run at once on this connection.

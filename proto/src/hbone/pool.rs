@@ -121,8 +121,10 @@ where
     }
 
     /// Opens a CONNECT stream for `req` on a pooled connection for `key`, dialing a new
-    /// connection with `dial` when none has room. A pooled connection that turns out to be
-    /// dead is discarded and the request retried once on a fresh one.
+    /// connection with `dial` when none has room. A pooled connection that cannot open the
+    /// stream (its peer is draining, or it broke) is retired and the stream tried on the next
+    /// one, then on a fresh dial: a restarting peer drains every connection to it at once,
+    /// and a stream must not fail because the pool happened to hold more than one.
     pub async fn stream<D, F>(
         &self,
         key: &K,
@@ -135,44 +137,49 @@ where
     {
         let slot = self.slot(key);
         let spread = self.settings.spread;
-        if let Some(pooled) = self.checkout(&slot, spread) {
-            match self.open(pooled, req, true).await {
+        // Each pass that does not return retires one connection, so the passes end when the
+        // pooled connections do; `dial` runs at most once, and every path after it returns.
+        loop {
+            let pooled = match self.checkout(&slot, spread) {
+                Some(p) => p,
+                None => {
+                    let dialing = slot.dialing.lock().await;
+                    // Someone else may have dialed while we waited.
+                    match self.checkout(&slot, spread) {
+                        Some(p) => p,
+                        None => {
+                            // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large
+                            // future, and inline it would stay part of every pooled stream's
+                            // task for the stream's whole life, idle or not.
+                            let dialed = Box::pin(dial()).await;
+                            return match dialed {
+                                Ok(conn) => {
+                                    let pooled = Self::add(&slot, conn);
+                                    drop(dialing);
+                                    self.open(pooled, req, false).await
+                                }
+                                // A dial made only to spread streams failed while a
+                                // connection still has room: the stream rides that one
+                                // rather than failing.
+                                Err(e) => {
+                                    drop(dialing);
+                                    match self.checkout(&slot, 1) {
+                                        Some(p) => self.open(p, req, true).await,
+                                        None => Err(e),
+                                    }
+                                }
+                            };
+                        }
+                    }
+                }
+            };
+            match self.open(pooled.clone(), req, true).await {
                 Ok(s) => return Ok(s),
                 // A refusal by the peer is an answer, not a broken connection.
                 Err(e @ HboneError::Status(_)) => return Err(e),
-                Err(_) => {}
+                Err(_) => pooled.conn.retire(),
             }
         }
-        let (pooled, reused) = {
-            let _dialing = slot.dialing.lock().await;
-            // Someone else may have dialed while we waited.
-            match self.checkout(&slot, spread) {
-                Some(p) => (p, false),
-                // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and
-                // inline it would stay part of every pooled stream's task for the stream's
-                // whole life, idle or not.
-                None => match Box::pin(dial()).await {
-                    Ok(conn) => {
-                        let pooled = Arc::new(Pooled {
-                            conn,
-                            active: AtomicUsize::new(1),
-                            idle_since: Mutex::new(Instant::now()),
-                        });
-                        let mut conns = slot.conns.lock().expect("poisoned");
-                        conns.retain(|c| !c.conn.is_closed());
-                        conns.push(pooled.clone());
-                        (pooled, false)
-                    }
-                    // A dial made only to spread streams failed while a connection still
-                    // has room: the stream rides that one rather than failing.
-                    Err(e) => match self.checkout(&slot, 1) {
-                        Some(p) => (p, true),
-                        None => return Err(e),
-                    },
-                },
-            }
-        };
-        self.open(pooled, req, reused).await
     }
 
     /// Number of live connections (for tests and `/config_dump`).
@@ -239,6 +246,19 @@ where
         }
         pooled.active.fetch_add(1, Ordering::AcqRel);
         Some(pooled)
+    }
+
+    /// Puts a freshly dialed connection into `slot`, its first stream reserved.
+    fn add(slot: &Slot, conn: HboneConnection) -> Arc<Pooled> {
+        let pooled = Arc::new(Pooled {
+            conn,
+            active: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        let mut conns = slot.conns.lock().expect("poisoned");
+        conns.retain(|c| !c.conn.is_closed());
+        conns.push(pooled.clone());
+        pooled
     }
 
     async fn open(

@@ -66,6 +66,14 @@ impl InboundConnect {
         forwarded_for(self.headers())
     }
 
+    /// Resets the stream with REFUSED_STREAM, which tells the client the request was not
+    /// processed and may be sent again on another connection (RFC 9113 §8.7), as a peer that
+    /// is going away does with streams it will not serve.
+    #[cfg(test)]
+    pub(crate) fn refuse_unprocessed(mut self) {
+        self.respond.send_reset(h2::Reason::REFUSED_STREAM);
+    }
+
     /// Opens the tunnel (200) and returns the stream.
     pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
         let response = http::Response::builder()

@@ -27,15 +27,18 @@ struct EchoServer {
 }
 
 async fn echo_server(ca: &TestCa, server_uri: &str) -> EchoServer {
-    echo_server_draining(ca, server_uri, tokio::sync::watch::channel(false).1).await
+    echo_server_draining(ca, server_uri, tokio::sync::watch::channel(false).1, false).await
 }
 
 /// [`echo_server`] whose accepted connections drain (GOAWAY) once `drain` turns true; new
-/// connections are still accepted, as a replacement process would accept them.
+/// connections are still accepted, as a replacement process would accept them. With
+/// `refuse_late`, a draining connection also refuses (REFUSED_STREAM) any stream that reaches
+/// it after the drain began, however soon after, instead of serving it.
 async fn echo_server_draining(
     ca: &TestCa,
     server_uri: &str,
     drain: tokio::sync::watch::Receiver<bool>,
+    refuse_late: bool,
 ) -> EchoServer {
     let slot = Arc::new(CertSlot::new());
     slot.store(ca.issue(server_uri));
@@ -52,21 +55,11 @@ async fn echo_server_draining(
             // Only connections accepted before the drain began are drained.
             let mut drain = drain.clone();
             let accepted_draining = *drain.borrow_and_update();
+            let late = drain.clone();
             tokio::spawn(async move {
-                let handler = |inbound: InboundConnect| async move {
-                    if inbound.authority().unwrap().port() == 9 {
-                        inbound.reject(ConnectStatus::Unavailable);
-                        return;
-                    }
-                    let mut stream = inbound.accept().unwrap();
-                    let (a, b) = tokio::io::duplex(64 * 1024);
-                    let (r, w) = tokio::io::split(a);
-                    tokio::spawn(async move {
-                        let (mut br, mut bw) = tokio::io::split(b);
-                        tokio::io::copy(&mut br, &mut bw).await.unwrap();
-                        bw.shutdown().await.unwrap();
-                    });
-                    let _ = relay(r, w, &mut stream, &()).await;
+                let handler = move |inbound: InboundConnect| {
+                    let refuse = refuse_late && !accepted_draining && *late.borrow();
+                    async move { echo_or_refuse(inbound, refuse).await }
                 };
                 let draining = async move {
                     if accepted_draining || drain.wait_for(|d| *d).await.is_err() {
@@ -89,6 +82,27 @@ async fn echo_server_draining(
         }
     });
     EchoServer { addr, refusals }
+}
+
+/// Echoes one tunnel: refused unprocessed when `refuse`, 503 for port 9, else bytes back.
+async fn echo_or_refuse(inbound: InboundConnect, refuse: bool) {
+    if refuse {
+        inbound.refuse_unprocessed();
+        return;
+    }
+    if inbound.authority().unwrap().port() == 9 {
+        inbound.reject(ConnectStatus::Unavailable);
+        return;
+    }
+    let mut stream = inbound.accept().unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (r, w) = tokio::io::split(a);
+    tokio::spawn(async move {
+        let (mut br, mut bw) = tokio::io::split(b);
+        tokio::io::copy(&mut br, &mut bw).await.unwrap();
+        bw.shutdown().await.unwrap();
+    });
+    let _ = relay(r, w, &mut stream, &()).await;
 }
 
 fn client_config(ca: &TestCa, client_uri: &str, expect: &str) -> Arc<ClientConfig> {
@@ -287,7 +301,7 @@ async fn a_failed_spreading_dial_falls_back_to_a_pooled_connection() {
 async fn a_draining_peer_keeps_its_streams_and_the_pool_dials_anew() {
     let ca = TestCa::new("root");
     let (drain, draining) = tokio::sync::watch::channel(false);
-    let server = echo_server_draining(&ca, SERVER_ID, draining).await;
+    let server = echo_server_draining(&ca, SERVER_ID, draining, false).await;
     let pool: Pool<u8> = Pool::new(PoolSettings::default());
     let config = client_config(&ca, CLIENT_ID, SERVER_ID);
     let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -340,6 +354,48 @@ async fn a_draining_peer_keeps_its_streams_and_the_pool_dials_anew() {
     let mut rest = Vec::new();
     rd.read_to_end(&mut rest).await.unwrap();
     relay_task.await.unwrap().unwrap();
+}
+
+/// A restarting peer drains every pooled connection at once and refuses the streams that
+/// reach them late: a new stream tries each pooled connection that still looks live, retires
+/// those that refuse, and ends on a fresh dial. It never fails because the pool held more
+/// than one connection.
+#[tokio::test]
+async fn a_peer_refusing_on_every_connection_fails_no_new_stream() {
+    let ca = TestCa::new("root");
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let server = echo_server_draining(&ca, SERVER_ID, draining, true).await;
+    let config = client_config(&ca, CLIENT_ID, SERVER_ID);
+    // Two connections with one stream each held open, so both stay up while draining.
+    let pool: Pool<u8> = Pool::new(PoolSettings {
+        max_streams_per_connection: 2,
+        ..PoolSettings::default()
+    });
+    let mut held: Vec<_> = Vec::new();
+    for _ in 0..3 {
+        held.push(pooled_stream(&pool, server.addr, &config).await);
+    }
+    held.remove(1);
+    assert_eq!(pool.streams_per_connection(&1), vec![1, 1]);
+
+    drain.send(true).unwrap();
+    let dials = std::sync::atomic::AtomicUsize::new(0);
+    let stream = pool
+        .stream(
+            &1,
+            &ConnectRequest::new("10.0.0.1:80".parse().unwrap()),
+            || {
+                dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                dial(server.addr, config.clone())
+            },
+        )
+        .await
+        .expect("a stream while every pooled connection refuses");
+    assert!(!stream.reused);
+    assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Both refusing connections are out of the pool's choice; the held streams go on.
+    assert_eq!(pool.streams_per_connection(&1), vec![1]);
+    drop(held);
 }
 
 /// Connects with a hand-made client certificate and returns what the server said.
