@@ -24,6 +24,7 @@ use crate::config::{L7Store, L7Subscription};
 use crate::context::Ctx;
 use crate::routing::Routing;
 use crate::upstream::Upstreams;
+use crate::workers::{self, PerWorker, Workers};
 use crate::{admin, inbound, otlp, telemetry};
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -110,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
+    let workers = Workers::start(workers::count(args.worker_threads))?;
     let ctx = Arc::new(Ctx {
         gateway_namespace: gw_ns.to_string(),
         gateway_name: gw_name.to_string(),
@@ -121,7 +123,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bundle,
         h2: H2Settings::default(),
         acceptor: TlsAcceptor::from(Arc::new(server)),
-        upstreams: Upstreams::new(PoolSettings::default()),
+        upstreams: {
+            let first = Upstreams::new(PoolSettings::default());
+            PerWorker::new(workers.len(), |_| first.for_another_worker())
+        },
         routing: Routing::default(),
         connect_timeout: Duration::from_secs(10),
         cert_wait: Duration::from_secs(10),
@@ -135,7 +140,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 let now = std::time::Instant::now();
-                ctx.upstreams.close_idle(now);
+                for upstreams in ctx.upstreams.iter() {
+                    upstreams.close_idle(now);
+                }
                 for limiter in ctx.routing.load().rate_limiters.all() {
                     limiter.sweep(now);
                 }
@@ -152,8 +159,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let state = ctx.state.load();
                 ctx.routing
                     .rebuild(&ctx.gateway_key(), &ctx.l7.load(), &state);
-                ctx.upstreams
-                    .retain_endpoints(|a| state.workload_by_ip(a.ip()).is_some());
+                for upstreams in ctx.upstreams.iter() {
+                    upstreams.retain_endpoints(|a| state.workload_by_ip(a.ip()).is_some());
+                }
                 tokio::select! {
                     r = l7_versions.changed() => if r.is_err() { return },
                     r = state_versions.changed() => if r.is_err() { return },
@@ -206,7 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
         proxy_core::admin::readiness_routes(readiness),
     ));
-    tokio::spawn(inbound::serve(ctx, hbone, shutdown.clone()));
+    tokio::spawn(inbound::serve(ctx, workers, hbone, shutdown.clone()));
     info!(gateway = %args.gateway, %identity, hbone = %args.hbone_addr, "waypoint running");
     shutdown.cancelled().await;
     info!("shutting down");

@@ -42,6 +42,7 @@ pub struct Args {
     /// Access log and diagnostics format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Data-plane threads, each with its own runtime and upstream pools; 0: one per CPU.
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
     /// Where request spans and access log records go (OTLP).
@@ -116,12 +117,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     proxy_core::memory::avoid_transparent_huge_pages();
     let args = Args::parse_from(args);
     proxy_core::logging::init_logging(args.log_format);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    if args.worker_threads > 0 {
-        rt.worker_threads(args.worker_threads);
-    }
-    rt.build()?.block_on(crate::app::run(args))
+    // The control plane's runtime (xDS, certificates, admin, accepting connections); the
+    // data plane runs on `--worker-threads` threads of its own (see `workers`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::app::run(args))
 }
 
 #[cfg(test)]

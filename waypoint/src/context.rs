@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::L7Store;
 use crate::routing::Routing;
 use crate::upstream::Upstreams;
+use crate::workers::PerWorker;
 
 /// The waypoint's shared state.
 pub struct Ctx {
@@ -31,8 +32,9 @@ pub struct Ctx {
     pub bundle: TrustBundle,
     pub h2: H2Settings,
     pub acceptor: TlsAcceptor,
-    /// HBONE and HTTP connections to endpoints.
-    pub upstreams: Upstreams,
+    /// Connections to endpoints as each worker thread sees them (its own HBONE pool, the
+    /// shared HTTP pools): a request uses its worker's ([`PerWorker::local`]).
+    pub upstreams: PerWorker<Upstreams>,
     /// Compiled L7 configuration and per-service runtime state (balancers, outlier detection).
     pub routing: Routing,
     pub connect_timeout: Duration,

@@ -11,7 +11,7 @@ use ambient_proto::hbone::{ConnectStatus, InboundConnect, serve_connection};
 use ambient_proto::identity::Identity;
 use proxy_core::state::{Service, Workload};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -19,6 +19,7 @@ use crate::context::Ctx;
 use crate::l7::protocol::{self, Detected};
 use crate::rewind::Rewind;
 use crate::stream::StreamIo;
+use crate::workers::Workers;
 use crate::{http_server, tcp, telemetry};
 
 /// How long a client may stay silent before its stream is treated as plain TCP (server-first
@@ -45,8 +46,13 @@ pub struct Downstream {
     pub dst: SocketAddr,
 }
 
-/// Accepts HBONE connections until `cancel`.
-pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, cancel: CancellationToken) {
+/// Accepts HBONE connections until `cancel`, each served on the next of `workers`.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    workers: Workers,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -60,19 +66,34 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, cancel: CancellationTok
             },
         };
         let _ = tcp.set_nodelay(true);
+        // The socket moves to the worker's runtime: registered there, polled only there.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                warn!(%peer, error = %e, "accepted HBONE connection unusable");
+                continue;
+            }
+        };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let handler_ctx = ctx.clone();
-            let handler = move |inbound: InboundConnect| {
-                let ctx = handler_ctx.clone();
-                async move { connect(ctx, inbound).await }
-            };
-            if let Err(e) = serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.h2, handler).await
-            {
-                telemetry::hbone_rejected(e.reason.as_str());
-                debug!(peer = %e.peer, reason = e.reason.as_str(), detail = %e.detail, "HBONE connection refused");
+        workers.spawn(move || async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve_one(ctx, tcp, peer).await,
+                Err(e) => warn!(%peer, error = %e, "accepted HBONE connection unusable"),
             }
         });
+    }
+}
+
+/// Terminates one HBONE connection and serves its CONNECT streams.
+async fn serve_one(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+    let handler_ctx = ctx.clone();
+    let handler = move |inbound: InboundConnect| {
+        let ctx = handler_ctx.clone();
+        async move { connect(ctx, inbound).await }
+    };
+    if let Err(e) = serve_connection(tcp, peer, ctx.acceptor.clone(), ctx.h2, handler).await {
+        telemetry::hbone_rejected(e.reason.as_str());
+        debug!(peer = %e.peer, reason = e.reason.as_str(), detail = %e.detail, "HBONE connection refused");
     }
 }
 

@@ -13,6 +13,8 @@
 //!   retries and timeouts, respond with telemetry), calling the decisions of [`l7`].
 //! - [`otlp`]: one span per request, exported with `proxy_core::otlp` (the access log goes
 //!   out as OTLP log records through the logging layer).
+//! - `workers`: the data plane's threads, one single-threaded runtime each; a connection and
+//!   everything it leads to stay on one of them.
 //! - [`cli`]: command-line flags and the entry point.
 
 #![forbid(unsafe_code)]
@@ -36,6 +38,7 @@ mod tcp;
 mod telemetry;
 mod trace;
 mod upstream;
+mod workers;
 
 /// The waypoint's xDS configuration path (the L7 store the xDS client fills, and the routing
 /// compiled from it), for the fuzz targets in `fuzz/` only: not an API.

@@ -85,13 +85,13 @@ pub async fn passthrough(
         client_ip: Some(downstream.addr.ip()),
         traceparent: None,
     };
-    if let Err(e) = ctx.upstreams.resolve(&mut endpoint).await {
+    let upstreams = ctx.upstreams.local();
+    if let Err(e) = upstreams.resolve(&mut endpoint).await {
         debug!(error = %e, "endpoint has no address");
         record.finish(e.response_flag(), Some(&endpoint), 0, 0, started);
         return;
     }
-    let (mut up, _guard) = match ctx
-        .upstreams
+    let (mut up, _guard) = match upstreams
         .connect(&ctx, &endpoint, &tunnel, connect_timeout, Alpn::Opaque)
         .await
     {

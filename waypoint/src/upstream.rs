@@ -33,6 +33,7 @@ use crate::context::Ctx;
 use crate::egress::{self, Alpn, DirectError, Origination, UpstreamIo};
 use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PendingPermit, PoolSettings};
 use crate::stream::StreamIo;
+use crate::workers;
 
 /// Request and response bodies as the proxy passes them on.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -61,6 +62,8 @@ struct Http1 {
     /// When it came back from its last exchange.
     since: Instant,
     idle_timeout: Duration,
+    /// The worker thread whose runtime drives it (see [`Upstreams::idle_http1`]).
+    worker: usize,
 }
 
 /// A service's HTTP/2 connection to an endpoint.
@@ -156,22 +159,39 @@ pub struct TunnelContext {
     pub traceparent: Option<String>,
 }
 
-/// HBONE and HTTP connections to endpoints.
+/// HBONE and HTTP connections to endpoints, as one worker thread sees them.
 pub struct Upstreams {
+    /// HBONE tunnels: this worker's own.
     pool: Pool<PoolKey>,
+    settings: HbonePoolSettings,
     /// Endpoints known by name, resolved when picked.
     named: NamedEndpoints,
-    http1: Mutex<HashMap<HttpKey, Vec<Http1>>>,
-    http2: Mutex<HashMap<HttpKey, Http2>>,
+    /// HTTP connections: shared by every worker, because a service's `maxConnections` spans
+    /// them, so a connection idle on one worker must be able to serve a request waiting on
+    /// another (each worker still takes its own first).
+    http1: Arc<Mutex<HashMap<HttpKey, Vec<Http1>>>>,
+    http2: Arc<Mutex<HashMap<HttpKey, Http2>>>,
 }
 
 impl Upstreams {
     pub fn new(settings: HbonePoolSettings) -> Self {
         Upstreams {
             pool: Pool::new(settings),
+            settings,
             named: NamedEndpoints::default(),
-            http1: Mutex::new(HashMap::new()),
-            http2: Mutex::new(HashMap::new()),
+            http1: Arc::default(),
+            http2: Arc::default(),
+        }
+    }
+
+    /// Another worker's set: its own HBONE pool and name cache, the same HTTP pools.
+    pub fn for_another_worker(&self) -> Self {
+        Upstreams {
+            pool: Pool::new(self.settings),
+            settings: self.settings,
+            named: NamedEndpoints::default(),
+            http1: self.http1.clone(),
+            http2: self.http2.clone(),
         }
     }
 
@@ -271,7 +291,7 @@ impl Upstreams {
         let settings = limits.map_or_else(|| PoolSettings::new(None), |l| *l.pool());
         match version {
             HttpVersion::Http1 => {
-                let (mut sender, served) = self
+                let (mut sender, served, worker) = self
                     .http1_connection(ctx, endpoint, tunnel, key, &settings, limits)
                     .await?;
                 let response =
@@ -297,6 +317,7 @@ impl Upstreams {
                             served,
                             since: Instant::now(),
                             idle_timeout: settings.idle_timeout,
+                            worker,
                         },
                     );
                     if let Some(l) = limits {
@@ -331,7 +352,7 @@ impl Upstreams {
         key: HttpKey,
         settings: &PoolSettings,
         limits: Option<&ConnectionLimits>,
-    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+    ) -> Result<(http1::SendRequest<Body>, u32, usize), UpstreamError> {
         let mut waiting = None;
         loop {
             let released = limits.map(ConnectionLimits::released);
@@ -340,14 +361,14 @@ impl Upstreams {
                 r.enable();
             }
             if let Some(idle) = self.idle_http1(key, Instant::now(), true) {
-                return Ok((idle.sender, idle.served));
+                return Ok((idle.sender, idle.served, idle.worker));
             }
             match slot(limits, &mut waiting)? {
                 Slot::Open(permit) => {
                     let sender = self
                         .open_http1(ctx, endpoint, tunnel, settings, permit)
                         .await?;
-                    return Ok((sender, 0));
+                    return Ok((sender, 0, workers::current()));
                 }
                 Slot::Full => {
                     // A connection of the pool still finishing its exchange: take it and wait
@@ -355,7 +376,7 @@ impl Upstreams {
                     if let Some(mut busy) = self.idle_http1(key, Instant::now(), false)
                         && busy.sender.ready().await.is_ok()
                     {
-                        return Ok((busy.sender, busy.served));
+                        return Ok((busy.sender, busy.served, busy.worker));
                     }
                     until_released(released.as_mut().as_pin_mut()).await;
                 }
@@ -440,12 +461,17 @@ impl Upstreams {
     }
 
     /// A pooled HTTP/1 connection: a free one (`ready`), or else (`!ready`) one still
-    /// finishing its exchange. Connections closed or idle past their timeout are dropped.
+    /// finishing its exchange; this worker's own first, so a request's tasks stay on its
+    /// thread. Connections closed or idle past their timeout are dropped.
     fn idle_http1(&self, key: HttpKey, now: Instant, ready: bool) -> Option<Http1> {
         let mut all = self.http1.lock().expect("poisoned");
         let list = all.get_mut(&key)?;
         list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < c.idle_timeout);
-        let at = list.iter().position(|c| c.sender.is_ready() == ready)?;
+        let me = workers::current();
+        let at = list
+            .iter()
+            .position(|c| c.sender.is_ready() == ready && c.worker == me)
+            .or_else(|| list.iter().position(|c| c.sender.is_ready() == ready))?;
         Some(list.swap_remove(at))
     }
 
@@ -631,6 +657,7 @@ mod tests {
             served: 1,
             since,
             idle_timeout: Duration::from_secs(secs),
+            worker: 0,
         };
         // Service 1's connection has been idle 5 s of its 2 s; service 2's 5 s of its 60 s.
         let five_ago = now - Duration::from_secs(5);

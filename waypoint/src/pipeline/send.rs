@@ -63,6 +63,7 @@ impl Upstream for Ctx {
         limits: Option<&ConnectionLimits>,
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send {
         self.upstreams
+            .local()
             .send(self, endpoint, version, req, tunnel, limits)
     }
 
@@ -70,7 +71,7 @@ impl Upstream for Ctx {
         &self,
         endpoint: &mut Endpoint,
     ) -> impl Future<Output = Result<(), UpstreamError>> + Send {
-        self.upstreams.resolve(endpoint)
+        self.upstreams.local().resolve(endpoint)
     }
 }
 
