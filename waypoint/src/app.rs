@@ -24,7 +24,7 @@ use crate::config::{L7Store, L7Subscription};
 use crate::context::Ctx;
 use crate::routing::Routing;
 use crate::upstream::Upstreams;
-use crate::workers::{self, PerWorker, Workers};
+use crate::workers::{self, Workers};
 use crate::{admin, inbound, otlp, telemetry};
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -123,10 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bundle,
         h2: H2Settings::default(),
         acceptor: TlsAcceptor::from(Arc::new(server)),
-        upstreams: {
-            let first = Upstreams::new(PoolSettings::default());
-            PerWorker::new(workers.len(), |_| first.for_another_worker())
-        },
+        upstreams: Upstreams::per_worker(workers.len(), PoolSettings::default()),
         routing: Routing::default(),
         connect_timeout: Duration::from_secs(10),
         cert_wait: Duration::from_secs(10),

@@ -33,7 +33,7 @@ use crate::context::Ctx;
 use crate::egress::{self, Alpn, DirectError, Origination, UpstreamIo};
 use crate::l7::limits::{ConnectionLimits, ConnectionPermit, PendingPermit, PoolSettings};
 use crate::stream::StreamIo;
-use crate::workers;
+use crate::workers::{self, PerWorker};
 
 /// Request and response bodies as the proxy passes them on.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -163,35 +163,45 @@ pub struct TunnelContext {
 pub struct Upstreams {
     /// HBONE tunnels: this worker's own.
     pool: Pool<PoolKey>,
-    settings: HbonePoolSettings,
     /// Endpoints known by name, resolved when picked.
     named: NamedEndpoints,
     /// HTTP connections: shared by every worker, because a service's `maxConnections` spans
     /// them, so a connection idle on one worker must be able to serve a request waiting on
     /// another (each worker still takes its own first).
-    http1: Arc<Mutex<HashMap<HttpKey, Vec<Http1>>>>,
-    http2: Arc<Mutex<HashMap<HttpKey, Http2>>>,
+    http1: SharedHttp1,
+    http2: SharedHttp2,
 }
 
+type SharedHttp1 = Arc<Mutex<HashMap<HttpKey, Vec<Http1>>>>;
+type SharedHttp2 = Arc<Mutex<HashMap<HttpKey, Http2>>>;
+
 impl Upstreams {
+    /// A set with HTTP pools of its own (tests).
+    #[cfg(test)]
     pub fn new(settings: HbonePoolSettings) -> Self {
-        Upstreams {
-            pool: Pool::new(settings),
-            settings,
-            named: NamedEndpoints::default(),
-            http1: Arc::default(),
-            http2: Arc::default(),
-        }
+        Upstreams::with_http_pools(settings, Arc::default(), Arc::default())
     }
 
-    /// Another worker's set: its own HBONE pool and name cache, the same HTTP pools.
-    pub fn for_another_worker(&self) -> Self {
+    /// A set for each of `workers` workers: its own HBONE pool and name cache, the same HTTP
+    /// pools for all.
+    pub fn per_worker(workers: usize, settings: HbonePoolSettings) -> PerWorker<Upstreams> {
+        let http1 = Arc::default();
+        let http2 = Arc::default();
+        PerWorker::new(workers, |_| {
+            Upstreams::with_http_pools(settings, Arc::clone(&http1), Arc::clone(&http2))
+        })
+    }
+
+    fn with_http_pools(
+        settings: HbonePoolSettings,
+        http1: SharedHttp1,
+        http2: SharedHttp2,
+    ) -> Self {
         Upstreams {
-            pool: Pool::new(self.settings),
-            settings: self.settings,
+            pool: Pool::new(settings),
             named: NamedEndpoints::default(),
-            http1: self.http1.clone(),
-            http2: self.http2.clone(),
+            http1,
+            http2,
         }
     }
 

@@ -147,29 +147,7 @@ where
                     // Someone else may have dialed while we waited.
                     match self.checkout(&slot, spread) {
                         Some(p) => p,
-                        None => {
-                            // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large
-                            // future, and inline it would stay part of every pooled stream's
-                            // task for the stream's whole life, idle or not.
-                            let dialed = Box::pin(dial()).await;
-                            return match dialed {
-                                Ok(conn) => {
-                                    let pooled = Self::add(&slot, conn);
-                                    drop(dialing);
-                                    self.open(pooled, req, false).await
-                                }
-                                // A dial made only to spread streams failed while a
-                                // connection still has room: the stream rides that one
-                                // rather than failing.
-                                Err(e) => {
-                                    drop(dialing);
-                                    match self.checkout(&slot, 1) {
-                                        Some(p) => self.open(p, req, true).await,
-                                        None => Err(e),
-                                    }
-                                }
-                            };
-                        }
+                        None => return self.dial_and_open(&slot, dialing, req, dial).await,
                     }
                 }
             };
@@ -178,6 +156,40 @@ where
                 // A refusal by the peer is an answer, not a broken connection.
                 Err(e @ HboneError::Status(_)) => return Err(e),
                 Err(_) => pooled.conn.retire(),
+            }
+        }
+    }
+
+    /// Dials a connection for `slot` (the caller holds its dial lock as `dialing`), pools it
+    /// and opens the stream on it.
+    async fn dial_and_open<D, F>(
+        &self,
+        slot: &Slot,
+        dialing: tokio::sync::MutexGuard<'_, ()>,
+        req: &ConnectRequest,
+        dial: D,
+    ) -> Result<PooledStream, HboneError>
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = Result<HboneConnection, HboneError>>,
+    {
+        // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and inline it
+        // would stay part of every pooled stream's task for the stream's whole life.
+        let dialed = Box::pin(dial()).await;
+        match dialed {
+            Ok(conn) => {
+                let pooled = Self::add(slot, conn);
+                drop(dialing);
+                self.open(pooled, req, false).await
+            }
+            // A dial made only to spread streams failed while a connection still has room:
+            // the stream rides that one rather than failing.
+            Err(e) => {
+                drop(dialing);
+                match self.checkout(slot, 1) {
+                    Some(p) => self.open(p, req, true).await,
+                    None => Err(e),
+                }
             }
         }
     }
