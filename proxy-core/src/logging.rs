@@ -78,25 +78,26 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut time = String::with_capacity(32);
-        SystemTime.format_time(&mut Writer::new(&mut time))?;
-        let level = meta.level().as_str().to_ascii_lowercase();
+        let level = lowercase(meta.level());
         match self.0 {
             LogFormat::Text => {
-                let mut fields = TextFields::default();
-                event.record(&mut fields);
-                write!(
-                    writer,
-                    "{time}\t{level}\t{}\t{}",
-                    meta.target(),
-                    fields.message
-                )?;
-                if !fields.rest.is_empty() {
-                    write!(writer, "\t{}", fields.rest)?;
+                // Every proxy writes one of these per connection or request (the access
+                // log), so the field buffers are the thread's own, kept between lines (fresh
+                // ones if they are in use: a line formatted while another one is).
+                let reused = TEXT_FIELDS.try_with(|cell| {
+                    let mut fields = cell.try_borrow_mut().ok()?;
+                    let written = text_line(&mut writer, event, level, &mut fields);
+                    fields.shrink_if_large();
+                    Some(written)
+                });
+                match reused {
+                    Ok(Some(written)) => written,
+                    _ => text_line(&mut writer, event, level, &mut TextFields::default()),
                 }
-                writeln!(writer)
             }
             LogFormat::Json => {
+                let mut time = String::with_capacity(32);
+                SystemTime.format_time(&mut Writer::new(&mut time))?;
                 let mut object = serde_json::Map::new();
                 object.insert("level".into(), level.into());
                 object.insert("time".into(), time.into());
@@ -110,6 +111,40 @@ where
     }
 }
 
+/// One text line: `<time>\t<level>\t<scope>\t<message>[\t<key=value ...>]`.
+fn text_line(
+    writer: &mut Writer<'_>,
+    event: &Event<'_>,
+    level: &str,
+    fields: &mut TextFields,
+) -> fmt::Result {
+    fields.message.clear();
+    fields.rest.clear();
+    event.record(fields);
+    SystemTime.format_time(writer)?;
+    let target = event.metadata().target();
+    write!(writer, "\t{level}\t{target}\t{}", fields.message)?;
+    if !fields.rest.is_empty() {
+        write!(writer, "\t{}", fields.rest)?;
+    }
+    writeln!(writer)
+}
+
+/// Istio's level names.
+fn lowercase(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warn",
+        tracing::Level::INFO => "info",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::TRACE => "trace",
+    }
+}
+
+thread_local! {
+    static TEXT_FIELDS: std::cell::RefCell<TextFields> = std::cell::RefCell::default();
+}
+
 /// An event's fields as text: the message alone, the rest as `key=value` (strings quoted).
 #[derive(Default)]
 struct TextFields {
@@ -118,6 +153,17 @@ struct TextFields {
 }
 
 impl TextFields {
+    /// Buffers kept between lines stay small: one long line does not hold its size forever.
+    fn shrink_if_large(&mut self) {
+        const KEEP: usize = 4096;
+        for buffer in [&mut self.message, &mut self.rest] {
+            if buffer.capacity() > KEEP {
+                buffer.clear();
+                buffer.shrink_to(KEEP);
+            }
+        }
+    }
+
     fn push(&mut self, field: &Field, value: fmt::Arguments<'_>) {
         if field.name() == "message" {
             let _ = self.message.write_fmt(value);
@@ -251,6 +297,28 @@ mod tests {
         );
         let cols: Vec<&str> = lines[1].split('\t').collect();
         assert_eq!(&cols[1..], ["warn", "xds", "no fields"]);
+    }
+
+    #[test]
+    fn a_long_line_leaves_no_large_buffer_behind() {
+        let long = "x".repeat(100_000);
+        let out = super::capture(super::LogFormat::Text, || {
+            tracing::info!(target: "access", path = %long, "request");
+            tracing::info!(target: "access", path = "/short", "request");
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].ends_with(&format!("path={long}")),
+            "the long line whole"
+        );
+        assert!(
+            lines[1].ends_with("\trequest\tpath=\"/short\""),
+            "{}",
+            lines[1]
+        );
+        super::TEXT_FIELDS.with_borrow(|fields| {
+            assert!(fields.rest.capacity() <= 4096, "{}", fields.rest.capacity());
+        });
     }
 
     #[test]
