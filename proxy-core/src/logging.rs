@@ -172,13 +172,24 @@ impl TextFields {
         if !self.rest.is_empty() {
             self.rest.push(' ');
         }
-        let _ = write!(self.rest, "{}={value}", field.name());
+        self.rest.push_str(field.name());
+        self.rest.push('=');
+        let _ = self.rest.write_fmt(value);
     }
 }
 
 impl Visit for TextFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.push(field, format_args!("{value:?}"));
+        // Quoted as `{:?}` quotes it; a string with nothing to escape (printable ASCII, no
+        // quote or backslash: paths, names, identities) is copied instead of escaped per char.
+        let plain = value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+        if plain {
+            self.push(field, format_args!("\"{value}\""));
+        } else {
+            self.push(field, format_args!("{value:?}"));
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -297,6 +308,29 @@ mod tests {
         );
         let cols: Vec<&str> = lines[1].split('\t').collect();
         assert_eq!(&cols[1..], ["warn", "xds", "no fields"]);
+    }
+
+    #[test]
+    fn strings_are_quoted_exactly_as_debug_quotes_them() {
+        let values = [
+            "/productpage",
+            "",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "line\nbreak",
+            "caf\u{e9}",
+            "bell\u{7}",
+            "del\u{7f}",
+            "zero\u{200b}width",
+        ];
+        for value in values {
+            let out = super::capture(super::LogFormat::Text, || {
+                tracing::info!(target: "access", v = value, "m");
+            });
+            let field = out.trim_end().rsplit('\t').next().unwrap();
+            assert_eq!(field, format!("v={value:?}"), "{value:?}");
+        }
     }
 
     #[test]
