@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -147,7 +148,13 @@ where
                     // Someone else may have dialed while we waited.
                     match self.checkout(&slot, spread) {
                         Some(p) => p,
-                        None => return self.dial_and_open(&slot, dialing, req, dial).await,
+                        None => {
+                            // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large
+                            // future, and inline it would stay part of every pooled stream's
+                            // task for the stream's whole life, idle or not.
+                            let dial = Box::pin(dial());
+                            return self.dial_and_open(&slot, dialing, req, dial).await;
+                        }
                     }
                 }
             };
@@ -160,23 +167,19 @@ where
         }
     }
 
-    /// Dials a connection for `slot` (the caller holds its dial lock as `dialing`), pools it
-    /// and opens the stream on it.
-    async fn dial_and_open<D, F>(
+    /// Pools the connection `dial` makes for `slot` (the caller holds its dial lock as
+    /// `dialing`) and opens the stream on it.
+    async fn dial_and_open<F>(
         &self,
         slot: &Slot,
         dialing: tokio::sync::MutexGuard<'_, ()>,
         req: &ConnectRequest,
-        dial: D,
+        dial: Pin<Box<F>>,
     ) -> Result<PooledStream, HboneError>
     where
-        D: FnOnce() -> F,
         F: Future<Output = Result<HboneConnection, HboneError>>,
     {
-        // Boxed: a dial (TCP, TLS and HTTP/2 handshakes) is a large future, and inline it
-        // would stay part of every pooled stream's task for the stream's whole life.
-        let dialed = Box::pin(dial()).await;
-        match dialed {
+        match dial.await {
             Ok(conn) => {
                 let pooled = Self::add(slot, conn);
                 drop(dialing);
