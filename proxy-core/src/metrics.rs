@@ -2,7 +2,7 @@
 //! keeps a proxy from building them more than once per label set; the recorder's upkeep.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ambient_proto::identity::Identity;
@@ -131,18 +131,41 @@ pub fn peer_labels(
     labels
 }
 
-/// Whether two optional objects are the same object (label-set keys compare by address).
-pub fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
 /// An optional object's address, for hashing a label-set key.
 pub fn address<T>(a: Option<&Arc<T>>) -> usize {
     a.map_or(0, |a| Arc::as_ptr(a) as usize)
+}
+
+/// An object (workload, service) that a label-set key names by address, without keeping it
+/// alive: when the control plane replaces or removes the object, its contents are freed and
+/// the entry becomes stale. The weak reference keeps the allocation itself, so no new object
+/// can take the address while the entry exists.
+pub struct ObjectRef<T>(Option<Weak<T>>);
+
+impl<T> ObjectRef<T> {
+    pub fn of(object: Option<&Arc<T>>) -> Self {
+        ObjectRef(object.map(Arc::downgrade))
+    }
+
+    /// Whether this names `object` (both none counts).
+    pub fn is(&self, object: Option<&Arc<T>>) -> bool {
+        match (&self.0, object) {
+            (Some(weak), Some(arc)) => std::ptr::eq(weak.as_ptr(), Arc::as_ptr(arc)),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the object named is gone.
+    pub fn is_gone(&self) -> bool {
+        self.0.as_ref().is_some_and(|weak| weak.strong_count() == 0)
+    }
+}
+
+/// A label-set key that can outlive what it names.
+pub trait LabelSetKey {
+    /// The key names an object that is gone: nothing will look it up again.
+    fn is_stale(&self) -> bool;
 }
 
 /// Metric handles by label set, for one thread (so the lookup takes no lock): building Istio's
@@ -150,10 +173,13 @@ pub fn address<T>(a: Option<&Arc<T>>) -> usize {
 /// request's accounting, so it is done once per label set.
 ///
 /// Entries are found by the hash of their key (a bucket holds the rare keys that share a
-/// hash); past [`LabelSetCache::CAPACITY`] entries the cache starts over, which bounds memory
-/// and releases objects (workloads, services) the control plane has replaced.
+/// hash). Every [`LabelSetCache::SWEEP_EVERY`] new entries, the entries whose objects are gone
+/// are dropped, so a control plane that keeps replacing objects (pod churn changes a
+/// service's endpoints) does not grow the cache; past [`LabelSetCache::CAPACITY`] live entries
+/// it starts over, which bounds it whatever the keys.
 pub struct LabelSetCache<K, V> {
     entries: usize,
+    sweep_at: usize,
     by_hash: HashMap<u64, Vec<(K, V)>>,
 }
 
@@ -161,14 +187,18 @@ impl<K, V> Default for LabelSetCache<K, V> {
     fn default() -> Self {
         LabelSetCache {
             entries: 0,
+            sweep_at: Self::SWEEP_EVERY,
             by_hash: HashMap::new(),
         }
     }
 }
 
-impl<K, V: Clone> LabelSetCache<K, V> {
+impl<K, V> LabelSetCache<K, V> {
     pub const CAPACITY: usize = 1024;
+    pub const SWEEP_EVERY: usize = 64;
+}
 
+impl<K: LabelSetKey, V: Clone> LabelSetCache<K, V> {
     /// The handles whose key `matches`, or those `register` makes (with their key).
     pub fn get_or_register(
         &mut self,
@@ -183,6 +213,9 @@ impl<K, V: Clone> LabelSetCache<K, V> {
         {
             return v.clone();
         }
+        if self.entries >= self.sweep_at {
+            self.sweep();
+        }
         if self.entries >= Self::CAPACITY {
             *self = LabelSetCache::default();
         }
@@ -194,11 +227,36 @@ impl<K, V: Clone> LabelSetCache<K, V> {
             .push((key, value.clone()));
         value
     }
+
+    /// Drops the entries whose keys are stale.
+    fn sweep(&mut self) {
+        self.by_hash.retain(|_, bucket| {
+            bucket.retain(|(k, _)| !k.is_stale());
+            !bucket.is_empty()
+        });
+        self.entries = self.by_hash.values().map(Vec::len).sum();
+        self.sweep_at = self.entries + Self::SWEEP_EVERY;
+    }
+
+    /// Entries held (for tests).
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl LabelSetKey for u32 {
+        fn is_stale(&self) -> bool {
+            false
+        }
+    }
 
     #[test]
     fn label_set_cache_registers_once_per_key_and_starts_over_when_full() {
@@ -227,5 +285,60 @@ mod tests {
         assert_eq!(cache.entries, 1);
         assert_eq!(get(&mut cache, 1), 10, "re-registered after the restart");
         assert_eq!(registered, LabelSetCache::<u32, u32>::CAPACITY + 2);
+    }
+
+    /// Counts its drops: the contents of an object the control plane replaced must be freed.
+    struct Object(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Object {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl LabelSetKey for ObjectRef<Object> {
+        fn is_stale(&self) -> bool {
+            self.is_gone()
+        }
+    }
+
+    #[test]
+    fn entries_of_replaced_objects_are_swept_and_live_ones_kept() {
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut cache: LabelSetCache<ObjectRef<Object>, usize> = LabelSetCache::default();
+        let mut registered = 0;
+        let mut get = |cache: &mut LabelSetCache<_, _>, object: &Arc<Object>| {
+            cache.get_or_register(
+                address(Some(object)) as u64,
+                |k: &ObjectRef<Object>| k.is(Some(object)),
+                || {
+                    registered += 1;
+                    (ObjectRef::of(Some(object)), registered)
+                },
+            )
+        };
+        let kept = Arc::new(Object(dropped.clone()));
+        let first = get(&mut cache, &kept);
+        // A service replaced on every push, 1,000 times: each version gets an entry while it
+        // lives, and is freed as soon as the state lets it go.
+        for _ in 0..1000 {
+            let version = Arc::new(Object(dropped.clone()));
+            get(&mut cache, &version);
+            assert_eq!(
+                get(&mut cache, &kept),
+                first,
+                "the live object's entry stays"
+            );
+        }
+        assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 1000);
+        assert!(
+            cache.len() <= LabelSetCache::<ObjectRef<Object>, usize>::SWEEP_EVERY + 1,
+            "{} entries",
+            cache.len()
+        );
+        assert_eq!(registered, 1001, "the live object registered once");
+        assert!(ObjectRef::<Object>::of(None).is(None));
+        assert!(!ObjectRef::of(Some(&kept)).is(None));
+        assert!(!ObjectRef::of(Some(&kept)).is_gone());
     }
 }

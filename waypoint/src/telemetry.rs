@@ -18,7 +18,7 @@ use ambient_proto::identity::Identity;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use metrics::{Counter, Histogram, Label, counter, histogram};
-use proxy_core::metrics::{LabelSetCache, Peer, address, same};
+use proxy_core::metrics::{LabelSetCache, LabelSetKey, ObjectRef, Peer, address};
 use proxy_core::state::{Service, Workload};
 use tracing::info;
 
@@ -111,18 +111,23 @@ struct RequestHandles {
     response_bytes: Histogram,
 }
 
-/// What decides a request's labels. Workloads and services are compared by address: the key
-/// holds them, so no other object can take an address while its entry exists (a changed
-/// workload is a new object, and gets its own entry).
+/// What decides a request's labels. Workloads and services are compared by address (a
+/// changed workload is a new object, and gets its own entry), without being kept alive.
 struct HandleKey {
-    source: Option<Arc<Workload>>,
+    source: ObjectRef<Workload>,
     source_principal: Identity,
-    destination: Option<Arc<Workload>>,
-    service: Option<Arc<Service>>,
+    destination: ObjectRef<Workload>,
+    service: ObjectRef<Service>,
     protocol: &'static str,
     status: u16,
     grpc_status: Option<String>,
     flags: &'static str,
+}
+
+impl LabelSetKey for HandleKey {
+    fn is_stale(&self) -> bool {
+        self.source.is_gone() || self.destination.is_gone() || self.service.is_gone()
+    }
 }
 
 thread_local! {
@@ -265,13 +270,11 @@ impl RequestLog {
     }
 
     fn matches(&self, k: &HandleKey) -> bool {
-        same(k.source.as_ref(), self.downstream.workload.as_ref())
+        k.source.is(self.downstream.workload.as_ref())
             && k.source_principal == self.downstream.identity
-            && same(
-                k.destination.as_ref(),
-                self.upstream.as_ref().map(|e| &e.workload),
-            )
-            && same(k.service.as_ref(), self.service.as_ref())
+            && k.destination
+                .is(self.upstream.as_ref().map(|e| &e.workload))
+            && k.service.is(self.service.as_ref())
             && (k.protocol, k.status, &k.grpc_status, k.flags)
                 == (self.protocol, self.status, &self.grpc_status, self.flags)
     }
@@ -289,10 +292,10 @@ impl RequestLog {
 
     fn key(&self) -> HandleKey {
         HandleKey {
-            source: self.downstream.workload.clone(),
+            source: ObjectRef::of(self.downstream.workload.as_ref()),
             source_principal: self.downstream.identity.clone(),
-            destination: self.upstream.as_ref().map(|e| e.workload.clone()),
-            service: self.service.clone(),
+            destination: ObjectRef::of(self.upstream.as_ref().map(|e| &e.workload)),
+            service: ObjectRef::of(self.service.as_ref()),
             protocol: self.protocol,
             status: self.status,
             grpc_status: self.grpc_status.clone(),

@@ -19,7 +19,7 @@ use ambient_proto::hbone::RelayObserver;
 use ambient_proto::identity::Identity;
 use metrics::{Counter, Label, counter};
 
-use proxy_core::metrics::{LabelSetCache, Peer, address, peer_labels, same};
+use proxy_core::metrics::{LabelSetCache, LabelSetKey, ObjectRef, Peer, address, peer_labels};
 use proxy_core::state::{Service, Workload};
 
 pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
@@ -162,18 +162,23 @@ impl TcpCounters {
     }
 }
 
-/// What the labels are made of. Workloads and services are compared by address: a changed
-/// workload is a new object and gets its own entry (the key holds it, so the address stays
-/// unique while cached).
+/// What the labels are made of. Workloads and services are compared by address (a changed
+/// workload is a new object and gets its own entry), without being kept alive.
 struct CounterKey {
     reporter: Reporter,
     security: Security,
     flags: &'static str,
-    src_workload: Option<Arc<Workload>>,
+    src_workload: ObjectRef<Workload>,
     src_identity: Option<Identity>,
-    dst_workload: Option<Arc<Workload>>,
+    dst_workload: ObjectRef<Workload>,
     dst_identity: Option<Identity>,
-    dst_service: Option<Arc<Service>>,
+    dst_service: ObjectRef<Service>,
+}
+
+impl LabelSetKey for CounterKey {
+    fn is_stale(&self) -> bool {
+        self.src_workload.is_gone() || self.dst_workload.is_gone() || self.dst_service.is_gone()
+    }
 }
 
 impl ConnectionInfo {
@@ -189,9 +194,9 @@ impl ConnectionInfo {
 
     fn matches(&self, k: &CounterKey) -> bool {
         (k.reporter, k.security, k.flags) == (self.reporter, self.security, self.response_flags)
-            && same(k.src_workload.as_ref(), self.src_workload.as_ref())
-            && same(k.dst_workload.as_ref(), self.dst_workload.as_ref())
-            && same(k.dst_service.as_ref(), self.dst_service.as_ref())
+            && k.src_workload.is(self.src_workload.as_ref())
+            && k.dst_workload.is(self.dst_workload.as_ref())
+            && k.dst_service.is(self.dst_service.as_ref())
             && k.src_identity == self.src_identity
             && k.dst_identity == self.dst_identity
     }
@@ -201,11 +206,11 @@ impl ConnectionInfo {
             reporter: self.reporter,
             security: self.security,
             flags: self.response_flags,
-            src_workload: self.src_workload.clone(),
+            src_workload: ObjectRef::of(self.src_workload.as_ref()),
             src_identity: self.src_identity.clone(),
-            dst_workload: self.dst_workload.clone(),
+            dst_workload: ObjectRef::of(self.dst_workload.as_ref()),
             dst_identity: self.dst_identity.clone(),
-            dst_service: self.dst_service.clone(),
+            dst_service: ObjectRef::of(self.dst_service.as_ref()),
         }
     }
 
