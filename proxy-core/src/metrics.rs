@@ -237,15 +237,6 @@ impl<K: LabelSetKey, V: Clone> LabelSetCache<K, V> {
         self.entries = self.by_hash.values().map(Vec::len).sum();
         self.sweep_at = self.entries + Self::SWEEP_EVERY;
     }
-
-    /// Entries held (for tests).
-    pub fn len(&self) -> usize {
-        self.entries
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries == 0
-    }
 }
 
 #[cfg(test)]
@@ -332,9 +323,9 @@ mod tests {
         }
         assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 1000);
         assert!(
-            cache.len() <= LabelSetCache::<ObjectRef<Object>, usize>::SWEEP_EVERY + 1,
+            cache.entries <= LabelSetCache::<ObjectRef<Object>, usize>::SWEEP_EVERY + 1,
             "{} entries",
-            cache.len()
+            cache.entries
         );
         assert_eq!(registered, 1001, "the live object registered once");
         assert!(ObjectRef::<Object>::of(None).is(None));
