@@ -5,6 +5,8 @@
 #   fuzz/run.sh                     build, then run every target for 10 s
 #   fuzz/run.sh -t 60 dns zds       60 s each, only these targets
 #   fuzz/run.sh --long [targets]    at least 10^7 executions a target (hours: see the doc)
+#   fuzz/run.sh --long --fork 2 t   the same in one run of two worker processes (libFuzzer
+#                                   -fork: one target on two cores; stops at 10^7 in all)
 #   fuzz/run.sh --build             build only (prints how long it took)
 #   fuzz/run.sh --seeds             build, then rewrite fuzz/corpus/ and fuzz/fixtures/
 #   fuzz/run.sh --list              the targets
@@ -33,11 +35,13 @@ LONG_RUNS=10000000
 
 seconds=10
 mode=smoke
+fork=0
 chosen=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -t|--time) seconds=$2; shift 2 ;;
     --long) mode=long; shift ;;
+    --fork) fork=$2; shift 2 ;;
     --build) mode=build; shift ;;
     --seeds) mode=seeds; shift ;;
     --list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
@@ -80,6 +84,9 @@ for t in "${chosen[@]}"; do
     smoke) budget=(-max_total_time="$seconds") ;;
     long) budget=(-runs="$LONG_RUNS") ;;
   esac
+  # -fork=N: N worker processes, their new inputs merged into the first corpus directory;
+  # -runs then counts every worker's executions.
+  [ "$fork" -gt 0 ] && budget+=(-fork="$fork")
   log=$work/$t.log
   set +e
   nice -n 19 "$bin/$t" "$work/corpus/$t" "corpus/$t" "${budget[@]}" \
@@ -90,6 +97,13 @@ for t in "${chosen[@]}"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
   cov=$(sed -n 's/.* cov: \([0-9]*\) .*/\1/p' "$log" | tail -n 1)
+  if [ "$fork" -gt 0 ]; then
+    # A fork run has no final stats; its last status line ("#N: cov: C ... exec/s: R")
+    # counts every worker.
+    status=$(grep -E '^#[0-9]+: cov:' "$log" | tail -n 1)
+    execs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' <<<"$status")
+    rate=$(sed -n 's/.* exec\/s: \([0-9]*\) .*/\1/p' <<<"$status")
+  fi
   if [ $rc -eq 0 ]; then
     result=ok
   else

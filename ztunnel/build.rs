@@ -1,2 +1,2 @@
 // The link settings every proxy executable shares.
-include!("../build-support/pack_relocs.rs");
+include!("../build-support/proxy_link.rs");
