@@ -2,7 +2,8 @@
 # Writes the start-up function lists the proxies' release builds link first
 # (ztunnel/link/ztunnel.order, waypoint/link/waypoint.order; see proxy_link.rs).
 #
-#   build-support/text-order.sh [BIN_DIR]
+#   build-support/text-order.sh [BIN_DIR]           write the lists
+#   build-support/text-order.sh --check [BIN_DIR]   how many listed names the build still has
 #
 # BIN_DIR holds a release build's `bench`, `ztunnel` and `waypoint` (default:
 # $CARGO_TARGET_DIR/release). Needs valgrind. It runs `bench mesh --only memory` with both
@@ -15,7 +16,19 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+check=0
+if [ "${1:-}" = --check ]; then check=1; shift; fi
 bin=${1:-${CARGO_TARGET_DIR:-$root/target}/release}
+
+if [ $check = 1 ]; then
+  for b in ztunnel waypoint; do
+    list=$root/$b/link/$b.order
+    have=$(nm "$bin/$b" | awk 'NF == 3 && ($2 == "t" || $2 == "T") { print $3 }' | sort -u |
+      comm -12 - <(sort -u "$list") | wc -l)
+    echo "$b: $have of $(wc -l <"$list") listed functions in $bin/$b"
+  done
+  exit 0
+fi
 for b in bench ztunnel waypoint; do
   [ -x "$bin/$b" ] || { echo "text-order: $bin/$b is missing (cargo build --release -p bench -p ztunnel -p waypoint)" >&2; exit 1; }
 done
