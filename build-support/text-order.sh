@@ -54,11 +54,12 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 grep "mesh up" "$work/bench.log"
+# The benchmark reads its idle figure right after that line; a few seconds more let what
+# start-up left running (xDS acknowledgements, the first metric upkeep) run once too.
 sleep 3
 for pid in $(pgrep -f "callgrind-out-file=$work/"); do
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1   # returns once the dump is written
 done
-sleep 1
 kill -TERM -- "-$lab" 2>/dev/null || true
 wait "$lab" 2>/dev/null || true
 
