@@ -10,9 +10,10 @@
 # proxies under callgrind, waits until the mesh is up, every path has carried a connection
 # and the proxies are idle (what the benchmark's idle memory measures), has callgrind write
 # what ran so far, stops the lab, and keeps each executable's functions that ran, by their
-# symbol names (v0 mangling: stable across edits that do not rename them; a new rustc or
-# new dependency versions change them, so run this again after either, and compare the
-# benchmark's idle memory).
+# mangled symbol names (their hash comes from the crate's identity and the function's path
+# and type parameters, not from its code, so they survive edits that do not rename a
+# function; a new rustc or new dependency versions change them: run this again after
+# either, and compare the benchmark's idle memory).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
