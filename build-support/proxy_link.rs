@@ -17,7 +17,7 @@ fn main() {
     // the linker puts them next to each other at the start of `.text`. The kernel maps code
     // 64 KiB around each page fault, so start-up code spread over the whole text made all
     // of it resident. Release builds on x86-64 only, where rustc links with its own lld
-    // (the only linker that reads `--symbol-ordering-file`); a function the list names but
+    // (GNU ld has no `--symbol-ordering-file`); a function the list names but
     // the build no longer has is skipped quietly, so a stale list costs memory, not a build.
     // `AMBIENT_TEXT_ORDER=off` turns it off (another linker, or measuring without it).
     let order_dir = Path::new(&var("CARGO_MANIFEST_DIR")).join("link");
