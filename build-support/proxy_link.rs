@@ -21,6 +21,7 @@ fn main() {
     // the build no longer has is skipped quietly, so a stale list costs memory, not a build.
     // `AMBIENT_TEXT_ORDER=off` turns it off (another linker, or measuring without it).
     let order_dir = Path::new(&var("CARGO_MANIFEST_DIR")).join("link");
+    // A directory: cargo reruns this when any file in it changes.
     println!("cargo:rerun-if-changed={}", order_dir.display());
     println!("cargo:rerun-if-env-changed=AMBIENT_TEXT_ORDER");
     if linux_gnu
@@ -36,7 +37,6 @@ fn main() {
             ) else {
                 continue;
             };
-            println!("cargo:rerun-if-changed={}", path.display());
             println!(
                 "cargo:rustc-link-arg-bin={bin}=-Wl,--symbol-ordering-file={}",
                 path.display()

@@ -21,10 +21,15 @@ check=0
 if [ "${1:-}" = --check ]; then check=1; shift; fi
 bin=${1:-${CARGO_TARGET_DIR:-$root/target}/release}
 
+# "name size-in-hex" of each function an executable defines.
+functions_of() {
+  nm -S "$1" | awk 'NF == 4 && ($3 == "t" || $3 == "T") { print $4, $2 }'
+}
+
 if [ $check = 1 ]; then
   for b in ztunnel waypoint; do
     list=$root/$b/link/$b.order
-    have=$(nm "$bin/$b" | awk 'NF == 3 && ($2 == "t" || $2 == "T") { print $3 }' | sort -u |
+    have=$(functions_of "$bin/$b" | cut -d' ' -f1 | sort -u |
       comm -12 - <(sort -u "$list") | wc -l)
     echo "$b: $have of $(wc -l <"$list") listed functions in $bin/$b"
   done
@@ -69,7 +74,7 @@ for b in ztunnel waypoint; do
   [ -e "${dumps[0]}" ] || { echo "text-order: no callgrind dump for $b" >&2; exit 1; }
   out=$root/$b/link/$b.order
   mkdir -p "$(dirname "$out")"
-  nm -S "$bin/$b" | awk 'NF == 4 && ($3 == "t" || $3 == "T") { print $4, $2 }' >"$work/$b.symbols"
+  functions_of "$bin/$b" >"$work/$b.symbols"
   python3 - "$bin/$b" "$work/$b.symbols" "$out" "${dumps[@]}" <<'PY'
 import re, sys
 exe, symbols, out, dumps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
