@@ -30,7 +30,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 self=$here/$(basename "${BASH_SOURCE[0]}")
 cd "$here"
 
-TARGETS=(xds_address xds_authorization xds_l7 zds hbone_connect spiffe_verify dns manifests http_route prometheus cni jwt)
+TARGETS=(xds_address xds_authorization xds_l7 zds hbone_connect spiffe_verify dns manifests http_route prometheus cni jwt ca_csr)
 LONG_RUNS=10000000
 
 seconds=10

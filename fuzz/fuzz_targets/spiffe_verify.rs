@@ -17,14 +17,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ambient_fuzz::{TRUST_DOMAIN, VERIFY_AT_UNIX, read_fixture};
+use ambient_fuzz::{TRUST_DOMAIN, VERIFY_AT_UNIX, read_fixture, signed_by};
 use ambient_proto::identity::Identity;
 use ambient_proto::tls::{
     SpiffeClientVerifier, SpiffeServerVerifier, TrustBundle, certs_from_pem, certs_to_pem,
     leaf_identity, provider,
 };
 use libfuzzer_sys::fuzz_target;
-use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -164,39 +163,6 @@ fn chains_to(
         }
     }
     false
-}
-
-/// Checks `cert`'s signature with `issuer`'s key, with ring, for the algorithms a mesh CA
-/// may use.
-fn signed_by(cert: &X509Certificate<'_>, issuer: &SubjectPublicKeyInfo<'_>) -> bool {
-    let algorithms: &[&dyn VerificationAlgorithm] =
-        match cert.signature_algorithm.algorithm.to_id_string().as_str() {
-            "1.2.840.10045.4.3.2" => &[
-                &signature::ECDSA_P256_SHA256_ASN1,
-                &signature::ECDSA_P384_SHA256_ASN1,
-            ],
-            "1.2.840.10045.4.3.3" => &[
-                &signature::ECDSA_P256_SHA384_ASN1,
-                &signature::ECDSA_P384_SHA384_ASN1,
-            ],
-            "1.3.101.112" => &[&signature::ED25519],
-            "1.2.840.113549.1.1.11" => &[&signature::RSA_PKCS1_2048_8192_SHA256],
-            "1.2.840.113549.1.1.12" => &[&signature::RSA_PKCS1_2048_8192_SHA384],
-            "1.2.840.113549.1.1.13" => &[&signature::RSA_PKCS1_2048_8192_SHA512],
-            "1.2.840.113549.1.1.10" => &[
-                &signature::RSA_PSS_2048_8192_SHA256,
-                &signature::RSA_PSS_2048_8192_SHA384,
-                &signature::RSA_PSS_2048_8192_SHA512,
-            ],
-            _ => &[],
-        };
-    let message = cert.tbs_certificate.as_ref();
-    let sig = &cert.signature_value.data;
-    algorithms.iter().any(|alg| {
-        UnparsedPublicKey::new(*alg, &issuer.subject_public_key.data)
-            .verify(message, sig)
-            .is_ok()
-    })
 }
 
 /// DER values one after the other; what does not frame as one is the last piece.

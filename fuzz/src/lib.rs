@@ -180,3 +180,46 @@ pub fn read_fixture(name: &str) -> Vec<u8> {
         )
     })
 }
+
+/// Checks `cert`'s signature with `issuer`'s key, with ring (apart from webpki and rcgen).
+pub fn signed_by(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> bool {
+    verifies(
+        &cert.signature_algorithm.algorithm.to_id_string(),
+        issuer,
+        cert.tbs_certificate.as_ref(),
+        &cert.signature_value.data,
+    )
+}
+
+/// Whether `signature` (by the algorithm named by the OID `algorithm`) over `message` verifies
+/// with `key`, with ring, for the algorithms a mesh CA or a workload may use.
+pub fn verifies(
+    algorithm: &str,
+    key: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
+    let algorithms: &[&dyn VerificationAlgorithm] = match algorithm {
+        "1.2.840.10045.4.3.2" => &[&sig::ECDSA_P256_SHA256_ASN1, &sig::ECDSA_P384_SHA256_ASN1],
+        "1.2.840.10045.4.3.3" => &[&sig::ECDSA_P256_SHA384_ASN1, &sig::ECDSA_P384_SHA384_ASN1],
+        "1.3.101.112" => &[&sig::ED25519],
+        "1.2.840.113549.1.1.11" => &[&sig::RSA_PKCS1_2048_8192_SHA256],
+        "1.2.840.113549.1.1.12" => &[&sig::RSA_PKCS1_2048_8192_SHA384],
+        "1.2.840.113549.1.1.13" => &[&sig::RSA_PKCS1_2048_8192_SHA512],
+        "1.2.840.113549.1.1.10" => &[
+            &sig::RSA_PSS_2048_8192_SHA256,
+            &sig::RSA_PSS_2048_8192_SHA384,
+            &sig::RSA_PSS_2048_8192_SHA512,
+        ],
+        _ => &[],
+    };
+    algorithms.iter().any(|alg| {
+        UnparsedPublicKey::new(*alg, &key.subject_public_key.data)
+            .verify(message, signature)
+            .is_ok()
+    })
+}

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use ambient_proto::identity::Identity;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -298,6 +298,9 @@ impl CertificateAuthority {
         ttl: Duration,
     ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
+        // No subject (rcgen's default names itself): the identity is the URI name alone, which
+        // is then marked critical (RFC 5280 4.2.1.6), as Istio's CA issues them.
+        params.distinguished_name = DistinguishedName::new();
         let uri = identity.to_string();
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
         params.is_ca = IsCa::ExplicitNoCa;
@@ -391,6 +394,17 @@ mod tests {
         assert_eq!(cert.identity(), &id);
         let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
         assert_eq!(lifetime, DEFAULT_WORKLOAD_TTL + BACKDATE);
+        // The identity is the only name: an empty subject and a critical URI name.
+        let der = ambient_proto::tls::certs_from_pem(chain[0].as_bytes()).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
+        assert_eq!(
+            leaf.subject().iter().count(),
+            0,
+            "subject {}",
+            leaf.subject()
+        );
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical);
         // A CSR without SANs is fine: the CA decides the identity.
         let (csr, _) = csr_for(None);
         ca.sign_workload(&csr, &id, 3600).unwrap();

@@ -12,7 +12,9 @@
 //! - `cni`: `CNI_ARGS` as kubelets pass them and our plugin's entries of network
 //!   configuration lists, chained (with a bridge plugin's `prevResult`) and not;
 //! - `prometheus`: the exposition the proxies' `/metrics` serve, rendered by the same
-//!   exporter from ztunnel's metrics.
+//!   exporter from ztunnel's metrics;
+//! - `ca_csr`: certificate requests as a ztunnel and a waypoint send them (a CSR made with
+//!   rcgen as `proxy_core`'s CA client makes it), allowed and refused, and broken ones.
 //!
 //! Run it with `fuzz/run.sh --seeds` (it is built by `cargo fuzz build` with the targets).
 
@@ -51,9 +53,15 @@ fn main() {
     let out = Out {
         corpus: here.join("corpus"),
     };
-    // `seeds jwt`: only that target's seeds (the others keep theirs, crash inputs included).
-    if std::env::args().nth(1).as_deref() == Some("jwt") {
-        jwt(&out);
+    // `seeds jwt` or `seeds ca_csr`: only that target's seeds (the others keep theirs, crash
+    // inputs included).
+    let only: Option<fn(&Out)> = match std::env::args().nth(1).as_deref() {
+        Some("jwt") => Some(jwt),
+        Some("ca_csr") => Some(ca_requests),
+        _ => None,
+    };
+    if let Some(write_seeds) = only {
+        write_seeds(&out);
         println!("seeds written under {}", out.corpus.display());
         return;
     }
@@ -67,6 +75,7 @@ fn main() {
     prometheus(&out);
     cni(&out);
     jwt(&out);
+    ca_requests(&out);
     println!("seeds written under {}", out.corpus.display());
 }
 
@@ -860,5 +869,171 @@ fn jwt(out: &Out) {
     ];
     for (name, token) in seeds {
         std::fs::write(dir.join(name), format!("{doc}\n---\n{token}")).expect("write a seed");
+    }
+}
+
+/// `CreateCertificate` requests: the first byte picks the caller (0 node-a's ztunnel, 1
+/// node-b's, 2 the waypoint, 3 an unknown token; the top bit set: the rest drives a request
+/// the target builds), the rest is the request as protobuf.
+fn ca_requests(out: &Out) {
+    use ambient_proto::google::protobuf::{Struct, Value, value::Kind};
+    use ambient_proto::istio::v1::auth::IstioCertificateRequest;
+    let dir = out.start("ca_csr");
+    let web = "spiffe://cluster.local/ns/shop/sa/web";
+    let waypoint = "spiffe://cluster.local/ns/shop/sa/waypoint";
+    let ztunnel = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+    // As proxy_core's CA client asks: a fresh key, the identity as the only URI name.
+    let csr = |names: Vec<SanType>, key: &KeyPair| {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names;
+        params
+            .serialize_request(key)
+            .and_then(|c| c.pem())
+            .expect("a CSR")
+    };
+    let uri = |s: &str| SanType::URI(s.try_into().expect("a URI"));
+    let p256 = KeyPair::generate().expect("a key");
+    let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("a key");
+    let metadata = |kind: Kind| {
+        Some(Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_string(),
+                Value { kind: Some(kind) },
+            )]
+            .into(),
+        })
+    };
+    let ask = |id: &str| metadata(Kind::StringValue(id.to_string()));
+    let mut flipped = csr(vec![uri(web)], &p256).into_bytes();
+    let at = flipped.len() / 2;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let seeds: Vec<(&str, u8, String, i64, Option<Struct>)> = vec![
+        ("node-pod", 0, csr(vec![uri(web)], &p256), 86_400, ask(web)),
+        (
+            "node-default-ttl",
+            0,
+            csr(vec![uri(web)], &p256),
+            0,
+            ask(web),
+        ),
+        (
+            "node-ztunnel",
+            0,
+            csr(vec![uri(ztunnel)], &p256),
+            86_400,
+            ask(ztunnel),
+        ),
+        (
+            "other-node-pod",
+            1,
+            csr(vec![uri(web)], &p256),
+            86_400,
+            ask(web),
+        ),
+        (
+            "node-no-metadata",
+            0,
+            csr(vec![uri(web)], &p256),
+            86_400,
+            None,
+        ),
+        (
+            "node-number",
+            0,
+            csr(vec![uri(web)], &p256),
+            86_400,
+            metadata(Kind::NumberValue(1.0)),
+        ),
+        (
+            "foreign-domain",
+            0,
+            csr(vec![uri("spiffe://example.org/ns/shop/sa/web")], &p256),
+            3600,
+            ask("spiffe://example.org/ns/shop/sa/web"),
+        ),
+        (
+            "waypoint-own",
+            2,
+            csr(vec![uri(waypoint)], &p256),
+            86_400,
+            None,
+        ),
+        (
+            "waypoint-other",
+            2,
+            csr(vec![uri(web)], &p256),
+            86_400,
+            ask(web),
+        ),
+        (
+            "dns-name",
+            0,
+            csr(
+                vec![SanType::DnsName("web.shop.svc".try_into().expect("a name"))],
+                &p256,
+            ),
+            3600,
+            ask(web),
+        ),
+        (
+            "two-names",
+            0,
+            csr(vec![uri(web), uri(waypoint)], &p256),
+            3600,
+            ask(web),
+        ),
+        ("no-names", 0, csr(vec![], &ed25519), 3600, ask(web)),
+        (
+            "ed25519",
+            2,
+            csr(vec![uri(waypoint)], &ed25519),
+            3600,
+            ask(waypoint),
+        ),
+        ("negative-ttl", 0, csr(vec![uri(web)], &p256), -1, ask(web)),
+        (
+            "capped-ttl",
+            0,
+            csr(vec![uri(web)], &p256),
+            400 * 86_400,
+            ask(web),
+        ),
+        (
+            "bad-signature",
+            0,
+            String::from_utf8(flipped).expect("text"),
+            3600,
+            ask(web),
+        ),
+        (
+            "not-pem",
+            0,
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n".into(),
+            3600,
+            ask(web),
+        ),
+        (
+            "unknown-token",
+            3,
+            csr(vec![uri(web)], &p256),
+            3600,
+            ask(web),
+        ),
+    ];
+    for (name, caller, csr, ttl, metadata) in seeds {
+        let mut bytes = vec![caller];
+        IstioCertificateRequest {
+            csr,
+            validity_duration: ttl,
+            metadata,
+        }
+        .encode(&mut bytes)
+        .expect("encodes");
+        write(&dir, name, &bytes);
+    }
+    for (name, first) in [("built-node", 0x80u8), ("built-waypoint", 0x82)] {
+        let mut bytes = vec![first];
+        bytes.extend(noise(u64::from(first), 96));
+        write(&dir, name, &bytes);
     }
 }
