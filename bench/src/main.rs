@@ -7,6 +7,7 @@ mod chaos;
 mod mesh;
 mod server;
 mod soak;
+mod waypoint_config;
 mod xds_scale;
 
 // The same allocator as the shipped binaries, so measured memory is what they would use.
@@ -35,6 +36,9 @@ enum Command {
     Balance(balance::Options),
     /// Control plane at scale: a simulated cluster on a fake API server, many xDS clients.
     Xds(xds_scale::Options),
+    /// What a pod change costs a waypoint in a large mesh: the WDS store updated and the
+    /// routing compiled again, timed in-process.
+    WaypointConfig(waypoint_config::Options),
     /// Mesh overhead against direct TCP: throughput, latency, request and connection rates,
     /// ztunnel CPU and memory, on a two-node cluster in namespaces the benchmark creates.
     Mesh(mesh::Options),
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Balance(opts) => balance::run(opts),
         Command::Xds(opts) => xds_scale::run(opts),
+        Command::WaypointConfig(opts) => waypoint_config::run(opts),
         Command::Mesh(opts) => mesh::run(opts),
         Command::Chaos(opts) => chaos::run(opts),
         Command::Soak(opts) => soak::run(opts),

@@ -86,14 +86,14 @@ struct Burst {
 }
 
 #[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> Percentiles {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     Percentiles {

@@ -6,7 +6,8 @@
 //!
 //! Checks: a version is remembered exactly for what the store took; removals remove; the
 //! compiled routing has a route table for every port of every service, numbered as the
-//! port; compiling twice reports the same problems; and a few plain requests go through
+//! port; a second rebuild from the same configuration keeps every service's compiled routes
+//! and reports the same problems; and a few plain requests go through
 //! route selection, filters and authorization without a panic.
 
 #![no_main]
@@ -135,7 +136,16 @@ fn compile(l7: &L7Snapshot) {
         let mut b = second.errors.clone();
         a.sort();
         b.sort();
-        assert_eq!(a, b, "compiling twice reported different problems");
+        assert_eq!(
+            a, b,
+            "a rebuild keeping what it compiled reported other problems"
+        );
+        for (key, routed) in &first.services {
+            assert!(
+                Arc::ptr_eq(&routed.compiled, &second.services[key].compiled),
+                "{key} compiled again though nothing changed"
+            );
+        }
 
         for service in snapshot.services() {
             let routed = second
@@ -143,6 +153,7 @@ fn compile(l7: &L7Snapshot) {
                 .expect("every service is routed");
             for port in &service.ports {
                 let table = routed
+                    .compiled
                     .ports
                     .get(&port.service_port)
                     .expect("every port has a route table");
@@ -180,7 +191,7 @@ fn request(
         .0;
     let dst = SocketAddr::new(IpAddr::from([10, 96, 0, 10]), port);
     let attrs = RequestAttributes::http(None, IpAddr::from([10, 244, 1, 10]), dst, &parts);
-    let _ = authz::evaluate(gateway, &routed.policies, &attrs);
+    let _ = authz::evaluate(gateway, &routed.compiled.policies, &attrs);
     let Some(selected) = table.select(&parts) else {
         return;
     };

@@ -51,6 +51,7 @@ fn dump(ctx: &Ctx) -> Dump {
         .filter(|(_, s)| s.config.as_ref().is_some_and(|c| !c.waypoint.is_empty()))
         .map(|(key, s)| {
             let mut ports: Vec<PortDump> = s
+                .compiled
                 .ports
                 .values()
                 .map(|t| PortDump {

@@ -41,7 +41,8 @@ mod upstream;
 mod workers;
 
 /// The waypoint's xDS configuration path (the L7 store the xDS client fills, and the routing
-/// compiled from it), for the fuzz targets in `fuzz/` only: not an API.
+/// compiled from it), for the fuzz targets in `fuzz/` and `bench waypoint-config` only: not an
+/// API.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::config::{L7Snapshot, L7Store, L7Subscription};

@@ -16,13 +16,14 @@ use proxy_core::state::{Service, ServicePort, Snapshot, Workload};
 
 use crate::config::L7Snapshot;
 use crate::egress::Origination;
+use crate::l7::ConfigError;
 use crate::l7::authz::{self, Policies};
 use crate::l7::backend::BackendRef;
 use crate::l7::balance::{Balancer, BalancerPolicy, Pick};
 use crate::l7::jwks::{self, RemoteJwks};
 use crate::l7::jwt::{JwtRule, Keys, RemoteSet};
 use crate::l7::limits::ConnectionLimits;
-use crate::l7::ratelimit::{Limiters, RateLimiter};
+use crate::l7::ratelimit::{LimiterKey, Limiters, RateLimiter};
 use crate::l7::route::RouteTable;
 use crate::upstream::Endpoint;
 
@@ -51,22 +52,123 @@ impl Hash for EndpointKey {
 pub struct ServiceRouting {
     pub service: Arc<Service>,
     pub config: Option<Arc<pb::ServiceConfig>>,
-    /// By service port.
-    pub ports: HashMap<u16, RouteTable>,
-    /// Consumer routes (GAMMA), by client namespace, then service port: a request from a
-    /// client in one of these namespaces takes these instead of `ports`.
-    pub consumers: HashMap<String, HashMap<u16, RouteTable>>,
-    /// Policies targeting the service.
-    pub policies: Policies,
+    /// Routes, policies and rate limits, compiled from `config` for `service`.
+    pub compiled: Arc<CompiledService>,
     pub limits: ConnectionLimits,
-    /// LocalRateLimitPolicies targeting the service.
-    pub rate_limits: Box<[Arc<RateLimiter>]>,
     /// Endpoints and the choice among them.
     pub balancer: Balancer<EndpointKey>,
     /// TLS originated to its endpoints outside the mesh, by service port.
     pub origination: HashMap<u16, Origination>,
     /// RequestAuthentication rules targeting the service.
     pub jwt_rules: Box<[Arc<JwtRule>]>,
+}
+
+/// What a service's L7 configuration compiles to. A rebuild keeps it while the configuration
+/// and the service are the same: an endpoint change anywhere in the mesh must not compile
+/// every route's regular expressions again (`bench waypoint-config`).
+#[derive(Default)]
+pub struct CompiledService {
+    /// Route tables by service port.
+    pub ports: HashMap<u16, RouteTable>,
+    /// Consumer routes (GAMMA), by client namespace, then service port: a request from a
+    /// client in one of these namespaces takes these instead of `ports`.
+    pub consumers: HashMap<String, HashMap<u16, RouteTable>>,
+    /// Policies targeting the service.
+    pub policies: Policies,
+    /// LocalRateLimitPolicies targeting the service.
+    pub rate_limits: Box<[Arc<RateLimiter>]>,
+    /// Every rate limiter the routes and the service attach, for the rebuild's set.
+    limiters: Vec<(LimiterKey, Arc<RateLimiter>)>,
+    /// Problems found compiling it, reported again by every rebuild that keeps it.
+    errors: Vec<String>,
+    limit_errors: Vec<ConfigError>,
+}
+
+impl CompiledService {
+    /// Compiles `config` (the default routes without one) for `service`, attaching rate
+    /// limiters in `limiters`, a part of the rebuild's.
+    fn compile(
+        key: &str,
+        service: &Service,
+        config: Option<&pb::ServiceConfig>,
+        mut limiters: Limiters,
+    ) -> CompiledService {
+        let mut errors = Vec::new();
+        let mut limit_errors = Vec::new();
+        let mut ports = HashMap::new();
+        let mut consumers: HashMap<String, HashMap<u16, RouteTable>> = HashMap::new();
+        for port in &service.ports {
+            let port_config = config
+                .and_then(|c| {
+                    c.ports
+                        .iter()
+                        .find(|p| p.port == u32::from(port.service_port))
+                })
+                .cloned()
+                .unwrap_or(pb::PortConfig {
+                    port: u32::from(port.service_port),
+                    ..Default::default()
+                });
+            let default = BackendRef {
+                service: key.into(),
+                port: port.service_port,
+            };
+            for c in &port_config.consumer_routes {
+                // Same port and protocol; only the routes differ.
+                let consumer_port = pb::PortConfig {
+                    routes: c.routes.clone(),
+                    consumer_routes: Vec::new(),
+                    ..port_config.clone()
+                };
+                let (table, errs) =
+                    RouteTable::compile_with(&consumer_port, default.clone(), &mut limiters);
+                errors.extend(
+                    errs.iter()
+                        .map(|e| format!("{key} (from namespace {}): {e}", c.namespace)),
+                );
+                consumers
+                    .entry(c.namespace.clone())
+                    .or_default()
+                    .insert(port.service_port, table);
+            }
+            let (table, errs) = RouteTable::compile_with(&port_config, default, &mut limiters);
+            errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
+            ports.insert(port.service_port, table);
+        }
+        let (policies, errs) = match config {
+            Some(c) => Policies::compile(&c.policies),
+            None => (Policies::default(), Vec::new()),
+        };
+        errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
+        let rate_limits = limiters.attach(
+            &format!("service {key}"),
+            config.map(|c| &c.rate_limits[..]).unwrap_or(&[]),
+            &mut limit_errors,
+        );
+        CompiledService {
+            ports,
+            consumers,
+            policies,
+            rate_limits,
+            limiters: limiters.into_attached(),
+            errors,
+            limit_errors,
+        }
+    }
+}
+
+/// Whether `old` was compiled from this configuration for this service (the same, or equal).
+fn compiled_from(
+    old: &ServiceRouting,
+    service: &Arc<Service>,
+    config: Option<&Arc<pb::ServiceConfig>>,
+) -> bool {
+    let same_config = match (&old.config, config) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
+    };
+    same_config && (Arc::ptr_eq(&old.service, service) || old.service == *service)
 }
 
 /// Everything the request path needs, at one moment.
@@ -130,57 +232,18 @@ impl Routing {
             let key = service.key();
             let config = l7.services.get(&key).cloned();
             let old = previous.services.get(&key);
-            let mut ports = HashMap::new();
-            let mut consumers: HashMap<String, HashMap<u16, RouteTable>> = HashMap::new();
-            for port in &service.ports {
-                let port_config = config
-                    .as_ref()
-                    .and_then(|c| {
-                        c.ports
-                            .iter()
-                            .find(|p| p.port == u32::from(port.service_port))
-                    })
-                    .cloned()
-                    .unwrap_or(pb::PortConfig {
-                        port: u32::from(port.service_port),
-                        ..Default::default()
-                    });
-                let default = BackendRef {
-                    service: key.as_str().into(),
-                    port: port.service_port,
-                };
-                for c in &port_config.consumer_routes {
-                    // Same port and protocol; only the routes differ.
-                    let consumer_port = pb::PortConfig {
-                        routes: c.routes.clone(),
-                        consumer_routes: Vec::new(),
-                        ..port_config.clone()
-                    };
-                    let (table, errs) =
-                        RouteTable::compile_with(&consumer_port, default.clone(), &mut limiters);
-                    errors.extend(
-                        errs.iter()
-                            .map(|e| format!("{key} (from namespace {}): {e}", c.namespace)),
-                    );
-                    consumers
-                        .entry(c.namespace.clone())
-                        .or_default()
-                        .insert(port.service_port, table);
-                }
-                let (table, errs) = RouteTable::compile_with(&port_config, default, &mut limiters);
-                errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
-                ports.insert(port.service_port, table);
-            }
-            let (policies, errs) = match &config {
-                Some(c) => Policies::compile(&c.policies),
-                None => (Policies::default(), Vec::new()),
+            let compiled = match old {
+                Some(o) if compiled_from(o, service, config.as_ref()) => o.compiled.clone(),
+                _ => Arc::new(CompiledService::compile(
+                    &key,
+                    service,
+                    config.as_deref(),
+                    limiters.part(),
+                )),
             };
-            errors.extend(errs.iter().map(|e| format!("{key}: {e}")));
-            let rate_limits = limiters.attach(
-                &format!("service {key}"),
-                config.as_ref().map(|c| &c.rate_limits[..]).unwrap_or(&[]),
-                &mut limit_errors,
-            );
+            limiters.keep(&compiled.limiters);
+            errors.extend(compiled.errors.iter().cloned());
+            limit_errors.extend(compiled.limit_errors.iter().cloned());
             let traffic = config.as_ref().and_then(|c| c.traffic_policy.as_ref());
             let limits = ConnectionLimits::new(
                 traffic.and_then(|t| t.connection_pool.as_ref()),
@@ -211,11 +274,8 @@ impl Routing {
                 Arc::new(ServiceRouting {
                     service: service.clone(),
                     config,
-                    ports,
-                    consumers,
-                    policies,
+                    compiled,
                     limits,
-                    rate_limits,
                     balancer,
                     origination,
                     jwt_rules,
@@ -338,10 +398,11 @@ impl ServiceRouting {
     /// The route table of `port` for a client in `client_namespace`: its namespace's consumer
     /// routes when it has some, else the service's own.
     pub fn table(&self, port: u16, client_namespace: &str) -> Option<&RouteTable> {
-        self.consumers
+        self.compiled
+            .consumers
             .get(client_namespace)
             .and_then(|ports| ports.get(&port))
-            .or_else(|| self.ports.get(&port))
+            .or_else(|| self.compiled.ports.get(&port))
     }
 
     /// The endpoint a pick names, serving `service_port`.
@@ -404,6 +465,7 @@ impl RoutingSnapshot {
                 &self
                     .configured(&service.key())
                     .ok_or(TcpRefusal::NotConfigured)?
+                    .compiled
                     .policies,
             ),
             crate::inbound::Target::Workload { .. } => None,
@@ -467,4 +529,251 @@ pub enum TcpRefusal {
     NotConfigured,
     /// A policy denied it (the policy's name, or that no ALLOW policy matched).
     Denied(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use ambient_proto::istio::workload as wds;
+    use proxy_core::state::{StateStore, Update};
+
+    use super::*;
+
+    const KEY: &str = "shop/web.shop.svc.cluster.local";
+    const OTHER: &str = "shop/api.shop.svc.cluster.local";
+
+    fn service(name: &str) -> wds::Address {
+        wds::Address {
+            r#type: Some(wds::address::Type::Service(wds::Service {
+                name: name.into(),
+                namespace: "shop".into(),
+                hostname: format!("{name}.shop.svc.cluster.local"),
+                ports: vec![wds::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn pod(name: &str, last: u8, of: &str) -> wds::Address {
+        wds::Address {
+            r#type: Some(wds::address::Type::Workload(wds::Workload {
+                uid: name.into(),
+                name: name.into(),
+                namespace: "shop".into(),
+                addresses: vec![vec![10, 244, 0, last]],
+                services: std::collections::BTreeMap::from([(
+                    format!("shop/{of}.shop.svc.cluster.local"),
+                    wds::PortList {
+                        ports: vec![wds::Port {
+                            service_port: 80,
+                            target_port: 8080,
+                        }],
+                    },
+                )]),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A route matching a regular expression, with a rate limit, and a port that does not
+    /// compile (reported as a problem every time).
+    fn service_config(name: &str, regex: &str) -> Arc<pb::ServiceConfig> {
+        let route = pb::Route {
+            name: format!("shop/{name}#0"),
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: Some(pb::path_match::Kind::Regex(regex.into())),
+                }),
+                ..Default::default()
+            }],
+            backends: vec![pb::Backend {
+                service: format!("shop/{name}.shop.svc.cluster.local"),
+                port: 80,
+                weight: 1,
+                filters: vec![],
+            }],
+            rate_limits: vec![pb::RateLimit {
+                namespace: "shop".into(),
+                name: "limit".into(),
+                total: Some(pb::RateLimitRate {
+                    requests_per_second: 10.0,
+                    burst: 10,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let broken = pb::Route {
+            name: format!("shop/{name}#1"),
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: Some(pb::path_match::Kind::Regex("(".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Arc::new(pb::ServiceConfig {
+            namespace: "shop".into(),
+            name: name.into(),
+            hostname: format!("{name}.shop.svc.cluster.local"),
+            ports: vec![pb::PortConfig {
+                port: 80,
+                protocol: pb::AppProtocol::Http1 as i32,
+                routes: vec![route, broken],
+                consumer_routes: Vec::new(),
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn l7(web: Arc<pb::ServiceConfig>, api: Arc<pb::ServiceConfig>) -> L7Snapshot {
+        L7Snapshot {
+            services: HashMap::from([(KEY.to_string(), web), (OTHER.to_string(), api)]),
+            gateways: HashMap::new(),
+        }
+    }
+
+    fn sorted(mut errors: Vec<String>) -> Vec<String> {
+        errors.sort();
+        errors
+    }
+
+    fn endpoints_of(routing: &RoutingSnapshot, key: &str) -> Vec<String> {
+        routing.services[key]
+            .balancer
+            .endpoints()
+            .map(|e| e.key().0.uid.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_endpoint_change_keeps_what_was_compiled_and_a_config_change_recompiles_only_its_service()
+    {
+        let state = StateStore::new();
+        state.apply(Update {
+            upserts: vec![service("web"), service("api"), pod("web-1", 1, "web")],
+            ..Default::default()
+        });
+        let config = l7(
+            service_config("web", "/items/[0-9]+"),
+            service_config("api", "/v[0-9]/.*"),
+        );
+        let routing = Routing::default();
+        routing.rebuild("shop/waypoint", &config, &state.load());
+        let first = routing.load();
+        assert_eq!(first.errors.len(), 2, "{:?}", first.errors);
+        assert_eq!(first.rate_limiters.all().count(), 2);
+
+        // An endpoint joins web: nothing is compiled again, the endpoint is there, and the
+        // problems and rate limiters (with their buckets) are all still in place.
+        state.apply(Update {
+            upserts: vec![pod("web-2", 2, "web")],
+            ..Default::default()
+        });
+        routing.rebuild("shop/waypoint", &config, &state.load());
+        let second = routing.load();
+        for key in [KEY, OTHER] {
+            assert!(Arc::ptr_eq(
+                &first.services[key].compiled,
+                &second.services[key].compiled
+            ));
+        }
+        assert_eq!(endpoints_of(&first, KEY), ["web-1"]);
+        assert_eq!(endpoints_of(&second, KEY), ["web-1", "web-2"]);
+        assert_eq!(sorted(first.errors.clone()), sorted(second.errors.clone()));
+        let limiters = |r: &RoutingSnapshot| {
+            let mut all: Vec<_> = r.rate_limiters.all().map(Arc::as_ptr).collect();
+            all.sort();
+            all
+        };
+        assert_eq!(limiters(&first), limiters(&second));
+
+        // An equal configuration pushed again (a new resource, same content) is kept too.
+        let again = l7(
+            Arc::new((*config.services[KEY]).clone()),
+            config.services[OTHER].clone(),
+        );
+        routing.rebuild("shop/waypoint", &again, &state.load());
+        let third = routing.load();
+        assert!(Arc::ptr_eq(
+            &first.services[KEY].compiled,
+            &third.services[KEY].compiled
+        ));
+
+        // web's routes change: web is compiled again and routes by its new expression; api
+        // is kept; the problems are those of a routing compiled from nothing.
+        let changed = l7(
+            service_config("web", "/orders/[a-z]+"),
+            config.services[OTHER].clone(),
+        );
+        routing.rebuild("shop/waypoint", &changed, &state.load());
+        let fourth = routing.load();
+        assert!(!Arc::ptr_eq(
+            &first.services[KEY].compiled,
+            &fourth.services[KEY].compiled
+        ));
+        assert!(Arc::ptr_eq(
+            &first.services[OTHER].compiled,
+            &fourth.services[OTHER].compiled
+        ));
+        let get = |path: &str| {
+            http::Request::get(path)
+                .body(())
+                .expect("valid")
+                .into_parts()
+                .0
+        };
+        let table = fourth.services[KEY].table(80, "shop").expect("port 80");
+        assert!(table.select(&get("/orders/abc")).is_some());
+        assert!(table.select(&get("/items/1")).is_none());
+        let fresh = Routing::default();
+        fresh.rebuild("shop/waypoint", &changed, &state.load());
+        assert_eq!(
+            sorted(fourth.errors.clone()),
+            sorted(fresh.load().errors.clone())
+        );
+        assert_eq!(fourth.rate_limiters.all().count(), 2);
+    }
+
+    #[test]
+    fn a_service_whose_ports_change_is_compiled_again() {
+        let state = StateStore::new();
+        state.apply(Update {
+            upserts: vec![service("web"), service("api")],
+            ..Default::default()
+        });
+        let config = l7(service_config("web", "/a"), service_config("api", "/b"));
+        let routing = Routing::default();
+        routing.rebuild("shop/waypoint", &config, &state.load());
+        let first = routing.load();
+        let Some(wds::address::Type::Service(mut web)) = service("web").r#type else {
+            unreachable!()
+        };
+        web.ports.push(wds::Port {
+            service_port: 81,
+            target_port: 8081,
+        });
+        state.apply(Update {
+            upserts: vec![wds::Address {
+                r#type: Some(wds::address::Type::Service(web)),
+            }],
+            ..Default::default()
+        });
+        routing.rebuild("shop/waypoint", &config, &state.load());
+        let second = routing.load();
+        assert!(!Arc::ptr_eq(
+            &first.services[KEY].compiled,
+            &second.services[KEY].compiled
+        ));
+        assert!(second.services[KEY].table(81, "shop").is_some());
+        assert!(Arc::ptr_eq(
+            &first.services[OTHER].compiled,
+            &second.services[OTHER].compiled
+        ));
+    }
 }

@@ -315,16 +315,41 @@ impl RateLimiter {
 /// unrelated configuration must not hand every client a fresh burst).
 #[derive(Debug, Default)]
 pub struct Limiters {
-    previous: HashMap<(String, String), Arc<RateLimiter>>,
-    current: HashMap<(String, String), Arc<RateLimiter>>,
+    previous: Arc<HashMap<LimiterKey, Arc<RateLimiter>>>,
+    current: HashMap<LimiterKey, Arc<RateLimiter>>,
 }
+
+/// Attachment point and policy (`namespace/name`).
+pub type LimiterKey = (String, String);
 
 impl Limiters {
     /// A rebuild that may reuse the limiters `previous` holds.
     pub fn rebuilding(previous: &Limiters) -> Limiters {
         Limiters {
-            previous: previous.current.clone(),
+            previous: Arc::new(previous.current.clone()),
             current: HashMap::new(),
+        }
+    }
+
+    /// The limiters of one part of a rebuild (a service), reusing the same previous ones;
+    /// the whole then [`keep`](Self::keep)s what the part attached.
+    pub fn part(&self) -> Limiters {
+        Limiters {
+            previous: self.previous.clone(),
+            current: HashMap::new(),
+        }
+    }
+
+    /// What this part attached.
+    pub fn into_attached(self) -> Vec<(LimiterKey, Arc<RateLimiter>)> {
+        self.current.into_iter().collect()
+    }
+
+    /// Takes limiters a part attached, in this rebuild or in an earlier one whose result is
+    /// kept.
+    pub fn keep(&mut self, attached: &[(LimiterKey, Arc<RateLimiter>)]) {
+        for (key, limiter) in attached {
+            self.current.insert(key.clone(), limiter.clone());
         }
     }
 

@@ -17,7 +17,7 @@ pub fn check<B>(x: &Exchange<'_, B>) -> Result<(), Local> {
     .with_auth(x.auth.as_ref());
     // A workload, or a service not configured yet, has no policies of its own.
     let none = Policies::default();
-    let service = x.service.map_or(&none, |s| &s.policies);
+    let service = x.service.map_or(&none, |s| &s.compiled.policies);
     let verdict = authz::evaluate(&x.routing.gateway_policies, service, &attrs);
     let path = x.parts.uri.path();
     if !verdict.audited.is_empty() {

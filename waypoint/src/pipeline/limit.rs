@@ -23,7 +23,10 @@ pub const FLAG: &str = "RL";
               allocation"
 )]
 pub fn check<B>(x: &mut Exchange<'_, B>, route: Option<&Route>) -> Result<(), Answer> {
-    let service = x.service.map(|s| &s.rate_limits[..]).unwrap_or_default();
+    let service = x
+        .service
+        .map(|s| &s.compiled.rate_limits[..])
+        .unwrap_or_default();
     let on_route = route.map(|r| &r.rate_limits[..]).unwrap_or_default();
     let mut limiters = x
         .routing

@@ -22,7 +22,7 @@ use crate::l7::backend::BackendRef;
 use crate::l7::balance::{Balancer, BalancerPolicy};
 use crate::l7::limits::ConnectionLimits;
 use crate::l7::route::RouteTable;
-use crate::routing::{EndpointKey, RoutingSnapshot, ServiceRouting};
+use crate::routing::{CompiledService, EndpointKey, RoutingSnapshot, ServiceRouting};
 use crate::upstream::{Body, Endpoint, HttpVersion, TunnelContext, UpstreamError};
 
 /// The service requests are addressed to (port 80).
@@ -136,11 +136,8 @@ fn service(name: &str, ips: &[&str]) -> ServiceRouting {
     let mut routing = ServiceRouting {
         service,
         config: Some(Arc::new(config)),
-        ports: HashMap::new(),
-        consumers: HashMap::new(),
-        policies: Policies::default(),
+        compiled: Arc::default(),
         limits: ConnectionLimits::new(None, None),
-        rate_limits: Box::default(),
         balancer: Balancer::new(
             BalancerPolicy::compile(None).0,
             endpoints,
@@ -175,7 +172,12 @@ fn compile_routes(s: &ServiceRouting, routes: Vec<pb::Route>) -> RouteTable {
 
 fn set_routes(s: &mut ServiceRouting, routes: Vec<pb::Route>) {
     let table = compile_routes(s, routes);
-    s.ports.insert(PORT, table);
+    compiled_mut(s).ports.insert(PORT, table);
+}
+
+/// A fixture service's compiled configuration, to edit.
+fn compiled_mut(s: &mut ServiceRouting) -> &mut CompiledService {
+    Arc::get_mut(&mut s.compiled).expect("not shared")
 }
 
 fn policies(p: &[pb::Policy]) -> Policies {
@@ -263,7 +265,8 @@ impl Fixture {
     pub fn consumer_routes(&mut self, namespace: &str, routes: Vec<pb::Route>) {
         let web = self.service_mut(WEB);
         let table = compile_routes(web, routes);
-        web.consumers
+        compiled_mut(web)
+            .consumers
             .entry(namespace.to_string())
             .or_default()
             .insert(PORT, table);
@@ -271,7 +274,7 @@ impl Fixture {
 
     /// `WEB`'s route table on port 80.
     pub fn table(&self) -> &RouteTable {
-        &self.routing.services[WEB].ports[&PORT]
+        &self.routing.services[WEB].compiled.ports[&PORT]
     }
 
     pub fn service(&self, key: &str) -> &ServiceRouting {
@@ -284,7 +287,7 @@ impl Fixture {
         let mut errors = Vec::new();
         let mut limiters = crate::l7::ratelimit::Limiters::default();
         self.routing.gateway_rate_limits = limiters.attach("gateway", gateway, &mut errors);
-        self.service_mut(WEB).rate_limits = limiters.attach("web", web, &mut errors);
+        compiled_mut(self.service_mut(WEB)).rate_limits = limiters.attach("web", web, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
     }
 
@@ -305,7 +308,7 @@ impl Fixture {
     }
 
     pub fn service_policies(&mut self, p: &[pb::Policy]) {
-        self.service_mut(WEB).policies = policies(p);
+        compiled_mut(self.service_mut(WEB)).policies = policies(p);
     }
 
     /// RequestAuthentication rules on `WEB` (inline keys only).
