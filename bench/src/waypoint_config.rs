@@ -22,7 +22,7 @@ use proxy_core::state::{StateStore, Update};
 use serde::Serialize;
 use waypoint::fuzzing::{L7Store, Routing};
 
-use crate::xds_scale::{Percentiles, percentiles};
+use crate::xds_scale::{Percentiles, percentiles, pod, service};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -225,11 +225,7 @@ fn manifests(opts: &Options) -> Vec<String> {
         let n = s % opts.namespaces;
         let ns = format!("ns-{n}");
         let name = format!("svc-{}", s / opts.namespaces);
-        doc(serde_json::json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterIP": format!("10.96.{}.{}", s / 256, s % 256),
-                     "selector": {"app": name},
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+        doc(service(s, opts.namespaces));
         if n < opts.waypoint_namespaces {
             doc(
                 serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -251,17 +247,7 @@ fn manifests(opts: &Options) -> Vec<String> {
         }
     }
     for i in 0..opts.pods {
-        let n = i % opts.namespaces;
-        let app = format!("svc-{}", (i / opts.namespaces) % per_namespace.max(1));
-        doc(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("pod-{i}"), "namespace": format!("ns-{n}"),
-                         "uid": format!("uid-{i}"), "labels": {"app": app}},
-            "spec": {"nodeName": format!("node-{}", i % 100), "serviceAccountName": app,
-                     "containers": [{"name": "app", "image": "x",
-                                     "ports": [{"name": "http", "containerPort": 8080}]}]},
-            "status": {"phase": "Running",
-                       "podIP": format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
-                       "conditions": [{"type": "Ready", "status": "True"}]}}));
+        doc(pod(i, opts.namespaces, opts.services, 100, "v0"));
     }
     out
 }

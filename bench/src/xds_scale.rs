@@ -141,18 +141,36 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     runtime.block_on(bench(opts))
 }
 
-fn pod(i: usize, opts: &Options, revision: &str) -> serde_json::Value {
-    let ns = format!("ns-{}", i % opts.namespaces);
-    let svc = (i / opts.namespaces) % (opts.services / opts.namespaces).max(1);
+/// Pod `i` of a cluster of `namespaces` namespaces, `services` services and `nodes` nodes:
+/// spread over namespaces round robin, selected by one service of its namespace.
+pub(crate) fn pod(
+    i: usize,
+    namespaces: usize,
+    services: usize,
+    nodes: usize,
+    revision: &str,
+) -> serde_json::Value {
+    let ns = format!("ns-{}", i % namespaces);
+    let svc = (i / namespaces) % (services / namespaces).max(1);
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("pod-{i}"), "namespace": ns,
                      "labels": {"app": format!("svc-{svc}"), "version": revision}},
-        "spec": {"nodeName": format!("node-{}", i % opts.nodes), "serviceAccountName": format!("sa-{svc}"),
+        "spec": {"nodeName": format!("node-{}", i % nodes), "serviceAccountName": format!("sa-{svc}"),
                  "containers": [{"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]},
         "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
                    "conditions": [{"type": "Ready", "status": "True"}]}
     })
+}
+
+/// Service `s` (`svc-<n>` in `ns-<s mod namespaces>`), selecting its pods' `http` port.
+pub(crate) fn service(s: usize, namespaces: usize) -> serde_json::Value {
+    let local = s / namespaces;
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc-{local}"), "namespace": format!("ns-{}", s % namespaces)},
+        "spec": {"clusterIP": format!("10.96.{}.{}", s / 256, s % 256),
+                 "selector": {"app": format!("svc-{local}")},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
 }
 
 async fn bench(opts: Options) -> anyhow::Result<()> {
@@ -167,16 +185,10 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
             "metadata": {"name": format!("ns-{n}"), "labels": {"istio.io/dataplane-mode": "ambient"}}}));
     }
     for s in 0..opts.services {
-        let ns = s % opts.namespaces;
-        let local = s / opts.namespaces;
-        api.apply(json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("svc-{local}"), "namespace": format!("ns-{ns}")},
-            "spec": {"clusterIP": format!("10.96.{}.{}", s / 256, s % 256),
-                     "selector": {"app": format!("svc-{local}")},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}));
+        api.apply(service(s, opts.namespaces));
     }
     for i in 0..opts.pods {
-        api.apply(pod(i, &opts, "v0"));
+        api.apply(pod(i, opts.namespaces, opts.services, opts.nodes, "v0"));
     }
     for c in 0..opts.clients {
         api.add_token(
@@ -281,7 +293,13 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         // Each change alone: nothing else pushed for twice the quiet period.
         tokio::time::sleep(Duration::from_millis(opts.debounce_quiet_ms * 2)).await;
         let t0 = Instant::now();
-        api.apply(pod(i, &opts, &revision));
+        api.apply(pod(
+            i,
+            opts.namespaces,
+            opts.services,
+            opts.nodes,
+            &revision,
+        ));
         loop {
             let arrived = observed
                 .lock()
@@ -402,7 +420,13 @@ async fn burst(
     let responses_before = observed.lock().expect("poisoned").responses[0];
     let t0 = Instant::now();
     for (i, (_, revision)) in pods.iter().zip(&keys) {
-        api.apply(pod(*i, opts, revision));
+        api.apply(pod(
+            *i,
+            opts.namespaces,
+            opts.services,
+            opts.nodes,
+            revision,
+        ));
     }
     let written = t0.elapsed();
     loop {
